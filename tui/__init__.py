@@ -1,0 +1,1 @@
+"""mergescope's user interfaces: the `mergescope` CLI and the Textual app."""

@@ -1,0 +1,66 @@
+"""`mergescope` console script: argparse front door; each subcommand lives in its own `cmd_*` module.
+
+Exit codes (DESIGN §5): 0 success, 1 `--fail-on` threshold met, 2 bad input (one line on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> module defining `add_arguments(parser)` and `run(args) -> int`
+COMMANDS = {
+    "analyze": "tui.cmd_analyze",
+    "merge": "tui.cmd_merge",
+}
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line on stderr, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mergescope", description="Merge-readiness analysis and merging of fine-tuned models.")
+    from analysis import __version__
+
+    parser.add_argument("--version", action="version", version=f"mergescope {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, modname in COMMANDS.items():
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name == modname:
+                continue  # not built yet
+            raise
+        p = sub.add_parser(name, help=mod.__doc__.strip().splitlines()[0] if mod.__doc__ else None,
+                           description=mod.__doc__)
+        mod.add_arguments(p)
+        p.set_defaults(_module=mod)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_module", None) is None:
+        if "ui" in COMMANDS:
+            return main(["ui"])
+        parser.print_help()
+        return 0
+    from analysis.checkpoint import CheckpointError
+
+    try:
+        return int(args._module.run(args) or 0)
+    except (UsageError, CheckpointError, FileNotFoundError) as exc:
+        msg = str(exc).strip().splitlines() or [exc.__class__.__name__]
+        print(f"mergescope {args.command}: error: {msg[0]}", file=sys.stderr)
+        for line in msg[1:]:
+            print(line, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mergescope {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
