@@ -35,7 +35,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.tx
 _VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "spiece.model")
 
 
-class CheckpointError(Exception):
+from .errors import InputError
+
+
+class CheckpointError(InputError):
     """A path that is not a readable checkpoint; the message names the file and what to do."""
 
 

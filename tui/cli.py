@@ -15,8 +15,7 @@ COMMANDS = {
 }
 
 
-class UsageError(Exception):
-    """Bad input: printed as one line on stderr, exit code 2."""
+from analysis.errors import InputError as UsageError  # noqa: E402  (re-exported for cmd_* modules)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,11 +46,9 @@ def main(argv: list[str] | None = None) -> int:
             return main(["ui"])
         parser.print_help()
         return 0
-    from analysis.checkpoint import CheckpointError
-
     try:
         return int(args._module.run(args) or 0)
-    except (UsageError, CheckpointError, FileNotFoundError) as exc:
+    except (UsageError, FileNotFoundError) as exc:
         msg = str(exc).strip().splitlines() or [exc.__class__.__name__]
         print(f"mergescope {args.command}: error: {msg[0]}", file=sys.stderr)
         for line in msg[1:]:
