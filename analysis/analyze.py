@@ -1,0 +1,53 @@
+"""The one call the CLI and the TUI make: open, (cache-)analyse, judge.
+
+`analyze()` returns a `Report` with findings; unchanged inputs come back from the cache instantly.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from . import cache
+from .checkpoint import open_models
+from .compat import collect_meta, findings_for
+from .metrics import Progress, Report, ShouldStop, analyze_checkpoints
+
+
+def analyze(base_path: str, model_paths: Sequence[str], *, density: float = 0.2, device: str = "cpu",
+            use_cache: bool = True, progress: Progress | None = None,
+            should_stop: ShouldStop | None = None) -> Report:
+    if not model_paths:
+        from .errors import InputError
+
+        raise InputError("give at least one fine-tuned MODEL after the BASE")
+    device = resolve_device(device)
+    base, models = open_models(base_path, model_paths)
+    key = cache.cache_key(base, models, density=density) if use_cache else None
+    if key:
+        data = cache.load(key)
+        if data is not None:
+            report = Report.from_json(data)
+            report.structure["from_cache"] = True
+            return report
+    report = analyze_checkpoints(base, models, density=density, device=device, progress=progress,
+                                 should_stop=should_stop)
+    report.structure["meta"] = {ck.label: collect_meta(ck) for ck in [base, *models]}
+    report.findings = findings_for(report)
+    if key:
+        cache.store(key, report.to_json())
+    report.structure["from_cache"] = False
+    return report
+
+
+def resolve_device(device: str) -> str:
+    """'cuda' only when a GPU is present; a clear error otherwise."""
+    from .errors import InputError
+
+    if device in (None, "", "cpu"):
+        return "cpu"
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device}: no CUDA GPU is available to torch here; use --device cpu")
+        return device
+    raise InputError(f"--device {device}: unknown device; use cpu or cuda")

@@ -1,0 +1,70 @@
+"""Analysis results cached on disk, keyed by file identity, so re-opening unchanged models is instant.
+
+The key covers every weight and metadata file's resolved path, size and mtime (nanoseconds), the
+options that change the numbers, and the tool version; any change re-runs the analysis.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from . import __version__
+
+CACHE_FORMAT = 1
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("MERGESCOPE_CACHE_DIR")
+    if env:
+        return Path(env)
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "mergescope" / "analysis"
+
+
+def _file_ids(ck) -> list:
+    files = list(ck.weight_files)
+    root = getattr(ck, "root", None)
+    if root is not None:
+        for extra in ("config.json", "README.md", "adapter_config.json", "tokenizer.json", "tokenizer.model",
+                      "vocab.json", "merges.txt", "vocab.txt", "spiece.model"):
+            if (Path(root) / extra).is_file():
+                files.append(Path(root) / extra)
+    ids = []
+    for f in files:
+        st = Path(f).stat()
+        ids.append([str(Path(f).resolve()), st.st_size, st.st_mtime_ns])
+    return ids
+
+
+def cache_key(base, models, **options) -> str:
+    ident = {
+        "format": CACHE_FORMAT, "version": __version__,
+        "labels": [base.label] + [m.label for m in models],
+        "files": [_file_ids(base)] + [_file_ids(m) for m in models],
+        "options": options,
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def load(key: str) -> dict | None:
+    path = cache_dir() / f"{key}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def store(key: str, data: dict) -> None:
+    """Atomic write; a cache that cannot be written is silently skipped (it is only a cache)."""
+    d = cache_dir()
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, d / f"{key}.json")
+    except OSError:
+        pass

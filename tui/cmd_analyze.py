@@ -1,0 +1,138 @@
+"""Merge-readiness analysis of a base and its fine-tunes (findings, per-layer metrics, JSON).
+
+Streams every tensor once; prints findings first, then a per-layer table. Exit 1 when --fail-on is met.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+
+def add_arguments(p) -> None:
+    p.add_argument("base", metavar="BASE", help="base checkpoint: HF directory, .safetensors file")
+    p.add_argument("models", metavar="MODEL", nargs="+", help="fine-tuned checkpoints or PEFT LoRA adapter directories")
+    p.add_argument("--json", metavar="FILE", help="write the full report as JSON (DESIGN §5 contract)")
+    p.add_argument("--density", type=float, default=0.2, help="TIES trim density for trimmed sign conflict (default 0.2)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--fail-on", choices=("error", "warning"), help="exit 1 when a finding of this severity (or worse) is found")
+    p.add_argument("--no-cache", action="store_true", help="ignore and do not write the analysis cache")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no tables (findings only)")
+
+
+SEV_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+SEV_GLYPH = {"error": "✖", "warning": "▲", "info": "●"}
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+    from analysis.analyze import analyze
+    from analysis.compat import SEVERITIES
+
+    err = Console(stderr=True)
+    out = Console()
+    report = _analyze_with_progress(analyze, args, err)
+    if args.json:
+        path = Path(args.json)
+        try:
+            path.write_text(json.dumps(report.to_json(), indent=1, allow_nan=False))
+        except OSError as exc:
+            from analysis.errors import InputError
+
+            raise InputError(f"--json {args.json}: cannot write ({exc.strerror}); pick a writable path") from None
+    print_report(report, out, quiet=args.quiet)
+    if args.fail_on:
+        limit = SEVERITIES.index(args.fail_on)
+        if any(SEVERITIES.index(f.severity) <= limit for f in report.findings):
+            return 1
+    return 0
+
+
+def _analyze_with_progress(analyze, args, err):
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    if args.quiet or not err.is_terminal:
+        return analyze(args.base, args.models, density=args.density, device=args.device, use_cache=not args.no_cache)
+    with Progress(TextColumn("[bold]analyse"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), TextColumn("{task.description}", style="dim"), console=err,
+                  transient=True) as prog:
+        task = prog.add_task("", total=None)
+
+        def progress(done, total, label):
+            prog.update(task, completed=done, total=total, description=label.split(" ")[0] + " tensors")
+
+        return analyze(args.base, args.models, density=args.density, device=args.device,
+                       use_cache=not args.no_cache, progress=progress)
+
+
+def _fmt(x: float, pct: bool = False) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "∞"
+    return f"{x:.0%}" if pct else (f"{x:.3f}" if abs(x) < 10 else f"{x:.1f}")
+
+
+def _heat(x: float, lo: float, hi: float) -> str:
+    """A colour that survives 16-colour terminals: green / yellow / red by where x sits."""
+    if x is None or not math.isfinite(x):
+        return "bold red"
+    if x >= hi:
+        return "bold red"
+    if x >= lo:
+        return "yellow"
+    return "green"
+
+
+def print_report(report, console, quiet: bool = False) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    src = " (cached)" if report.structure.get("from_cache") else f" in {report.elapsed_s:.1f}s"
+    console.print(Text.assemble(("mergescope analyze", "bold"), f": base {report.base}, {report.n} model(s){src}"))
+    if report.findings:
+        for f in report.findings:
+            who = f" {f.model}" if f.model else ""
+            console.print(Text.assemble((f"{SEV_GLYPH[f.severity]} {f.severity:<7}", SEV_STYLE[f.severity]),
+                                        (f" {f.code}", "bold"), (who, "dim"), f": {f.message}"))
+    else:
+        console.print(Text("✔ no findings: these models look merge-ready", style="green"))
+    if quiet or not report.sites:
+        return
+    whole = report.whole()
+    summary = Table(title="models", title_justify="left", box=None, header_style="bold")
+    for col in ("model", "rel. norm", "cos to base", "‖τ‖", "top-20% energy"):
+        summary.add_column(col, justify="left" if col == "model" else "right")
+    for i, m in enumerate(report.models):
+        summary.add_row(m, _fmt(whole.relative_norm(i)), f"{whole.cosine_to_base(i):.4f}", _fmt(whole.norm(i)),
+                        _fmt(whole.topk_energy(i), pct=True))
+    console.print(summary)
+    table = Table(title="per layer (all groups of the layer)", title_justify="left", box=None, header_style="bold")
+    table.add_column("layer")
+    short = _short_names(report.models)
+    for s in short:
+        table.add_column(f"rel {s}", justify="right")
+    if report.n >= 2:
+        for col in ("sign conf", "trimmed", "asym", "min cos"):
+            table.add_column(col, justify="right")
+    for label, layer, group in report.rows():
+        agg = report.row_cell(layer, group)
+        cells = []
+        for i in range(report.n):
+            r = agg.relative_norm(i)
+            cells.append(Text(_fmt(r), style=_heat(r, 0.05, 0.3)))
+        if report.n >= 2:
+            sc, tsc, asym = agg.sign_conflict, agg.trimmed_sign_conflict, agg.magnitude_asymmetry
+            mc = min(agg.cosine(i, j) for i in range(report.n) for j in range(i + 1, report.n))
+            cells += [Text(_fmt(sc, True), style=_heat(sc, 0.5, 0.6)), Text(_fmt(tsc, True), style=_heat(tsc, 0.4, 0.55)),
+                      Text(_fmt(asym), style=_heat(asym, 3, 10)), Text(_fmt(mc), style=_heat(-mc, 0.0, 0.1))]
+        table.add_row(label, *cells)
+    console.print(table)
+
+
+def _short_names(models: list[str]) -> list[str]:
+    names = [Path(m.rstrip("/")).name or m for m in models]
+    if len(set(names)) < len(names):
+        names = [f"#{i}" for i in range(len(models))]
+    return [n[:12] for n in names]
