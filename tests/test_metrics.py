@@ -1,0 +1,254 @@
+"""Every metric of DESIGN §3 against an independent whole-tensor float64 computation."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from analysis.analyze import analyze
+from analysis.checkpoint import open_models
+from analysis.metrics import analyze_checkpoints
+from analysis.naming import site_of
+
+H, V, L = 24, 40, 3
+
+
+def _names():
+    shapes = {"model.embed_tokens.weight": (V, H), "lm_head.weight": (V, H), "model.norm.weight": (H,)}
+    for i in range(L):
+        for p in "qkvo":
+            shapes[f"model.layers.{i}.self_attn.{p}_proj.weight"] = (H, H)
+        shapes[f"model.layers.{i}.mlp.gate_proj.weight"] = (2 * H, H)
+        shapes[f"model.layers.{i}.mlp.up_proj.weight"] = (2 * H, H)
+        shapes[f"model.layers.{i}.mlp.down_proj.weight"] = (H, 2 * H)
+        shapes[f"model.layers.{i}.input_layernorm.weight"] = (H,)
+        shapes[f"model.layers.{i}.post_attention_layernorm.weight"] = (H,)
+    return shapes
+
+
+def _write(d, sd, shards=1):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": L, "vocab_size": V}))
+    if shards == 1:
+        save_file(sd, str(d / "model.safetensors"))
+        return d
+    names = list(sd)
+    per = math.ceil(len(names) / shards)
+    wm = {}
+    for s in range(shards):
+        fn = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: sd[n] for n in names[s * per:(s + 1) * per]}
+        save_file(part, str(d / fn))
+        wm.update({n: fn for n in part})
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}))
+    return d
+
+
+def make_family(tmp, dtype=torch.bfloat16, shards=1, n_models=3, sparse=False):
+    g = torch.Generator().manual_seed(0)
+    base = {n: torch.randn(s, generator=g).to(dtype) for n, s in _names().items()}
+    _write(tmp / "base", base, shards)
+    paths = []
+    for k in range(n_models):
+        sd = {}
+        for n, t in base.items():
+            delta = torch.randn(t.shape, generator=g) * (0.02 * (k + 1))
+            if sparse:  # exact zeros and shared coordinates exercise the "non-zero" conditions
+                delta = delta * (torch.rand(t.shape, generator=g) < 0.5)
+            sd[n] = (t.float() + delta).to(dtype)
+        # an untouched tensor: τ = 0 there
+        sd["model.layers.0.input_layernorm.weight"] = base["model.layers.0.input_layernorm.weight"].clone()
+        paths.append(_write(tmp / f"ft{k}", sd, shards))
+    return tmp / "base", paths
+
+
+def _load_all(path):
+    from analysis.checkpoint import open_checkpoint
+
+    ck = open_checkpoint(path)
+    return {n: ck.get(n).float().numpy().astype(np.float64) for n in ck.names()}
+
+
+def reference(base_sd, model_sds, density):
+    """Straightforward whole-tensor computation of DESIGN §3 (float64)."""
+    n = len(model_sds)
+    taus = [{k: (m[k].astype(np.float32) - base_sd[k].astype(np.float32)).astype(np.float64) for k in base_sd} for m in model_sds]
+    cells = {}
+    for name in base_sd:
+        s = site_of(name)
+        cells.setdefault((s.layer, s.group), []).append(name)
+    out = {}
+
+    def trim(x, dens):
+        flat = np.abs(x.ravel())
+        k = int(math.floor(dens * flat.size))
+        if k <= 0:
+            return np.zeros_like(x)
+        thr = np.sort(flat)[::-1][k - 1]
+        return np.where(np.abs(x) >= thr, x, 0.0)
+
+    def topk_energy(x):
+        flat = np.sort(np.abs(x.ravel()))[::-1]
+        k = int(math.floor(0.2 * flat.size))
+        return float((flat[:k] ** 2).sum())
+
+    for key, names in cells.items():
+        v = lambda i: np.concatenate([taus[i][t].ravel() for t in names])
+        b = np.concatenate([base_sd[t].ravel() for t in names])
+        vs = [v(i) for i in range(n)]
+        norms = [np.sqrt((x ** 2).sum()) for x in vs]
+        res = {"norm": norms, "base_norm": np.sqrt((b ** 2).sum())}
+        res["relative_norm"] = [x / res["base_norm"] for x in norms]
+        res["cosine"] = {}
+        res["sign_conflict_pair"] = {}
+        for i in range(n):
+            for j in range(i + 1, n):
+                res["cosine"][i, j] = float(vs[i] @ vs[j] / (norms[i] * norms[j])) if norms[i] * norms[j] else 0.0
+                both = (vs[i] != 0) & (vs[j] != 0)
+                opp = both & (np.sign(vs[i]) != np.sign(vs[j]))
+                res["sign_conflict_pair"][i, j] = opp.sum() / both.sum() if both.sum() else 0.0
+        stack = np.stack(vs)
+        nz = (stack != 0).sum(0)
+        conflict = ((stack > 0).any(0) & (stack < 0).any(0))
+        res["sign_conflict"] = conflict.sum() / (nz >= 2).sum() if (nz >= 2).sum() else 0.0
+        tstack = np.stack([np.concatenate([trim(taus[i][t], density).ravel() for t in names]) for i in range(n)])
+        tnz = (tstack != 0).sum(0)
+        tconf = ((tstack > 0).any(0) & (tstack < 0).any(0))
+        res["trimmed_sign_conflict"] = tconf.sum() / (tnz >= 2).sum() if (tnz >= 2).sum() else 0.0
+        res["magnitude_asymmetry"] = max(norms) / min(norms) if min(norms) else math.inf
+        res["topk_energy"] = [sum(topk_energy(taus[i][t]) for t in names) / (norms[i] ** 2) if norms[i] else 0.0 for i in range(n)]
+        out[key] = res
+    allb = np.concatenate([base_sd[t].ravel() for t in base_sd])
+    whole = {}
+    for i in range(n):
+        ti = np.concatenate([model_sds[i][t].astype(np.float32).astype(np.float64).ravel() for t in base_sd])
+        tv = np.concatenate([taus[i][t].ravel() for t in base_sd])
+        whole[i] = {"relative_norm": np.sqrt((tv ** 2).sum() / (allb ** 2).sum()),
+                    "cosine_to_base": float(ti @ allb / np.sqrt((ti ** 2).sum() * (allb ** 2).sum()))}
+    return out, whole
+
+
+def check_report(report, base_sd, model_sds, density):
+    ref, whole_ref = reference(base_sd, model_sds, density)
+    n = len(model_sds)
+    assert set(report.cell_keys()) == set(ref)
+    for key, r in ref.items():
+        agg = report.cell(*key)
+        for i in range(n):
+            assert agg.norm(i) == pytest.approx(r["norm"][i], rel=1e-5, abs=1e-9), key
+            assert agg.relative_norm(i) == pytest.approx(r["relative_norm"][i], rel=1e-5, abs=1e-9)
+            assert agg.topk_energy(i) == pytest.approx(r["topk_energy"][i], rel=1e-5, abs=1e-9)
+        for (i, j), c in r["cosine"].items():
+            assert agg.cosine(i, j) == pytest.approx(c, rel=1e-4, abs=1e-6), key
+            assert agg.sign_conflict_pair(i, j) == pytest.approx(r["sign_conflict_pair"][i, j], abs=1e-12)
+            if r["norm"][j]:
+                assert agg.magnitude_ratio(i, j) == pytest.approx(r["norm"][i] / r["norm"][j], rel=1e-5)
+        assert agg.sign_conflict == pytest.approx(r["sign_conflict"], abs=1e-12), key
+        assert agg.trimmed_sign_conflict == pytest.approx(r["trimmed_sign_conflict"], abs=1e-12), key
+        if math.isfinite(r["magnitude_asymmetry"]):
+            assert agg.magnitude_asymmetry == pytest.approx(r["magnitude_asymmetry"], rel=1e-5)
+        else:
+            assert agg.magnitude_asymmetry == math.inf
+    whole = report.whole()
+    for i in range(n):
+        assert whole.relative_norm(i) == pytest.approx(whole_ref[i]["relative_norm"], rel=1e-5)
+        assert whole.cosine_to_base(i) == pytest.approx(whole_ref[i]["cosine_to_base"], rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype,shards,sparse,density", [
+    (torch.bfloat16, 1, False, 0.2),
+    (torch.float16, 2, True, 0.35),
+    (torch.float32, 3, False, 0.2),
+    (torch.bfloat16, 1, True, 1.0),
+    (torch.bfloat16, 1, False, 0.0),
+])
+def test_metrics_match_reference(tmp_path, dtype, shards, sparse, density):
+    base_p, paths = make_family(tmp_path, dtype=dtype, shards=shards, sparse=sparse)
+    base, models = open_models(base_p, paths)
+    report = analyze_checkpoints(base, models, density=density)
+    check_report(report, _load_all(base_p), [_load_all(p) for p in paths], density)
+
+
+def test_lora_adapter_is_a_finetune(tmp_path):
+    base_p, _ = make_family(tmp_path, n_models=0)
+    base_sd = _load_all(base_p)
+    g = torch.Generator().manual_seed(5)
+    ad = tmp_path / "lora"
+    ad.mkdir()
+    r, alpha = 4, 8
+    tensors = {}
+    targets = [f"model.layers.{i}.self_attn.{p}_proj" for i in range(L) for p in "qv"]
+    for t in targets:
+        out_dim, in_dim = _names()[t + ".weight"]
+        tensors[f"base_model.model.{t}.lora_A.weight"] = torch.randn(r, in_dim, generator=g).to(torch.bfloat16)
+        tensors[f"base_model.model.{t}.lora_B.weight"] = (0.05 * torch.randn(out_dim, r, generator=g)).to(torch.bfloat16)
+    save_file(tensors, str(ad / "adapter_model.safetensors"))
+    (ad / "adapter_config.json").write_text(json.dumps({"r": r, "lora_alpha": alpha, "target_modules": ["q_proj", "v_proj"],
+                                                        "base_model_name_or_path": str(base_p), "peft_type": "LORA"}))
+    base, models = open_models(base_p, [ad])
+    assert models[0].info(targets[0] + ".weight").shape == (H, H)
+    report = analyze_checkpoints(base, models, density=0.2)
+    # independent: full-shape delta B @ A * alpha / r in float64
+    ft = {}
+    for name, b in base_sd.items():
+        t = name[: -len(".weight")]
+        if t in targets:
+            A = tensors[f"base_model.model.{t}.lora_A.weight"].double().numpy()
+            B = tensors[f"base_model.model.{t}.lora_B.weight"].double().numpy()
+            ft[name] = b + B @ A * (alpha / r)
+        else:
+            ft[name] = b
+    ref, _ = reference(base_sd, [ft], 0.2)
+    for key, rr in ref.items():
+        agg = report.cell(*key)
+        assert agg.norm(0) == pytest.approx(rr["norm"][0], rel=1e-4, abs=1e-6), key
+    attn = report.cell(1, "attn")
+    assert attn.norm(0) > 0 and report.cell(1, "mlp").norm(0) == 0
+
+
+def test_json_contract_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setenv("MERGESCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    base_p, paths = make_family(tmp_path, n_models=2)
+    report = analyze(str(base_p), [str(p) for p in paths])
+    data = json.loads(json.dumps(report.to_json(), allow_nan=False))
+    for key in ("base", "models", "findings", "model_summary", "cells", "pair_cells", "group_cells"):
+        assert key in data
+    assert data["models"] == [str(p) for p in paths]
+    cell = next(c for c in data["cells"] if c["layer"] == 0 and c["group"] == "attn")
+    assert set(cell) >= {"layer", "group", "model", "norm", "relative_norm", "topk_energy"}
+    pc = data["pair_cells"][0]
+    assert set(pc) >= {"layer", "group", "a", "b", "cosine", "sign_conflict", "magnitude_ratio"}
+    gc = data["group_cells"][0]
+    assert set(gc) >= {"layer", "group", "sign_conflict", "trimmed_sign_conflict", "magnitude_asymmetry"}
+    assert any(c["layer"] is None for c in data["cells"])
+    ms = data["model_summary"][0]
+    assert set(ms) >= {"model", "relative_norm", "cosine_to_base"}
+    from analysis.metrics import Report
+
+    again = Report.from_json(data).to_json()
+    for key in ("cells", "pair_cells", "group_cells", "model_summary"):
+        assert again[key] == data[key]
+    # second call comes from the cache, same numbers
+    cached = analyze(str(base_p), [str(p) for p in paths])
+    assert cached.structure["from_cache"] and cached.to_json()["cells"] == data["cells"]
+    # touching a weight file invalidates it
+    import os
+
+    w = paths[0] / "model.safetensors"
+    os.utime(w, ns=(w.stat().st_atime_ns, w.stat().st_mtime_ns + 10_000_000))
+    assert not analyze(str(base_p), [str(p) for p in paths]).structure["from_cache"]
+
+
+def test_progress_and_cancel(tmp_path):
+    from analysis.metrics import AnalysisCancelled
+
+    base_p, paths = make_family(tmp_path, n_models=2)
+    base, models = open_models(base_p, paths)
+    seen = []
+    analyze_checkpoints(base, models, progress=lambda d, t, label: seen.append((d, t)))
+    assert seen and seen[-1][0] == seen[-1][1] and all(a <= b for (a, _), (b, _) in zip(seen, seen[1:]))
+    calls = iter(range(1000))
+    with pytest.raises(AnalysisCancelled):
+        analyze_checkpoints(base, models, should_stop=lambda: next(calls) >= 3)
