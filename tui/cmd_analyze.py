@@ -9,6 +9,11 @@ import math
 import sys
 from pathlib import Path
 
+from .format import SEV_GLYPH, SEV_STYLE  # shared with the Textual app
+from .format import fmt as _fmt
+from .format import heat as _heat
+from .format import short_names as _short_names
+
 
 def add_arguments(p) -> None:
     p.add_argument("base", metavar="BASE", help="base checkpoint: HF directory, .safetensors file")
@@ -19,10 +24,6 @@ def add_arguments(p) -> None:
     p.add_argument("--fail-on", choices=("error", "warning"), help="exit 1 when a finding of this severity (or worse) is found")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write the analysis cache")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no tables (findings only)")
-
-
-SEV_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
-SEV_GLYPH = {"error": "✖", "warning": "▲", "info": "●"}
 
 
 def run(args) -> int:
@@ -66,23 +67,6 @@ def _analyze_with_progress(analyze, args, err):
 
         return analyze(args.base, args.models, density=args.density, device=args.device,
                        use_cache=not args.no_cache, progress=progress)
-
-
-def _fmt(x: float, pct: bool = False) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "∞"
-    return f"{x:.0%}" if pct else (f"{x:.3f}" if abs(x) < 10 else f"{x:.1f}")
-
-
-def _heat(x: float, lo: float, hi: float) -> str:
-    """A colour that survives 16-colour terminals: green / yellow / red by where x sits."""
-    if x is None or not math.isfinite(x):
-        return "bold red"
-    if x >= hi:
-        return "bold red"
-    if x >= lo:
-        return "yellow"
-    return "green"
 
 
 def print_report(report, console, quiet: bool = False) -> None:
@@ -129,10 +113,3 @@ def print_report(report, console, quiet: bool = False) -> None:
                       Text(_fmt(asym), style=_heat(asym, 3, 10)), Text(_fmt(mc), style=_heat(-mc, 0.0, 0.1))]
         table.add_row(label, *cells)
     console.print(table)
-
-
-def _short_names(models: list[str]) -> list[str]:
-    names = [Path(m.rstrip("/")).name or m for m in models]
-    if len(set(names)) < len(names):
-        names = [f"#{i}" for i in range(len(models))]
-    return [n[:12] for n in names]

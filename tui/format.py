@@ -1,0 +1,87 @@
+"""Formatting shared by the headless renderer (`cmd_analyze`) and the Textual app.
+
+Colours are chosen to survive 256- and 16-colour terminals, and every colour is paired with a number
+or a glyph, so nothing is told by colour alone.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+SEV_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+SEV_GLYPH = {"error": "✖", "warning": "▲", "info": "●"}
+OK_GLYPH = "✔"
+
+
+def fmt(x: float | None, pct: bool = False) -> str:
+    """A readable number: 3 decimals below 10, one above; percentages without decimals; ∞ for inf/None."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "∞"
+    return f"{x:.0%}" if pct else (f"{x:.3f}" if abs(x) < 10 else f"{x:.1f}")
+
+
+def compact(x: float | None, pct: bool = False, width: int = 5) -> str:
+    """At most `width` (≥ 5) characters, for a heatmap cell: '.0123', '1.234', '12.35', '1e-4', '47%'.
+    NaN/None -> '·', inf -> '∞'."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "·"
+    if math.isinf(x):
+        return "∞" if x > 0 else "-∞"
+    if pct:
+        return f"{x * 100:.0f}%"[:width]
+    if x == 0:
+        return "0"
+    sign = "-" if x < 0 else ""
+    ax = abs(x)
+    room = width - len(sign)
+    if ax < 1:
+        s = f"{ax:.{room - 1}f}"
+        if s.startswith("0.") and len(s[2:].lstrip("0")) >= 2:  # at least 2 significant digits
+            return sign + s[1:]
+        if not s.startswith("0."):
+            ax = float(s)  # rounded up to 1
+        else:
+            mant, exp = f"{ax:.0e}".split("e")
+            return (sign + f"{mant}e{int(exp)}")[:width]
+    for d in range(room - 2, -1, -1):
+        s = f"{ax:.{d}f}"
+        if len(s) <= room:
+            return sign + s
+    mant, exp = f"{ax:.0e}".split("e")
+    return sign + f"{mant}e{int(exp)}"
+
+
+def heat(x: float | None, lo: float, hi: float) -> str:
+    """A colour that survives 16-colour terminals: green / yellow / red by where x sits."""
+    if x is None or not math.isfinite(x):
+        return "bold red"
+    if x >= hi:
+        return "bold red"
+    if x >= lo:
+        return "yellow"
+    return "green"
+
+
+def short_names(models: list[str], width: int = 12) -> list[str]:
+    """Last path component of each model, or #i when those collide; at most `width` characters."""
+    names = [Path(m.rstrip("/")).name or m for m in models]
+    if len(set(names)) < len(names):
+        names = [f"#{i}" for i in range(len(models))]
+    return [n[:width] for n in names]
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def duration(s: float | None) -> str:
+    if s is None or not math.isfinite(s):
+        return "--:--"
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
