@@ -1,0 +1,242 @@
+"""The merge executor: run a `Plan` tensor by tensor into an atomic, sharded output directory.
+
+    plan ──validate──▶ open checkpoints (headers) ──▶ tensor jobs (names, shapes, params: all checked
+    before any tensor data is read) ──▶ per job: read inputs (mmap) → compute dtype on `device` →
+    method.merge(base, tensors, model_params, params, ctx) → out dtype → writer (one shard buffered)
+
+Numerics: inputs are converted to the plan's `dtype`, or float32 when it has none (mergekit would
+compute in the inputs' promoted dtype, e.g. bfloat16; float32 differs from that only by rounding and
+matches mergekit run with `dtype: float32`). The output dtype is `out_dtype`, else `dtype`, else the
+inputs' stored (promoted) dtype, i.e. the base's dtype for ordinary fine-tunes: mergekit's rule.
+Non-floating tensors (integer buffers) are copied when all inputs agree and refused otherwise.
+
+Randomised methods (dare_*, della*) get `ctx.seed`; each tensor's draws then depend only on the seed
+and the tensor name. Without a seed they use torch's global RNG, like mergekit.
+
+No prints: progress goes to `progress(done_bytes, total_bytes, label)`; `should_stop()` is polled
+between tensors and cancels with `MergeCancelled`, leaving no output.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import InputError
+from .plan import Plan, close_all, torch_dtype
+from .writer import DEFAULT_SHARD_SIZE, InputRecord, ModelWriter, check_output, model_card, provenance
+
+
+class MergeCancelled(Exception):
+    """`should_stop()` returned true; nothing was written."""
+
+
+class MergeError(RuntimeError):
+    """A merge method failed on a tensor (not a user-input problem); nothing was written."""
+
+
+@dataclass
+class MergeResult:
+    output_dir: Path
+    files: list[str]
+    shards: list[str]
+    n_tensors: int
+    total_bytes: int  # tensor bytes written
+    seconds: float
+    device: str
+    out_dtypes: list[str] = field(default_factory=list)  # distinct output dtypes
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    device = (device or "cpu").strip().lower()
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); "
+                             f"use --device cpu")
+        if ":" in device:
+            idx = device.split(":", 1)[1]
+            if not idx.isdigit() or int(idx) >= torch.cuda.device_count():
+                raise InputError(f"--device {device}: no such GPU (this machine has {torch.cuda.device_count()}); "
+                                 f"use --device cuda or cuda:0")
+        return device
+    raise InputError(f"--device {device}: unknown device; use cpu or cuda")
+
+
+def _check_not_overwriting_inputs(plan: Plan, out: Path) -> None:
+    out_r = out.expanduser().resolve()
+    refs = plan.referenced_models() + ([plan.tokenizer_source] if plan.tokenizer_source not in (None, "base") else [])
+    for ref in refs:
+        for p in plan._ref_parts(ref):
+            if p is None or not p.exists():
+                continue
+            p_r = p.resolve()
+            if p_r == out_r or out_r in p_r.parents or p_r in out_r.parents:
+                raise InputError(f"{out}: the output overlaps the input model {ref}; choose an output directory "
+                                 f"outside the inputs")
+
+
+def run_merge(plan: Plan | str | os.PathLike, output_dir: str | os.PathLike, *, device: str = "cpu",
+              seed: int | None = None, force: bool = False, shard_size: int | str = DEFAULT_SHARD_SIZE,
+              progress: Callable[[int, int, str], None] | None = None,
+              should_stop: Callable[[], bool] | None = None, hash_inputs: bool | None = None) -> MergeResult:
+    """Merge as the plan says into `output_dir`; returns what was written.
+
+    Raises InputError for bad plans/paths/devices (before reading any tensor data), MergeCancelled
+    when `should_stop()` turns true, MergeError when a method fails. In every failure case (and on
+    KeyboardInterrupt) no output and no temporary directory is left behind."""
+    import torch
+
+    t0 = time.perf_counter()
+    if not isinstance(plan, Plan):
+        plan = Plan.load(plan)
+    dev = resolve_device(device)
+    plan.validate(check_paths=True)
+    method = plan.method()
+    out = check_output(output_dir, force)
+    _check_not_overwriting_inputs(plan, out)
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise InputError(f"--seed {seed!r}: expected an integer")
+    compute = torch_dtype(plan.dtype) if plan.dtype else torch.float32
+
+    cks = plan.open_checkpoints()
+    try:
+        jobs = list(plan.tensor_jobs(cks))  # every name, shape and parameter is checked here
+        tok_dir = _tokenizer_dir(plan, cks)
+        total = sum(j.nbytes for j in jobs)
+        n = len(jobs)
+        done = 0
+        if progress:
+            progress(0, total, f"0/{n} tensors")
+        out_dtypes: list[str] = []
+        from .methods.base import MergeContext
+
+        with ModelWriter(out, force=force, shard_size=shard_size) as writer:
+            for i, job in enumerate(jobs):
+                if should_stop is not None and should_stop():
+                    raise MergeCancelled("merge cancelled; no output was written")
+                ins = [cks[x.model].get(x.name) for x in job.all_inputs]
+                if not job.is_float:
+                    result = _copy_buffer(job, ins)
+                else:
+                    ins = [x.to(device=dev, dtype=compute) for x in ins]
+                    base = ins[0] if job.base is not None else None
+                    tensors = ins[1:] if job.base is not None else ins
+                    ctx = MergeContext(tensor_name=job.name, seed=seed, device=dev)
+                    try:
+                        result = method.merge(base, tensors, job.model_params, job.params, ctx)
+                    except (InputError, KeyboardInterrupt, MergeCancelled):
+                        raise
+                    except Exception as exc:
+                        raise MergeError(f"{method.name} failed on tensor {job.name}: {exc.__class__.__name__}: {exc}") from exc
+                    del ins, base, tensors
+                    if not isinstance(result, torch.Tensor) or tuple(result.shape) != job.shape:
+                        got = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
+                        raise MergeError(f"{method.name} returned {got} for tensor {job.name}, expected shape {list(job.shape)}")
+                    result = result.to(dtype=job.out_dtype).cpu()
+                name = str(result.dtype).replace("torch.", "")
+                if name not in out_dtypes:
+                    out_dtypes.append(name)
+                writer.add(job.name, result)
+                del result
+                done += job.nbytes
+                if progress:
+                    progress(done, total, f"{i + 1}/{n} {job.name}")
+            if should_stop is not None and should_stop():
+                raise MergeCancelled("merge cancelled; no output was written")
+            if progress:
+                progress(total, total, f"{n}/{n} writing metadata")
+            plan_yaml = plan.to_yaml()
+            config = _output_config(plan, cks, out_dtypes)
+            rows = provenance(_records(plan, cks), hash_inputs)
+            card = model_card(name=out.name, method=plan.merge_method, base=plan.base_model, models=plan.input_models(),
+                              plan_yaml=plan_yaml, provenance_rows=rows, out_dtype=", ".join(out_dtypes) or None,
+                              n_tensors=n, total_bytes=writer.total_bytes, description=method.description)
+            res = writer.finish(config=config, tokenizer_dir=tok_dir, plan_yaml=plan_yaml, card=card)
+    finally:
+        close_all(cks)
+        try:
+            from .methods._util import release_workspace
+
+            release_workspace()
+        except ImportError:
+            pass
+    return MergeResult(res.output_dir, res.files, res.shards, res.n_tensors, res.total_bytes,
+                       time.perf_counter() - t0, dev, out_dtypes)
+
+
+def _copy_buffer(job, ins):
+    import torch
+
+    first = ins[0]
+    for x, src in zip(ins[1:], job.all_inputs[1:]):
+        if x.dtype != first.dtype or not torch.equal(x, first):
+            raise InputError(f"tensor {job.name}: non-floating buffer differs between {job.all_inputs[0].model} and "
+                             f"{src.model}; it cannot be merged; make the inputs agree on it")
+    return first.clone()
+
+
+def _output_config(plan: Plan, cks, out_dtypes: list[str]) -> dict | None:
+    """The donor's config.json (mergekit: base_model, else the first model), with torch_dtype set to
+    out_dtype/dtype when the plan names one and the layer count set for `slices:` plans."""
+    import copy
+
+    donor = cks[plan.config_donor()]
+    if not donor.config:
+        return None
+    cfg = copy.deepcopy(donor.config)
+    want = plan.out_dtype or plan.dtype
+    if want:
+        name = want.replace("torch.", "")
+        cfg["torch_dtype"] = name
+        if "dtype" in cfg:
+            cfg["dtype"] = name
+    if plan.slices is not None:
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            if isinstance(cfg.get(key), int):
+                cfg[key] = plan.num_layers()
+                break
+    return cfg
+
+
+def _tokenizer_dir(plan: Plan, cks) -> Path | None:
+    """Directory whose tokenizer files are copied (tokenizer_source, else base_model, else first model).
+
+    mergekit rebuilds embeddings when `tokenizer_source` names a model with another vocabulary; we do
+    not, so that case is refused."""
+    from .checkpoint import TOKENIZER_FILES, open_checkpoint
+
+    ref = plan.tokenizer_donor()
+    opened = None
+    if ref in cks:
+        ck = cks[ref]
+    else:
+        p, _ = plan._ref_parts(ref)
+        ck = opened = plan._open(open_checkpoint, p, ref)
+    try:
+        roots = [ck.root, getattr(getattr(ck, "base", None), "root", None)]
+        root = next((r for r in roots if r is not None and any((r / f).is_file() for f in TOKENIZER_FILES)), None)
+        if plan.tokenizer_source and plan.tokenizer_source != "base":
+            other = cks[plan.config_donor()]
+            a, b = ck.tokenizer_fingerprint(), other.tokenizer_fingerprint()
+            if a and b and a != b:
+                raise InputError(f"{plan.source + ': ' if plan.source else ''}tokenizer_source: {ref} has a different "
+                                 f"vocabulary than {plan.config_donor()}; mergekit would rebuild the embeddings for it, "
+                                 f"mergescope does not; use `tokenizer_source: base` or merge with mergekit")
+        return root
+    finally:
+        if opened is not None:
+            opened.close()
+
+
+def _records(plan: Plan, cks) -> list[InputRecord]:
+    recs = []
+    for ref in plan.referenced_models():
+        role = "base" if ref == plan.base_model else "model"
+        recs.append(InputRecord(role, ref, [Path(f) for f in dict.fromkeys(cks[ref].weight_files)]))
+    return recs
