@@ -10,6 +10,8 @@ import sys
 
 # subcommand -> module defining `add_arguments(parser)` and `run(args) -> int`
 COMMANDS = {
+    "ui": "tui.cmd_ui",
+    "demo": "tui.cmd_demo",
     "analyze": "tui.cmd_analyze",
     "merge": "tui.cmd_merge",
 }

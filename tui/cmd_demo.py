@@ -1,0 +1,53 @@
+"""Open the explorer on the bundled trained demo family with a sample plan preloaded.
+
+The family (analysis/demo/family): a tiny Llama base and its fine-tunes code, prose, dialog,
+overtrained, plus other_ft (a fine-tune of a different base, to show what an incompatible model looks
+like). The sample plan is a TIES merge of code + prose.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+DEMO_MODELS = ("code", "prose", "dialog", "overtrained", "other_ft")
+SAMPLE_PLAN_MODELS = ("code", "prose")
+
+
+def family_dir() -> Path:
+    import analysis
+
+    return Path(analysis.__file__).resolve().parent / "demo" / "family"
+
+
+def demo_paths() -> tuple[str, list[str]]:
+    """(base, models) of the bundled family; an InputError when it is missing."""
+    from analysis.errors import InputError
+
+    root = family_dir()
+    base = root / "base"
+    models = [root / m for m in DEMO_MODELS if (root / m).exists()]
+    if not base.exists() or not models:
+        raise InputError(f"the demo family is missing under {root}; reinstall mergescope (it ships with the package)")
+    return str(base), [str(m) for m in models]
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--no-plan", action="store_true", help="start with an empty plan instead of the sample")
+    p.add_argument("--no-cache", action="store_true", help="ignore and do not write the analysis cache")
+    # Hook: a `--headless` flag (another command's job) will add itself here and branch in run().
+
+
+def build_app(no_plan: bool = False, use_cache: bool = True):
+    """The demo app, ready to run: the headless path and tests build it the same way."""
+    from .app import MergeScopeApp
+
+    base, models = demo_paths()
+    app = MergeScopeApp(base, models, None, use_cache=use_cache, remember_set=False, title="demo family")
+    if not no_plan:
+        app.sample_plan = [m for m in models if Path(m).name in SAMPLE_PLAN_MODELS]
+    return app
+
+
+def run(args) -> int:
+    app = build_app(no_plan=args.no_plan, use_cache=not args.no_cache)
+    app.run()
+    return int(app.return_code or 0)

@@ -1,0 +1,29 @@
+"""Open the interactive explorer (the default command): verdicts, heatmaps, plan editor, merge.
+
+With no paths it starts on the open dialog (recent sets are remembered in the user's config dir).
+"""
+from __future__ import annotations
+
+
+def add_arguments(p) -> None:
+    p.add_argument("base", metavar="BASE", nargs="?", help="base checkpoint (omit to pick in the open dialog)")
+    p.add_argument("models", metavar="MODEL", nargs="*", help="fine-tuned checkpoints or LoRA adapters")
+    p.add_argument("--plan", metavar="PLAN.yaml", help="load this plan (mergescope or mergekit YAML) into the editor")
+    p.add_argument("--density", type=float, default=0.2, help="TIES trim density for the measured sign conflict (default 0.2)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda for the analysis and the merge (default cpu)")
+    p.add_argument("--no-cache", action="store_true", help="ignore and do not write the analysis cache")
+
+
+def run(args) -> int:
+    from analysis.errors import InputError
+
+    if args.base and not args.models:
+        raise InputError("give at least one fine-tuned MODEL after the BASE (or no paths for the open dialog)")
+    if not 0.0 <= args.density <= 1.0:
+        raise InputError(f"--density {args.density}: must be between 0 and 1")
+    from .app import MergeScopeApp
+
+    app = MergeScopeApp(args.base, args.models, args.plan, density=args.density, device=args.device,
+                        use_cache=not args.no_cache)
+    app.run()
+    return int(app.return_code or 0)

@@ -1,0 +1,67 @@
+"""Ask for one path (export a plan, load a plan, choose a merge output directory)."""
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Static
+
+from ..widgets.inputs import PathInput
+
+
+class PathPrompt(ModalScreen[str | None]):
+    DEFAULT_CSS = """
+    PathPrompt { align: center middle; }
+    PathPrompt > Vertical { width: 76; max-width: 95%; height: auto; border: thick $primary;
+        background: $surface; padding: 0 1; }
+    PathPrompt .title { text-style: bold; padding-bottom: 1; }
+    PathPrompt .hint { color: $text-muted; }
+    PathPrompt Horizontal { height: auto; margin-top: 1; }
+    PathPrompt Button { margin-right: 2; }
+    """
+    BINDINGS = [Binding("escape", "cancel", "cancel", id="prompt.cancel")]
+
+    def __init__(self, title: str, value: str = "", hint: str = "", ok: str = "OK", dirs_only: bool = False,
+                 prompt_id: str = "prompt") -> None:
+        super().__init__()
+        self.title_text = title
+        self.value = value
+        self.hint = hint
+        self.ok = ok
+        self.dirs_only = dirs_only
+        self.prompt_id = prompt_id
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self.title_text, classes="title")
+            yield PathInput(self.value, id=f"{self.prompt_id}-input", dirs_only=self.dirs_only,
+                            placeholder="path (→ completes)")
+            if self.hint:
+                yield Static(self.hint, classes="hint")
+            with Horizontal():
+                yield Button(f"{self.ok} (Enter)", variant="primary", id="prompt-ok")
+                yield Button("Cancel (Esc)", id="prompt-cancel")
+
+    def on_mount(self) -> None:
+        inp = self.query_one(Input)
+        inp.focus()
+        inp.cursor_position = len(inp.value)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self._ok()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        if event.button.id == "prompt-ok":
+            self._ok()
+        else:
+            self.dismiss(None)
+
+    def _ok(self) -> None:
+        value = self.query_one(Input).value.strip()
+        self.dismiss(value or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,159 @@
+"""What the heatmap shows: a grid of numbers built from a Report, with no widget code.
+
+Rows follow `Report.rows()` (embed, L0..Ln, final norm, head, other). Columns are either module roles
+(q_proj … down_proj, norms) or layer groups (attn, mlp, norm), always preceded by an "all" column that
+holds the whole row; rows outside the blocks only fill "all". Aggregates are built once per column
+mode; switching metric or model only re-evaluates cheap ratios.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+from analysis.metrics import Aggregate
+from analysis.naming import GROUPS
+
+ALL = "all"
+COLUMN_MODES = ("modules", "groups")
+# Reading order of the usual roles; others keep the report's order after these.
+ROLE_ORDER = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "q_norm", "k_norm", "gate_proj", "up_proj",
+              "gate_up_proj", "down_proj", "router", "input_layernorm", "post_attention_layernorm",
+              "pre_feedforward_layernorm", "post_feedforward_layernorm")
+
+
+def ordered_modules(modules: list[str]) -> list[str]:
+    known = [m for m in ROLE_ORDER if m in modules]
+    return known + [m for m in modules if m not in ROLE_ORDER]
+
+
+@dataclass(frozen=True)
+class Metric:
+    id: str
+    key: str  # the key that selects it
+    label: str
+    subject: str  # "model" | "pair" | "all"
+    fn: Callable  # (agg, i, j) -> float
+    pct: bool = False
+    diverging: bool = False  # centred on 0 (cosines)
+    help: str = ""
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("norm", "1", "task-vector norm ‖τ‖", "model", lambda a, i, j: a.norm(i),
+           help="sqrt(Σ‖τᵢ‖²) over the cell's tensors"),
+    Metric("relative_norm", "2", "relative norm ‖τ‖/‖θ₀‖", "model", lambda a, i, j: a.relative_norm(i),
+           help="how far the fine-tune moved, relative to the base weights"),
+    Metric("sign_conflict", "3", "sign conflict (all models)", "all", lambda a, i, j: a.sign_conflict, pct=True,
+           help="coordinates where ≥2 task vectors are non-zero and disagree in sign; ~50% = independent"),
+    Metric("trimmed_sign_conflict", "4", "trimmed sign conflict (TIES trim)", "all",
+           lambda a, i, j: a.trimmed_sign_conflict, pct=True,
+           help="sign conflict after keeping each τᵢ's top-density magnitudes (at the analysis density)"),
+    Metric("magnitude_asymmetry", "5", "magnitude asymmetry max/min ‖τ‖", "all",
+           lambda a, i, j: a.magnitude_asymmetry, help="1 = equal norms; large = one model dominates an equal-weight merge"),
+    Metric("cosine", "6", "pairwise cosine cos(τᵢ, τⱼ)", "pair", lambda a, i, j: a.cosine(i, j), diverging=True,
+           help="alignment of two task vectors: > 0 reinforce, < 0 cancel, ≈ 0 independent"),
+    Metric("topk_energy", "7", "top-20% energy", "model", lambda a, i, j: a.topk_energy(i), pct=True,
+           help="share of ‖τᵢ‖² in its top 20% magnitudes: high = sparse, trims well"),
+    Metric("sign_conflict_pair", "8", "pairwise sign conflict", "pair", lambda a, i, j: a.sign_conflict_pair(i, j),
+           pct=True, help="among coordinates where both τᵢ and τⱼ are non-zero, the share with opposite signs"),
+    Metric("magnitude_ratio", "9", "magnitude ratio ‖τᵢ‖/‖τⱼ‖", "pair", lambda a, i, j: a.magnitude_ratio(i, j),
+           help="how much larger one task vector is than the other in this cell"),
+    Metric("cosine_to_base", "0", "cosine to base cos(θᵢ, θ₀)", "model", lambda a, i, j: a.cosine_to_base(i),
+           help="1 = unchanged; fine-tunes of this base stay close to 1"),
+)
+METRIC_BY_ID = {m.id: m for m in METRICS}
+
+
+@dataclass
+class Grid:
+    """Numbers for one heatmap view: values[r][c] is a float, inf, or None (no tensors there)."""
+
+    title: str
+    row_labels: list[str]
+    col_labels: list[str]
+    values: list[list[float | None]]
+    pct: bool = False
+    diverging: bool = False
+    note: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def finite(self) -> list[float]:
+        return [v for row in self.values for v in row if v is not None and math.isfinite(v)]
+
+    def bounds(self) -> tuple[float, float]:
+        vals = self.finite()
+        if not vals:
+            return (0.0, 0.0)
+        return (min(vals), max(vals))
+
+
+class HeatData:
+    """Aggregates of a report arranged as rows × columns, per column mode (cached)."""
+
+    def __init__(self, report):
+        self.report = report
+        self.rows = report.rows()
+        self._aggs: dict[str, tuple[list[str], list[list[Aggregate | None]]]] = {}
+        self._by_row = [self._row_sites(layer, group) for _, layer, group in self.rows]
+
+    def _row_sites(self, layer, group):
+        return [s for s in self.report.sites if s.layer == layer and (group is None or s.group == group)]
+
+    def columns(self, mode: str) -> list[str]:
+        return self.aggregates(mode)[0]
+
+    def aggregates(self, mode: str) -> tuple[list[str], list[list[Aggregate | None]]]:
+        if mode in self._aggs:
+            return self._aggs[mode]
+        rep = self.report
+        block_sites = [s for s in rep.sites if s.layer is not None]
+        if mode == "modules":
+            present = {s.module for s in block_sites}
+            cols = ordered_modules([m for m in rep.modules() if m in present])
+            key = lambda s: s.module  # noqa: E731
+        else:
+            present = {s.group for s in block_sites}
+            cols = [g for g in GROUPS if g in present]
+            key = lambda s: s.group  # noqa: E731
+        grid: list[list[Aggregate | None]] = []
+        for (label, layer, group), sites in zip(self.rows, self._by_row):
+            row: list[Aggregate | None] = [Aggregate(sites, rep.n) if sites else None]
+            if layer is None:
+                row += [None] * len(cols)
+            else:
+                buckets: dict[str, list] = {}
+                for s in sites:
+                    buckets.setdefault(key(s), []).append(s)
+                row += [Aggregate(buckets[c], rep.n) if c in buckets else None for c in cols]
+            grid.append(row)
+        self._aggs[mode] = ([ALL] + cols, grid)
+        return self._aggs[mode]
+
+    def aggregate(self, mode: str, r: int, c: int) -> Aggregate | None:
+        grid = self.aggregates(mode)[1]
+        if 0 <= r < len(grid) and 0 <= c < len(grid[r]):
+            return grid[r][c]
+        return None
+
+    def grid(self, metric: Metric, mode: str, i: int = 0, j: int = 1, title: str = "") -> Grid:
+        cols, aggs = self.aggregates(mode)
+        values = []
+        for row in aggs:
+            out = []
+            for agg in row:
+                if agg is None:
+                    out.append(None)
+                    continue
+                try:
+                    v = float(metric.fn(agg, i, j))
+                except (ZeroDivisionError, IndexError, ValueError):
+                    v = None
+                out.append(v)
+            values.append(out)
+        return Grid(title=title or metric.label, row_labels=[r[0] for r in self.rows], col_labels=cols,
+                    values=values, pct=metric.pct, diverging=metric.diverging)
+
+
+def pairs(n: int) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(n) for j in range(i + 1, n)]

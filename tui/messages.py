@@ -1,0 +1,46 @@
+"""Messages the workers post (thread-safe) and the app handles on its own thread.
+
+Workers never touch widgets: they post these. Progress messages coalesce (`can_replace`), so a fast
+stream of updates costs one repaint per frame, not one per tensor.
+"""
+from __future__ import annotations
+
+from textual.message import Message
+
+
+class Progress(Message):
+    """Progress of a long job (`kind` is "analysis" or "merge")."""
+
+    def __init__(self, kind: str, done: int, total: int, label: str, elapsed: float) -> None:
+        super().__init__()
+        self.kind = kind
+        self.done = done
+        self.total = total
+        self.label = label
+        self.elapsed = elapsed
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, Progress) and message.kind == self.kind
+
+
+class AnalysisDone(Message):
+    def __init__(self, report, base: str, models: list[str], purpose: str = "main") -> None:
+        super().__init__()
+        self.report = report
+        self.base = base
+        self.models = models
+        self.purpose = purpose  # "main": the report the views show; "whatif": re-measured at the plan's density
+
+
+class MergeDone(Message):
+    def __init__(self, result, output_dir: str, plan) -> None:
+        super().__init__()
+        self.result = result
+        self.output_dir = output_dir
+        self.plan = plan
+
+
+class JobCancelled(Message):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind

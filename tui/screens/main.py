@@ -1,0 +1,54 @@
+"""The one main screen: tabs for verdicts, the measured heatmap, the plan editor and the merge."""
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer, Header, TabbedContent, TabPane, Tabs
+
+from ..widgets.heatmap_view import HeatmapView
+from ..widgets.progress import JobProgress
+from ..widgets.verdicts import VerdictsView
+
+TABS = ("verdicts", "heatmap", "plan", "merge")
+
+
+class MainScreen(Screen):
+    HELP_TITLE = "Tabs"
+    BINDINGS = [
+        Binding("v", "tab('verdicts')", "verdicts", id="main.verdicts"),
+        Binding("h", "tab('heatmap')", "heatmap", id="main.heatmap"),
+        Binding("e", "tab('plan')", "plan", id="main.plan"),
+        Binding("x", "tab('merge')", "merge", id="main.merge"),
+        Binding("escape", "app.cancel_job", "cancel job", show=False, id="main.cancel"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Header(icon="◆")
+        with TabbedContent(initial="verdicts", id="tabs"):
+            with TabPane("Verdicts v", id="verdicts"):
+                yield VerdictsView(id="verdicts-view")
+            with TabPane("Heatmap h", id="heatmap"):
+                yield HeatmapView(id="heatmap-view")
+            with TabPane("Plan e", id="plan"):
+                yield from self.app.compose_plan_tab()
+            with TabPane("Merge x", id="merge"):
+                yield from self.app.compose_merge_tab()
+        yield JobProgress(id="job-progress")
+        yield Footer()
+
+    def action_tab(self, tab: str) -> None:
+        tabs = self.query_one(TabbedContent)
+        tabs.active = tab
+        self.focus_tab(tab)
+
+    def focus_tab(self, tab: str) -> None:
+        pane = self.query_one(f"TabPane#{tab}")
+        target = {"verdicts": "#verdicts-view", "heatmap": "#heatmap", "plan": "#ratio-table", "merge": "#merge-view"}[tab]
+        found = pane.query(target)
+        if found:
+            found.first().focus()
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane is not None and event.pane.id and not isinstance(self.focused, Tabs):
+            self.call_after_refresh(self.focus_tab, event.pane.id)

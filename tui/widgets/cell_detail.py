@@ -1,0 +1,71 @@
+"""The exact numbers behind one heatmap cell, and the tensors it aggregates."""
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from ..format import fmt, short_names
+from ..heatdata import ALL
+
+MAX_TENSORS = 12
+
+
+def _params(numel: int) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if numel >= div:
+            return f"{numel / div:.1f}{unit}"
+    return str(numel)
+
+
+def cell_renderable(report, row_label: str, col: str, agg, metric=None, value=None) -> Group:
+    where = row_label if col == ALL else f"{row_label} · {col}"
+    if agg is None:
+        return Group(Text(where, style="bold"), Text("no tensors here", style="dim"))
+    n = report.n
+    short = short_names(report.models, 14)
+    parts = [Text.assemble((where, "bold"), (f"   {len(agg.tensors)} tensors, {_params(agg.total.numel)} params", "dim"))]
+    if metric is not None:
+        exact = "∞" if value is not None and value == float("inf") else ("-" if value is None else f"{value:.6g}")
+        parts.append(Text.assemble((metric.label, "cyan"), " = ", (exact, "bold")))
+    models = Table(box=None, header_style="bold", padding=(0, 1), expand=False)
+    for col_name in ("model", "‖τ‖", "rel", "top20%", "cos θ₀"):
+        models.add_column(col_name, justify="left" if col_name == "model" else "right", no_wrap=True)
+    for i in range(n):
+        models.add_row(short[i], fmt(agg.norm(i)), fmt(agg.relative_norm(i)), fmt(agg.topk_energy(i), pct=True),
+                       f"{agg.cosine_to_base(i):.4f}")
+    parts.append(models)
+    if n >= 2:
+        pairs = Table(box=None, header_style="bold", padding=(0, 1), expand=False)
+        for col_name in ("pair", "cos", "sign≠", "ratio"):
+            pairs.add_column(col_name, justify="left" if col_name == "pair" else "right", no_wrap=True)
+        for i in range(n):
+            for j in range(i + 1, n):
+                pairs.add_row(f"{short[i]}–{short[j]}", f"{agg.cosine(i, j):+.3f}", fmt(agg.sign_conflict_pair(i, j), True),
+                              fmt(agg.magnitude_ratio(i, j)))
+        parts.append(pairs)
+        parts.append(Text.assemble(("all models  ", "bold"), f"sign conflict {fmt(agg.sign_conflict, True)}, ",
+                                   f"trimmed at d={report.density} {fmt(agg.trimmed_sign_conflict, True)}, ",
+                                   f"asymmetry {fmt(agg.magnitude_asymmetry)}"))
+    tensors = Text("tensors\n", style="bold")
+    for name in agg.tensors[:MAX_TENSORS]:
+        tensors.append(f"  {name}\n", style="")
+    if len(agg.tensors) > MAX_TENSORS:
+        tensors.append(f"  … and {len(agg.tensors) - MAX_TENSORS} more\n", style="dim")
+    parts.append(tensors)
+    return Group(*parts)
+
+
+class CellDetail(VerticalScroll):
+    HELP_TITLE = "Cell detail"
+    DEFAULT_CSS = """
+    CellDetail { border-left: vkey $primary 50%; padding: 0 1; }
+    """
+
+    def compose(self):
+        yield Static("", id="cell-detail-body")
+
+    def show(self, renderable) -> None:
+        self.query_one("#cell-detail-body", Static).update(renderable)

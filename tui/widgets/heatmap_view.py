@@ -1,0 +1,173 @@
+"""The measured heatmap tab: metric / model / pair / column selectors, the map, its legend, cell detail."""
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
+from textual.widgets import Static
+
+from ..format import short_names
+from ..heatdata import COLUMN_MODES, METRICS, HeatData, Metric, pairs
+from .cell_detail import CellDetail, cell_renderable
+from .heatmap import Heatmap
+from .legend import Legend
+
+
+class HeatmapView(Vertical):
+    HELP_TITLE = "Heatmap"
+    DEFAULT_CSS = """
+    HeatmapView { height: 1fr; }
+    HeatmapView #heat-toolbar { height: auto; padding: 0 1; background: $boost; }
+    HeatmapView #heat-body { height: 1fr; }
+    HeatmapView #heat-left { width: 1fr; min-width: 30; }
+    HeatmapView CellDetail { width: 40; }
+    HeatmapView.-narrow #heat-body { layout: vertical; }
+    HeatmapView.-narrow CellDetail { width: 1fr; height: 7; border-left: none; border-top: hkey $primary 50%; }
+    """
+    BINDINGS = [Binding(m.key, f"metric('{m.id}')", m.label, show=False, id=f"heatmap.metric.{m.id}") for m in METRICS] + [
+        Binding("m", "next_model(1)", "next model", id="heatmap.next_model"),
+        Binding("M", "next_model(-1)", "previous model", show=False, id="heatmap.prev_model"),
+        Binding("p", "next_pair(1)", "next pair", id="heatmap.next_pair"),
+        Binding("P", "next_pair(-1)", "previous pair", show=False, id="heatmap.prev_pair"),
+        Binding("c", "toggle_columns", "modules/groups", id="heatmap.columns"),
+        Binding("n", "next_metric(1)", "next metric", show=False, id="heatmap.next_metric"),
+        Binding("N", "next_metric(-1)", "previous metric", show=False, id="heatmap.prev_metric"),
+    ]
+
+    metric_id: reactive[str] = reactive("relative_norm", init=False)
+    mode: reactive[str] = reactive("modules", init=False)
+    model: reactive[int] = reactive(0, init=False)
+    pair: reactive[int] = reactive(0, init=False)
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.report = None
+        self.data: HeatData | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="heat-toolbar")
+        with Horizontal(id="heat-body"):
+            with Vertical(id="heat-left"):
+                yield Heatmap(id="heatmap")
+                yield Legend(id="heat-legend")
+            yield CellDetail(id="heat-detail")
+
+    def on_resize(self, event) -> None:
+        self.set_class(event.size.width < 100, "-narrow")
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def metric(self) -> Metric:
+        return next(m for m in METRICS if m.id == self.metric_id)
+
+    def show(self, report) -> None:
+        self.report = report
+        self.data = HeatData(report)
+        self.model = min(self.model, max(0, report.n - 1))
+        self.pair = 0
+        if report.n < 2 and self.metric.subject != "model":
+            self.metric_id = "relative_norm"
+        self.redraw(keep_cursor=False)
+
+    def subject(self) -> tuple[int, int]:
+        if self.report is None:
+            return (0, 0)
+        if self.metric.subject == "pair":
+            ps = pairs(self.report.n)
+            return ps[self.pair % len(ps)] if ps else (0, 0)
+        return (self.model, 0)
+
+    def subject_label(self) -> str:
+        if self.report is None:
+            return ""
+        short = short_names(self.report.models, 16)
+        subj = self.metric.subject
+        if subj == "model":
+            return f"model {short[self.model]} (m)"
+        if subj == "pair":
+            i, j = self.subject()
+            return f"pair {short[i]} × {short[j]} (p)"
+        return f"all {self.report.n} models"
+
+    def redraw(self, keep_cursor: bool = True) -> None:
+        if self.data is None:
+            return
+        i, j = self.subject()
+        metric = self.metric
+        grid = self.data.grid(metric, self.mode, i, j, title=f"{metric.label} — {self.subject_label()}")
+        if metric.id == "trimmed_sign_conflict":
+            grid.note = f"measured at density {self.report.density}"
+        if not grid.row_labels:
+            grid.note = "no tensors the base and every model share: see the verdicts"
+        hm = self.query_one(Heatmap)
+        hm.set_grid(grid, keep_cursor=keep_cursor)
+        self.query_one(Legend).show(grid)
+        self._toolbar()
+
+    def _toolbar(self) -> None:
+        m = self.metric
+        t = Text()
+        t.append(f"[{m.key}] ", "bold cyan")
+        t.append(m.label, "bold")
+        t.append("  │  ", "dim")
+        t.append(self.subject_label())
+        t.append("  │  ", "dim")
+        t.append(f"columns: {self.mode} (c)")
+        t.append("  │  ", "dim")
+        t.append("1-9,0 metric  ?: keys", "dim")
+        self.query_one("#heat-toolbar", Static).update(t)
+
+    def watch_metric_id(self) -> None:
+        self.redraw()
+
+    def watch_mode(self) -> None:
+        self.redraw()
+
+    def watch_model(self) -> None:
+        self.redraw()
+
+    def watch_pair(self) -> None:
+        self.redraw()
+
+    # -- actions ----------------------------------------------------------------------------
+    def action_metric(self, metric_id: str) -> None:
+        metric = next(m for m in METRICS if m.id == metric_id)
+        if self.report is not None and self.report.n < 2 and metric.subject != "model":
+            self.notify(f"{metric.label} needs at least two fine-tunes", severity="warning")
+            return
+        self.metric_id = metric_id
+
+    def action_next_metric(self, step: int) -> None:
+        ids = [m.id for m in METRICS]
+        self.action_metric(ids[(ids.index(self.metric_id) + step) % len(ids)])
+
+    def action_next_model(self, step: int) -> None:
+        if self.report is not None and self.report.n:
+            if self.metric.subject != "model":  # m means "show one model": switch to a per-model metric
+                self.metric_id = "relative_norm"
+            self.model = (self.model + step) % self.report.n
+
+    def action_next_pair(self, step: int) -> None:
+        if self.report is None or self.report.n < 2:
+            self.notify("pairs need at least two fine-tunes", severity="warning")
+            return
+        if self.metric.subject != "pair":
+            self.metric_id = "cosine"
+            return
+        self.pair = (self.pair + step) % len(pairs(self.report.n))
+
+    def action_toggle_columns(self) -> None:
+        self.mode = COLUMN_MODES[(COLUMN_MODES.index(self.mode) + 1) % len(COLUMN_MODES)]
+
+    def on_heatmap_cursor_moved(self, event: Heatmap.CursorMoved) -> None:
+        event.stop()
+        if self.data is None:
+            return
+        agg = self.data.aggregate(self.mode, event.row, event.col)
+        grid = event.heatmap.grid
+        label = grid.row_labels[event.row] if grid.row_labels else ""
+        col = grid.col_labels[event.col] if grid.col_labels else ""
+        value = grid.values[event.row][event.col] if grid.values else None
+        self.query_one(CellDetail).show(cell_renderable(self.report, label, col, agg, self.metric, value))
