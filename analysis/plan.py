@@ -947,6 +947,8 @@ class Plan:
     def _global_jobs(self, method, sl: _NSlice, cks, index, pre: bool):
         ref0 = sl.base if sl.base else sl.sources[0].model
         names = [n for n in index[ref0].globals if _is_pre(n) == pre]
+        if not pre:  # mergekit's order: final norm, then the head
+            names.sort(key=lambda n: {"norm": 0, "head": 2}.get(site_of(n).group, 1))
         if not pre:  # lm_head is written when any input has it (mergekit: optional, tied to embed_tokens)
             for s in sl.sources:
                 for n in index[s.model].globals:
@@ -978,7 +980,8 @@ class Plan:
             infos[s.model] = cks[s.model].info(n)
         shapes = {tuple(i.shape) for i in infos.values()}
         if len(shapes) > 1:
-            listing = ", ".join(f"{r}: {list(i.shape)}" for r, i in infos.items())
+            order = sorted(infos, key=lambda r: r != self.base_model)  # base first
+            listing = ", ".join(f"{r}: {list(infos[r].shape)}" for r in order)
             self._fail(sl.path, f"tensor {out_name} has different shapes ({listing}); these models cannot be merged "
                                 f"tensor by tensor (different architecture or vocabulary; run `mergescope analyze`)")
         params, model_params = self._resolve_at(method, sl, out_name, param_names or in_names, t)
@@ -1204,6 +1207,9 @@ def plan_from_group_ratios(method: str, base: str | None, models: Sequence[str],
     reg = getattr(_m, "REGISTRY", None)
     if reg is not None and method in reg:
         spec = reg[method].param(param)
+        if spec is None:
+            raise ValueError(f"{method} has no parameter {param!r} "
+                             f"(its parameters: {', '.join(p.name for p in reg[method].params)})")
     per_model = spec.per_model if spec is not None else True
     n_vals = len(models) if per_model else 1
     table = {}

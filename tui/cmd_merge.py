@@ -1,0 +1,68 @@
+"""Merge models as a plan (a mergekit 0.1.x YAML config) says, into OUTPUT_DIR.
+
+Streams tensor by tensor (memory: a few tensors plus one output shard) and writes atomically: on any
+error or Ctrl-C nothing is left behind. Exit 0 on success, 2 on bad input (one line on stderr),
+1 when a merge method fails, 130 when interrupted.
+"""
+from __future__ import annotations
+
+import sys
+
+
+def add_arguments(p) -> None:
+    p.add_argument("config", metavar="CONFIG.yaml", help="merge plan (mergekit config schema)")
+    p.add_argument("output", metavar="OUTPUT_DIR", help="directory to create (must not exist or be empty)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--seed", type=int, default=None, help="seed for randomized methods (dare_*, della*)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty OUTPUT_DIR (only once the merge is complete)")
+    p.add_argument("--shard-size", default="5GB", metavar="SIZE",
+                   help="maximum size of one output shard, e.g. 5GB, 500MB (default 5GB)")
+    p.add_argument("--hash-inputs", action="store_true",
+                   help="record sha256 of every input weight file in the model card (default: only when inputs total <= 2 GB)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+    from analysis.merge import MergeError, run_merge
+    from analysis.plan import Plan
+    from analysis.writer import fmt_bytes, parse_size
+
+    err = Console(stderr=True)
+    out = Console()
+    shard_size = parse_size(args.shard_size)
+    plan = Plan.load(args.config)
+    kwargs = dict(device=args.device, seed=args.seed, force=args.force, shard_size=shard_size,
+                  hash_inputs=True if args.hash_inputs else None)
+    try:
+        if args.quiet or not err.is_terminal:
+            res = run_merge(plan, args.output, **kwargs)
+        else:
+            res = _with_progress(run_merge, plan, args.output, kwargs, err)
+    except MergeError as exc:
+        print(f"mergescope merge: error: {exc}", file=sys.stderr)
+        print("nothing was written", file=sys.stderr)
+        return 1
+    size = fmt_bytes(res.total_bytes)
+    shards = f"{len(res.shards)} shard{'s' if len(res.shards) != 1 else ''}"
+    out.print(f"[bold]merged[/bold] {res.n_tensors} tensors ({size}, {', '.join(res.out_dtypes) or '-'}) "
+              f"with {plan.merge_method} into [bold]{res.output_dir}[/bold]: {shards}, {res.seconds:.1f}s on {res.device}",
+              highlight=False)
+    return 0
+
+
+def _with_progress(run_merge, plan, output, kwargs, err):
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    with Progress(TextColumn("[bold]merge"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), TextColumn("{task.fields[tensors]}"),
+                  TextColumn("{task.description}", style="dim"), console=err, transient=True) as prog:
+        task = prog.add_task("", total=None, tensors="")
+
+        def progress(done, total, label):
+            count, _, name = label.partition(" ")
+            prog.update(task, completed=done, total=total, tensors=f"{count} tensors", description=name[-48:])
+
+        return run_merge(plan, output, progress=progress, **kwargs)
