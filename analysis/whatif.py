@@ -1,0 +1,302 @@
+"""What a plan will do, predicted from an analysis Report without reading a tensor.
+
+Every method this tool runs is, to first order, `θ₀ + Σᵢ cᵢ·τᵢ` per tensor: the *effective
+coefficient* cᵢ of model i folds its weight with the method's normalisation and λ. The Report keeps,
+per site (layer, group, module), the Gram matrix of the task vectors (Σ⟨τᵢ,τⱼ⟩, Σ‖τᵢ‖²) and Σ‖θ₀‖²,
+so for any coefficients the merged task vector's norm is exact:
+
+    ‖Σᵢ cᵢτᵢ‖² = Σᵢⱼ cᵢcⱼ⟨τᵢ,τⱼ⟩          (summed over the sites of a cell)
+
+What is exact and what is not (the UI says the same):
+- linear (normalize), task_arithmetic, dare_linear/della_linear *in expectation* (their random drop is
+  rescaled to be unbiased when `rescale` is on): the merged task vector's norm is exact (for DARE: of the
+  expected merge);
+- ties / dare_ties / breadcrumbs* / della: trimming and sign election are not modelled; the numbers
+  are those of the same weights without them. The interference they remove is shown by the *measured*
+  trimmed sign conflict, which the analysis measures at one density (its `density`); a plan at another
+  density needs a re-analysis at that density for an exact figure;
+- slerp / nuslerp: linearised (slerp ≈ lerp for small angles between task vectors); model_stock: its
+  interpolation ratio from the measured mean pairwise cosine of the site (mergekit computes it per
+  tensor); passthrough: the scale.
+
+Per cell (a set of sites) a `CellPrediction` gives: the merged task vector relative to the base
+(`merged_relative_norm`), the *retained mass* ‖Σcᵢτᵢ‖ / Σᵢ‖cᵢτᵢ‖ (1 = the contributions add up,
+lower = they cancel), each model's *share* ‖cᵢτᵢ‖ / Σⱼ‖cⱼτⱼ‖, the mean effective coefficient and raw
+weight per model, and the measured trimmed sign conflict.
+
+UI-free: imports numpy and analysis modules only (never textual).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+TASK_ARITHMETIC_FAMILY = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
+                          "della", "della_linear")
+SPARSIFYING = ("ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear")
+CONSENSUS = ("ties", "dare_ties", "breadcrumbs_ties", "della")
+EXACT = ("linear", "task_arithmetic")
+
+
+def method_note(method: str) -> str:
+    """One line saying how far to trust the prediction for `method`."""
+    if method in EXACT:
+        return f"{method}: exact (a weighted sum of task vectors)"
+    if method in ("dare_linear", "della_linear"):
+        return f"{method}: exact in expectation (random drop, rescaled); trimming noise not shown"
+    if method in CONSENSUS or method in SPARSIFYING:
+        return f"{method}: trim/drop and sign election not modelled — see the measured trimmed sign conflict"
+    if method in ("slerp", "nuslerp"):
+        return f"{method}: linearised (≈ lerp for small angles)"
+    if method == "model_stock":
+        return "model_stock: ratio from the measured mean pairwise cosine per site"
+    if method == "passthrough":
+        return "passthrough: the model's tensors, scaled"
+    return f"{method}: not modelled"
+
+
+@dataclass
+class SiteCoefficients:
+    """Per report model: effective coefficient cᵢ, raw weight wᵢ and density dᵢ (nan when unset)."""
+
+    coeff: np.ndarray
+    weight: np.ndarray
+    density: np.ndarray
+
+
+def coefficients(method: str, params: dict, model_params: Sequence[dict | None], *, base_param: dict | None = None,
+                 cosine: float | None = None) -> SiteCoefficients:
+    """Effective coefficients for one tensor. `model_params[i]` holds model i's resolved per-model
+    parameters, or None when model i is not in the plan (coefficient 0). `base_param`: the base's own
+    per-model parameters when the method takes the base as a plain input (linear). `cosine`: the mean
+    pairwise task-vector cosine (model_stock)."""
+    n = len(model_params)
+    w = np.array([_num((mp or {}).get("weight"), 0.0 if mp is None else 1.0) for mp in model_params], dtype=np.float64)
+    dens = np.array([_num((mp or {}).get("density"), math.nan) if mp is not None else math.nan for mp in model_params],
+                    dtype=np.float64)
+    present = np.array([mp is not None for mp in model_params])
+    c = np.zeros(n, dtype=np.float64)
+    if method in TASK_ARITHMETIC_FAMILY:
+        c = w.copy()
+        if params.get("normalize"):
+            s = w[present].sum()
+            if abs(s) >= 1e-8:
+                c = c / s
+        c = c * float(params.get("lambda", 1.0) if params.get("lambda") is not None else 1.0)
+    elif method == "linear":
+        c = w.copy()
+        total = w[present].sum() + (_num((base_param or {}).get("weight"), 0.0) if base_param is not None else 0.0)
+        if params.get("normalize", True) and abs(total) >= 1e-8:
+            c = c / total
+    elif method == "slerp":
+        t = _num(params.get("t"), 0.5)
+        c = np.where(present, t, 0.0)
+        w = c.copy()
+    elif method == "nuslerp":
+        s = w[present].sum()
+        c = w / s if abs(s) >= 1e-8 else w
+    elif method == "model_stock":
+        k = int(present.sum())
+        cos = 0.0 if cosine is None or not math.isfinite(cosine) else cosine
+        denom = 1 + (k - 1) * cos
+        t = (k * cos / denom) if k and abs(denom) > 1e-12 else 0.0
+        c = np.where(present, t / max(k, 1), 0.0)
+        w = c.copy()
+    elif method == "passthrough":
+        c = np.array([_num((mp or {}).get("scale"), 1.0) if mp is not None else 0.0 for mp in model_params])
+        w = c.copy()
+    c = np.where(present, c, 0.0)
+    w = np.where(present, w, 0.0)
+    return SiteCoefficients(c, w, dens)
+
+
+def _num(v, default: float) -> float:
+    if v is None or isinstance(v, bool):
+        return default
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return default
+
+
+@dataclass
+class CellPrediction:
+    merged_norm: float
+    merged_relative_norm: float
+    retained: float  # ‖Σcτ‖ / Σ‖cτ‖ (nan when nothing moves)
+    share: np.ndarray  # per model
+    coeff: np.ndarray  # numel-weighted mean effective coefficient per model
+    weight: np.ndarray  # numel-weighted mean raw weight per model
+    density: np.ndarray  # numel-weighted mean density per model (nan when unset)
+    trimmed_sign_conflict: float  # measured, at `measured_density`
+    measured_density: float
+    numel: int = 0
+
+
+@dataclass
+class WhatIf:
+    """Predictions for one plan over one report. `site_coeffs[(layer, group, module)]`."""
+
+    report: object
+    method: str
+    site_coeffs: dict
+    note: str = ""
+    conflict_report: object = None  # a report re-measured at the plan's density (optional)
+    warnings: list[str] = field(default_factory=list)
+
+    def cell(self, sites: Iterable) -> CellPrediction:
+        n = self.report.n
+        merged_sq = 0.0
+        base_sq = 0.0
+        contrib_sq = np.zeros(n)
+        coeff_sum = np.zeros(n)
+        weight_sum = np.zeros(n)
+        dens_sum = np.zeros(n)
+        dens_cnt = np.zeros(n)
+        numel = 0
+        keys = []
+        for s in sites:
+            keys.append(s.key)
+            sc = self.site_coeffs.get(s.key)
+            if sc is None:
+                continue
+            c = sc.coeff
+            gram = s.dot.copy()
+            np.fill_diagonal(gram, s.sq)
+            merged_sq += float(c @ gram @ c)
+            contrib_sq += c * c * s.sq
+            base_sq += s.base_sq
+            coeff_sum += c * s.numel
+            weight_sum += sc.weight * s.numel
+            ok = ~np.isnan(sc.density)
+            dens_sum[ok] += sc.density[ok] * s.numel
+            dens_cnt[ok] += s.numel
+            numel += s.numel
+        merged = math.sqrt(max(merged_sq, 0.0))
+        contrib = np.sqrt(contrib_sq)
+        total = float(contrib.sum())
+        share = contrib / total if total > 0 else np.zeros(n)
+        retained = merged / total if total > 0 else math.nan
+        tsc, dens = self._trimmed(keys)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            density = np.where(dens_cnt > 0, dens_sum / np.maximum(dens_cnt, 1), np.nan)
+        return CellPrediction(
+            merged_norm=merged,
+            merged_relative_norm=merged / math.sqrt(base_sq) if base_sq > 0 else 0.0,
+            retained=retained, share=share,
+            coeff=coeff_sum / numel if numel else np.zeros(n),
+            weight=weight_sum / numel if numel else np.zeros(n),
+            density=density, trimmed_sign_conflict=tsc, measured_density=dens, numel=numel)
+
+    def _trimmed(self, keys) -> tuple[float, float]:
+        rep = self.conflict_report if self.conflict_report is not None else self.report
+        wanted = set(keys)
+        nz = conf = 0
+        for s in rep.sites:
+            if s.key in wanted:
+                nz += s.trim_multi_nz
+                conf += s.trim_multi_conflict
+        return (conf / nz if nz else 0.0), rep.density
+
+
+def plan_models_to_report(plan, report) -> dict[str, int]:
+    """Plan model reference -> index in report.models (by resolved path, then by the string)."""
+    def key(p) -> str:
+        try:
+            return str(Path(p).expanduser().resolve())
+        except OSError:
+            return str(p)
+
+    index = {key(m): i for i, m in enumerate(report.models)}
+    out = {}
+    for ref in plan.referenced_models():
+        k = key(plan.model_path(ref)) if hasattr(plan, "model_path") else key(ref)
+        if k in index:
+            out[ref] = index[k]
+        elif ref in report.models:
+            out[ref] = report.models.index(ref)
+    return out
+
+
+def is_base(plan, report) -> Callable[[str], bool]:
+    try:
+        base = str(Path(report.base).expanduser().resolve())
+    except OSError:
+        base = report.base
+
+    def check(ref: str) -> bool:
+        try:
+            return str(Path(plan.model_path(ref)).expanduser().resolve()) == base
+        except OSError:
+            return ref == report.base
+
+    return check
+
+
+def from_plan(report, plan, *, conflict_report=None) -> WhatIf:
+    """Resolve the plan's parameters at one tensor of every site of the report and build a WhatIf.
+
+    Raises the plan's InputError when it cannot be resolved (e.g. a required weight matches nothing)."""
+    method = plan.merge_method
+    n_layers = len(report.layers())
+    to_idx = plan_models_to_report(plan, report)
+    base_check = is_base(plan, report)
+    warnings = []
+    refs = plan.input_models() if hasattr(plan, "input_models") else []
+    unknown = [r for r in refs if r not in to_idx and not base_check(r)]
+    if unknown:
+        warnings.append(f"not in this analysis (ignored by the prediction): {', '.join(unknown)}")
+    note = method_note(method)
+    if getattr(plan, "slices", None) is not None:
+        note = f"{method}: slices plan — predicted per output layer as if layer i came from layer i"
+    site_coeffs = {}
+    cache: dict[tuple, SiteCoefficients] = {}
+    for s in report.sites:
+        name = s.tensors[0] if s.tensors else None
+        if name is None:
+            continue
+        res = plan.resolve(name, num_layers=max(n_layers, 1))
+        mps: list[dict | None] = [None] * report.n
+        base_param = None
+        for ref, mp in res.model_params.items():
+            if ref in to_idx:
+                mps[to_idx[ref]] = mp
+            elif base_check(ref):
+                base_param = mp
+        cos = None
+        if method == "model_stock":
+            live = [i for i in range(report.n) if mps[i] is not None]
+            vals = []
+            for a in live:
+                for b in live:
+                    if a < b and s.sq[a] > 0 and s.sq[b] > 0:
+                        vals.append(s.dot[a, b] / math.sqrt(s.sq[a] * s.sq[b]))
+            cos = float(np.mean(vals)) if vals else 0.0
+            site_coeffs[s.key] = coefficients(method, res.params, mps, base_param=base_param, cosine=cos)
+            continue
+        ck = (_freeze(res.params), tuple(_freeze(m) for m in mps), _freeze(base_param))
+        sc = cache.get(ck)
+        if sc is None:
+            sc = cache[ck] = coefficients(method, res.params, mps, base_param=base_param)
+        site_coeffs[s.key] = sc
+    return WhatIf(report, method, site_coeffs, note=note, conflict_report=conflict_report, warnings=warnings)
+
+
+def _freeze(d):
+    if d is None:
+        return None
+    return tuple(sorted((k, v if not isinstance(v, (list, dict)) else repr(v)) for k, v in d.items()))
+
+
+def uniform_density(plan_whatif: WhatIf) -> float | None:
+    """The single density every included model uses everywhere, or None when it varies / is unset."""
+    vals = set()
+    for sc in plan_whatif.site_coeffs.values():
+        for c, d in zip(sc.coeff, sc.density):
+            if c != 0 and not math.isnan(d):
+                vals.add(round(float(d), 6))
+    return vals.pop() if len(vals) == 1 else None
