@@ -304,3 +304,223 @@ async def test_usable_at_80x24(family):
         hm = app.main.query_one(Heatmap)
         assert hm.size.height >= 6 and hm.size.width >= 40
         assert app.main.query_one(HeatmapView).has_class("-narrow")
+
+
+# ---- plan editor, what-if, export / load, merge ---------------------------------------------------
+async def settle(app, pilot) -> None:
+    """Let the debounced what-if run and land."""
+    await pilot.pause(0.15)
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+async def test_plan_edit_whatif_export_reload_merge(family, tmp_path):
+    from analysis.plan import Plan
+    from analysis.whatif import from_plan
+    from tui.dialogs.prompt import PathPrompt, ValuePrompt
+    from tui.widgets.plan_editor import PlanEditor
+
+    base, models = family
+    app = app_for(family)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await pilot.press("e")
+        await settle(app, pilot)
+        editor = app.main.query_one(PlanEditor)
+        st = app.plan_state
+        assert st.method == "task_arithmetic" and st.band_mode == 3 and st.included == [True] * 3
+        assert app.focused.id == "ratio-table"
+        # + / - steps on L0 · attn of the first model
+        await pilot.press("down", "right", "plus", "plus", "minus", "plus")  # row L0 (after embed), column attn
+        await settle(app, pilot)
+        assert st.value_at("weight", 0, "attn", 0) == pytest.approx(1.1)
+        assert st.value_at("weight", 0, "mlp", 0) == pytest.approx(1.0)
+        # the what-if is the prediction for exactly this plan
+        assert editor.preds is not None
+        expected = from_plan(app.report, st.to_plan())
+        r = [row[0] for row in editor.data.rows].index("L0")
+        got = editor.preds[r][1]
+        assert got.coeff[0] == pytest.approx(1.1)
+        want = expected.cell(editor.data.sites("groups")[r][1])
+        assert got.merged_norm == pytest.approx(want.merged_norm)
+        # typed value, second model, leave the third out
+        await pilot.press("m", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ValuePrompt)
+        inp = app.screen.query_one("#value-input")
+        inp.value = "0.5"
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert st.value_at("weight", 0, "attn", 1) == pytest.approx(0.5)
+        await pilot.press("m", "i")
+        await settle(app, pilot)
+        assert st.included == [True, True, False]
+        # method: next after task_arithmetic is ties; density starts at the analysis density
+        await pilot.press("t")
+        await settle(app, pilot)
+        st = app.plan_state
+        assert st.method == "ties"
+        assert st.value_at("density", 1, "mlp", 0) == pytest.approx(app.report.density)
+        assert st.value_at("weight", 0, "attn", 0) == pytest.approx(1.1)  # weights survive the switch
+        # a global parameter, validated
+        lam = editor.query_one("#global-lambda")
+        lam.value = "abc"
+        await pilot.pause()
+        assert "number" in str(editor.query_one("#plan-error").render())
+        lam.value = "0.9"
+        await settle(app, pilot)
+        assert st.globals["lambda"] == pytest.approx(0.9)
+        plan_before = st.to_plan()
+        # export
+        app.main.query_one("#ratio-table").focus()
+        await pilot.press("s")
+        await pilot.pause()
+        assert isinstance(app.screen, PathPrompt)
+        out_yaml = tmp_path / "plans" / "my_plan.yaml"
+        app.screen.query_one("#export-input").value = str(out_yaml)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert out_yaml.is_file()
+        written = Plan.load(out_yaml)
+        assert written.merge_method == "ties" and written.parameters == {"lambda": 0.9}
+        assert [m.model for m in written.models] == models[:2]
+        assert written.to_yaml() == plan_before.to_yaml()
+        # change something, then load the file back
+        await pilot.press("m", "plus", "b")  # back to the first model (the third is left out)
+        await settle(app, pilot)
+        assert app.plan_state.to_plan().to_yaml() != plan_before.to_yaml()
+        await pilot.press("l")
+        await pilot.pause()
+        app.screen.query_one("#load-input").value = str(out_yaml)
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert app.plan_state.to_plan().to_yaml() == plan_before.to_yaml()
+        assert app.plan_state.custom is None and app.plan_state.band_mode == 3
+        # merge into a temporary directory
+        await pilot.press("x")
+        await pilot.pause()
+        out_dir = tmp_path / "merged"
+        app.main.query_one("#merge-output").value = str(out_dir)
+        await pilot.press("ctrl+g")
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert not isinstance(app.screen, ErrorDialog), getattr(app.screen, "message", "")
+        assert (out_dir / "model.safetensors").is_file()
+        inside = Plan.from_yaml((out_dir / "merge_plan.yml").read_text())
+        assert inside.to_yaml() == plan_before.to_yaml()
+        assert app.last_merge is not None and app.last_merge.output_dir == out_dir
+        result = text_of(app.main.query_one("#merge-result-body"))
+        assert str(out_dir) in result
+
+
+async def test_merge_cancel_leaves_no_output(family, tmp_path, monkeypatch):
+    import analysis.merge as merge_mod
+
+    real = merge_mod.run_merge
+
+    def slow_merge(plan, output_dir, *, progress=None, should_stop=None, **kw):
+        def held(done, total, label):  # after the first tensor, hold until the user cancels (max 10 s)
+            progress(done, total, label)
+            if done:
+                t0 = time.perf_counter()
+                while not should_stop() and time.perf_counter() - t0 < 10:
+                    time.sleep(0.01)
+
+        return real(plan, output_dir, progress=held, should_stop=should_stop, **kw)
+
+    monkeypatch.setattr(merge_mod, "run_merge", slow_merge)
+    app = app_for(family)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await pilot.press("x")
+        out_dir = tmp_path / "merged"
+        app.main.query_one("#merge-output").value = str(out_dir)
+        await pilot.press("ctrl+g")
+        await pilot.pause(0.2)
+        assert app.running_jobs()
+        await pilot.press("escape")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert not out_dir.exists()
+        assert not list(tmp_path.glob("*merged*"))  # no temporary directory either
+        assert not isinstance(app.screen, ErrorDialog)
+        assert "cancelled" in text_of(app.main.query_one("#merge-status"))
+
+
+async def test_merge_into_an_input_is_one_error_dialog(family):
+    app = app_for(family)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await pilot.press("x")
+        app.main.query_one("#merge-output").value = family[1][0]  # an input model's directory
+        await pilot.press("ctrl+g")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert isinstance(app.screen, ErrorDialog)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert not isinstance(app.screen, ErrorDialog)
+
+
+async def test_plan_given_on_the_command_line_and_mergekit_style_plan(family, tmp_path):
+    """A hand-written mergekit config loads read-only; a table plan loads editable."""
+    base, models = family
+    hand = tmp_path / "hand.yaml"
+    hand.write_text(f"""merge_method: task_arithmetic
+base_model: {base}
+models:
+  - model: {models[0]}
+    parameters:
+      weight: [{{filter: q_proj, value: 0.3}}, {{value: 1.0}}]
+  - model: {models[1]}
+    parameters:
+      weight: 0.5
+""")
+    app = MergeScopeApp(base, models, str(hand), blink=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await settle(app, pilot)
+        st = app.plan_state
+        assert st.custom is not None  # q_proj is not a group filter: kept verbatim
+        assert st.included == [True, True, False]
+        assert st.to_plan().to_yaml() == st.custom.to_yaml()
+        await pilot.press("e", "plus")
+        await pilot.pause()
+        assert st.custom is not None  # read-only: a notification, not an edit
+        from tui.widgets.plan_editor import PlanEditor
+
+        preds = app.main.query_one(PlanEditor).preds
+        assert preds is not None
+        # the what-if honours the filter: q_proj of model 0 has weight 0.3
+        r = app.report
+        sites = [s for s in r.sites if s.layer == 1 and s.module == "q_proj"]
+        from analysis.whatif import from_plan
+
+        assert from_plan(r, st.custom).cell(sites).weight[0] == pytest.approx(0.3)
+        await pilot.press("R")
+        await settle(app, pilot)
+        assert app.plan_state.custom is None
+
+
+async def test_remeasure_at_the_plan_density(family):
+    from tui.widgets.plan_editor import PlanEditor
+
+    app = app_for(family, sample_plan={"method": "ties", "models": ["ft0", "ft1"], "weight": 1.0, "density": 0.5})
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await pilot.press("e")
+        await settle(app, pilot)
+        editor = app.main.query_one(PlanEditor)
+        assert "r measures" in text_of(editor.query_one("#whatif-detail"))
+        await pilot.press("r")
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await settle(app, pilot)
+        assert app.remeasured is not None and app.remeasured.density == 0.5
+        assert app.remeasured.models == family[1][:2]
+        assert editor.whatif.conflict_report is app.remeasured
+        r = [row[0] for row in editor.data.rows].index("L1")
+        assert editor.preds[r][0].measured_density == 0.5
+        assert editor.preds[r][0].trimmed_sign_conflict == pytest.approx(
+            app.remeasured.row_cell(1, None).trimmed_sign_conflict)

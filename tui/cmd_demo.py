@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 DEMO_MODELS = ("code", "prose", "dialog", "overtrained", "other_ft")
-SAMPLE_PLAN_MODELS = ("code", "prose")
+# The sample plan: TIES of code + prose, equal weights, trimmed at the analysis density (0.2), so the
+# what-if's trimmed sign conflict is measured, not guessed.
+SAMPLE_PLAN = {"method": "ties", "models": ["code", "prose"], "weight": 1.0, "density": 0.2}
 
 
 def family_dir() -> Path:
@@ -36,15 +38,13 @@ def add_arguments(p) -> None:
     # Hook: a `--headless` flag (another command's job) will add itself here and branch in run().
 
 
-def build_app(no_plan: bool = False, use_cache: bool = True):
+def build_app(no_plan: bool = False, use_cache: bool = True, **kw):
     """The demo app, ready to run: the headless path and tests build it the same way."""
     from .app import MergeScopeApp
 
     base, models = demo_paths()
-    app = MergeScopeApp(base, models, None, use_cache=use_cache, remember_set=False, title="demo family")
-    if not no_plan:
-        app.sample_plan = [m for m in models if Path(m).name in SAMPLE_PLAN_MODELS]
-    return app
+    return MergeScopeApp(base, models, None, use_cache=use_cache, remember_set=False, title="demo family",
+                         sample_plan=None if no_plan else dict(SAMPLE_PLAN), **kw)
 
 
 def run(args) -> int:

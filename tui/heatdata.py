@@ -77,6 +77,7 @@ class Grid:
     diverging: bool = False
     note: str = ""
     meta: dict = field(default_factory=dict)
+    texts: dict = field(default_factory=dict)  # (r, c) -> text shown instead of the number
 
     def finite(self) -> list[float]:
         return [v for row in self.values for v in row if v is not None and math.isfinite(v)]
@@ -95,6 +96,7 @@ class HeatData:
         self.report = report
         self.rows = report.rows()
         self._aggs: dict[str, tuple[list[str], list[list[Aggregate | None]]]] = {}
+        self._sites: dict[str, list[list[list]]] = {}
         self._by_row = [self._row_sites(layer, group) for _, layer, group in self.rows]
 
     def _row_sites(self, layer, group):
@@ -117,18 +119,29 @@ class HeatData:
             cols = [g for g in GROUPS if g in present]
             key = lambda s: s.group  # noqa: E731
         grid: list[list[Aggregate | None]] = []
+        site_grid: list[list[list]] = []
         for (label, layer, group), sites in zip(self.rows, self._by_row):
             row: list[Aggregate | None] = [Aggregate(sites, rep.n) if sites else None]
+            srow: list[list] = [list(sites)]
             if layer is None:
                 row += [None] * len(cols)
+                srow += [[] for _ in cols]
             else:
                 buckets: dict[str, list] = {}
                 for s in sites:
                     buckets.setdefault(key(s), []).append(s)
                 row += [Aggregate(buckets[c], rep.n) if c in buckets else None for c in cols]
+                srow += [buckets.get(c, []) for c in cols]
             grid.append(row)
+            site_grid.append(srow)
         self._aggs[mode] = ([ALL] + cols, grid)
+        self._sites[mode] = site_grid
         return self._aggs[mode]
+
+    def sites(self, mode: str) -> list[list[list]]:
+        """The SiteStats behind every cell of `mode`'s grid (empty lists where there are none)."""
+        self.aggregates(mode)
+        return self._sites[mode]
 
     def aggregate(self, mode: str, r: int, c: int) -> Aggregate | None:
         grid = self.aggregates(mode)[1]
@@ -157,3 +170,56 @@ class HeatData:
 
 def pairs(n: int) -> list[tuple[int, int]]:
     return [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+
+# ---- what-if ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WhatIfMetric:
+    id: str
+    label: str
+    per_model: bool
+    pct: bool
+    measured: str  # the measured metric shown beside it
+    help: str
+
+
+WHATIF_METRICS: tuple[WhatIfMetric, ...] = (
+    WhatIfMetric("retained", "retained mass ‖Σcτ‖/Σ‖cτ‖", False, True, "sign_conflict",
+                 "1 = the weighted task vectors add up; lower = they cancel each other here"),
+    WhatIfMetric("merged_relative_norm", "merged task vector ‖Σcτ‖/‖θ₀‖", False, False, "relative_norm",
+                 "how far the merge moves from the base, relative to the base weights"),
+    WhatIfMetric("share", "share of the merge", True, True, "magnitude_asymmetry",
+                 "‖cᵢτᵢ‖ / Σⱼ‖cⱼτⱼ‖: who dominates this cell"),
+    WhatIfMetric("coeff", "effective coefficient cᵢ", True, False, "relative_norm",
+                 "weight after the method's normalisation and λ: what multiplies τᵢ"),
+    WhatIfMetric("trimmed_sign_conflict", "trimmed sign conflict", False, True, "sign_conflict",
+                 "sign conflict left after the TIES trim (measured at the analysis density, or re-measured with r)"),
+)
+WHATIF_BY_ID = {m.id: m for m in WHATIF_METRICS}
+
+
+def whatif_predictions(data: HeatData, whatif) -> list[list]:
+    """CellPrediction (or None) for every cell of the group-column grid. Pure numbers: run it anywhere."""
+    out = []
+    for row in data.sites("groups"):
+        out.append([whatif.cell(sites) if sites else None for sites in row])
+    return out
+
+
+def whatif_grid(data: HeatData, preds: list[list], metric: WhatIfMetric, model: int, title: str = "") -> Grid:
+    def value(p):
+        if p is None:
+            return None
+        if metric.id == "retained":
+            return None if math.isnan(p.retained) else p.retained
+        if metric.id == "merged_relative_norm":
+            return p.merged_relative_norm
+        if metric.id == "share":
+            return float(p.share[model])
+        if metric.id == "coeff":
+            return float(p.coeff[model])
+        return p.trimmed_sign_conflict
+
+    values = [[value(p) for p in row] for row in preds]
+    return Grid(title=title or metric.label, row_labels=[r[0] for r in data.rows], col_labels=data.columns("groups"),
+                values=values, pct=metric.pct)

@@ -44,3 +44,13 @@ class JobCancelled(Message):
     def __init__(self, kind: str) -> None:
         super().__init__()
         self.kind = kind
+
+
+class WhatIfReady(Message):
+    """Predictions for the current plan: `preds[r][c]` per cell of the group grid."""
+
+    def __init__(self, preds, whatif, generation: int) -> None:
+        super().__init__()
+        self.preds = preds
+        self.whatif = whatif
+        self.generation = generation

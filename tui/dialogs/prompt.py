@@ -65,3 +65,57 @@ class PathPrompt(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class ValuePrompt(ModalScreen[float | None]):
+    """Type a number for a table cell; the spec's range is checked before it is accepted."""
+
+    DEFAULT_CSS = """
+    ValuePrompt { align: center middle; }
+    ValuePrompt > Vertical { width: 60; max-width: 95%; height: auto; border: thick $primary;
+        background: $surface; padding: 0 1; }
+    ValuePrompt .title { text-style: bold; padding-bottom: 1; }
+    ValuePrompt .hint { color: $text-muted; }
+    ValuePrompt #value-error { color: $error; }
+    """
+    BINDINGS = [Binding("escape", "cancel", "cancel", id="value.cancel")]
+
+    def __init__(self, title: str, value: float | None, lo: float | None = None, hi: float | None = None,
+                 hint: str = "") -> None:
+        super().__init__()
+        self.title_text = title
+        self.value = value
+        self.lo, self.hi = lo, hi
+        self.hint = hint
+
+    def compose(self) -> ComposeResult:
+        from ..widgets.inputs import AppInput
+
+        rng = ""
+        if self.lo is not None or self.hi is not None:
+            rng = f"  range {self.lo if self.lo is not None else '-∞'} … {self.hi if self.hi is not None else '∞'}"
+        with Vertical():
+            yield Label(self.title_text, classes="title")
+            yield AppInput("" if self.value is None else f"{self.value:g}", id="value-input", type="number")
+            yield Static(f"{self.hint}{rng}   Enter sets, Esc cancels", classes="hint")
+            yield Static("", id="value-error")
+
+    def on_mount(self) -> None:
+        inp = self.query_one(Input)
+        inp.focus()
+        inp.select_all() if hasattr(inp, "select_all") else None
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        try:
+            v = float(event.value)
+        except ValueError:
+            self.query_one("#value-error", Static).update("✖ not a number")
+            return
+        if (self.lo is not None and v < self.lo) or (self.hi is not None and v > self.hi):
+            self.query_one("#value-error", Static).update(f"✖ out of range ({self.lo} … {self.hi})")
+            return
+        self.dismiss(v)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

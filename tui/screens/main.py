@@ -20,7 +20,7 @@ class MainScreen(Screen):
         Binding("h", "tab('heatmap')", "heatmap", id="main.heatmap"),
         Binding("e", "tab('plan')", "plan", id="main.plan"),
         Binding("x", "tab('merge')", "merge", id="main.merge"),
-        Binding("escape", "app.cancel_job", "cancel job", show=False, id="main.cancel"),
+        Binding("escape", "escape", "cancel job / leave a field", show=False, id="main.cancel"),
     ]
 
     def compose(self) -> ComposeResult:
@@ -44,10 +44,19 @@ class MainScreen(Screen):
 
     def focus_tab(self, tab: str) -> None:
         pane = self.query_one(f"TabPane#{tab}")
-        target = {"verdicts": "#verdicts-view", "heatmap": "#heatmap", "plan": "#ratio-table", "merge": "#merge-view"}[tab]
+        target = {"verdicts": "#verdicts-view", "heatmap": "#heatmap", "plan": "#ratio-table", "merge": "#merge-go"}[tab]
         found = pane.query(target)
         if found:
             found.first().focus()
+
+    def action_escape(self) -> None:
+        """Esc cancels a running job; otherwise it leaves a text field for the tab's main widget."""
+        from textual.widgets import Input, Select
+
+        if self.app.running_jobs():
+            self.app.action_cancel_job()
+        elif isinstance(self.focused, (Input, Select)):
+            self.focus_tab(self.query_one(TabbedContent).active)
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         if event.pane is not None and event.pane.id and not isinstance(self.focused, Tabs):

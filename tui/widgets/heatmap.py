@@ -210,8 +210,8 @@ class Heatmap(ScrollView, can_focus=True):
         self._header = None
 
     # -- rendering --------------------------------------------------------------------------
-    def _cell_segments(self, v: float | None, is_cursor: bool) -> list[Segment]:
-        txt = compact(v, pct=self.grid.pct)
+    def _cell_segments(self, v: float | None, is_cursor: bool, text: str | None = None) -> list[Segment]:
+        txt = text if text is not None else compact(v, pct=self.grid.pct)
         idx = level(v, self._lo, self._hi, self.grid.diverging)
         if idx is None:
             st = Style(dim=True, reverse=is_cursor, bold=is_cursor)
@@ -229,8 +229,9 @@ class Heatmap(ScrollView, can_focus=True):
         if strip is None:
             cur_r, cur_c = self.cursor
             segs: list[Segment] = []
+            texts = self.grid.texts
             for c, v in enumerate(self.grid.values[r]):
-                segs.extend(self._cell_segments(v, r == cur_r and c == cur_c))
+                segs.extend(self._cell_segments(v, r == cur_r and c == cur_c, texts.get((r, c)) if texts else None))
             strip = Strip(segs, CELL_W * len(self.grid.values[r]))
             if len(self._cache) > 512:
                 self._cache.clear()

@@ -9,7 +9,7 @@ from ..heatdata import Grid
 from .heatmap import cell_styles, glyph
 
 
-def legend_text(grid: Grid) -> Text:
+def legend_text(grid: Grid, short: bool = False) -> Text:
     lo, hi = grid.bounds()
     styles = cell_styles(grid.diverging)
     t = Text()
@@ -23,9 +23,12 @@ def legend_text(grid: Grid) -> Text:
         t.append(" ", nst)
     if grid.diverging:
         t.append(f" {compact(m, grid.pct)}", "bold")
-        t.append(f"  (data {compact(lo, grid.pct)}…{compact(hi, grid.pct)})", "dim")
+        if not short:
+            t.append(f"  (data {compact(lo, grid.pct)}…{compact(hi, grid.pct)})", "dim")
     else:
         t.append(f" max {compact(hi, grid.pct)}", "bold")
+    if short:
+        return t
     t.append("   · no tensors", "dim")
     if any(v is not None and v == float("inf") for row in grid.values for v in row):
         t.append("  ∞ a model did not move", "dim")
@@ -37,7 +40,13 @@ class Legend(Static):
     Legend { height: auto; width: 1fr; padding: 0 1; }
     """
 
-    def show(self, grid: Grid) -> None:
+    def show(self, grid: Grid, compact: bool = False) -> None:
+        if compact:  # the title sits elsewhere: scale, then the note
+            parts = [legend_text(grid, short=True)]
+            if grid.note:
+                parts.append(Text(grid.note, style="italic dim"))
+            self.update(Text("\n").join(parts))
+            return
         title = Text(grid.title, style="bold")
         if grid.note:
             title.append(f"  {grid.note}", style="italic dim")

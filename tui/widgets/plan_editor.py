@@ -1,0 +1,476 @@
+"""The plan editor: method, global parameters, a per-(group, layer band) table per model, and a live
+what-if heatmap beside the measured one.
+
+Edits change the app's `PlanState`; every change rebuilds the `Plan` and asks the app for a new
+prediction (computed in a worker from the Report's numbers: nothing is merged, no tensor is read).
+"""
+from __future__ import annotations
+
+import math
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Checkbox, Input, Label, Select, Static
+
+from ..format import compact, short_names
+from ..heatdata import METRIC_BY_ID, WHATIF_METRICS, Grid, HeatData, whatif_grid
+from ..plan_state import BAND_MODES, band_name
+from .heatmap import Heatmap
+from .inputs import AppInput
+from .legend import Legend
+
+
+class PlanEditor(Vertical):
+    HELP_TITLE = "Plan editor"
+    DEFAULT_CSS = """
+    PlanEditor { height: 1fr; }
+    PlanEditor #plan-toolbar { height: auto; padding: 0 1; background: $boost; }
+    PlanEditor #plan-form { height: auto; padding: 0 1; }
+    PlanEditor #plan-form Label { padding: 0 1 0 2; }
+    PlanEditor #plan-form Select { width: 22; }
+    PlanEditor #plan-form Input { width: 10; }
+    PlanEditor #plan-form Checkbox { border: none; height: 1; padding: 0 1; background: transparent; }
+    PlanEditor #plan-error { height: auto; color: $error; padding: 0 1; }
+    PlanEditor #plan-body { height: 1fr; }
+    PlanEditor .plan-col { width: 1fr; min-width: 24; }
+    PlanEditor #plan-ratio-col { max-width: 40; }
+    PlanEditor .plan-col Heatmap { height: 1fr; }
+    PlanEditor .plan-col .col-title { height: 1; padding: 0 1; text-style: bold; }
+    PlanEditor #plan-whatif-col, PlanEditor #plan-measured-col { border-left: vkey $primary 50%; }
+    PlanEditor #whatif-detail { height: auto; max-height: 4; padding: 0 1; background: $boost; }
+    PlanEditor.-narrow #plan-measured-col { display: none; }
+    """
+    BINDINGS = [
+        Binding("plus,equals_sign", "step(1)", "+ step", id="plan.inc"),
+        Binding("minus,underscore", "step(-1)", "- step", id="plan.dec"),
+        Binding("enter", "edit_value", "type a value", id="plan.edit"),
+        Binding("m", "next_model(1)", "next model", id="plan.next_model"),
+        Binding("M", "next_model(-1)", "previous model", show=False, id="plan.prev_model"),
+        Binding("i", "toggle_include", "in/out of plan", id="plan.include"),
+        Binding("a", "next_param", "next parameter table", id="plan.param"),
+        Binding("b", "next_bands", "layer bands", id="plan.bands"),
+        Binding("t", "next_method(1)", "next method", id="plan.method"),
+        Binding("T", "next_method(-1)", "previous method", show=False, id="plan.prev_method"),
+        Binding("w", "next_whatif", "what-if metric", id="plan.whatif"),
+        Binding("r", "remeasure", "re-measure at plan density", id="plan.remeasure"),
+        Binding("R", "reset_plan", "reset to an editable table", show=False, id="plan.reset"),
+        Binding("s", "app.export_plan", "export YAML", id="plan.export"),
+        Binding("l", "app.load_plan", "load plan", id="plan.load"),
+    ]
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.report = None
+        self.data: HeatData | None = None
+        self.param = "weight"
+        self.model = 0
+        self.whatif_id = "retained"
+        self.preds = None
+        self.whatif = None
+        self._form_method = None
+
+    # -- layout -------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Static("No analysis yet.", id="plan-toolbar")
+        yield Horizontal(id="plan-form")
+        yield Static("", id="plan-error")
+        with Horizontal(id="plan-body"):
+            with Vertical(classes="plan-col", id="plan-ratio-col"):
+                yield Static("", classes="col-title", id="ratio-title")
+                yield Heatmap(id="ratio-table")
+                yield Legend(id="ratio-legend")
+            with Vertical(classes="plan-col", id="plan-whatif-col"):
+                yield Static("", classes="col-title", id="whatif-title")
+                yield Heatmap(id="whatif-map")
+                yield Legend(id="whatif-legend")
+            with Vertical(classes="plan-col", id="plan-measured-col"):
+                yield Static("", classes="col-title", id="measured-title")
+                yield Heatmap(id="measured-map")
+                yield Legend(id="measured-legend")
+        yield Static("", id="whatif-detail")
+
+    def on_resize(self, event) -> None:
+        self.set_class(event.size.width < 110, "-narrow")
+
+    @property
+    def state(self):
+        return getattr(self.app, "plan_state", None)
+
+    # -- showing --------------------------------------------------------------------------------
+    def show(self, report) -> None:
+        self.report = report
+        self.data = HeatData(report)
+        self.model = next((i for i, inc in enumerate(self.state.included) if inc), 0) if self.state else 0
+        self.preds = None
+        self.refresh_all()
+
+    def refresh_all(self) -> None:
+        """Everything after the state changed: form, table, toolbar, and a new prediction."""
+        if self.state is None or self.report is None:
+            return
+        if self.param not in self.state.table_params():
+            self.param = self.state.table_params()[0] if self.state.table_params() else "weight"
+        self.call_later(self._build_form)  # async: old widgets go before new ones (same ids) arrive
+        self.refresh_table()
+        self._toolbar()
+        self.query_one("#plan-error", Static).update("")
+        self.app.request_whatif()
+
+    def _toolbar(self) -> None:
+        st = self.state
+        short = short_names(st.models, 14)
+        t = Text()
+        t.append(st.method, "bold cyan")
+        t.append("  │  editing ", "dim")
+        t.append(self.param, "bold")
+        t.append(" of ")
+        t.append(short[self.model], "bold")
+        t.append(" (m)  ")
+        if st.included[self.model]:
+            t.append("✔ in plan", "green")
+        else:
+            t.append("✖ left out", "red")
+        t.append(" (i)  │  ", "dim")
+        t.append(f"bands: {band_name(st.band_mode)} (b)")
+        chosen = [short[i] for i in st.chosen()]
+        t.append("  │  merging ", "dim")
+        t.append(" + ".join(chosen) or "nothing", "bold")
+        if st.custom is not None:
+            t.append("\n")
+            t.append("loaded plan is hand-written (filters/slices): kept verbatim and read-only here; R resets to a table",
+                     "yellow")
+        self.query_one("#plan-toolbar", Static).update(t)
+
+    async def _build_form(self) -> None:
+        st = self.state
+        if st is None:
+            return
+        key = (st.method, tuple(sorted(st.globals.items(), key=lambda kv: kv[0])), st.custom is None)
+        if key == self._form_method:
+            return
+        self._form_method = key
+        from analysis.methods import REGISTRY
+
+        form = self.query_one("#plan-form", Horizontal)
+        await form.remove_children()
+        widgets = [Label("method"), Select([(m, m) for m in REGISTRY], value=st.method, allow_blank=False,
+                                           compact=True, id="plan-method")]
+        for spec in st.global_specs():
+            if spec.name == "int8_mask":
+                continue  # memory option, no numerical effect
+            value = st.global_value(spec.name)
+            if spec.kind == "bool":
+                widgets.append(Checkbox(spec.name, bool(value), id=f"global-{spec.name}", tooltip=spec.help))
+            else:
+                widgets.append(Label(spec.name))
+                widgets.append(AppInput("" if value is None else f"{value}", id=f"global-{spec.name}", compact=True,
+                                        placeholder="required" if spec.required else "default", tooltip=spec.help))
+        await form.mount_all(widgets)
+
+    def table_grid(self) -> Grid:
+        st = self.state
+        rows = st.rows()
+        cols = st.columns()
+        values, texts = [], {}
+        for r, row in enumerate(rows):
+            out = []
+            for c, col in enumerate(cols):
+                v = st.cell_value(self.param, row, col, self.model)
+                if v is not None and math.isnan(v):
+                    texts[(r, c)] = "mix"
+                    v = None
+                out.append(v)
+            values.append(out)
+        spec = st.spec.param(self.param)
+        title = f"{self.param} · {short_names(st.models, 14)[self.model]}"
+        grid = Grid(title=title, row_labels=[r.label for r in rows], col_labels=cols, values=values, texts=texts,
+                    note=(spec.help if spec is not None else ""))
+        return grid
+
+    def refresh_table(self) -> None:
+        grid = self.table_grid()
+        self.query_one("#ratio-table", Heatmap).set_grid(grid)
+        self.query_one("#ratio-legend", Legend).show(grid, compact=True)
+        self.query_one("#ratio-title", Static).update(Text(f"plan: {grid.title}", style="bold"))
+
+    # -- what-if ----------------------------------------------------------------------------------
+    def show_whatif(self, preds, whatif) -> None:
+        self.preds, self.whatif = preds, whatif
+        self._draw_whatif()
+
+    def _draw_whatif(self) -> None:
+        if self.preds is None or self.data is None:
+            return
+        metric = next(m for m in WHATIF_METRICS if m.id == self.whatif_id)
+        short = short_names(self.report.models, 14)
+        who = f" · {short[self.model]}" if metric.per_model else ""
+        grid = whatif_grid(self.data, self.preds, metric, self.model, title=f"predicted: {metric.label}{who}")
+        if metric.id == "trimmed_sign_conflict":
+            dens = self.preds_density()
+            grid.title = f"measured at d={dens}: trimmed sign conflict"
+        grid.note = self.whatif.note if self.whatif is not None else ""
+        hm = self.query_one("#whatif-map", Heatmap)
+        hm.set_grid(grid)
+        self.query_one("#whatif-legend", Legend).show(grid, compact=True)
+        self.query_one("#whatif-title", Static).update(Text(grid.title, style="bold"))
+        mgrid = self._measured_grid(metric)
+        mm = self.query_one("#measured-map", Heatmap)
+        mm.set_grid(mgrid)
+        self.query_one("#measured-legend", Legend).show(mgrid, compact=True)
+        self.query_one("#measured-title", Static).update(Text(mgrid.title, style="bold"))
+        self._detail(*hm.cursor)
+
+    def _measured_grid(self, metric) -> Grid:
+        """The measured counterpart: for a two-model plan, that pair's numbers; else all analysed models."""
+        short = short_names(self.report.models, 14)
+        chosen = self.state.chosen() if self.state else []
+        i = self.model
+        mid = metric.measured
+        pair = chosen if len(chosen) == 2 else None
+        if pair and mid == "sign_conflict":
+            mid = "sign_conflict_pair"
+        if pair and mid == "magnitude_asymmetry":
+            mid = "magnitude_ratio"
+        measured = METRIC_BY_ID[mid]
+        a, b = pair if pair else (i, (i + 1) % max(1, self.report.n))
+        mgrid = self.data.grid(measured, "groups", i if measured.subject == "model" else a, b)
+        if measured.subject == "model":
+            who = f" · {short[i]}"
+        elif measured.subject == "pair":
+            who = f" · {short[a]}×{short[b]}"
+        else:
+            who = f" · all {self.report.n} analysed"
+        mgrid.title = f"measured: {measured.label}{who}"
+        return mgrid
+
+    def preds_density(self):
+        for row in self.preds or []:
+            for p in row:
+                if p is not None:
+                    return p.measured_density
+        return self.report.density if self.report else None
+
+    def _detail(self, r: int, c: int) -> None:
+        t = Text()
+        if self.preds is None or not (0 <= r < len(self.preds)) or not (0 <= c < len(self.preds[r])):
+            self.query_one("#whatif-detail", Static).update(t)
+            return
+        p = self.preds[r][c]
+        label = self.data.rows[r][0]
+        col = self.data.columns("groups")[c]
+        t.append(f"{label}·{col}  ", "bold")
+        if p is None:
+            t.append("no tensors", "dim")
+        else:
+            short = short_names(self.report.models, 10)
+            t.append("predicted ", "cyan")
+            t.append(f"merged rel {compact(p.merged_relative_norm)} · retained {compact(p.retained, True)} · ")
+            t.append(" ".join(f"{short[i]} c={p.coeff[i]:.3g} ({p.share[i]:.0%})" for i in range(len(short))
+                              if p.coeff[i] != 0 or p.share[i] != 0) or "no model contributes")
+            t.append("  measured ", "cyan")
+            t.append(f"trimmed conflict {p.trimmed_sign_conflict:.0%} at d={p.measured_density}")
+            exact = self.whatif is not None and self.whatif.conflict_report is not None
+            chosen = self.state.chosen() if self.state else []
+            if not exact and len(chosen) != self.report.n:
+                t.append(f" over all {self.report.n} analysed models", "yellow")
+            dens = [d for d, cc in zip(p.density, p.coeff) if cc != 0 and not math.isnan(d)]
+            other_d = dens and any(abs(d - p.measured_density) > 1e-6 for d in dens)
+            if other_d:
+                t.append(f" (plan density {', '.join(f'{d:g}' for d in sorted(set(round(x, 4) for x in dens)))})",
+                         "yellow")
+            if not exact and (other_d or len(chosen) != self.report.n) and len(chosen) >= 2:
+                t.append(" — r measures this plan's models at its density", "yellow")
+        if self.whatif is not None and self.whatif.warnings:
+            t.append("\n" + "; ".join(self.whatif.warnings), "yellow")
+        self.query_one("#whatif-detail", Static).update(t)
+
+    def on_heatmap_cursor_moved(self, event: Heatmap.CursorMoved) -> None:
+        event.stop()
+        hid = event.heatmap.id
+        if hid == "ratio-table" and self.state is not None and self.data is not None:
+            row = self.state.rows()[event.row] if event.row < len(self.state.rows()) else None
+            if row is None:
+                return
+            target = self._report_row(row)
+            if target is not None:
+                for mid in ("#whatif-map", "#measured-map"):
+                    self.query_one(mid, Heatmap).move_to(target, event.col)
+        elif hid == "whatif-map":
+            self.query_one("#measured-map", Heatmap).move_to(event.row, event.col)
+            self._detail(event.row, event.col)
+        elif hid == "measured-map":
+            self.query_one("#whatif-map", Heatmap).move_to(event.row, event.col)
+
+    def _report_row(self, row) -> int | None:
+        labels = [r[1:] for r in self.data.rows]  # (layer, group)
+        if row.band is not None:
+            key = (row.band[0], None)
+        else:
+            key = (None, row.group)
+        return labels.index(key) if key in labels else None
+
+    # -- editing --------------------------------------------------------------------------------
+    def _cell(self):
+        hm = self.query_one("#ratio-table", Heatmap)
+        r, c = hm.cursor
+        rows = self.state.rows()
+        return rows[r], self.state.columns()[c]
+
+    def _editable(self) -> bool:
+        if self.state is None or self.report is None:
+            return False
+        if self.state.custom is not None:
+            self.notify("this loaded plan is hand-written (filters/slices) and kept verbatim; press R to replace it "
+                        "with an editable per-group table", severity="warning")
+            return False
+        if not self.state.table_params():
+            self.notify(f"{self.state.method} has no per-model numeric parameter to tabulate", severity="warning")
+            return False
+        return True
+
+    def action_step(self, direction: int) -> None:
+        if not self._editable():
+            return
+        row, col = self._cell()
+        if not self.state.keys_of(row, col):
+            self.notify("no tensors here: move to a column with a value", severity="warning")
+            return
+        self.state.step(self.param, row, col, self.model, direction)
+        self.changed()
+
+    def action_edit_value(self) -> None:
+        if not self._editable():
+            return
+        row, col = self._cell()
+        if not self.state.keys_of(row, col):
+            return
+        spec = self.state.spec.param(self.param)
+        cur = self.state.cell_value(self.param, row, col, self.model)
+        from ..dialogs.prompt import ValuePrompt
+
+        model = short_names(self.state.models, 20)[self.model]
+        where = row.label if col == "all" else f"{row.label} · {col}"
+
+        def done(value):
+            if value is None:
+                return
+            from analysis.errors import InputError
+
+            try:
+                self.state.set_value(self.param, row, col, self.model, value)
+            except InputError as exc:
+                self.query_one("#plan-error", Static).update(Text(f"✖ {exc}"))
+                return
+            self.changed()
+
+        self.app.push_screen(ValuePrompt(f"{self.param} of {model} at {where}",
+                                         None if cur is None or math.isnan(cur) else cur,
+                                         spec.min if spec else None, spec.max if spec else None,
+                                         spec.help if spec else ""), done)
+
+    def changed(self) -> None:
+        self.refresh_table()
+        self._toolbar()
+        self.query_one("#plan-error", Static).update("")
+        self.app.request_whatif()
+
+    def action_next_model(self, step: int) -> None:
+        if self.state is None:
+            return
+        self.model = (self.model + step) % len(self.state.models)
+        self.refresh_table()
+        self._toolbar()
+        self._draw_whatif()
+
+    def action_toggle_include(self) -> None:
+        if self.state is None:
+            return
+        if self.state.custom is not None and not self._editable():
+            return
+        self.state.included[self.model] = not self.state.included[self.model]
+        self.changed()
+
+    def action_next_param(self) -> None:
+        if self.state is None or not self._editable():
+            return
+        params = self.state.table_params()
+        self.param = params[(params.index(self.param) + 1) % len(params)] if self.param in params else params[0]
+        self.state.table(self.param)
+        self.changed()
+
+    def action_next_bands(self) -> None:
+        if self.state is None or not self._editable():
+            return
+        mode = BAND_MODES[(BAND_MODES.index(self.state.band_mode) + 1) % len(BAND_MODES)]
+        self.state.set_band_mode(mode)
+        self.changed()
+
+    def action_next_method(self, step: int) -> None:
+        if self.state is None:
+            return
+        from analysis.methods import REGISTRY
+
+        names = list(REGISTRY)
+        cur = names.index(self.state.method) if self.state.method in names else 0
+        self.set_method(names[(cur + step) % len(names)])
+
+    def set_method(self, method: str) -> None:
+        self.app.set_plan_method(method)
+        self.refresh_all()
+
+    def action_next_whatif(self) -> None:
+        ids = [m.id for m in WHATIF_METRICS]
+        self.whatif_id = ids[(ids.index(self.whatif_id) + 1) % len(ids)]
+        self._draw_whatif()
+
+    def action_remeasure(self) -> None:
+        self.app.remeasure_at_plan_density()
+
+    def action_reset_plan(self) -> None:
+        if self.state is not None:
+            self.app.reset_plan()
+            self.refresh_all()
+
+    # -- form events ----------------------------------------------------------------------------
+    def on_select_changed(self, event: Select.Changed) -> None:
+        event.stop()
+        if event.select.id == "plan-method" and self.state is not None and event.value != self.state.method \
+                and event.value is not Select.NULL:
+            self.set_method(str(event.value))
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        event.stop()
+        self._set_global(event.checkbox.id, event.value)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self._set_global(event.input.id, event.value)
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self._set_global(event.input.id, event.value, quiet=True)
+
+    def _set_global(self, wid: str | None, value, quiet: bool = False) -> None:
+        if not wid or not wid.startswith("global-") or self.state is None:
+            return
+        from analysis.errors import InputError
+
+        name = wid[len("global-"):]
+        if self.state.global_value(name) == value or f"{self.state.global_value(name)}" == f"{value}":
+            return
+        if self.state.custom is not None:
+            if not quiet:
+                self._editable()
+            return
+        try:
+            self.state.set_global(name, value)
+        except InputError as exc:
+            self.query_one("#plan-error", Static).update(Text(f"✖ {exc}"))
+            return
+        self.query_one("#plan-error", Static).update("")
+        self._form_method = (self.state.method, tuple(sorted(self.state.globals.items(), key=lambda kv: kv[0])),
+                             self.state.custom is None)
+        self._toolbar()
+        self.app.request_whatif()
