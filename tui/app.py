@@ -46,7 +46,8 @@ class MergeScopeApp(App):
 
     def __init__(self, base: str | None = None, models: Iterable[str] = (), plan: str | None = None, *,
                  density: float = 0.2, device: str = "cpu", use_cache: bool = True, remember_set: bool = True,
-                 title: str | None = None, blink: bool = True, sample_plan: dict | None = None) -> None:
+                 title: str | None = None, blink: bool = True, sample_plan: dict | None = None,
+                 output_dir: str | None = None) -> None:
         super().__init__()
         self.initial = ModelSet(base, list(models), plan) if base else None
         self.blink = blink  # False in tests and screenshots: stable frames
@@ -54,7 +55,8 @@ class MergeScopeApp(App):
         self.device = device
         self.use_cache = use_cache
         self.remember_set = remember_set
-        self.sample_plan = sample_plan  # {"method", "models", "weights", "density"}: the demo's starting plan
+        self.sample_plan = sample_plan  # {"method", "models", "weight", "density"}: the demo's starting plan
+        self.output_dir = output_dir  # the merge tab's starting output directory
         self.report = None
         self.model_set: ModelSet | None = None
         self.plan_state = None
@@ -195,6 +197,8 @@ class MergeScopeApp(App):
                     table[key] = [float(value)] * len(report.models)
 
     def _default_output(self, report) -> str:
+        if self.output_dir:
+            return self.output_dir
         root = Path(report.base).expanduser()
         parent = root.parent if root.parent != root else Path.cwd()
         if not os.access(parent, os.W_OK):

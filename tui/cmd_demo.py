@@ -29,7 +29,18 @@ def demo_paths() -> tuple[str, list[str]]:
     models = [root / m for m in DEMO_MODELS if (root / m).exists()]
     if not base.exists() or not models:
         raise InputError(f"the demo family is missing under {root}; reinstall mergescope (it ships with the package)")
-    return str(base), [str(m) for m in models]
+    return _shown(base), [_shown(m) for m in models]
+
+
+def _shown(path: Path) -> str:
+    """The path as the demo shows it: relative to the working directory when that is shorter."""
+    import os
+
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return rel if len(rel) < len(str(path)) else str(path)
 
 
 def add_arguments(p) -> None:
@@ -43,6 +54,7 @@ def build_app(no_plan: bool = False, use_cache: bool = True, **kw):
     from .app import MergeScopeApp
 
     base, models = demo_paths()
+    kw.setdefault("output_dir", str(Path.cwd() / "merged-demo"))
     return MergeScopeApp(base, models, None, use_cache=use_cache, remember_set=False, title="demo family",
                          sample_plan=None if no_plan else dict(SAMPLE_PLAN), **kw)
 

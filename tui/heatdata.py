@@ -37,30 +37,35 @@ class Metric:
     pct: bool = False
     diverging: bool = False  # centred on 0 (cosines)
     help: str = ""
+    short: str = ""  # for narrow titles
+
+    @property
+    def title(self) -> str:
+        return self.short or self.label
 
 
 METRICS: tuple[Metric, ...] = (
     Metric("norm", "1", "task-vector norm ‖τ‖", "model", lambda a, i, j: a.norm(i),
-           help="sqrt(Σ‖τᵢ‖²) over the cell's tensors"),
+           help="sqrt(Σ‖τᵢ‖²) over the cell's tensors", short="‖τ‖"),
     Metric("relative_norm", "2", "relative norm ‖τ‖/‖θ₀‖", "model", lambda a, i, j: a.relative_norm(i),
-           help="how far the fine-tune moved, relative to the base weights"),
+           help="how far the fine-tune moved, relative to the base weights", short="rel. norm"),
     Metric("sign_conflict", "3", "sign conflict (all models)", "all", lambda a, i, j: a.sign_conflict, pct=True,
-           help="coordinates where ≥2 task vectors are non-zero and disagree in sign; ~50% = independent"),
+           help="coordinates where ≥2 task vectors are non-zero and disagree in sign; ~50% = independent", short="sign conflict"),
     Metric("trimmed_sign_conflict", "4", "trimmed sign conflict (TIES trim)", "all",
            lambda a, i, j: a.trimmed_sign_conflict, pct=True,
-           help="sign conflict after keeping each τᵢ's top-density magnitudes (at the analysis density)"),
+           help="sign conflict after keeping each τᵢ's top-density magnitudes (at the analysis density)", short="trimmed conflict"),
     Metric("magnitude_asymmetry", "5", "magnitude asymmetry max/min ‖τ‖", "all",
-           lambda a, i, j: a.magnitude_asymmetry, help="1 = equal norms; large = one model dominates an equal-weight merge"),
+           lambda a, i, j: a.magnitude_asymmetry, help="1 = equal norms; large = one model dominates an equal-weight merge", short="asymmetry"),
     Metric("cosine", "6", "pairwise cosine cos(τᵢ, τⱼ)", "pair", lambda a, i, j: a.cosine(i, j), diverging=True,
-           help="alignment of two task vectors: > 0 reinforce, < 0 cancel, ≈ 0 independent"),
+           help="alignment of two task vectors: > 0 reinforce, < 0 cancel, ≈ 0 independent", short="cosine"),
     Metric("topk_energy", "7", "top-20% energy", "model", lambda a, i, j: a.topk_energy(i), pct=True,
-           help="share of ‖τᵢ‖² in its top 20% magnitudes: high = sparse, trims well"),
+           help="share of ‖τᵢ‖² in its top 20% magnitudes: high = sparse, trims well", short="top-20% energy"),
     Metric("sign_conflict_pair", "8", "pairwise sign conflict", "pair", lambda a, i, j: a.sign_conflict_pair(i, j),
-           pct=True, help="among coordinates where both τᵢ and τⱼ are non-zero, the share with opposite signs"),
+           pct=True, help="among coordinates where both τᵢ and τⱼ are non-zero, the share with opposite signs", short="sign conflict"),
     Metric("magnitude_ratio", "9", "magnitude ratio ‖τᵢ‖/‖τⱼ‖", "pair", lambda a, i, j: a.magnitude_ratio(i, j),
-           help="how much larger one task vector is than the other in this cell"),
+           help="how much larger one task vector is than the other in this cell", short="norm ratio"),
     Metric("cosine_to_base", "0", "cosine to base cos(θᵢ, θ₀)", "model", lambda a, i, j: a.cosine_to_base(i),
-           help="1 = unchanged; fine-tunes of this base stay close to 1"),
+           help="1 = unchanged; fine-tunes of this base stay close to 1", short="cos to base"),
 )
 METRIC_BY_ID = {m.id: m for m in METRICS}
 
@@ -181,19 +186,21 @@ class WhatIfMetric:
     pct: bool
     measured: str  # the measured metric shown beside it
     help: str
+    short: str = ""
 
 
 WHATIF_METRICS: tuple[WhatIfMetric, ...] = (
     WhatIfMetric("retained", "retained mass ‖Σcτ‖/Σ‖cτ‖", False, True, "sign_conflict",
-                 "1 = the weighted task vectors add up; lower = they cancel each other here"),
+                 "1 = the weighted task vectors add up; lower = they cancel each other here", "retained mass"),
     WhatIfMetric("merged_relative_norm", "merged task vector ‖Σcτ‖/‖θ₀‖", False, False, "relative_norm",
-                 "how far the merge moves from the base, relative to the base weights"),
+                 "how far the merge moves from the base, relative to the base weights", "merged ‖Δ‖/‖θ₀‖"),
     WhatIfMetric("share", "share of the merge", True, True, "magnitude_asymmetry",
-                 "‖cᵢτᵢ‖ / Σⱼ‖cⱼτⱼ‖: who dominates this cell"),
+                 "‖cᵢτᵢ‖ / Σⱼ‖cⱼτⱼ‖: who dominates this cell", "share"),
     WhatIfMetric("coeff", "effective coefficient cᵢ", True, False, "relative_norm",
-                 "weight after the method's normalisation and λ: what multiplies τᵢ"),
+                 "weight after the method's normalisation and λ: what multiplies τᵢ", "coefficient cᵢ"),
     WhatIfMetric("trimmed_sign_conflict", "trimmed sign conflict", False, True, "sign_conflict",
-                 "sign conflict left after the TIES trim (measured at the analysis density, or re-measured with r)"),
+                 "sign conflict left after the TIES trim (measured at the analysis density, or re-measured with r)",
+                 "trimmed conflict"),
 )
 WHATIF_BY_ID = {m.id: m for m in WHATIF_METRICS}
 

@@ -32,7 +32,7 @@ def binding_sections(screen) -> list[tuple[str, list[Binding]]]:
         seen.add(cls)
         if not cls.__module__.startswith("tui."):  # Textual's own widgets: documented by Textual
             continue
-        own = [b for b in getattr(cls, "BINDINGS", []) if isinstance(b, Binding) and b.description]
+        own = [b for b in cls.__dict__.get("BINDINGS", []) if isinstance(b, Binding) and b.description]
         if not own:
             continue
         title = getattr(cls, "HELP_TITLE", None) or ("Everywhere" if node is screen.app else cls.__name__)

@@ -206,7 +206,7 @@ class PlanEditor(Vertical):
         metric = next(m for m in WHATIF_METRICS if m.id == self.whatif_id)
         short = short_names(self.report.models, 14)
         who = f" · {short[self.model]}" if metric.per_model else ""
-        grid = whatif_grid(self.data, self.preds, metric, self.model, title=f"predicted: {metric.label}{who}")
+        grid = whatif_grid(self.data, self.preds, metric, self.model, title=f"predicted: {metric.short or metric.label}{who}")
         if metric.id == "trimmed_sign_conflict":
             dens = self.preds_density()
             grid.title = f"measured at d={dens}: trimmed sign conflict"
@@ -241,8 +241,8 @@ class PlanEditor(Vertical):
         elif measured.subject == "pair":
             who = f" · {short[a]}×{short[b]}"
         else:
-            who = f" · all {self.report.n} analysed"
-        mgrid.title = f"measured: {measured.label}{who}"
+            who = f" · all {self.report.n}"
+        mgrid.title = f"measured: {measured.title}{who}"
         return mgrid
 
     def preds_density(self):

@@ -1,0 +1,152 @@
+"""Screenshots of the explorer's main views, from real runs: SVG (Textual) and PNG (rsvg-convert).
+
+    python scripts/screenshots.py                      # the bundled demo family → screenshots/
+    python scripts/screenshots.py --family DIR --base base --models code prose dialog
+
+Drives the real app headless (Textual's pilot) on real checkpoints: analyse, verdicts, heatmaps,
+plan editor with the what-if, a real merge into a temporary directory, help. Paths are shown
+relative to the family directory so the pictures stay readable. PNGs need `rsvg-convert`
+(Debian/Ubuntu: `apt-get install librsvg2-bin`); without it only the SVGs are written.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SIZE = (120, 40)
+SMALL = (80, 24)
+
+
+def to_png(svg: Path) -> Path | None:
+    """rsvg-convert, with spaces preserved (Textual writes &#160;, which rsvg drops at span edges)."""
+    exe = shutil.which("rsvg-convert")
+    if exe is None:
+        return None
+    text = svg.read_text().replace("<svg ", '<svg xml:space="preserve" ', 1)
+    with tempfile.NamedTemporaryFile("w", suffix=".svg", delete=False) as fh:
+        fh.write(text)
+        tmp = fh.name
+    png = svg.with_suffix(".png")
+    try:
+        subprocess.run([exe, tmp, "-o", str(png)], check=True)
+    finally:
+        os.unlink(tmp)
+    return png
+
+
+async def settle(app, pilot, t: float = 0.25) -> None:
+    await app.workers.wait_for_complete()
+    await pilot.pause(t)
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+async def shoot(out: Path, family: Path, base: str, models: list[str], sample: dict) -> list[Path]:
+    from tui.app import MergeScopeApp
+
+    shots: list[Path] = []
+
+    def save(app, name: str) -> None:
+        path = out / f"{name}.svg"
+        app.save_screenshot(filename=path.name, path=str(out))
+        shots.append(path)
+
+    os.chdir(family)
+    # 1. open dialog (fresh app, no paths)
+    app = MergeScopeApp(blink=False, remember_set=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        app.screen.query_one("#open-base").value = base
+        for k, m in enumerate(models[:2]):
+            app.screen.query_one(f"#open-model-{k}").value = m
+        await pilot.pause()
+        save(app, "01-open")
+    # 2.. the main views on one app
+    app = MergeScopeApp(base, models, blink=False, remember_set=False, sample_plan=sample)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        save(app, "02-verdicts")
+        await pilot.press("h", "2")
+        await pilot.press(*["down"] * 3, "right", "right")
+        await settle(app, pilot)
+        save(app, "03-heatmap-relative-norm")
+        await pilot.press("c", "6", "p")
+        await settle(app, pilot)
+        save(app, "04-heatmap-pair-cosine")
+        await pilot.press("c", "4")
+        await settle(app, pilot)
+        save(app, "05-heatmap-trimmed-conflict")
+        await pilot.press("e")
+        await settle(app, pilot)
+        await pilot.press("down", "right", "plus", "plus", "plus")
+        await settle(app, pilot)
+        save(app, "06-plan-whatif")
+        await pilot.press("w", "w")
+        await settle(app, pilot)
+        save(app, "07-plan-whatif-share")
+        tmp = Path(tempfile.mkdtemp(prefix="mergescope-shot-"))
+        try:
+            await pilot.press("x")
+            await pilot.pause()
+            app.main.query_one("#merge-output").value = str(tmp / "merged")
+            await pilot.press("ctrl+g")
+            await settle(app, pilot, 0.5)
+            save(app, "08-merge-result")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        await pilot.press("h", "question_mark")
+        await pilot.pause()
+        save(app, "09-help")
+    # 3. a small terminal
+    app = MergeScopeApp(base, models, blink=False, remember_set=False, sample_plan=sample)
+    async with app.run_test(size=SMALL) as pilot:
+        await settle(app, pilot)
+        await pilot.press("h", "4")
+        await settle(app, pilot)
+        save(app, "10-heatmap-80x24")
+        await pilot.press("e")
+        await settle(app, pilot)
+        save(app, "11-plan-80x24")
+    return shots
+
+
+def main() -> int:
+    from tui.cmd_demo import DEMO_MODELS, SAMPLE_PLAN, family_dir
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", type=Path, default=family_dir(), help="directory holding the checkpoints")
+    ap.add_argument("--base", default="base")
+    ap.add_argument("--models", nargs="+", default=list(DEMO_MODELS))
+    ap.add_argument("--out", type=Path, default=ROOT / "screenshots")
+    ap.add_argument("--sample-models", nargs=2, default=SAMPLE_PLAN["models"], help="the two models of the sample plan")
+    a = ap.parse_args()
+    family = a.family.resolve()
+    models = [m for m in a.models if (family / m).exists()]
+    if not (family / a.base).exists() or not models:
+        print(f"no checkpoints under {family}", file=sys.stderr)
+        return 2
+    out = a.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as d:
+        os.environ.setdefault("MERGESCOPE_CACHE_DIR", str(Path(d) / "cache"))
+        os.environ["MERGESCOPE_CONFIG_DIR"] = str(Path(d) / "config")
+        sample = dict(SAMPLE_PLAN, models=list(a.sample_models))
+        shots = asyncio.run(shoot(out, family, a.base, models, sample))
+    for svg in shots:
+        png = to_png(svg)
+        print(f"{svg.relative_to(out.parent) if out.parent in svg.parents else svg}"
+              + (f"  {png.name}" if png else "  (no rsvg-convert: SVG only)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""SVG snapshots of the main views at fixed terminal sizes (pytest-textual-snapshot).
+
+Deterministic by construction: the checkpoints are built from a fixed seed under relative paths
+(the app shows paths as given), the analysis cache is warmed first (so the header says "from cache",
+not a timing), and the cursor does not blink. Update after reviewing: `pytest --snapshot-update`.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from analysis.analyze import analyze
+from tests.test_metrics import make_family
+from tui.app import MergeScopeApp
+
+MODELS = ["ft0", "ft1", "ft2"]
+SAMPLE = {"method": "ties", "models": ["ft0", "ft1"], "weight": 1.0, "density": 0.2}
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.setenv("MERGESCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MERGESCOPE_CONFIG_DIR", str(tmp_path / "config"))
+    make_family(tmp_path, dtype=torch.float32, n_models=3)
+    monkeypatch.chdir(tmp_path)
+    analyze("base", MODELS)  # warm cache: no timings on screen
+    return tmp_path
+
+
+def app(**kw) -> MergeScopeApp:
+    return MergeScopeApp("base", MODELS, blink=False, remember_set=False, **kw)
+
+
+async def _settle(pilot) -> None:
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause(0.2)
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def test_verdicts(workdir, snap_compare):
+    assert snap_compare(app(), run_before=_settle, terminal_size=(120, 40))
+
+
+def test_heatmap_modules_relative_norm(workdir, snap_compare):
+    async def run_before(pilot):
+        await _settle(pilot)
+        await pilot.press("h", "2", "down", "down", "right", "right")
+        await pilot.pause()
+
+    assert snap_compare(app(), run_before=run_before, terminal_size=(120, 40))
+
+
+def test_heatmap_groups_pair_cosine(workdir, snap_compare):
+    async def run_before(pilot):
+        await _settle(pilot)
+        await pilot.press("h", "c", "6", "p", "down", "right")
+        await pilot.pause()
+
+    assert snap_compare(app(), run_before=run_before, terminal_size=(120, 40))
+
+
+def test_heatmap_80x24(workdir, snap_compare):
+    async def run_before(pilot):
+        await _settle(pilot)
+        await pilot.press("h", "3", "down")
+        await pilot.pause()
+
+    assert snap_compare(app(), run_before=run_before, terminal_size=(80, 24))
+
+
+def test_plan_editor_with_whatif(workdir, snap_compare):
+    async def run_before(pilot):
+        await _settle(pilot)
+        await pilot.press("e")
+        await _settle(pilot)
+        await pilot.press("down", "right", "plus", "plus")
+        await _settle(pilot)
+
+    assert snap_compare(app(sample_plan=SAMPLE), run_before=run_before, terminal_size=(120, 40))
+
+
+def test_plan_editor_80x24(workdir, snap_compare):
+    async def run_before(pilot):
+        await _settle(pilot)
+        await pilot.press("e")
+        await _settle(pilot)
+
+    assert snap_compare(app(sample_plan=SAMPLE), run_before=run_before, terminal_size=(80, 24))
+
+
+def test_merge_tab(workdir, snap_compare):
+    async def run_before(pilot):
+        await _settle(pilot)
+        await pilot.press("x")
+        await _settle(pilot)
+
+    assert snap_compare(app(sample_plan=SAMPLE), run_before=run_before, terminal_size=(120, 40))
+
+
+def test_open_dialog(workdir, snap_compare):
+    async def run_before(pilot):
+        await pilot.pause()
+        pilot.app.screen.query_one("#open-base").value = "base"
+        pilot.app.screen.query_one("#open-model-0").value = "ft0"
+        await pilot.pause()
+
+    assert snap_compare(MergeScopeApp(blink=False), run_before=run_before, terminal_size=(100, 32))
+
+
+def test_help_screen(workdir, snap_compare):
+    async def run_before(pilot):
+        await _settle(pilot)
+        await pilot.press("h", "question_mark")
+        await pilot.pause()
+
+    assert snap_compare(app(), run_before=run_before, terminal_size=(100, 40))
