@@ -113,6 +113,24 @@ class _SafetensorsFile:
         flat = torch.frombuffer(self._map(), dtype=dtype, count=count, offset=self.data_start + start)
         return flat.view(shape)
 
+    def release(self, name: str) -> None:
+        """Drop the pages of one tensor from this process (they stay in the page cache).
+
+        Without this, every page ever read stays mapped and counts in RSS, so reading a model
+        tensor by tensor would still 'use' the whole model's size. Safe for a private read-only
+        mapping: a later access re-reads the same bytes from the file."""
+        if self._mm is None or not hasattr(self._mm, "madvise"):
+            return
+        _, _, start, end = self.entries[name]
+        page = mmap.PAGESIZE
+        lo = (self.data_start + start) // page * page
+        hi = min(len(self._mm), -(-(self.data_start + end) // page) * page)
+        if hi > lo:
+            try:
+                self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError):
+                pass
+
     def close(self) -> None:
         # Views may still reference the mapping; dropping our handle lets GC close it when they go.
         self._mm = None
@@ -133,6 +151,9 @@ class _TorchBinFile:
 
     def get(self, name: str) -> torch.Tensor:
         return self.state[name]
+
+    def release(self, name: str) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -205,6 +226,12 @@ class Checkpoint:
             return self._files[self._where[name]].get(name)
         except KeyError:
             raise KeyError(f"{self.label}: no tensor named {name!r}") from None
+
+    def release(self, name: str) -> None:
+        """Done with this tensor for now: let its memory-mapped pages go (see _SafetensorsFile)."""
+        idx = self._where.get(name)
+        if idx is not None:
+            self._files[idx].release(name)
 
     @property
     def weight_files(self) -> list[Path]:
@@ -358,6 +385,11 @@ class LoraCheckpoint(Checkpoint):
             return f.get(self.full[name])
         raise KeyError(f"{self.label}: adapter has no tensor {name!r}")
 
+    def release(self, name: str) -> None:
+        f = self._files[0]
+        for src in self.pairs.get(name, ()) or ([self.full[name]] if name in self.full else []):
+            f.release(src)
+
     def with_base(self, base: Checkpoint) -> "AdaptedCheckpoint":
         return AdaptedCheckpoint(base, self)
 
@@ -389,6 +421,10 @@ class AdaptedCheckpoint(Checkpoint):
 
     def tokenizer_fingerprint(self) -> str | None:
         return self.lora.tokenizer_fingerprint() or self.base.tokenizer_fingerprint()
+
+    def release(self, name: str) -> None:
+        self.base.release(name)
+        self.lora.release(name)
 
     def get(self, name: str) -> torch.Tensor:
         if name in self.lora.pairs:

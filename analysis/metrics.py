@@ -324,6 +324,24 @@ def kth_largest_abs(x, k: int):
     return torch.kthvalue(flat.abs(), n - k + 1).values
 
 
+def _tensor_stats_pairwise(base, models, nm: str, density: float, st: SiteStats, dev) -> dict:
+    """Fallback for more models than the sign-code histogram holds: pair by pair, whole tensors."""
+    import torch
+
+    bad: dict = {}
+    base_t = base.get(nm).to(dev, dtype=torch.float32)
+    if not bool(torch.isfinite(base_t).all()):
+        bad["base"] = int((~torch.isfinite(base_t)).sum())
+        base_t = torch.nan_to_num(base_t, nan=0.0, posinf=0.0, neginf=0.0)
+    taus = [m.get(nm).to(dev, dtype=torch.float32) - base_t for m in models]
+    before = st.nonfinite.copy()
+    _tensor_stats(base_t, taus, density, st)
+    for i in range(len(models)):
+        if st.nonfinite[i] > before[i]:
+            bad[i] = int(st.nonfinite[i] - before[i])
+    return bad
+
+
 def _tensor_stats(base_t, taus: list, density: float, st: SiteStats) -> None:
     """Add one tensor's contribution (all models) to `st`. `taus` are float32 task vectors."""
     import torch
@@ -408,6 +426,8 @@ def analyze_checkpoints(base, models: Sequence, *, density: float = 0.2, device:
     """One streaming pass over base + fine-tunes. Returns a Report (findings filled by compat)."""
     import torch
 
+    from .tvstats import MAX_HIST_MODELS, tensor_stats
+
     if not 0.0 <= density <= 1.0:
         from .errors import InputError
 
@@ -440,20 +460,20 @@ def analyze_checkpoints(base, models: Sequence, *, density: float = 0.2, device:
         if st is None:
             st = sites[(site.layer, site.group, site.module)] = SiteStats(site.layer, site.group, site.module, n)
         st.tensors.append(nm)
-        base_t = base.get(nm).to(dev, dtype=torch.float32)
-        if not bool(torch.isfinite(base_t).all()):
-            structure.setdefault("base_nonfinite", {})[nm] = int((~torch.isfinite(base_t)).sum())
-            base_t = torch.nan_to_num(base_t, nan=0.0, posinf=0.0, neginf=0.0)
-        taus = []
-        for m in models:
-            taus.append(m.get(nm).to(dev, dtype=torch.float32) - base_t)
-        before = st.nonfinite.copy()
-        _tensor_stats(base_t, taus, density, st)
+        if n <= MAX_HIST_MODELS:
+            bad = tensor_stats(base.get(nm), [m.get(nm) for m in models], density, st, dev)
+        else:
+            bad = _tensor_stats_pairwise(base, models, nm, density, st, dev)
+        if bad.get("base"):
+            structure.setdefault("base_nonfinite", {})[nm] = bad["base"]
         for i in range(n):
-            if st.nonfinite[i] > before[i]:
+            if bad.get(i):
                 label = models[i].label
-                structure.setdefault("nonfinite", {})[label] = structure.get("nonfinite", {}).get(label, 0) + int(st.nonfinite[i] - before[i])
+                structure.setdefault("nonfinite", {})[label] = structure.get("nonfinite", {}).get(label, 0) + bad[i]
                 structure.setdefault("nonfinite_where", {}).setdefault(label, nm)
+        base.release(nm)
+        for m in models:
+            m.release(nm)
         done += base.info(nm).nbytes + sum(m.info(nm).nbytes for m in models)
         if progress is not None:
             progress(done, total_bytes, f"{ti + 1}/{len(usable)} {nm}")

@@ -157,6 +157,15 @@ def check_report(report, base_sd, model_sds, density):
         assert whole.cosine_to_base(i) == pytest.approx(whole_ref[i]["cosine_to_base"], rel=1e-6)
 
 
+KERNELS = {
+    "direct": {},
+    # tiny chunks: exercises chunk seams
+    "chunked": {"CHUNK_CPU": 1000},
+    "pairwise": {"MAX_HIST_MODELS": 1},
+}
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
 @pytest.mark.parametrize("dtype,shards,sparse,density", [
     (torch.bfloat16, 1, False, 0.2),
     (torch.float16, 2, True, 0.35),
@@ -164,7 +173,11 @@ def check_report(report, base_sd, model_sds, density):
     (torch.bfloat16, 1, True, 1.0),
     (torch.bfloat16, 1, False, 0.0),
 ])
-def test_metrics_match_reference(tmp_path, dtype, shards, sparse, density):
+def test_metrics_match_reference(tmp_path, monkeypatch, kernel, dtype, shards, sparse, density):
+    import analysis.tvstats as tv
+
+    for k, v in KERNELS[kernel].items():
+        monkeypatch.setattr(tv, k, v)
     base_p, paths = make_family(tmp_path, dtype=dtype, shards=shards, sparse=sparse)
     base, models = open_models(base_p, paths)
     report = analyze_checkpoints(base, models, density=density)
@@ -252,3 +265,19 @@ def test_progress_and_cancel(tmp_path):
     calls = iter(range(1000))
     with pytest.raises(AnalysisCancelled):
         analyze_checkpoints(base, models, should_stop=lambda: next(calls) >= 3)
+
+
+def test_non_finite_values_are_counted_and_excluded(tmp_path):
+    base_p, paths = make_family(tmp_path, n_models=2)
+    from analysis.checkpoint import open_checkpoint
+    from safetensors.torch import save_file
+
+    ck = open_checkpoint(paths[1])
+    sd = {n: ck.get(n).clone() for n in ck.names()}
+    sd["model.layers.1.mlp.up_proj.weight"][0, :3] = torch.tensor([float("nan"), float("inf"), float("-inf")])
+    save_file(sd, str(paths[1] / "model.safetensors"))
+    base, models = open_models(base_p, paths)
+    report = analyze_checkpoints(base, models)
+    assert report.structure["nonfinite"] == {str(paths[1]): 3}
+    assert report.structure["nonfinite_where"][str(paths[1])] == "model.layers.1.mlp.up_proj.weight"
+    assert all(math.isfinite(report.whole().norm(i)) for i in range(2))
