@@ -13,12 +13,10 @@ extrapolates, as in mergekit.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..errors import InputError
-from ._util import align, check_shapes, common_dtype, flat, global_params
+from ._util import align, check_shapes, common_dtype, flat, global_params, scratch
 from .base import MergeContext, MergeMethod, ParamSpec
 
 PARAMS = (
@@ -30,25 +28,37 @@ EPS = 1e-8
 _CHUNK = 1 << 20
 
 
-def slerp_coefficients(t: float, a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    """(coef_a, coef_b) for 1-D `a`, `b`; norms and the dot are accumulated chunk-wise in float64."""
+def slerp_coefficients(t: float, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(coef_a, coef_b) as 0-dim tensors of the working dtype, for 1-D `a`, `b`.
+
+    Bit for bit mergekit 0.1.5's arithmetic (same ops, same shapes, same 2**20-element chunks): the
+    norms are the norm of the per-chunk norms, the dot is the sum of per-chunk dots of the
+    *normalised* chunks, all in the working dtype. (Accumulating in float64 instead moves elements
+    whose merged value is near zero by many bf16 ulps, so we keep mergekit's order.)"""
     work = torch.float64 if a.dtype == torch.float64 else torch.float32
-    aa = bb = ab = 0.0
+    x2, y2 = a.view(1, -1), b.view(1, -1)  # mergekit's [outputs, weights] layout, one output
+    tt = torch.tensor([[t]], dtype=torch.float64 if a.dtype == torch.float64 else torch.float32).to(work)
+    na_parts, nb_parts = [], []
     for s in range(0, a.numel(), _CHUNK):
-        x = a[s:s + _CHUNK].to(work)
-        y = b[s:s + _CHUNK].to(work)
-        aa += float(torch.dot(x, x))
-        bb += float(torch.dot(y, y))
-        ab += float(torch.dot(x, y))
-    na, nb = math.sqrt(aa), math.sqrt(bb)
-    na = na if na > EPS else 1.0
-    nb = nb if nb > EPS else 1.0
-    dot = min(1.0, max(-1.0, ab / na / nb))
-    if abs(dot) > DOT_THRESHOLD:
-        return 1.0 - t, t
-    theta = math.acos(dot)
-    s = math.sin(theta)
-    return math.sin((1.0 - t) * theta) / s, math.sin(t * theta) / s
+        na_parts.append(torch.linalg.vector_norm(x2[:, s:s + _CHUNK].to(work), dim=1, keepdim=True))
+        nb_parts.append(torch.linalg.vector_norm(y2[:, s:s + _CHUNK].to(work), dim=1, keepdim=True))
+    na = torch.linalg.vector_norm(torch.stack(na_parts), dim=0)
+    nb = torch.linalg.vector_norm(torch.stack(nb_parts), dim=0)
+    na = torch.where(na > EPS, na, 1)
+    nb = torch.where(nb > EPS, nb, 1)
+    dot_parts = []
+    for s in range(0, a.numel(), _CHUNK):
+        x = x2[:, s:s + _CHUNK].to(work) / na
+        y = y2[:, s:s + _CHUNK].to(work) / nb
+        dot_parts.append((x * y).sum(dim=1, keepdim=True))
+        del x, y
+    dot = torch.stack(dot_parts).sum(dim=0).clamp(-1, 1)
+    linear = dot.abs() > DOT_THRESHOLD
+    theta = torch.acos(torch.where(linear, 0, dot))
+    sin_theta = torch.sin(theta)
+    coef_a = torch.where(linear, 1 - tt, torch.sin((1 - tt) * theta) / sin_theta)
+    coef_b = torch.where(linear, tt, torch.sin(tt * theta) / sin_theta)
+    return coef_a.view(()), coef_b.view(())
 
 
 def slerp_merge(base: torch.Tensor | None, tensors: list[torch.Tensor], model_params: list[dict] | None,
@@ -67,8 +77,16 @@ def slerp_merge(base: torch.Tensor | None, tensors: list[torch.Tensor], model_pa
     if a.numel() == 0:
         return a.clone().view(base.shape)
     ca, cb = slerp_coefficients(t, a, b)
-    out = torch.mul(a, ca) if dtype == work else a.to(work).mul_(ca)
-    out.add_(b, alpha=cb)
+    # coef_a*a + coef_b*b as two rounded products and a rounded sum (no fused multiply-add), chunked
+    # so the float32 temporaries stay small for bf16 inputs.
+    out = torch.empty(a.shape, dtype=work, device=device)
+    tmp = scratch("slerp.tmp", min(a.numel(), _CHUNK), work, device)
+    for s in range(0, a.numel(), _CHUNK):
+        e = min(a.numel(), s + _CHUNK)
+        o, u = out[s:e], tmp[: e - s]
+        o.copy_(a[s:e]).mul_(ca)  # in the working dtype (a 0-dim factor would not promote bf16)
+        u.copy_(b[s:e]).mul_(cb)
+        o.add_(u)
     return (out if dtype == work else out.to(dtype)).view(base.shape)
 
 
