@@ -39,6 +39,10 @@ TASK_ARITHMETIC_FAMILY = ("task_arithmetic", "ties", "dare_linear", "dare_ties",
                           "della", "della_linear")
 SPARSIFYING = ("ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear")
 CONSENSUS = ("ties", "dare_ties", "breadcrumbs_ties", "della")
+# Magnitude-based sparsification: the TIES-trimmed sign conflict is the relevant interference. A random
+# drop (DARE) keeps the conflicting fraction of the surviving overlap unchanged in expectation, so
+# for it (and for methods that do not sparsify) the untrimmed sign conflict is.
+MAGNITUDE_TRIM = ("ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear")
 EXACT = ("linear", "task_arithmetic")
 
 
@@ -135,6 +139,14 @@ class CellPrediction:
     trimmed_sign_conflict: float  # measured, at `measured_density`
     measured_density: float
     numel: int = 0
+    sign_conflict: float = 0.0  # measured, untrimmed (same models as the trimmed one)
+    conflict_trimmed: bool = False  # which of the two `conflict` is
+
+    @property
+    def conflict(self) -> float:
+        """The interference this method leaves: trimmed sign conflict for magnitude-trimming methods,
+        the untrimmed one otherwise."""
+        return self.trimmed_sign_conflict if self.conflict_trimmed else self.sign_conflict
 
 
 @dataclass
@@ -181,7 +193,7 @@ class WhatIf:
         total = float(contrib.sum())
         share = contrib / total if total > 0 else np.zeros(n)
         retained = merged / total if total > 0 else math.nan
-        tsc, dens = self._trimmed(keys)
+        tsc, dens, sc = self._trimmed(keys)
         with np.errstate(invalid="ignore", divide="ignore"):
             density = np.where(dens_cnt > 0, dens_sum / np.maximum(dens_cnt, 1), np.nan)
         return CellPrediction(
@@ -190,17 +202,21 @@ class WhatIf:
             retained=retained, share=share,
             coeff=coeff_sum / numel if numel else np.zeros(n),
             weight=weight_sum / numel if numel else np.zeros(n),
-            density=density, trimmed_sign_conflict=tsc, measured_density=dens, numel=numel)
+            density=density, trimmed_sign_conflict=tsc, measured_density=dens, numel=numel, sign_conflict=sc,
+            conflict_trimmed=self.method in MAGNITUDE_TRIM)
 
-    def _trimmed(self, keys) -> tuple[float, float]:
+    def _trimmed(self, keys) -> tuple[float, float, float]:
+        """(trimmed sign conflict, its density, untrimmed sign conflict), measured."""
         rep = self.conflict_report if self.conflict_report is not None else self.report
         wanted = set(keys)
-        nz = conf = 0
+        nz = conf = mnz = mconf = 0
         for s in rep.sites:
             if s.key in wanted:
                 nz += s.trim_multi_nz
                 conf += s.trim_multi_conflict
-        return (conf / nz if nz else 0.0), rep.density
+                mnz += s.multi_nz
+                mconf += s.multi_conflict
+        return (conf / nz if nz else 0.0), rep.density, (mconf / mnz if mnz else 0.0)
 
 
 def plan_models_to_report(plan, report) -> dict[str, int]:

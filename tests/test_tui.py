@@ -503,24 +503,44 @@ models:
         assert app.plan_state.custom is None
 
 
-async def test_remeasure_at_the_plan_density(family):
+async def test_remeasure_at_the_plan_density(family, monkeypatch):
+    """Large sets: the user presses r; the plan's models are measured at the plan's density."""
+    import tui.app as app_mod
     from tui.widgets.plan_editor import PlanEditor
 
+    monkeypatch.setattr(app_mod, "AUTO_REMEASURE_BYTES", 0)
     app = app_for(family, sample_plan={"method": "ties", "models": ["ft0", "ft1"], "weight": 1.0, "density": 0.5})
     async with app.run_test(size=SIZE) as pilot:
         await ready(app, pilot)
         await pilot.press("e")
         await settle(app, pilot)
         editor = app.main.query_one(PlanEditor)
-        assert "r measures" in text_of(editor.query_one("#whatif-detail"))
+        assert app.remeasured is None
+        assert "r measures" in " ".join(text_of(editor.query_one("#whatif-detail")).split())
         await pilot.press("r")
         await pilot.pause()
         await app.workers.wait_for_complete()
         await settle(app, pilot)
-        assert app.remeasured is not None and app.remeasured.density == 0.5
-        assert app.remeasured.models == family[1][:2]
-        assert editor.whatif.conflict_report is app.remeasured
-        r = [row[0] for row in editor.data.rows].index("L1")
-        assert editor.preds[r][0].measured_density == 0.5
-        assert editor.preds[r][0].trimmed_sign_conflict == pytest.approx(
-            app.remeasured.row_cell(1, None).trimmed_sign_conflict)
+        _check_remeasured(app, editor, family)
+
+
+async def test_small_sets_are_remeasured_automatically(family):
+    from tui.widgets.plan_editor import PlanEditor
+
+    app = app_for(family, sample_plan={"method": "ties", "models": ["ft0", "ft1"], "weight": 1.0, "density": 0.5})
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await settle(app, pilot)
+        await settle(app, pilot)
+        editor = app.main.query_one(PlanEditor)
+        _check_remeasured(app, editor, family)
+        assert "r measures" not in " ".join(text_of(editor.query_one("#whatif-detail")).split())
+
+
+def _check_remeasured(app, editor, family):
+    assert app.remeasured is not None and app.remeasured.density == 0.5
+    assert app.remeasured.models == family[1][:2]
+    assert editor.whatif.conflict_report is app.remeasured
+    r = [row[0] for row in editor.data.rows].index("L1")
+    assert editor.preds[r][0].measured_density == 0.5
+    assert editor.preds[r][0].conflict == pytest.approx(app.remeasured.row_cell(1, None).trimmed_sign_conflict)

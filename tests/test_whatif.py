@@ -118,6 +118,11 @@ def test_ties_density_and_note(fam):
     agg = report.cell(1, "mlp")
     assert p.trimmed_sign_conflict == pytest.approx(agg.trimmed_sign_conflict)
     assert p.measured_density == report.density
+    assert p.conflict_trimmed and p.conflict == p.trimmed_sign_conflict  # ties trims by magnitude
+    assert p.sign_conflict == pytest.approx(agg.sign_conflict)
+    ta = from_plan(report, plan_from_group_ratios("task_arithmetic", base, models[:2], {("other", None): [1, 1]},
+                                                  num_layers=L)).cell(_cell_sites(report, 1, "mlp"))
+    assert not ta.conflict_trimmed and ta.conflict == pytest.approx(agg.sign_conflict)
 
 
 def test_conflict_report_replaces_the_measured_density(fam, tmp_path, monkeypatch):

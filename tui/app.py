@@ -33,6 +33,9 @@ from .widgets.verdicts import VerdictsView
 
 JOB_GROUPS = ("analysis", "merge", "remeasure")
 WHATIF_DEBOUNCE_S = 0.08
+# Below this many bytes read by the analysis, the plan's own models are re-measured at its density
+# automatically (a second or two, then cached); above it the user asks for it with `r`.
+AUTO_REMEASURE_BYTES = 1 << 30
 
 
 class MergeScopeApp(App):
@@ -143,7 +146,8 @@ class MergeScopeApp(App):
     def on_analysis_done(self, message: AnalysisDone) -> None:
         if message.purpose != "main":
             self.remeasured = message.report
-            self.notify(f"re-measured at density {message.report.density}: the what-if shows it")
+            if not self._quiet_remeasure():
+                self.notify(f"re-measured at density {message.report.density}: the what-if shows it")
             self.request_whatif()
             return
         self.report = message.report
@@ -269,6 +273,39 @@ class MergeScopeApp(App):
             return
         self._whatif_gen += 1
         self.compute_whatif(plan, self.report, editor.data, self._conflict_report(), self._whatif_gen)
+        if self.report.bytes_read and self.report.bytes_read < AUTO_REMEASURE_BYTES:
+            self._auto_remeasure()
+
+    def _remeasure_target(self) -> tuple[list[str], float] | None:
+        """(models, density) that measure exactly this plan's interference, or None when the analysis did."""
+        from analysis.whatif import MAGNITUDE_TRIM
+
+        st = self.plan_state
+        if st is None or self.report is None or st.custom is not None:
+            return None
+        models = [st.models[i] for i in st.chosen()]
+        d = self.report.density
+        if st.method in MAGNITUDE_TRIM:
+            u = st.uniform_value("density")
+            if u is not None:
+                d = min(1.0, u)
+        if len(models) < 2 or (models == list(self.report.models) and abs(d - self.report.density) < 1e-9):
+            return None
+        return models, d
+
+    def _auto_remeasure(self) -> None:
+        target = self._remeasure_target()
+        if target is None:
+            return
+        r = self.remeasured
+        if r is not None and r.models == target[0] and abs(r.density - target[1]) < 1e-9:
+            return
+        if any(w.group == "remeasure" and w.state in (WorkerState.PENDING, WorkerState.RUNNING) for w in self.workers) \
+                and getattr(self, "_remeasure_key", None) == target:
+            return
+        self._remeasure_key = target
+        self.main.query_one(JobProgress).start(f"measure d={target[1]:g}")
+        self.run_remeasure(self.report.base, target[0], target[1])
 
     @work(thread=True, exclusive=True, group="whatif", exit_on_error=False, name="whatif")
     def compute_whatif(self, plan, report, data, conflict_report, generation: int) -> None:
@@ -290,6 +327,9 @@ class MergeScopeApp(App):
         if r.base == self.report.base and r.models == [st.models[i] for i in st.chosen()]:
             return r
         return None
+
+    def _quiet_remeasure(self) -> bool:
+        return bool(self.report and self.report.bytes_read and self.report.bytes_read < AUTO_REMEASURE_BYTES)
 
     def on_what_if_ready(self, message: WhatIfReady) -> None:
         if message.generation == self._whatif_gen:

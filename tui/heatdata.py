@@ -198,9 +198,10 @@ WHATIF_METRICS: tuple[WhatIfMetric, ...] = (
                  "‖cᵢτᵢ‖ / Σⱼ‖cⱼτⱼ‖: who dominates this cell", "share"),
     WhatIfMetric("coeff", "effective coefficient cᵢ", True, False, "relative_norm",
                  "weight after the method's normalisation and λ: what multiplies τᵢ", "coefficient cᵢ"),
-    WhatIfMetric("trimmed_sign_conflict", "trimmed sign conflict", False, True, "sign_conflict",
-                 "sign conflict left after the TIES trim (measured at the analysis density, or re-measured with r)",
-                 "trimmed conflict"),
+    WhatIfMetric("conflict", "sign conflict left by the method", False, True, "sign_conflict",
+                 "measured: after the TIES trim at the plan's density for magnitude-trimming methods (ties, "
+                 "breadcrumbs, della), untrimmed otherwise; r re-measures the plan's models at its density",
+                 "conflict left"),
 )
 WHATIF_BY_ID = {m.id: m for m in WHATIF_METRICS}
 
@@ -225,7 +226,7 @@ def whatif_grid(data: HeatData, preds: list[list], metric: WhatIfMetric, model: 
             return float(p.share[model])
         if metric.id == "coeff":
             return float(p.coeff[model])
-        return p.trimmed_sign_conflict
+        return p.conflict
 
     values = [[value(p) for p in row] for row in preds]
     return Grid(title=title or metric.label, row_labels=[r[0] for r in data.rows], col_labels=data.columns("groups"),

@@ -167,6 +167,15 @@ class PlanState:
         vals = {self.value_at(param, band[0] if band else None, g, model) for g, band in keys}
         return vals.pop() if len(vals) == 1 else math.nan
 
+    def uniform_value(self, param: str) -> float | None:
+        """The one value `param` has for every included model everywhere, or None when it varies."""
+        table = self.tables.get(param)
+        idx = self.chosen()
+        if table is None:
+            return self.default_value(param) if self.spec.param(param) is not None else None
+        vals = {round(v[i], 9) for key, v in table.items() if self._used(key) for i in idx}
+        return vals.pop() if len(vals) == 1 else None
+
     def set_band_mode(self, mode: int) -> None:
         """Re-cut the bands; every new band takes the value in force at its first layer."""
         old = copy.deepcopy(self.tables)

@@ -162,7 +162,8 @@ class PlanEditor(Vertical):
                 continue  # memory option, no numerical effect
             value = st.global_value(spec.name)
             if spec.kind == "bool":
-                widgets.append(Checkbox(spec.name, bool(value), id=f"global-{spec.name}", tooltip=spec.help))
+                widgets.append(Checkbox(_onoff(spec.name, bool(value)), bool(value), id=f"global-{spec.name}",
+                                        tooltip=spec.help))
             else:
                 widgets.append(Label(spec.name))
                 widgets.append(AppInput("" if value is None else f"{value}", id=f"global-{spec.name}", compact=True,
@@ -207,9 +208,12 @@ class PlanEditor(Vertical):
         short = short_names(self.report.models, 14)
         who = f" · {short[self.model]}" if metric.per_model else ""
         grid = whatif_grid(self.data, self.preds, metric, self.model, title=f"predicted: {metric.short or metric.label}{who}")
-        if metric.id == "trimmed_sign_conflict":
-            dens = self.preds_density()
-            grid.title = f"measured at d={dens}: trimmed sign conflict"
+        if metric.id == "conflict":
+            first = next((p for row in self.preds for p in row if p is not None), None)
+            if first is not None and first.conflict_trimmed:
+                grid.title = f"measured: conflict after trim at d={first.measured_density}"
+            else:
+                grid.title = "measured: sign conflict (no magnitude trim)"
         grid.note = self.whatif.note if self.whatif is not None else ""
         hm = self.query_one("#whatif-map", Heatmap)
         hm.set_grid(grid)
@@ -270,18 +274,23 @@ class PlanEditor(Vertical):
             t.append(" ".join(f"{short[i]} c={p.coeff[i]:.3g} ({p.share[i]:.0%})" for i in range(len(short))
                               if p.coeff[i] != 0 or p.share[i] != 0) or "no model contributes")
             t.append("  measured ", "cyan")
-            t.append(f"trimmed conflict {p.trimmed_sign_conflict:.0%} at d={p.measured_density}")
             exact = self.whatif is not None and self.whatif.conflict_report is not None
             chosen = self.state.chosen() if self.state else []
-            if not exact and len(chosen) != self.report.n:
+            subset = not exact and len(chosen) != self.report.n
+            if p.conflict_trimmed:
+                t.append(f"conflict after trim {p.trimmed_sign_conflict:.0%} at d={p.measured_density} "
+                         f"(untrimmed {p.sign_conflict:.0%})")
+            else:
+                t.append(f"sign conflict {p.sign_conflict:.0%}")
+            if subset:
                 t.append(f" over all {self.report.n} analysed models", "yellow")
             dens = [d for d, cc in zip(p.density, p.coeff) if cc != 0 and not math.isnan(d)]
-            other_d = dens and any(abs(d - p.measured_density) > 1e-6 for d in dens)
+            other_d = p.conflict_trimmed and dens and any(abs(d - p.measured_density) > 1e-6 for d in dens)
             if other_d:
                 t.append(f" (plan density {', '.join(f'{d:g}' for d in sorted(set(round(x, 4) for x in dens)))})",
                          "yellow")
-            if not exact and (other_d or len(chosen) != self.report.n) and len(chosen) >= 2:
-                t.append(" — r measures this plan's models at its density", "yellow")
+            if (other_d or subset) and len(chosen) >= 2:
+                t.append(" — r measures this plan's models" + (" at its density" if other_d else ""), "yellow")
         if self.whatif is not None and self.whatif.warnings:
             t.append("\n" + "; ".join(self.whatif.warnings), "yellow")
         self.query_one("#whatif-detail", Static).update(t)
@@ -442,6 +451,8 @@ class PlanEditor(Vertical):
 
     def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
         event.stop()
+        if event.checkbox.id and event.checkbox.id.startswith("global-"):
+            event.checkbox.label = _onoff(event.checkbox.id[len("global-"):], event.value)
         self._set_global(event.checkbox.id, event.value)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -474,3 +485,8 @@ class PlanEditor(Vertical):
                              self.state.custom is None)
         self._toolbar()
         self.app.request_whatif()
+
+
+def _onoff(name: str, value: bool) -> str:
+    """A checkbox label that says its state in words (the box itself differs only by colour)."""
+    return f"{name}: {'on' if value else 'off'}"
