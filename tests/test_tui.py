@@ -544,3 +544,4 @@ def _check_remeasured(app, editor, family):
     r = [row[0] for row in editor.data.rows].index("L1")
     assert editor.preds[r][0].measured_density == 0.5
     assert editor.preds[r][0].conflict == pytest.approx(app.remeasured.row_cell(1, None).trimmed_sign_conflict)
+

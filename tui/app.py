@@ -519,6 +519,8 @@ class MergeScopeApp(App):
             title = f"{what or 'job'} failed: {type(exc).__name__}"
             detail = "".join(traceback.format_exception(exc)[-6:]) if exc is not None and os.environ.get("MERGESCOPE_DEBUG") else ""
         message = str(exc) if exc is not None else "unknown error"
+        if what == "merge":  # the core speaks CLI; here the flag is a checkbox
+            message = message.replace("pass --force to replace it", "tick “replace existing” to replace it")
         reopen = self.report is None and what == "analysis"  # nothing open yet: back to the open dialog
         self.push_screen(ErrorDialog(title, message or type(exc).__name__, detail),
                          lambda _: self.action_open() if reopen else None)

@@ -12,6 +12,7 @@ import sys
 COMMANDS = {
     "ui": "tui.cmd_ui",
     "demo": "tui.cmd_demo",
+    "serve": "tui.cmd_serve",
     "analyze": "tui.cmd_analyze",
     "merge": "tui.cmd_merge",
 }
