@@ -158,9 +158,10 @@ def check_report(report, base_sd, model_sds, density):
 
 
 KERNELS = {
-    "direct": {},
+    "c": {},
+    "torch": {"_C": False},
     # tiny chunks: exercises chunk seams
-    "chunked": {"CHUNK_CPU": 1000},
+    "torch-chunked": {"_C": False, "CHUNK_CPU": 1000},
     "pairwise": {"MAX_HIST_MODELS": 1},
 }
 
@@ -177,7 +178,10 @@ def test_metrics_match_reference(tmp_path, monkeypatch, kernel, dtype, shards, s
     import analysis.tvstats as tv
 
     for k, v in KERNELS[kernel].items():
-        monkeypatch.setattr(tv, k, v)
+        if k == "_C":
+            monkeypatch.setenv("MERGESCOPE_NO_C_KERNELS", "1")
+        else:
+            monkeypatch.setattr(tv, k, v)
     base_p, paths = make_family(tmp_path, dtype=dtype, shards=shards, sparse=sparse)
     base, models = open_models(base_p, paths)
     report = analyze_checkpoints(base, models, density=density)
@@ -281,3 +285,19 @@ def test_non_finite_values_are_counted_and_excluded(tmp_path):
     assert report.structure["nonfinite"] == {str(paths[1]): 3}
     assert report.structure["nonfinite_where"][str(paths[1])] == "model.layers.1.mlp.up_proj.weight"
     assert all(math.isfinite(report.whole().norm(i)) for i in range(2))
+
+
+def test_c_kernel_builds_and_is_used(tmp_path, monkeypatch):
+    """Where a C compiler exists the fused kernel must build (CI has one); its results are checked
+    against the reference in test_metrics_match_reference[c-...]."""
+    import shutil
+
+    from analysis import kernels
+    from analysis.tvstats import _CPasses
+
+    if not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
+        pytest.skip("no C compiler: the torch path is used")
+    assert kernels.lib() is not None, kernels.build_error
+    t = torch.zeros(10, dtype=torch.bfloat16)
+    assert _CPasses.usable(t, [t, t], torch.device("cpu"))
+    assert not _CPasses.usable(t.half(), [t, t], torch.device("cpu"))
