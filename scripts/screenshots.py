@@ -43,6 +43,34 @@ def to_png(svg: Path) -> Path | None:
     return png
 
 
+def save_downgraded(app, path: Path, system: str = "standard") -> None:
+    """An SVG of the screen as a 16-colour (`standard`) or 256-colour terminal shows it: every colour
+    mapped to the nearest one that terminal has, the way Rich downgrades for such terminals."""
+    import io
+
+    from rich.color import ColorSystem
+    from rich.console import Console
+    from rich.segment import Segment, Segments
+    from rich.style import Style
+
+    cs = {"standard": ColorSystem.STANDARD, "256": ColorSystem.EIGHT_BIT}[system]
+    width, height = app.size
+    opts = dict(width=width, height=height, file=io.StringIO(), force_terminal=True, color_system="truecolor",
+                legacy_windows=False, safe_box=False)
+    render = app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
+    src = Console(**opts)
+    segs = []
+    for seg in src.render(render, src.options):
+        st = seg.style
+        if st is not None and (st.color is not None or st.bgcolor is not None):
+            st = st + Style(color=st.color.downgrade(cs) if st.color else None,
+                            bgcolor=st.bgcolor.downgrade(cs) if st.bgcolor else None)
+        segs.append(Segment(seg.text, st, seg.control))
+    out = Console(record=True, **opts)
+    out.print(Segments(segs), end="")
+    path.write_text(out.export_svg(title=f"{app.title} ({'16' if system == 'standard' else '256'} colours)"))
+
+
 async def settle(app, pilot, t: float = 0.25) -> None:
     await app.workers.wait_for_complete()
     await pilot.pause(t)
@@ -116,6 +144,15 @@ async def shoot(out: Path, family: Path, base: str, models: list[str], sample: d
         await pilot.press("e")
         await settle(app, pilot)
         save(app, "11-plan-80x24")
+    # 4. as a 16-colour terminal (SSH without truecolor) shows it
+    app = MergeScopeApp(base, models, blink=False, remember_set=False, sample_plan=sample, low_colour=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("h", "4", "down", "right")
+        await settle(app, pilot)
+        path = out / "12-heatmap-16-colours.svg"
+        save_downgraded(app, path, "standard")
+        shots.append(path)
     return shots
 
 

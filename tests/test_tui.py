@@ -208,7 +208,7 @@ async def test_heatmap_metrics_cursor_and_detail(family):
             assert view.metric_id == metric.id
         await pilot.press("2")
         await pilot.press("down", "right")  # L0, q_proj
-        await pilot.pause()
+        await pilot.pause(0.1)  # the detail panel follows the cursor when it rests
         assert hm.cursor == (1, 1)
         expected = rep.row_cell(0, None, module="q_proj").relative_norm(0)
         assert hm.value == pytest.approx(expected)

@@ -50,7 +50,7 @@ class MergeScopeApp(App):
     def __init__(self, base: str | None = None, models: Iterable[str] = (), plan: str | None = None, *,
                  density: float = 0.2, device: str = "cpu", use_cache: bool = True, remember_set: bool = True,
                  title: str | None = None, blink: bool = True, sample_plan: dict | None = None,
-                 output_dir: str | None = None) -> None:
+                 output_dir: str | None = None, low_colour: bool | None = None) -> None:
         super().__init__()
         self.initial = ModelSet(base, list(models), plan) if base else None
         self.blink = blink  # False in tests and screenshots: stable frames
@@ -60,6 +60,7 @@ class MergeScopeApp(App):
         self.remember_set = remember_set
         self.sample_plan = sample_plan  # {"method", "models", "weight", "density"}: the demo's starting plan
         self.output_dir = output_dir  # the merge tab's starting output directory
+        self.low_colour = low_colour  # None: detect (16-colour terminals get the background-free heatmap)
         self.report = None
         self.model_set: ModelSet | None = None
         self.plan_state = None

@@ -71,9 +71,35 @@ def glyph(idx: int, n: int) -> str:
     return GLYPHS[min(len(GLYPHS) - 1, round(idx * (len(GLYPHS) - 1) / max(1, n - 1)))]
 
 
-def cell_styles(diverging: bool) -> list[tuple[Style, Style]]:
+# 16-colour terminals: ANSI colours on the glyph and the number, no backgrounds (an ANSI background
+# under a number is often unreadable); low → high stays dim → bold.
+LOW_SEQUENTIAL = ("blue", "blue", "cyan", "cyan", "green", "green", "yellow", "bright_yellow")
+LOW_DIVERGING = ("bright_red", "red", "magenta", "white", "white", "white", "cyan", "blue", "bright_blue")
+
+
+def low_colour(app) -> bool:
+    """True when the terminal has only 16 (or 8) colours, or the app asks for that rendering."""
+    forced = getattr(app, "low_colour", None)
+    if forced is not None:
+        return bool(forced)
+    try:
+        if app.is_headless:  # tests and screenshots: the colour system of no terminal
+            return False
+        return app.console.color_system in ("standard", "windows")
+    except Exception:  # noqa: BLE001 - no console (tests): assume a capable terminal
+        return False
+
+
+def cell_styles(diverging: bool, low: bool = False) -> list[tuple[Style, Style]]:
     """(glyph style, number style) per palette level."""
     out = []
+    if low:
+        names = LOW_DIVERGING if diverging else LOW_SEQUENTIAL
+        n = len(names)
+        for k, name in enumerate(names):
+            strong = k >= n - 2 or (diverging and k <= 1)
+            out.append((Style(color=name, bold=strong), Style(bold=strong)))  # numbers in the default colour
+        return out
     for hex_ in palette(diverging):
         fg = "#000000" if _luma(hex_) > 0.45 else "#ffffff"
         out.append((Style(color=hex_), Style(color=fg, bgcolor=hex_)))
@@ -136,9 +162,20 @@ class Heatmap(ScrollView, can_focus=True):
         self._cache.clear()
         self._header = None
         self._lo, self._hi = g.bounds()
-        self._styles = cell_styles(g.diverging)
+        self._styles = cell_styles(g.diverging, self._low())
         self._label_w = max([len(s) for s in g.row_labels] + [4]) + 1
         self.virtual_size = Size(self._label_w + CELL_W * len(g.col_labels), len(g.row_labels) + 1)
+
+    def _low(self) -> bool:
+        try:
+            return low_colour(self.app)
+        except Exception:  # noqa: BLE001 - not mounted yet
+            return False
+
+    def on_mount(self) -> None:
+        if self._low():
+            self._setup()
+            self.refresh()
 
     def _clamp(self, r: int, c: int) -> tuple[int, int]:
         nr, nc = len(self.grid.row_labels), len(self.grid.col_labels)

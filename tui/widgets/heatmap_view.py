@@ -45,6 +45,7 @@ class HeatmapView(Vertical):
         super().__init__(**kw)
         self.report = None
         self.data: HeatData | None = None
+        self._detail_timer = None
 
     def compose(self) -> ComposeResult:
         yield Static("", id="heat-toolbar")
@@ -161,13 +162,25 @@ class HeatmapView(Vertical):
     def action_toggle_columns(self) -> None:
         self.mode = COLUMN_MODES[(COLUMN_MODES.index(self.mode) + 1) % len(COLUMN_MODES)]
 
+    DETAIL_DELAY_S = 0.04  # held arrow keys move the cursor at full speed; the detail follows when it rests
+
     def on_heatmap_cursor_moved(self, event: Heatmap.CursorMoved) -> None:
         event.stop()
         if self.data is None:
             return
-        agg = self.data.aggregate(self.mode, event.row, event.col)
-        grid = event.heatmap.grid
-        label = grid.row_labels[event.row] if grid.row_labels else ""
-        col = grid.col_labels[event.col] if grid.col_labels else ""
-        value = grid.values[event.row][event.col] if grid.values else None
-        self.query_one(CellDetail).show(cell_renderable(self.report, label, col, agg, self.metric, value))
+        if self._detail_timer is not None:
+            self._detail_timer.stop()
+        self._detail_timer = self.set_timer(self.DETAIL_DELAY_S, self._show_detail)
+
+    def _show_detail(self) -> None:
+        self._detail_timer = None
+        hm = self.query_one(Heatmap)
+        row, col_i = hm.cursor
+        grid = hm.grid
+        if not grid.row_labels:
+            self.query_one(CellDetail).show(cell_renderable(self.report, "", "", None))
+            return
+        agg = self.data.aggregate(self.mode, row, col_i)
+        label = grid.row_labels[row]
+        col = grid.col_labels[col_i] if grid.col_labels else ""
+        self.query_one(CellDetail).show(cell_renderable(self.report, label, col, agg, self.metric, hm.value))

@@ -6,12 +6,12 @@ from textual.widgets import Static
 
 from ..format import compact
 from ..heatdata import Grid
-from .heatmap import cell_styles, glyph
+from .heatmap import cell_styles, glyph, low_colour
 
 
-def legend_text(grid: Grid, short: bool = False) -> Text:
+def legend_text(grid: Grid, short: bool = False, low: bool = False) -> Text:
     lo, hi = grid.bounds()
-    styles = cell_styles(grid.diverging)
+    styles = cell_styles(grid.diverging, low)
     t = Text()
     if grid.diverging:
         m = max(abs(lo), abs(hi))
@@ -42,7 +42,7 @@ class Legend(Static):
 
     def show(self, grid: Grid, compact: bool = False) -> None:
         if compact:  # the title sits elsewhere: scale, then the note
-            parts = [legend_text(grid, short=True)]
+            parts = [legend_text(grid, short=True, low=low_colour(self.app))]
             if grid.note:
                 parts.append(Text(grid.note, style="italic dim"))
             self.update(Text("\n").join(parts))
@@ -50,4 +50,4 @@ class Legend(Static):
         title = Text(grid.title, style="bold")
         if grid.note:
             title.append(f"  {grid.note}", style="italic dim")
-        self.update(Text("\n").join([title, legend_text(grid)]))
+        self.update(Text("\n").join([title, legend_text(grid, low=low_colour(self.app))]))
