@@ -84,12 +84,17 @@ def _check_not_overwriting_inputs(plan: Plan, out: Path) -> None:
 def run_merge(plan: Plan | str | os.PathLike, output_dir: str | os.PathLike, *, device: str = "cpu",
               seed: int | None = None, force: bool = False, shard_size: int | str = DEFAULT_SHARD_SIZE,
               progress: Callable[[int, int, str], None] | None = None,
-              should_stop: Callable[[], bool] | None = None, hash_inputs: bool | None = None) -> MergeResult:
+              should_stop: Callable[[], bool] | None = None, hash_inputs: bool | None = None,
+              threads: int | None = None) -> MergeResult:
     """Merge as the plan says into `output_dir`; returns what was written.
 
     Raises InputError for bad plans/paths/devices (before reading any tensor data), MergeCancelled
     when `should_stop()` turns true, MergeError when a method fails. In every failure case (and on
-    KeyboardInterrupt) no output and no temporary directory is left behind."""
+    KeyboardInterrupt) no output and no temporary directory is left behind.
+
+    `threads`: worker threads for methods with a streaming CPU kernel (default: the CPU count, at
+    most 4; `MERGESCOPE_THREADS` overrides); other methods run one tensor at a time with torch's own
+    intra-op threads."""
     import torch
 
     t0 = time.perf_counter()
@@ -105,6 +110,7 @@ def run_merge(plan: Plan | str | os.PathLike, output_dir: str | os.PathLike, *, 
     compute = torch_dtype(plan.dtype) if plan.dtype else torch.float32
 
     cks = plan.open_checkpoints()
+    prev_threads = torch.get_num_threads()
     try:
         jobs = list(plan.tensor_jobs(cks))  # every name, shape and parameter is checked here
         tok_dir = _tokenizer_dir(plan, cks)
@@ -114,31 +120,22 @@ def run_merge(plan: Plan | str | os.PathLike, output_dir: str | os.PathLike, *, 
         if progress:
             progress(0, total, f"0/{n} tensors")
         out_dtypes: list[str] = []
-        from .methods.base import MergeContext
+        workers = _workers(threads, method, dev, compute)
+        if workers > 1:
+            torch.set_num_threads(1)  # parallel across tensors: each op runs in its worker, no barriers
+
+        def compute_job(job):
+            try:
+                return _compute(job, cks, method, dev, compute, seed)
+            finally:
+                for x in job.all_inputs:  # drop the inputs' mapped pages (they stay in the page cache)
+                    release = getattr(cks[x.model], "release", None)
+                    if release is not None:
+                        release(x.name)
 
         with ModelWriter(out, force=force, shard_size=shard_size) as writer:
-            for i, job in enumerate(jobs):
-                if should_stop is not None and should_stop():
-                    raise MergeCancelled("merge cancelled; no output was written")
-                ins = [cks[x.model].get(x.name) for x in job.all_inputs]
-                if not job.is_float:
-                    result = _copy_buffer(job, ins)
-                else:
-                    ins = [x.to(device=dev, dtype=compute) for x in ins]
-                    base = ins[0] if job.base is not None else None
-                    tensors = ins[1:] if job.base is not None else ins
-                    ctx = MergeContext(tensor_name=job.name, seed=seed, device=dev)
-                    try:
-                        result = method.merge(base, tensors, job.model_params, job.params, ctx)
-                    except (InputError, KeyboardInterrupt, MergeCancelled):
-                        raise
-                    except Exception as exc:
-                        raise MergeError(f"{method.name} failed on tensor {job.name}: {exc.__class__.__name__}: {exc}") from exc
-                    del ins, base, tensors
-                    if not isinstance(result, torch.Tensor) or tuple(result.shape) != job.shape:
-                        got = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
-                        raise MergeError(f"{method.name} returned {got} for tensor {job.name}, expected shape {list(job.shape)}")
-                    result = result.to(dtype=job.out_dtype).cpu()
+            writer.plan([(j.name, j.out_dtype, j.shape) for j in jobs])
+            for i, (job, result) in enumerate(_ordered_results(jobs, compute_job, workers, should_stop)):
                 name = str(result.dtype).replace("torch.", "")
                 if name not in out_dtypes:
                     out_dtypes.append(name)
@@ -159,6 +156,7 @@ def run_merge(plan: Plan | str | os.PathLike, output_dir: str | os.PathLike, *, 
                               n_tensors=n, total_bytes=writer.total_bytes, description=method.description)
             res = writer.finish(config=config, tokenizer_dir=tok_dir, plan_yaml=plan_yaml, card=card)
     finally:
+        torch.set_num_threads(prev_threads)
         close_all(cks)
         try:
             from .methods._util import release_workspace
@@ -168,6 +166,90 @@ def run_merge(plan: Plan | str | os.PathLike, output_dir: str | os.PathLike, *, 
             pass
     return MergeResult(res.output_dir, res.files, res.shards, res.n_tensors, res.total_bytes,
                        time.perf_counter() - t0, dev, out_dtypes)
+
+
+def _workers(threads: int | None, method, dev: str, compute) -> int:
+    """Tensors merged concurrently: >1 only for streaming kernels on CPU (their memory is a few chunk
+    buffers per tensor; the general path holds float32 copies of every input)."""
+    import torch
+
+    if getattr(method, "stream", None) is None or dev != "cpu" or compute != torch.float32:
+        return 1
+    if threads is None:
+        env = os.environ.get("MERGESCOPE_THREADS", "").strip()
+        threads = int(env) if env.isdigit() else min(4, os.cpu_count() or 1)
+    return max(1, int(threads))
+
+
+def _compute(job, cks, method, dev, compute, seed):
+    """One output tensor, in the job's output dtype, on CPU."""
+    import torch
+
+    from .methods.base import MergeContext
+
+    ins = [cks[x.model].get(x.name) for x in job.all_inputs]
+    if not job.is_float:
+        return _copy_buffer(job, ins)
+    ctx = MergeContext(tensor_name=job.name, seed=seed, device=dev)
+    try:
+        result = None
+        stream = getattr(method, "stream", None)
+        if stream is not None and dev == "cpu" and compute == torch.float32 and job.base is not None:
+            result = stream(ins[0], ins[1:], job.model_params, job.params, ctx, job.out_dtype)
+        if result is None:
+            ins = [x.to(device=dev, dtype=compute) for x in ins]
+            base = ins[0] if job.base is not None else None
+            tensors = ins[1:] if job.base is not None else ins
+            result = method.merge(base, tensors, job.model_params, job.params, ctx)
+            del base, tensors
+    except (InputError, KeyboardInterrupt, MergeCancelled):
+        raise
+    except Exception as exc:
+        raise MergeError(f"{method.name} failed on tensor {job.name}: {exc.__class__.__name__}: {exc}") from exc
+    del ins
+    if not isinstance(result, torch.Tensor) or tuple(result.shape) != job.shape:
+        got = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
+        raise MergeError(f"{method.name} returned {got} for tensor {job.name}, expected shape {list(job.shape)}")
+    return result.to(dtype=job.out_dtype).cpu()
+
+
+def _ordered_results(jobs, compute_job, workers: int, should_stop):
+    """Yield (job, result) in job order; with workers > 1, up to workers + 1 tensors are in flight
+    (reading the next inputs overlaps merging the current ones). `should_stop` is polled before
+    every tensor; cancelling waits for the tensors already running, then raises MergeCancelled."""
+    if workers <= 1:
+        for job in jobs:
+            if should_stop is not None and should_stop():
+                raise MergeCancelled("merge cancelled; no output was written")
+            yield job, compute_job(job)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergescope-merge")
+    pending: deque = deque()
+    it = iter(jobs)
+    try:
+        def fill():
+            while len(pending) < workers + 1:
+                job = next(it, None)
+                if job is None:
+                    return
+                pending.append((job, pool.submit(compute_job, job)))
+
+        fill()
+        while pending:
+            if should_stop is not None and should_stop():
+                raise MergeCancelled("merge cancelled; no output was written")
+            job, fut = pending.popleft()
+            result = fut.result()
+            fill()
+            yield job, result
+            del result
+    finally:
+        for _, fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _copy_buffer(job, ins):

@@ -1,10 +1,17 @@
 """Streaming, atomic writer for a merged model.
 
-Tensors arrive one at a time and are buffered until the current shard would exceed `shard_size`;
-then the shard is written (our own safetensors serializer: header + raw bytes, no extra copy) under
-a temporary name. `finish()` renames the shards to `model-0000i-of-0000N.safetensors` (or
-`model.safetensors` when there is one) and writes `model.safetensors.index.json`, `config.json`,
-tokenizer files, `merge_plan.yml` and a `README.md` model card. Memory: one shard of tensors.
+Two modes, same files:
+- planned (what the executor uses): `plan(layout)` is given every output tensor's name, dtype and
+  shape up front, so the shard boundaries and every shard's header are known before any data; each
+  `add()` then writes the tensor's bytes straight into its shard file (header first, data in order,
+  from the tensor's own memory: no copy, no shard buffer). Memory: nothing beyond the tensor given.
+- unplanned: tensors are buffered until the current shard would exceed `shard_size`, then the shard
+  is written. Memory: one shard of tensors.
+Either way a shard is closed when the next tensor would overflow it (a tensor larger than
+`shard_size` gets a shard of its own), under a temporary name. `finish()` renames the shards to
+`model-0000i-of-0000N.safetensors` (or `model.safetensors` when there is one) and writes
+`model.safetensors.index.json`, `config.json`, tokenizer files, `merge_plan.yml` and a `README.md`
+model card.
 
 Atomicity: everything is written into a temporary sibling directory `.NAME.tmp-XXXX` that replaces
 OUTPUT with a rename at the very end. Any failure, cancellation or KeyboardInterrupt removes the
@@ -119,15 +126,26 @@ class WriteResult:
     n_tensors: int
 
 
+def _nbytes(dtype, shape) -> int:
+    import torch
+
+    n = torch.empty((), dtype=dtype).element_size()
+    for s in shape:
+        n *= int(s)
+    return n
+
+
 def _safetensors_header(items: Sequence[tuple[str, Any]]) -> tuple[bytes, int]:
+    """Header for tensors, or for (name, (dtype, shape)) entries of a planned layout."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, t in items:
-        dt = _ST_DTYPES.get(str(t.dtype).replace("torch.", ""))
+        dtype, shape = t if isinstance(t, tuple) else (t.dtype, tuple(t.shape))
+        dt = _ST_DTYPES.get(str(dtype).replace("torch.", ""))
         if dt is None:
-            raise ValueError(f"cannot store dtype {t.dtype} in safetensors ({name})")
-        n = t.numel() * t.element_size()
-        header[name] = {"dtype": dt, "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+            raise ValueError(f"cannot store dtype {dtype} in safetensors ({name})")
+        n = _nbytes(dtype, shape)
+        header[name] = {"dtype": dt, "shape": [int(x) for x in shape], "data_offsets": [offset, offset + n]}
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * ((8 - len(raw) % 8) % 8)  # align the data section to 8 bytes
@@ -143,14 +161,21 @@ def write_safetensors(path: Path, items: Sequence[tuple[str, Any]]) -> int:
         fh.write(len(raw).to_bytes(8, "little"))
         fh.write(raw)
         for _, t in items:
-            if t.numel() == 0:
-                continue
-            flat = t.detach().contiguous().reshape(-1)
-            data = flat.view(torch.uint8) if flat.dtype != torch.uint8 else flat
-            fh.write(memoryview(data.numpy()))
+            _write_tensor(fh, t)
         fh.flush()
         os.fsync(fh.fileno())
     return total
+
+
+def _write_tensor(fh, t) -> None:
+    """The tensor's raw bytes, from its own memory (a copy only when it is not contiguous)."""
+    import torch
+
+    if t.numel() == 0:
+        return
+    flat = t.detach().contiguous().reshape(-1)
+    data = flat.view(torch.uint8) if flat.dtype != torch.uint8 else flat
+    fh.write(memoryview(data.numpy()))
 
 
 class ModelWriter:
@@ -172,6 +197,63 @@ class ModelWriter:
         self._names: set[str] = set()
         self.total_bytes = 0
         self._closed = False
+        # planned mode
+        self._layout: dict[str, tuple[int, Any, tuple]] | None = None  # name -> (shard, dtype, shape)
+        self._order: list[str] = []
+        self._next = 0
+        self._fh = None
+        self._open_shard = -1
+
+    def plan(self, layout: Sequence[tuple[str, Any, Sequence[int]]]) -> None:
+        """Fix the output up front: (name, torch dtype, shape) for every tensor, in writing order.
+
+        Shards are cut exactly where the unplanned mode would cut them. After this, `add()` must be
+        called once per entry, in this order, and writes each tensor straight to disk."""
+        if self._names or self._layout is not None:
+            raise RuntimeError("plan() must come first, once")
+        layout = [(str(n), dt, tuple(int(x) for x in sh)) for n, dt, sh in layout]
+        names = [n for n, _, _ in layout]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise ValueError(f"tensor {dup} written twice")
+        shards: list[list[tuple[str, Any, tuple]]] = []
+        cur: list = []
+        cur_bytes = 0
+        for n, dt, sh in layout:
+            nb = _nbytes(dt, sh)
+            if cur and cur_bytes + nb > self.shard_size:
+                shards.append(cur)
+                cur, cur_bytes = [], 0
+            cur.append((n, dt, sh))
+            cur_bytes += nb
+        if cur:
+            shards.append(cur)
+        self._layout = {}
+        self._shard_entries = shards
+        for i, entries in enumerate(shards):
+            part = self.tmp / f".shard-{i + 1:05d}.partial"
+            self._parts.append((part, [n for n, _, _ in entries]))
+            for n, dt, sh in entries:
+                self._layout[n] = (i, dt, sh)
+        self._order = names
+
+    def _start_shard(self, i: int) -> None:
+        self._close_shard()
+        part = self._parts[i][0]
+        raw, _ = _safetensors_header([(n, (dt, sh)) for n, dt, sh in self._shard_entries[i]])
+        self._fh = open(part, "wb")
+        self._fh.write(len(raw).to_bytes(8, "little"))
+        self._fh.write(raw)
+        self._open_shard = i
+
+    def _close_shard(self) -> None:
+        if self._fh is not None:
+            fh, self._fh = self._fh, None
+            try:
+                fh.flush()
+                os.fsync(fh.fileno())
+            finally:
+                fh.close()
 
     # -- tensors ---------------------------------------------------------------------------
     def add(self, name: str, tensor) -> None:
@@ -180,17 +262,44 @@ class ModelWriter:
             raise RuntimeError("writer is closed")
         if name in self._names:
             raise ValueError(f"tensor {name} written twice")
-        self._names.add(name)
         if tensor.device.type != "cpu":
             tensor = tensor.cpu()
         n = tensor.numel() * tensor.element_size()
+        if self._layout is not None:
+            self._add_planned(name, tensor, n)
+            return
+        self._names.add(name)
         if self._current and self._current_bytes + n > self.shard_size:
             self._flush()
         self._current.append((name, tensor))
         self._current_bytes += n
         self.total_bytes += n
 
+    def _add_planned(self, name: str, tensor, n: int) -> None:
+        expected = self._order[self._next] if self._next < len(self._order) else None
+        if name != expected:
+            if name not in self._layout:
+                raise ValueError(f"tensor {name} is not in the planned layout")
+            raise ValueError(f"tensor {name} written out of the planned order (expected {expected})")
+        shard, dt, sh = self._layout[name]
+        if tensor.dtype != dt or tuple(tensor.shape) != sh:
+            raise ValueError(f"tensor {name}: got {tensor.dtype} {list(tensor.shape)}, planned {dt} {list(sh)}")
+        if shard != self._open_shard:
+            self._start_shard(shard)
+        _write_tensor(self._fh, tensor)
+        self._names.add(name)
+        self._next += 1
+        self.total_bytes += n
+
     def _flush(self) -> None:
+        if self._layout is not None:
+            if self._next != len(self._order):
+                raise RuntimeError(f"only {self._next} of the {len(self._order)} planned tensors were written")
+            if self._open_shard < len(self._parts) - 1:  # trailing shards of empty tensors only
+                for i in range(self._open_shard + 1, len(self._parts)):
+                    self._start_shard(i)
+            self._close_shard()
+            return
         if not self._current:
             return
         part = self.tmp / f".shard-{len(self._parts) + 1:05d}.partial"
@@ -270,6 +379,12 @@ class ModelWriter:
         """Drop everything written so far (idempotent)."""
         self._closed = True
         self._current = []
+        if self._fh is not None:
+            try:
+                self._fh.close()
+            except OSError:
+                pass
+            self._fh = None
         if self.tmp.exists():
             shutil.rmtree(self.tmp, ignore_errors=True)
 

@@ -584,3 +584,64 @@ def test_passthrough():
     _close(_merge("passthrough", None, [x], [{"scale": 0.5}]), 0.5 * x.double())
     with pytest.raises(InputError):
         _merge("passthrough", None, [x, x], [{}, {}])
+
+
+# ---------------------------------------------------------------- streaming kernel (gta_stream)
+
+def _stream_vs_merge(name, base, models, mps, params=None, out_dtype=torch.bfloat16):
+    """The streaming kernel on the stored tensors == gta_merge on float32 copies, bit for bit."""
+    m = get_method(name)
+    ctx = MergeContext(tensor_name="w")
+    got = m.stream(base, models, mps, dict(params or {}), ctx, out_dtype)
+    assert got is not None and got.dtype == out_dtype and got.shape == base.shape
+    ref = m.merge(base.float(), [x.float() for x in models], mps, dict(params or {}), ctx).to(out_dtype)
+    assert torch.equal(got.view(-1).view(torch.int16 if out_dtype.itemsize == 2 else torch.int32),
+                       ref.view(-1).view(torch.int16 if out_dtype.itemsize == 2 else torch.int32))
+    return got
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("n", [3000, 300_000])  # small: direct selection; large: sampled bracket
+def test_stream_kernel_equals_general_path(dtype, n, monkeypatch):
+    from analysis.methods import gta_stream
+
+    monkeypatch.setattr(gta_stream, "CHUNK", 1 << 14)  # many chunks: tie budgets cross chunk boundaries
+    monkeypatch.setattr(gta_stream, "DIRECT_MAX", 1 << 16)
+    g = torch.Generator().manual_seed(n)
+    base = (0.02 * torch.randn(n, generator=g)).to(dtype)
+    # bf16 task vectors are quantised: thousands of |delta| tie at every trim threshold
+    models = [(base.float() + 0.0003 * (i + 1) * torch.randn(n, generator=g)).to(dtype) for i in range(3)]
+    shape = (n // 100, 100)
+    base, models = base.view(shape), [x.view(shape) for x in models]
+    ws = [0.5, 0.3, 0.2]
+    _stream_vs_merge("task_arithmetic", base, models, [{"weight": w} for w in ws])
+    _stream_vs_merge("task_arithmetic", base, models[:2], [{"weight": 1.0}, {"weight": -0.7}],
+                     {"normalize": True, "lambda": 1.3})
+    _stream_vs_merge("ties", base, models, [{"weight": w, "density": 0.2} for w in ws])
+    _stream_vs_merge("ties", base, models, [{"weight": 0.8, "density": 0.3}, {"weight": -0.5, "density": 0.9},
+                                            {"weight": 0.3, "density": 0.0}], {"normalize": False, "lambda": 0.7})
+    _stream_vs_merge("ties", base, models[:1], [{"weight": 1.0, "density": 0.05}], out_dtype=torch.float32)
+
+
+def test_stream_kernel_bad_sample_falls_back_exactly(monkeypatch):
+    from analysis.methods import gta_stream
+
+    monkeypatch.setattr(gta_stream, "_sample_bracket", lambda *a: (0.0, 1e-30))  # a bracket that misses
+    monkeypatch.setattr(gta_stream, "DIRECT_MAX", 1 << 16)
+    n = 200_000
+    base = _rand(n, seed=1)
+    models = [base + _rand(n, seed=2 + i, scale=0.01) for i in range(2)]
+    _stream_vs_merge("ties", base, models, [{"weight": 1.0, "density": 0.2}, {"weight": 0.5, "density": 0.4}])
+
+
+def test_stream_kernel_nan_and_declines():
+    base, models = _family(2)
+    models[0] = models[0].clone()
+    models[0][0, :5] = float("nan")
+    _stream_vs_merge("ties", base, models, [{"weight": 1.0, "density": 0.3}, {"weight": 1.0, "density": 0.5}],
+                     out_dtype=torch.float32)
+    m = get_method("ties")
+    ctx = MergeContext(tensor_name="w")
+    # rescale is left to the general path; so are methods without a kernel
+    assert m.stream(base, models, [{"weight": 1.0}] * 2, {"rescale": True}, ctx, torch.float32) is None
+    assert get_method("breadcrumbs").stream is None and get_method("dare_ties").stream is None

@@ -50,6 +50,11 @@ class MergeMethod:
     params: tuple[ParamSpec, ...] = field(default_factory=tuple)
     randomized: bool = False
     description: str = ""
+    # Optional streaming CPU kernel: stream(raw_base, raw_tensors, model_params, params, ctx, out_dtype)
+    # gets the STORED tensors (any float dtype, e.g. memory-mapped bf16), computes in float32 exactly
+    # like `merge` and returns the result in out_dtype, or None when it does not handle the case
+    # (then the executor calls `merge` on float32 copies). Used only on CPU with a float32 compute dtype.
+    stream: Callable[..., torch.Tensor | None] | None = None
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)

@@ -146,6 +146,21 @@ _VARIANTS = (
 )
 
 
+def _stream(raw_base, raws, model_params_, params, ctx, out_dtype, *, specs, name, sparsification, consensus):
+    """The streaming kernel (gta_stream) when it handles this tensor's parameters, else None."""
+    from . import gta_stream
+
+    if not raws:
+        return None
+    gp = global_params(specs, params, ctx, name)
+    if not gta_stream.supports(sparsification, gp, torch.float32, ctx.device):
+        return None
+    if any(r.shape != raw_base.shape or not r.dtype.is_floating_point for r in raws) or not raw_base.dtype.is_floating_point:
+        return None  # the general path reports it
+    return gta_stream.stream_gta(raw_base, raws, model_params_, params, specs=specs, name=name,
+                                 sparsification=sparsification, consensus=consensus, out_dtype=out_dtype, ctx=ctx)
+
+
 def _make(name, sparsification, consensus, normalize, rescale, description) -> MergeMethod:
     per_model = [_WEIGHT, _DENSITY]
     if sparsification == "magnitude_outliers":
@@ -154,8 +169,12 @@ def _make(name, sparsification, consensus, normalize, rescale, description) -> M
         per_model.append(_EPSILON)
     specs = (*_globals(normalize, rescale), *per_model)
     fn = partial(gta_merge, specs=specs, name=name, sparsification=sparsification, consensus=consensus)
+    stream = None
+    if sparsification in (None, "magnitude"):
+        stream = partial(_stream, specs=specs, name=name, sparsification=sparsification, consensus=consensus)
     return MergeMethod(name=name, merge=fn, needs_base=True, min_models=1, max_models=None, params=specs,
-                       randomized=sparsification in ("random", "della_magprune"), description=description)
+                       randomized=sparsification in ("random", "della_magprune"), description=description,
+                       stream=stream)
 
 
 METHODS: tuple[MergeMethod, ...] = tuple(_make(*v) for v in _VARIANTS)

@@ -1,0 +1,299 @@
+"""Streaming CPU kernels for the generalized task arithmetic family: task_arithmetic and TIES-style
+magnitude trims (ties, or any GTA variant with `magnitude` sparsification and no rescale).
+
+Same results, bit for bit, as `task_arithmetic.gta_merge` on float32 (see the tests), without
+materialising anything tensor-sized except the output: the stored (e.g. bf16, memory-mapped) inputs
+are read in cache-sized chunks and every intermediate lives in a few chunk buffers.
+
+For one tensor of n elements and N models:
+
+1. thresholds (magnitude trims only): the exact k-th largest |δᵢ| of each model, k = max(1,
+   int(density·n)). A fixed-seed random sample of 2**16 elements brackets it (±6σ of the sample
+   quantile, both ends exact |δ| values); one chunked pass histograms the float bits of every |δᵢ|
+   inside the bracket (bits of non-negative floats order like the floats, so each bin is ONE value)
+   and counts those above it. That gives the threshold, how many are above it and how many equal it,
+   exactly, with any number of ties. If the bracket misses (only for adversarial data) or is too wide
+   in bits, that model falls back to `sparsify.kth_largest` on its full |δᵢ|. Small tensors use
+   `kth_largest` directly.
+2. one chunked pass: δᵢ = θᵢ − θ₀ (float32), trim (one `hardshrink`; ties at the threshold are kept
+   lowest index first, a running budget per model carried across chunks), weights, sign election,
+   consensus clamp, divisor, normalize, lambda, + θ₀, cast to the output dtype.
+
+Every element goes through the same float32 operations in the same order as in `gta_merge` (and
+mergekit 0.1.5 with `dtype: float32`): the chunking changes only which elements an op sees at once.
+NaN task-vector entries are treated as in `sparsify` (never counted toward k, kept by the trim).
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from . import sparsify as sp
+from ._util import global_params, model_params
+
+CHUNK = 1 << 17  # elements per chunk: a handful of float32 chunk buffers stay in L2/L3
+SAMPLE = 1 << 16  # a wider bracket costs nothing: bins are cheap, elements are not
+DIRECT_MAX = 1 << 20  # smaller tensors: exact selection on the full |delta| (cheap at this size)
+MAX_BINS = 1 << 22  # widest bracket (in float bit steps) histogrammed directly (32 MB of counts)
+_SEED = 0x6D657267
+
+
+def supports(sparsification: str | None, gp: dict, dtype: torch.dtype, device) -> bool:
+    """Whether `stream_gta` handles this case (else use `gta_merge`)."""
+    if torch.device(device).type != "cpu" or dtype != torch.float32:
+        return False
+    if sparsification is None:
+        return True
+    return sparsification == "magnitude" and not bool(gp.get("rescale"))
+
+
+def _delta_into(out: torch.Tensor, raw: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """out = float32(raw) - b (b already float32)."""
+    if raw.dtype == torch.float32:
+        return torch.sub(raw, b, out=out)
+    out.copy_(raw)
+    return out.sub_(b)
+
+
+class _Trim:
+    """Exact magnitude-trim plan of one model: keep |d| > thr, plus the first `budget` |d| == thr."""
+
+    __slots__ = ("mode", "thr", "below", "budget")
+
+    def __init__(self, mode: str, thr: float = 0.0, budget: int = 0):
+        self.mode = mode  # "all" | "none" | "ge" (keep |d| >= thr) | "gt_ties" (keep > thr + budget ties)
+        self.thr = thr
+        self.below = float(np.nextafter(np.float32(thr), np.float32(-np.inf))) if mode in ("ge", "gt_ties") else 0.0
+        self.budget = budget
+
+
+def _plan_from(thr: float, n_gt: int, n_eq: int, k: int) -> _Trim:
+    if n_gt + n_eq == k:
+        return _Trim("ge", thr)
+    return _Trim("gt_ties", thr, k - n_gt)
+
+
+@lru_cache(maxsize=8)
+def _sample_index(n: int) -> torch.Tensor:
+    """A fixed-seed random sample of positions, sorted (sequential reads of the memory map)."""
+    g = torch.Generator().manual_seed(_SEED)
+    return torch.sort(torch.randint(n, (SAMPLE,), generator=g)).values
+
+
+def _sample_bracket(base_s: torch.Tensor, raw: torch.Tensor, idx: torch.Tensor, n: int, k: int):
+    """(lo, hi): exact |delta| values of the sample bracketing the k-th largest (±6 sigma of the
+    sample quantile), or None when the sample cannot bracket it."""
+    a = _delta_into(torch.empty(SAMPLE, dtype=torch.float32), raw[idx], base_s).abs_()
+    if bool(torch.isnan(a).any()):
+        return None
+    p = k / n
+    rank = p * SAMPLE  # expected descending rank of the threshold inside the sample
+    margin = 6.0 * math.sqrt(SAMPLE * p * (1 - p)) + 16
+    r_hi = int(math.floor(rank - margin))
+    r_lo = int(math.ceil(rank + margin))
+    if r_hi < 1 or r_lo > SAMPLE:
+        return None
+    lo = float(torch.kthvalue(a, SAMPLE - r_lo + 1).values)
+    hi = float(torch.kthvalue(a, SAMPLE - r_hi + 1).values)
+    return lo, hi
+
+
+def _bits(x: float) -> int:
+    return int(np.array([x], dtype=np.float32).view(np.int32)[0])
+
+
+def _thresholds(raw_base: torch.Tensor, raws: list[torch.Tensor], ks: list[int | None]) -> list[_Trim]:
+    """Exact trim plans; `ks[i]` None means keep everything, 0 means drop everything."""
+    n = raw_base.numel()
+    plans: list[_Trim | None] = [None] * len(raws)
+    brackets = {}
+    base_s = idx = None
+    for i, k in enumerate(ks):
+        if k is None or k >= n:
+            plans[i] = _Trim("all")
+        elif k <= 0:
+            plans[i] = _Trim("none")
+        elif n > DIRECT_MAX:
+            if base_s is None:
+                idx = _sample_index(n)
+                base_s = raw_base[idx].to(torch.float32)
+            br = _sample_bracket(base_s, raws[i], idx, n, k)
+            if br is not None:
+                lo_b, hi_b = _bits(br[0]), _bits(br[1])
+                if 0 <= hi_b - lo_b <= MAX_BINS:
+                    brackets[i] = (lo_b, hi_b)
+    full = [i for i, p in enumerate(plans) if p is None and i not in brackets]
+    if brackets:
+        hists = _bracket_hists(raw_base, raws, brackets)
+        for i, (lo_b, hi_b) in brackets.items():
+            r = hi_b - lo_b
+            h = hists[i]  # bins: 0 below lo, 1 + j == lo_bits + j, r + 2 above hi
+            above_hi = int(h[r + 2])
+            k = ks[i]
+            ge_lo = above_hi + int(h[1:r + 2].sum())
+            if not (above_hi < k <= ge_lo):
+                full.append(i)
+                continue
+            band = h[1:r + 2][::-1]  # from hi down to lo
+            cum = above_hi + np.cumsum(band)
+            j = int(np.searchsorted(cum, k))  # first position where the running count reaches k
+            n_eq = int(band[j])
+            n_gt = int(cum[j]) - n_eq
+            thr_bits = hi_b - j
+            thr = float(np.array([thr_bits], dtype=np.int32).view(np.float32)[0])
+            plans[i] = _plan_from(thr, n_gt, n_eq, k)
+    for i in full:
+        b = raw_base.reshape(-1).to(torch.float32)
+        a = _delta_into(torch.empty(n, dtype=torch.float32), raws[i].reshape(-1), b).abs_()
+        del b
+        thr, n_gt, n_eq, _ = sp.kth_largest(a, ks[i])
+        plans[i] = _plan_from(float(thr), n_gt, n_eq, ks[i])
+    return plans  # type: ignore[return-value]
+
+
+def _bracket_hists(raw_base, raws, brackets: dict) -> dict[int, np.ndarray]:
+    """Per bracketed model: counts of |delta| by float bits, bin 0 below lo, 1 + j for bits lo + j,
+    the last bin above hi. `index_add_` into a persistent accumulator (bincount would allocate and
+    zero its output for every chunk)."""
+    n = raw_base.numel()
+    chunk = min(n, CHUNK)
+    b = torch.empty(chunk, dtype=torch.float32)
+    d = torch.empty(chunk, dtype=torch.float32)
+    key = torch.empty(chunk, dtype=torch.int32)
+    ones = torch.ones(chunk, dtype=torch.int64)
+    hists = {i: torch.zeros(hi - lo + 3, dtype=torch.int64) for i, (lo, hi) in brackets.items()}
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        c = e - s
+        bc = b[:c]
+        bc.copy_(raw_base[s:e])
+        for i, (lo_b, hi_b) in brackets.items():
+            dc = _delta_into(d[:c], raws[i][s:e], bc).abs_()
+            torch.nan_to_num_(dc, nan=0.0, posinf=math.inf)  # NaN never counts toward k (as in sparsify)
+            kc = key[:c]
+            torch.sub(dc.view(torch.int32), lo_b - 1, out=kc)
+            kc.clamp_(0, hi_b - lo_b + 2)
+            hists[i].index_add_(0, kc, ones[:c])
+    return {i: h.numpy() for i, h in hists.items()}
+
+
+def _trim_chunk(d: torch.Tensor, plan: _Trim, scratch_f: torch.Tensor) -> None:
+    mode = plan.mode
+    if mode == "all":
+        return
+    if mode == "none":
+        d.zero_()
+        return
+    if mode == "ge" or plan.budget > 0 and mode == "gt_ties":
+        if mode == "gt_ties":
+            eq = torch.abs(d, out=scratch_f).eq_(plan.thr)
+            cnt = int(eq.sum())
+            if cnt > plan.budget:
+                pos = eq.nonzero().squeeze(1)[plan.budget:]
+                torch.ops.aten.hardshrink.out(d, plan.below, out=d)
+                d.index_fill_(0, pos, 0.0)
+                plan.budget = 0
+                return
+            plan.budget -= cnt
+        torch.ops.aten.hardshrink.out(d, plan.below, out=d)
+        return
+    torch.ops.aten.hardshrink.out(d, plan.thr, out=d)  # budget spent: only |d| > thr
+
+
+def stream_gta(raw_base: torch.Tensor, raws: list[torch.Tensor], model_params_: list[dict] | None,
+               params: dict | None, *, specs, name: str, sparsification: str | None, consensus: bool,
+               out_dtype: torch.dtype, ctx=None) -> torch.Tensor:
+    """The merged tensor in `out_dtype` (float32 arithmetic) from the stored inputs (any float dtype)."""
+    shape = raw_base.shape
+    n = raw_base.numel()
+    rb = raw_base.reshape(-1)
+    rs = [r.reshape(-1) for r in raws]
+    n_models = len(rs)
+    gp = global_params(specs, params, ctx, name) if ctx is not None else global_params(specs, params, _Ctx(), name)
+    mps = model_params(specs, model_params_, n_models, params, ctx or _Ctx(), name)
+    work = torch.float32
+    wvec = torch.tensor([float(mp["weight"]) for mp in mps], dtype=work)
+    weights = wvec.tolist()
+    lam = float(gp["lambda"])
+    out = torch.empty(n, dtype=out_dtype)
+    if n == 0:
+        return out.view(shape)
+    if n_models == 0:
+        return out.copy_(rb).view(shape)
+
+    if sparsification == "magnitude":
+        ks = []
+        for mp in mps:
+            density = float(mp["density"])
+            ks.append(None if density >= 1 else (0 if density <= 0 else max(1, int(density * n))))
+        plans = _thresholds(rb, rs, ks)
+    else:
+        plans = [_Trim("all")] * n_models
+    trims = [p for p in plans if p.mode != "all"]
+
+    chunk = min(n, CHUNK)
+    B = torch.empty(chunk, dtype=work)
+    D = torch.empty((n_models, chunk), dtype=work)
+    O = torch.empty(chunk, dtype=work)
+    T = torch.empty(chunk, dtype=work)
+    scaled = any(w != 1.0 for w in weights)
+    wcol = wvec.view(-1, 1)
+    normalize = bool(gp["normalize"])
+    divisor_all = None
+    if not consensus and normalize:
+        divisor_all = wvec.sum()
+        if abs(float(divisor_all)) < 1e-8:
+            divisor_all = None
+    big = torch.finfo(work).max
+    all_pos = all(w > 0 for w in weights)
+    wmin = min(weights) if weights else 1.0
+    U = torch.empty(chunk, dtype=work) if consensus else None
+    L = torch.empty(chunk, dtype=work) if consensus else None
+
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        c = e - s
+        b = B[:c]
+        b.copy_(rb[s:e])
+        Dc = D[:, :c]
+        for i in range(n_models):
+            d = _delta_into(Dc[i], rs[i][s:e], b)
+            if trims:
+                _trim_chunk(d, plans[i], T[:c])
+        if scaled:
+            Dc.mul_(wcol)
+        o = O[:c]
+        torch.sum(Dc, dim=0, out=o)
+        if not consensus:
+            if divisor_all is not None:
+                o.div_(divisor_all)
+        else:
+            upper, lower = U[:c], L[:c]
+            torch.ge(o, 0, out=upper)
+            upper.mul_(big)
+            torch.sub(upper, big, out=lower)
+            Dc.clamp_(min=lower, max=upper)
+            torch.sum(Dc, dim=0, out=o)
+            if normalize:
+                Dc.ne_(0)
+                div = T[:c]
+                torch.mul(Dc[0], wvec[0], out=div)
+                for i in range(1, n_models):
+                    div.add_(Dc[i], alpha=weights[i])
+                if all_pos:
+                    div.clamp_min_(wmin)
+                else:
+                    div.masked_fill_(div == 0, 1)
+                o.div_(div)
+        if lam != 1:
+            o.mul_(lam)
+        o.add_(b)
+        out[s:e].copy_(o)
+    return out.view(shape)
+
+
+class _Ctx:
+    tensor_name = ""
