@@ -14,13 +14,14 @@ from .metrics import Progress, Report, ShouldStop, analyze_checkpoints
 
 def analyze(base_path: str, model_paths: Sequence[str], *, density: float = 0.2, device: str = "cpu",
             use_cache: bool = True, progress: Progress | None = None,
-            should_stop: ShouldStop | None = None) -> Report:
+            should_stop: ShouldStop | None = None, labels: Sequence[str] | None = None) -> Report:
+    """Analyse BASE + MODELS (paths); `labels` (base first) name them in the report instead of the paths."""
     if not model_paths:
         from .errors import InputError
 
         raise InputError("give at least one fine-tuned MODEL after the BASE")
     device = resolve_device(device)
-    base, models = open_models(base_path, model_paths)
+    base, models = open_models(base_path, model_paths, labels)
     key = cache.cache_key(base, models, density=density) if use_cache else None
     if key:
         data = cache.load(key)

@@ -509,14 +509,17 @@ def open_checkpoint(path: str | os.PathLike, label: str | None = None) -> Checkp
     raise CheckpointError(f"{path}: no model weights found (expected model.safetensors, a sharded index, pytorch_model.bin, or a PEFT adapter)")
 
 
-def open_models(base_path, model_paths) -> tuple[Checkpoint, list[Checkpoint]]:
-    """Open a base and its fine-tunes; LoRA adapters become base+delta views."""
-    base = open_checkpoint(base_path)
+def open_models(base_path, model_paths, labels=None) -> tuple[Checkpoint, list[Checkpoint]]:
+    """Open a base and its fine-tunes; LoRA adapters become base+delta views.
+
+    `labels` (base first, then models) name them in reports; the paths as given by default."""
+    labels = list(labels) if labels else [None] * (1 + len(model_paths))
+    base = open_checkpoint(base_path, labels[0])
     if base.is_delta:
         raise CheckpointError(f"{base_path}: is a LoRA adapter; the base must be a full model")
     models = []
-    for mp in model_paths:
-        ck = open_checkpoint(mp)
+    for mp, label in zip(model_paths, labels[1:]):
+        ck = open_checkpoint(mp, label)
         if isinstance(ck, LoraCheckpoint):
             ck = ck.with_base(base)
         models.append(ck)

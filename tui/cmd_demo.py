@@ -46,7 +46,9 @@ def _shown(path: Path) -> str:
 def add_arguments(p) -> None:
     p.add_argument("--no-plan", action="store_true", help="start with an empty plan instead of the sample")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write the analysis cache")
-    # Hook: a `--headless` flag (another command's job) will add itself here and branch in run().
+    p.add_argument("--headless", action="store_true",
+                   help="no UI: analyse, merge two domain fine-tunes, and print held-out perplexity per domain")
+    p.add_argument("--output", metavar="DIR", help="with --headless: keep the merged models in DIR")
 
 
 def build_app(no_plan: bool = False, use_cache: bool = True, **kw):
@@ -54,12 +56,18 @@ def build_app(no_plan: bool = False, use_cache: bool = True, **kw):
     from .app import MergeScopeApp
 
     base, models = demo_paths()
-    kw.setdefault("output_dir", str(Path.cwd() / "merged-demo"))
+    import tempfile
+
+    kw.setdefault("output_dir", str(Path(tempfile.gettempdir()) / "mergescope-demo-merged"))
     return MergeScopeApp(base, models, None, use_cache=use_cache, remember_set=False, title="demo family",
                          sample_plan=None if no_plan else dict(SAMPLE_PLAN), **kw)
 
 
 def run(args) -> int:
+    if args.headless:
+        from .demo_headless import run_headless
+
+        return run_headless(args.output, use_cache=not args.no_cache)
     app = build_app(no_plan=args.no_plan, use_cache=not args.no_cache)
     app.run()
     return int(app.return_code or 0)
