@@ -213,7 +213,7 @@ async def test_heatmap_metrics_cursor_and_detail(family):
         expected = rep.row_cell(0, None, module="q_proj").relative_norm(0)
         assert hm.value == pytest.approx(expected)
         detail = text_of(app.main.query_one("#heat-detail"))
-        assert "model.layers.0.self_attn.q_proj.weight" in detail
+        assert "layers.0.self_attn.q_proj.weight" in detail
         # model / pair selection
         await pilot.press("m")
         await pilot.pause()

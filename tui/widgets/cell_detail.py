@@ -7,10 +7,11 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from ..format import fmt, short_names
+from ..format import compact, fmt, short_names
 from ..heatdata import ALL
 
 MAX_TENSORS = 12
+TENSOR_W = 33  # the panel's width: long names keep their informative tail
 
 
 def _params(numel: int) -> str:
@@ -25,33 +26,37 @@ def cell_renderable(report, row_label: str, col: str, agg, metric=None, value=No
     if agg is None:
         return Group(Text(where, style="bold"), Text("no tensors here", style="dim"))
     n = report.n
-    short = short_names(report.models, 14)
+    short = short_names(report.models, 11)
     parts = [Text.assemble((where, "bold"), (f"   {len(agg.tensors)} tensors, {_params(agg.total.numel)} params", "dim"))]
     if metric is not None:
         exact = "∞" if value is not None and value == float("inf") else ("-" if value is None else f"{value:.6g}")
         parts.append(Text.assemble((metric.label, "cyan"), " = ", (exact, "bold")))
-    models = Table(box=None, header_style="bold", padding=(0, 1), expand=False)
-    for col_name in ("model", "‖τ‖", "rel", "top20%", "cos θ₀"):
-        models.add_column(col_name, justify="left" if col_name == "model" else "right", no_wrap=True)
+    models = Table(box=None, header_style="bold", padding=(0, 1, 0, 0), expand=False)
+    models.add_column("model", no_wrap=True, overflow="ellipsis", max_width=9)
+    for col_name, w in (("‖τ‖", 5), ("rel", 5), ("top", 4), ("cos θ₀", 6)):
+        models.add_column(col_name, justify="right", no_wrap=True, min_width=w)
     for i in range(n):
-        models.add_row(short[i], fmt(agg.norm(i)), fmt(agg.relative_norm(i)), fmt(agg.topk_energy(i), pct=True),
+        models.add_row(short[i], compact(agg.norm(i)), compact(agg.relative_norm(i)), fmt(agg.topk_energy(i), pct=True),
                        f"{agg.cosine_to_base(i):.4f}")
     parts.append(models)
     if n >= 2:
-        pairs = Table(box=None, header_style="bold", padding=(0, 1), expand=False)
-        for col_name in ("pair", "cos", "sign≠", "ratio"):
-            pairs.add_column(col_name, justify="left" if col_name == "pair" else "right", no_wrap=True)
+        pairs = Table(box=None, header_style="bold", padding=(0, 1, 0, 0), expand=False)
+        pairs.add_column("pair", no_wrap=True, overflow="ellipsis", max_width=13)
+        for col_name, w in (("cos", 6), ("sign≠", 5), ("ratio", 5)):
+            pairs.add_column(col_name, justify="right", no_wrap=True, min_width=w)
         for i in range(n):
             for j in range(i + 1, n):
-                pairs.add_row(f"{short[i]}–{short[j]}", f"{agg.cosine(i, j):+.3f}", fmt(agg.sign_conflict_pair(i, j), True),
-                              fmt(agg.magnitude_ratio(i, j)))
+                pairs.add_row(f"{short[i][:6]}–{short[j][:6]}", f"{agg.cosine(i, j):+.3f}", fmt(agg.sign_conflict_pair(i, j), True),
+                              compact(agg.magnitude_ratio(i, j)))
         parts.append(pairs)
         parts.append(Text.assemble(("all models  ", "bold"), f"sign conflict {fmt(agg.sign_conflict, True)}, ",
                                    f"trimmed at d={report.density} {fmt(agg.trimmed_sign_conflict, True)}, ",
                                    f"asymmetry {fmt(agg.magnitude_asymmetry)}"))
-    tensors = Text("tensors\n", style="bold")
+    tensors = Text()
+    tensors.append("tensors\n", style="bold")
     for name in agg.tensors[:MAX_TENSORS]:
-        tensors.append(f"  {name}\n", style="")
+        shown = name if len(name) <= TENSOR_W else "…" + name[-(TENSOR_W - 1):]
+        tensors.append(f" {shown}\n", style="")
     if len(agg.tensors) > MAX_TENSORS:
         tensors.append(f"  … and {len(agg.tensors) - MAX_TENSORS} more\n", style="dim")
     parts.append(tensors)
@@ -61,7 +66,7 @@ def cell_renderable(report, row_label: str, col: str, agg, metric=None, value=No
 class CellDetail(VerticalScroll):
     HELP_TITLE = "Cell detail"
     DEFAULT_CSS = """
-    CellDetail { border-left: vkey $primary 50%; padding: 0 1; }
+    CellDetail { border-left: vkey $primary 50%; padding: 0 1; scrollbar-size-vertical: 1; }
     """
 
     def compose(self):

@@ -22,15 +22,18 @@ def findings_renderable(report) -> Group:
     parts.append(head)
     if not report.findings:
         parts.append(Text(f"{OK_GLYPH} no findings: these models look merge-ready", style="green"))
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True, width=9)
+    grid.add_column(ratio=1)
     for f in report.findings:
-        t = Text()
-        t.append(f"{SEV_GLYPH[f.severity]} {f.severity.upper():<7}", SEV_STYLE[f.severity])
-        t.append(f" {f.code}", "bold")
+        head = Text()
+        head.append(f.code, "bold")
         if f.model:
-            t.append(f"  {f.model}", "italic")
-        t.append("\n   ")
-        t.append(f.message)
-        parts.append(t)
+            head.append(f"  {f.model}", "italic")
+        grid.add_row(Text(f"{SEV_GLYPH[f.severity]} {f.severity.upper()}", SEV_STYLE[f.severity]), head)
+        grid.add_row("", Text(f.message))
+    if report.findings:
+        parts.append(grid)
     return Group(*parts)
 
 
