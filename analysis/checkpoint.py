@@ -131,6 +131,22 @@ class _SafetensorsFile:
             except (OSError, ValueError):
                 pass
 
+    def release_range(self, name: str, start: int, stop: int) -> None:
+        """`release` for elements [start, stop) of the flattened tensor (whole pages inside it only),
+        so a tensor streamed in chunks never has more than a few chunks mapped."""
+        if self._mm is None or not hasattr(self._mm, "madvise"):
+            return
+        dtype, _, off, end = self.entries[name]
+        size = torch.empty((), dtype=dtype).element_size()
+        page = mmap.PAGESIZE
+        lo = -(-(self.data_start + off + start * size) // page) * page
+        hi = min(self.data_start + off + stop * size, self.data_start + end) // page * page
+        if hi > lo:
+            try:
+                self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError):
+                pass
+
     def close(self) -> None:
         # Views may still reference the mapping; dropping our handle lets GC close it when they go.
         self._mm = None
@@ -232,6 +248,13 @@ class Checkpoint:
         idx = self._where.get(name)
         if idx is not None:
             self._files[idx].release(name)
+
+    def release_range(self, name: str, start: int, stop: int) -> None:
+        """`release` for elements [start, stop) of the flattened tensor; a no-op where the tensor is
+        not a plain memory-mapped one (.bin files, LoRA views)."""
+        idx = (getattr(self, "_where", None) or {}).get(name)
+        if idx is not None and hasattr(self._files[idx], "release_range"):
+            self._files[idx].release_range(name, start, stop)
 
     @property
     def weight_files(self) -> list[Path]:

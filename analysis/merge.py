@@ -190,7 +190,7 @@ def _compute(job, cks, method, dev, compute, seed):
     ins = [cks[x.model].get(x.name) for x in job.all_inputs]
     if not job.is_float:
         return _copy_buffer(job, ins)
-    ctx = MergeContext(tensor_name=job.name, seed=seed, device=dev)
+    ctx = MergeContext(tensor_name=job.name, seed=seed, device=dev, release=_range_releaser(job, cks))
     try:
         result = None
         stream = getattr(method, "stream", None)
@@ -211,6 +211,20 @@ def _compute(job, cks, method, dev, compute, seed):
         got = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
         raise MergeError(f"{method.name} returned {got} for tensor {job.name}, expected shape {list(job.shape)}")
     return result.to(dtype=job.out_dtype).cpu()
+
+
+def _range_releaser(job, cks):
+    """release(start, stop) for every input of the job (elements of the flattened tensors)."""
+    fns = [(getattr(cks[x.model], "release_range", None), x.name) for x in job.all_inputs]
+    fns = [(f, name) for f, name in fns if f is not None]
+    if not fns:
+        return None
+
+    def release(start: int, stop: int) -> None:
+        for f, name in fns:
+            f(name, start, stop)
+
+    return release
 
 
 def _ordered_results(jobs, compute_job, workers: int, should_stop):

@@ -283,7 +283,10 @@ def test_writer_planned_mode_refuses_surprises(tmp_path):
 @pytest.mark.parametrize("threads", [1, 3])
 def test_parallel_streaming_merge_equals_sequential_general_path(family, monkeypatch, threads):
     """ties/task_arithmetic through the streaming kernel on worker threads == the general path."""
-    from analysis.methods import task_arithmetic
+    from analysis.methods import gta_stream
+
+    monkeypatch.setattr(gta_stream, "RELEASE_BYTES", 64)  # release calls on every chunk
+    monkeypatch.setattr(gta_stream, "CHUNK", 64)
 
     for method in ("ties", "task_arithmetic"):
         (family / f"{method}.yml").write_text(
@@ -297,3 +300,21 @@ def test_parallel_streaming_merge_equals_sequential_general_path(family, monkeyp
         monkeypatch.setitem(methods.REGISTRY, method, m)
         fast, slow = load_state(family / f"fast-{method}-{threads}"), load_state(family / f"slow-{method}-{threads}")
         assert fast.keys() == slow.keys() and all(torch.equal(fast[k], slow[k]) for k in fast)
+
+
+def test_released_pages_read_back_the_same(tmp_path):
+    """Streaming kernels drop mapped input pages as they go (release_range); reads stay correct."""
+    from analysis.checkpoint import open_checkpoint
+    from tests.ckpt_utils import write_state
+
+    t = torch.randn(3_000_001, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    write_state(tmp_path / "m", {"a.weight": torch.ones(7), "w": t}, tokenizer=False)
+    ck = open_checkpoint(tmp_path / "m")
+    x = ck.get("w")
+    assert torch.equal(x, t)
+    ck.release_range("w", 1000, 2_000_000)
+    ck.release_range("w", 0, 3_000_001)
+    assert torch.equal(x, t) and torch.equal(ck.get("a.weight"), torch.ones(7))
+    ck.release("w")
+    assert torch.equal(ck.get("w"), t)
+    ck.close()

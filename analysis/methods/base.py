@@ -35,6 +35,9 @@ class MergeContext:
     seed: int | None = None
     device: str | torch.device = "cpu"
     generator: torch.Generator | None = None
+    # release(start, stop): streaming kernels call it when elements [start, stop) of the flattened
+    # stored inputs will not be read again soon (the executor drops their memory-mapped pages).
+    release: Callable[[int, int], None] | None = None
 
 
 @dataclass(frozen=True)

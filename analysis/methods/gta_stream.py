@@ -37,6 +37,8 @@ from ._util import global_params, model_params
 CHUNK = 1 << 17  # elements per chunk: a handful of float32 chunk buffers stay in L2/L3
 SAMPLE = 1 << 16  # a wider bracket costs nothing: bins are cheap, elements are not
 DIRECT_MAX = 1 << 20  # smaller tensors: exact selection on the full |delta| (cheap at this size)
+RELEASE_BYTES = 8 << 20  # inputs' pages are released in steps of this many bytes (per input)
+_SAMPLE_SEGMENTS = 8
 MAX_BINS = 1 << 22  # widest bracket (in float bit steps) histogrammed directly (32 MB of counts)
 _SEED = 0x6D657267
 
@@ -77,16 +79,32 @@ def _plan_from(thr: float, n_gt: int, n_eq: int, k: int) -> _Trim:
 
 
 @lru_cache(maxsize=8)
-def _sample_index(n: int) -> torch.Tensor:
-    """A fixed-seed random sample of positions, sorted (sequential reads of the memory map)."""
+def _sample_index(n: int) -> tuple[torch.Tensor, list[tuple[int, int, int, int]]]:
+    """A fixed-seed random sample of positions, sorted (sequential reads of the memory map), and its
+    segments (sample slice, element range) so the pages can be released as the gather moves on."""
     g = torch.Generator().manual_seed(_SEED)
-    return torch.sort(torch.randint(n, (SAMPLE,), generator=g)).values
+    idx = torch.sort(torch.randint(n, (SAMPLE,), generator=g)).values
+    segs = []
+    bounds = [n * j // _SAMPLE_SEGMENTS for j in range(_SAMPLE_SEGMENTS + 1)]
+    cuts = torch.searchsorted(idx, torch.tensor(bounds)).tolist()
+    for j in range(_SAMPLE_SEGMENTS):
+        segs.append((cuts[j], cuts[j + 1], bounds[j], bounds[j + 1]))
+    return idx, segs
 
 
-def _sample_bracket(base_s: torch.Tensor, raw: torch.Tensor, idx: torch.Tensor, n: int, k: int):
-    """(lo, hi): exact |delta| values of the sample bracketing the k-th largest (±6 sigma of the
-    sample quantile), or None when the sample cannot bracket it."""
-    a = _delta_into(torch.empty(SAMPLE, dtype=torch.float32), raw[idx], base_s).abs_()
+def _gather(raw: torch.Tensor, idx, segs, release) -> torch.Tensor:
+    """float32 raw[idx], segment by segment, releasing each element range once read."""
+    out = torch.empty(idx.numel(), dtype=torch.float32)
+    for a, b, lo, hi in segs:
+        out[a:b] = raw[idx[a:b]]
+        if release is not None:
+            release(lo, hi)
+    return out
+
+
+def _sample_bracket(a: torch.Tensor, n: int, k: int):
+    """(lo, hi): exact |delta| values of the sample `a` bracketing the k-th largest (±6 sigma of
+    the sample quantile), or None when the sample cannot bracket it."""
     if bool(torch.isnan(a).any()):
         return None
     p = k / n
@@ -105,7 +123,7 @@ def _bits(x: float) -> int:
     return int(np.array([x], dtype=np.float32).view(np.int32)[0])
 
 
-def _thresholds(raw_base: torch.Tensor, raws: list[torch.Tensor], ks: list[int | None]) -> list[_Trim]:
+def _thresholds(raw_base: torch.Tensor, raws: list[torch.Tensor], ks: list[int | None], release=None) -> list[_Trim]:
     """Exact trim plans; `ks[i]` None means keep everything, 0 means drop everything."""
     n = raw_base.numel()
     plans: list[_Trim | None] = [None] * len(raws)
@@ -118,16 +136,17 @@ def _thresholds(raw_base: torch.Tensor, raws: list[torch.Tensor], ks: list[int |
             plans[i] = _Trim("none")
         elif n > DIRECT_MAX:
             if base_s is None:
-                idx = _sample_index(n)
-                base_s = raw_base[idx].to(torch.float32)
-            br = _sample_bracket(base_s, raws[i], idx, n, k)
+                idx, segs = _sample_index(n)
+                base_s = _gather(raw_base, idx, segs, release)
+            sample = _gather(raws[i], idx, segs, release).sub_(base_s).abs_()
+            br = _sample_bracket(sample, n, k)
             if br is not None:
                 lo_b, hi_b = _bits(br[0]), _bits(br[1])
                 if 0 <= hi_b - lo_b <= MAX_BINS:
                     brackets[i] = (lo_b, hi_b)
     full = [i for i, p in enumerate(plans) if p is None and i not in brackets]
     if brackets:
-        hists = _bracket_hists(raw_base, raws, brackets)
+        hists = _bracket_hists(raw_base, raws, brackets, release)
         for i, (lo_b, hi_b) in brackets.items():
             r = hi_b - lo_b
             h = hists[i]  # bins: 0 below lo, 1 + j == lo_bits + j, r + 2 above hi
@@ -154,7 +173,7 @@ def _thresholds(raw_base: torch.Tensor, raws: list[torch.Tensor], ks: list[int |
     return plans  # type: ignore[return-value]
 
 
-def _bracket_hists(raw_base, raws, brackets: dict) -> dict[int, np.ndarray]:
+def _bracket_hists(raw_base, raws, brackets: dict, release=None) -> dict[int, np.ndarray]:
     """Per bracketed model: counts of |delta| by float bits, bin 0 below lo, 1 + j for bits lo + j,
     the last bin above hi. `index_add_` into a persistent accumulator (bincount would allocate and
     zero its output for every chunk)."""
@@ -177,6 +196,8 @@ def _bracket_hists(raw_base, raws, brackets: dict) -> dict[int, np.ndarray]:
             torch.sub(dc.view(torch.int32), lo_b - 1, out=kc)
             kc.clamp_(0, hi_b - lo_b + 2)
             hists[i].index_add_(0, kc, ones[:c])
+        if release is not None:
+            release(s, e)
     return {i: h.numpy() for i, h in hists.items()}
 
 
@@ -221,6 +242,7 @@ def stream_gta(raw_base: torch.Tensor, raws: list[torch.Tensor], model_params_: 
     out = torch.empty(n, dtype=out_dtype)
     if n == 0:
         return out.view(shape)
+    release = _batched(getattr(ctx, "release", None), n, raw_base.element_size())
     if n_models == 0:
         return out.copy_(rb).view(shape)
 
@@ -229,7 +251,7 @@ def stream_gta(raw_base: torch.Tensor, raws: list[torch.Tensor], model_params_: 
         for mp in mps:
             density = float(mp["density"])
             ks.append(None if density >= 1 else (0 if density <= 0 else max(1, int(density * n))))
-        plans = _thresholds(rb, rs, ks)
+        plans = _thresholds(rb, rs, ks, release)
     else:
         plans = [_Trim("all")] * n_models
     trims = [p for p in plans if p.mode != "all"]
@@ -292,7 +314,39 @@ def stream_gta(raw_base: torch.Tensor, raws: list[torch.Tensor], model_params_: 
             o.mul_(lam)
         o.add_(b)
         out[s:e].copy_(o)
+        if release is not None:
+            release(s, e)
+    if release is not None:
+        release.flush()
     return out.view(shape)
+
+
+class _batched:
+    """Forward release(start, stop) calls for contiguous ranges in steps of >= RELEASE_BYTES."""
+
+    def __new__(cls, release, n: int, itemsize: int):
+        if release is None or n * itemsize < RELEASE_BYTES:
+            return None
+        return super().__new__(cls)
+
+    def __init__(self, release, n: int, itemsize: int):
+        self.release = release
+        self.step = max(1, RELEASE_BYTES // itemsize)
+        self.start = 0
+        self.stop = 0
+
+    def __call__(self, start: int, stop: int) -> None:
+        if start != self.stop:  # a new sweep (next pass, or a sample segment)
+            self.flush()
+            self.start = start
+        self.stop = stop
+        if self.stop - self.start >= self.step:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.stop > self.start:
+            self.release(self.start, self.stop)
+        self.start = self.stop
 
 
 class _Ctx:
