@@ -97,30 +97,30 @@ async def shoot(out: Path, family: Path, base: str, models: list[str], sample: d
         for k, m in enumerate(models[:2]):
             app.screen.query_one(f"#open-model-{k}").value = m
         await pilot.pause()
-        save(app, "01-open")
+        save(app, "open")
     # 2.. the main views on one app
     app = MergeScopeApp(base, models, blink=False, remember_set=False, sample_plan=sample)
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
-        save(app, "02-verdicts")
+        save(app, "verdicts")
         await pilot.press("h", "2")
         await pilot.press(*["down"] * 3, "right", "right")
         await settle(app, pilot)
-        save(app, "03-heatmap-relative-norm")
+        save(app, "heatmap")
         await pilot.press("c", "6", "p")
         await settle(app, pilot)
-        save(app, "04-heatmap-pair-cosine")
+        save(app, "heatmap-pair-cosine")
         await pilot.press("c", "4")
         await settle(app, pilot)
-        save(app, "05-heatmap-trimmed-conflict")
+        save(app, "heatmap-trimmed-conflict")
         await pilot.press("e")
         await settle(app, pilot)
         await pilot.press("down", "right", "plus", "plus", "plus")
         await settle(app, pilot)
-        save(app, "06-plan-whatif")
+        save(app, "plan-whatif")
         await pilot.press("w", "w")
         await settle(app, pilot)
-        save(app, "07-plan-whatif-share")
+        save(app, "plan-whatif-share")
         tmp = Path(tempfile.mkdtemp(prefix="mergescope-shot-"))
         try:
             await pilot.press("x")
@@ -128,29 +128,29 @@ async def shoot(out: Path, family: Path, base: str, models: list[str], sample: d
             app.main.query_one("#merge-output").value = str(tmp / "merged")
             await pilot.press("ctrl+g")
             await settle(app, pilot, 0.5)
-            save(app, "08-merge-result")
+            save(app, "merge")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         await pilot.press("h", "question_mark")
         await pilot.pause()
-        save(app, "09-help")
+        save(app, "help")
     # 3. a small terminal
     app = MergeScopeApp(base, models, blink=False, remember_set=False, sample_plan=sample)
     async with app.run_test(size=SMALL) as pilot:
         await settle(app, pilot)
         await pilot.press("h", "4")
         await settle(app, pilot)
-        save(app, "10-heatmap-80x24")
+        save(app, "heatmap-80x24")
         await pilot.press("e")
         await settle(app, pilot)
-        save(app, "11-plan-80x24")
+        save(app, "plan-80x24")
     # 4. as a 16-colour terminal (SSH without truecolor) shows it
     app = MergeScopeApp(base, models, blink=False, remember_set=False, sample_plan=sample, low_colour=True)
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
         await pilot.press("h", "4", "down", "right")
         await settle(app, pilot)
-        path = out / "12-heatmap-16-colours.svg"
+        path = out / "heatmap-16-colours.svg"
         save_downgraded(app, path, "standard")
         shots.append(path)
     return shots

@@ -29,7 +29,8 @@ class PlanEditor(Vertical):
     PlanEditor #plan-toolbar { height: auto; padding: 0 1; background: $boost; }
     PlanEditor #plan-form { height: auto; padding: 0 1; }
     PlanEditor #plan-form Label { padding: 0 1 0 2; }
-    PlanEditor #plan-form Select { width: 22; }
+    PlanEditor #plan-form Select { width: 21; }
+    PlanEditor.-narrow #plan-form .method-label { display: none; }
     PlanEditor #plan-form Input { width: 10; }
     PlanEditor #plan-form Checkbox { border: none; height: 1; padding: 0 1; background: transparent; }
     PlanEditor #plan-error { height: auto; color: $error; padding: 0 1; }
@@ -155,7 +156,7 @@ class PlanEditor(Vertical):
 
         form = self.query_one("#plan-form", Horizontal)
         await form.remove_children()
-        widgets = [Label("method"), Select([(m, m) for m in REGISTRY], value=st.method, allow_blank=False,
+        widgets = [Label("method", classes="method-label"), Select([(m, m) for m in REGISTRY], value=st.method, allow_blank=False,
                                            compact=True, id="plan-method")]
         for spec in st.global_specs():
             if spec.name == "int8_mask":
