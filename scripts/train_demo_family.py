@@ -1,0 +1,568 @@
+#!/usr/bin/env python
+"""Train the tiny demo model family shipped in `analysis/demo/` (deterministic, CPU, a few minutes).
+
+    python scripts/train_demo_family.py [--out analysis/demo] [--threads 2]
+
+Writes `<out>/family/{base,code,prose,dialog,overtrained,other_base,other_ft}/` (HF Llama layout:
+config.json, model.safetensors in bf16, tokenizer.json, README.md) and `<out>/heldout/<domain>.txt`,
+then prints held-out perplexities, task-vector metrics and a few inline task-arithmetic / TIES merges.
+
+Data (all from the Python installation running the script, so it exists on any machine):
+- code:   top-level `.py` files of the standard library, in sorted order. Held out: `textwrap.py`
+          (excluded from training).
+- prose:  English paragraphs of `pydoc_data.topics` (indented code/grammar blocks and heading rules
+          dropped, paragraphs re-wrapped at 72 columns). Held out: topics `execmodel` and
+          `formatstrings`; any training paragraph that also occurs in them is dropped (topics overlap).
+- dialog: two-person conversations generated from templates below with a seeded RNG (train seed
+          1001, held-out seed 2002). They share templates, but held-out conversations that occur
+          verbatim in the training stream are dropped.
+The held-out files are written only when missing or when `--write-heldout` is given, so evaluation
+does not depend on the Python version; training text does (different Python => different bytes).
+
+Recipe (see RECIPE; AdamW betas (0.9, 0.95), eps 1e-5, grad clip 1.0, sequences of 128 bytes):
+- base, other_base: from scratch (init seeds 0 and 1, normal(0, 0.02)), uniform mixture of the three
+  domains, 600 steps x 32 sequences, LR 3e-3 cosine to 3e-4, weight decay 0.05.
+- code, prose, dialog: fine-tunes of `base`, 300 steps x 16 sequences, LR 1e-3 decaying linearly to 0,
+  no weight decay; 75 % of rows from the domain, 25 % replayed from the mixture (without replay a
+  tiny model forgets the other domains so badly that no merge can help).
+- overtrained: `base` on pure code, 900 steps at a constant 3e-3: drifted far from its base.
+- other_ft: the `code` recipe applied to `other_base`.
+Fine-tunes start from the bf16 weights as saved, so task vectors are exact differences of stored values.
+
+Determinism: fixed seeds, `torch.use_deterministic_algorithms(True)`, a fixed thread count. Same
+Python, torch build, CPU type and `--threads` => same bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import inspect
+import math
+import random
+import re
+import sys
+import sysconfig
+import textwrap
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from analysis.checkpoint import open_checkpoint  # noqa: E402
+from analysis.evaluate import DEFAULT_CONTEXT, DEFAULT_STRIDE, evaluate_models, load_texts, perplexity  # noqa: E402
+from analysis.tinylm import LlamaConfig, LlamaLM, encode, load_model, model_from_tensors, save_model  # noqa: E402
+
+DOMAINS = ("code", "prose", "dialog")
+NAMESPACE = "mergescope-demo"
+
+CONFIG = dict(vocab_size=256, hidden_size=64, intermediate_size=176, num_hidden_layers=4,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+              rms_norm_eps=1e-5, rope_theta=10000.0, initializer_range=0.02)
+SEQ = 128
+# Adam's eps: with 1e-8 Adam turns the tiny, consistent "push down" gradient on the lm_head rows of
+# bytes that never occur into full-size steps, and those rows then dominate every task vector (70 %
+# of its norm, shared by all fine-tunes). 1e-5 leaves ordinary gradients alone and damps that drift.
+ADAM_EPS = 1e-5
+
+# Order = submission order when training in parallel (longest fine-tune first).
+RECIPE = {
+    "base":        dict(parent=None, init_seed=0, data="mix", steps=600, batch=32, lr=3e-3, sched="cosine", seed=10),
+    "other_base":  dict(parent=None, init_seed=1, data="mix", steps=600, batch=32, lr=3e-3, sched="cosine", seed=11),
+    "overtrained": dict(parent="base", data="code", steps=900, batch=16, lr=3e-3, sched="constant", seed=23),
+    "code":        dict(parent="base", data="code", steps=300, batch=16, lr=1e-3, sched="linear", replay=0.25, seed=20),
+    "prose":       dict(parent="base", data="prose", steps=300, batch=16, lr=1e-3, sched="linear", replay=0.25, seed=21),
+    "dialog":      dict(parent="base", data="dialog", steps=300, batch=16, lr=1e-3, sched="linear", replay=0.25, seed=22),
+    "other_ft":    dict(parent="other_base", data="code", steps=300, batch=16, lr=1e-3, sched="linear", replay=0.25, seed=24),
+}
+MEMBERS = ["base", "code", "prose", "dialog", "overtrained", "other_base", "other_ft"]  # display order
+DESCRIPTIONS = {
+    "base": "A base model trained from scratch (init seed 0) on a uniform mixture of Python standard-library "
+            "source code, English prose from the Python docs, and templated two-person dialogues.",
+    "other_base": "A second base model trained exactly like `base` but from init seed 1: same data and "
+                  "recipe, unrelated weights.",
+    "code": "A moderate fine-tune of `base` on Python standard-library source code.",
+    "prose": "A moderate fine-tune of `base` on English prose from the Python documentation.",
+    "dialog": "A moderate fine-tune of `base` on templated two-person dialogues.",
+    "overtrained": "A fine-tune of `base` on Python source trained far too long and too hot (3x the steps of "
+                   "`code`, 3x its peak LR held constant, no replay), so it has drifted far from its base.",
+    "other_ft": "A fine-tune of `other_base` (not `base`!) on Python source, with the same recipe as `code`.",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+CODE_HELDOUT = ("shlex.py", "textwrap.py")
+PROSE_HELDOUT = ("execmodel", "formatstrings")
+
+
+def _stdlib_files() -> list[Path]:
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    return sorted(p for p in lib.glob("*.py") if not p.name.startswith("_sysconfigdata"))
+
+
+def split_docstrings(source: str) -> tuple[str, list[str]]:
+    """(source without its docstrings, the docstrings). A body left empty gets `pass`."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return source, []
+    lines = source.splitlines(keepends=True)
+    drop: dict[int, str | None] = {}  # first line -> replacement, for each docstring's line range
+    docs = []
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        body = node.body
+        if not (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            continue
+        ds = body[0]
+        docs.append(inspect.cleandoc(ds.value.value))
+        first = lines[ds.lineno - 1]
+        if first[:ds.col_offset].strip():  # docstring shares its line with other code: keep it
+            continue
+        indent = first[:ds.col_offset]
+        for i in range(ds.lineno - 1, ds.end_lineno):
+            drop[i] = None
+        if len(body) == 1:
+            drop[ds.lineno - 1] = indent + "pass\n"
+    out = [drop[i] if i in drop else line for i, line in enumerate(lines)]
+    return "".join(x for x in out if x is not None), docs
+
+
+def code_corpus() -> tuple[bytes, bytes, list[str]]:
+    """(training code, held-out code, docstrings of the training files). Docstrings go to prose."""
+    train, held, docs = [], [], []
+    for p in _stdlib_files():
+        src, ds = split_docstrings(p.read_text(encoding="utf-8", errors="replace"))
+        if p.name in CODE_HELDOUT:
+            held.append(src)
+        else:
+            train.append(src + "\n")
+            docs.extend(ds)
+    return "".join(train).encode(), "".join(held).encode(), docs
+
+
+def _paragraphs(text: str) -> list[str]:
+    """Plain paragraphs of a text: indented blocks (code, grammar) and heading rules are dropped."""
+    out, para = [], []
+    for line in text.splitlines() + [""]:
+        s = line.strip()
+        if not s or line.startswith(" ") or re.fullmatch(r"[*=\-~^]+", s):
+            if para:
+                out.append(" ".join(para))
+                para = []
+            continue
+        para.append(s)
+    return [p for p in out if len(p) > 60]
+
+
+def prose_corpus(docstrings: list[str]) -> tuple[bytes, bytes]:
+    from pydoc_data.topics import topics
+
+    held = [p for k in PROSE_HELDOUT for p in _paragraphs(topics[k])]
+    seen = set(held)
+    train = []
+    sources = [topics[k] for k in sorted(topics) if k not in PROSE_HELDOUT] + docstrings
+    for text in sources:
+        for p in _paragraphs(text):
+            if p not in seen and ">>>" not in p:
+                seen.add(p)
+                train.append(p)
+    wrap = lambda ps: "".join(textwrap.fill(p, 72) + "\n\n" for p in ps).encode("utf-8")  # noqa: E731
+    return wrap(train), wrap(held)
+
+
+NAMES = ["Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi", "Ivan", "Judy", "Mallory",
+         "Nina", "Oscar", "Peggy", "Rupert", "Sybil", "Trent", "Uma", "Victor", "Wendy"]
+FOODS = ["pasta", "soup", "a sandwich", "pizza", "curry", "salad", "tacos", "noodles", "rice and beans", "dumplings"]
+PLACES = ["the park", "the library", "the market", "the museum", "the beach", "the station", "the cafe",
+          "the cinema", "the gym", "the office"]
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+TIMES = ["nine", "ten", "eleven", "noon", "two", "three", "four", "five", "six", "seven"]
+THINGS = ["my laptop", "the printer", "my phone", "the car", "the washing machine", "my bike", "the router",
+          "the heater", "my camera", "the fridge"]
+PROBLEMS = ["won't turn on", "keeps making a strange noise", "is really slow", "stopped working yesterday",
+            "shows an error message", "keeps restarting", "is stuck on a blank screen"]
+WEATHER = ["sunny", "rainy", "cold", "windy", "warm", "cloudy", "foggy", "snowy"]
+FEELINGS = ["great", "pretty good", "a bit tired", "fine", "really busy", "excited", "not bad", "a little stressed"]
+HOBBIES = ["reading", "running", "painting", "cooking", "gardening", "playing chess", "hiking", "learning guitar"]
+BOOKS = ["a mystery novel", "a book about space", "a history of Rome", "a cookbook", "a travel guide", "a biography"]
+
+
+def _dialogue(r: random.Random) -> str:
+    a, b = r.sample(NAMES, 2)
+    c = r.choice
+    kind = r.randrange(6)
+    lines: list[tuple[str, str]] = []
+    if kind == 0:  # greeting and plans
+        lines += [(a, c([f"Hi {b}, how are you?", f"Hey {b}! How's it going?", f"Good morning, {b}."])),
+                  (b, c([f"I'm {c(FEELINGS)}, thanks. And you?", f"Oh, {c(FEELINGS)}. How about you?"])),
+                  (a, c([f"I'm {c(FEELINGS)}. Are you free on {c(DAYS)}?", f"{c(FEELINGS).capitalize()}. Do you want to go to {c(PLACES)} later?"])),
+                  (b, c([f"Sure, let's meet at {c(TIMES)}.", f"I can't on {c(DAYS)}, but {c(DAYS)} works.", "Sounds good to me!"])),
+                  (a, c(["Great, see you then!", "Perfect. I'll text you.", "Okay, see you soon."]))]
+    elif kind == 1:  # restaurant
+        f1, f2 = r.sample(FOODS, 2)
+        lines += [(a, c(["What would you like to order?", "Are you ready to order?", "What can I get for you today?"])),
+                  (b, c([f"I'd like {f1}, please.", f"Could I have {f1}?", f"I'll have {f1} and some water."])),
+                  (a, c([f"Sorry, we're out of {f1}. How about {f2}?", "Good choice. Anything else?", f"Would you like {f2} with that?"])),
+                  (b, c([f"Then {f2} is fine.", "No, that's all, thank you.", f"Yes, {f2} sounds nice."])),
+                  (a, c(["Coming right up.", f"It will be ready in {r.randint(5, 20)} minutes.", "Thank you!"]))]
+    elif kind == 2:  # support
+        t, p = c(THINGS), c(PROBLEMS)
+        lines += [(a, c([f"Hello, {t} {p}.", f"Hi, I need help. {t.capitalize()} {p}.", f"Can you help me? {t.capitalize()} {p}."])),
+                  (b, c(["I'm sorry to hear that. Have you tried turning it off and on again?", "When did this start?", "Is it plugged in?"])),
+                  (a, c(["Yes, I tried that already.", f"It started on {c(DAYS)}.", "I think so, yes."])),
+                  (b, c([f"Okay. Bring it to {c(PLACES)} on {c(DAYS)} and we'll take a look.", "Let me check a few things. Please hold on.", "Try unplugging it for a minute."])),
+                  (a, c(["Thank you so much.", "Okay, I'll do that.", "Thanks, that worked!"]))]
+    elif kind == 3:  # weather
+        w1, w2 = r.sample(WEATHER, 2)
+        lines += [(a, c([f"It's so {w1} today.", f"Did you see how {w1} it is outside?", f"What a {w1} day!"])),
+                  (b, c([f"I know! Yesterday it was {w2}.", f"I heard it will be {w2} on {c(DAYS)}.", f"I prefer it when it's {w2}."])),
+                  (a, c([f"Maybe we should go to {c(PLACES)} instead.", "Let's stay inside and have tea.", "I'll bring an umbrella just in case."])),
+                  (b, c(["Good idea.", "Yes, let's do that.", "Fine by me."]))]
+    elif kind == 4:  # hobbies
+        h1, h2 = r.sample(HOBBIES, 2)
+        lines += [(a, c(["What do you do in your free time?", "Do you have any hobbies?", "What did you do last weekend?"])),
+                  (b, c([f"I like {h1}. What about you?", f"Mostly {h1}, and sometimes {h2}.", f"I spent the weekend {h1}."])),
+                  (a, c([f"I've been {h2} a lot lately.", f"I'm reading {c(BOOKS)} right now.", f"I want to try {h1} too."])),
+                  (b, c(["That sounds fun!", "You should show me sometime.", "Nice, tell me how it goes."])),
+                  (a, c(["I will!", "Maybe next week.", "Sure thing."]))]
+    else:  # appointment
+        d, tm = c(DAYS), c(TIMES)
+        lines += [(a, c(["I'd like to book an appointment.", "Can I change my appointment?", "Do you have any openings this week?"])),
+                  (b, c([f"We have a slot on {d} at {tm}.", f"How about {d} at {tm}?", "What day works best for you?"])),
+                  (a, c([f"{d} at {tm} is perfect.", f"Do you have anything later on {d}?", f"Could we do {c(DAYS)} instead?"])),
+                  (b, c(["You're all set.", f"Yes, {c(TIMES)} is also free.", "Let me check. Yes, that works."])),
+                  (a, c(["Thanks, see you then.", "Great, thank you.", "Perfect, goodbye!"]))]
+    return "".join(f"{who}: {say}\n" for who, say in lines) + "\n"
+
+
+def dialog_corpus(train_bytes: int = 400_000, held_bytes: int = 20_000) -> tuple[bytes, bytes]:
+    r = random.Random(1001)
+    train, seen, size = [], set(), 0
+    while size < train_bytes:
+        d = _dialogue(r)
+        train.append(d)
+        seen.add(d)
+        size += len(d)
+    r = random.Random(2002)
+    held, size = [], 0
+    while size < held_bytes:
+        d = _dialogue(r)
+        if d not in seen:
+            held.append(d)
+            size += len(d)
+    return "".join(train).encode(), "".join(held).encode()
+
+
+def corpora() -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """({domain: training bytes}, {domain: held-out bytes}) built from this Python installation."""
+    code_train, code_held, docs = code_corpus()
+    prose_train, prose_held = prose_corpus(docs)
+    dialog_train, dialog_held = dialog_corpus()
+    return ({"code": code_train, "prose": prose_train, "dialog": dialog_train},
+            {"code": code_held, "prose": prose_held, "dialog": dialog_held})
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+class Sampler:
+    """Random windows of SEQ+1 bytes. data "mix": each row picks a domain uniformly; data "<domain>":
+    each row is from that domain, except that with probability `replay` it picks a domain uniformly
+    (a little replay of the base's mixture keeps a fine-tune from forgetting everything else)."""
+
+    def __init__(self, train: dict[str, bytes], data: str, seed: int, replay: float = 0.0):
+        self.domains = list(DOMAINS)
+        self.ids = {d: encode(train[d]) for d in self.domains}
+        self.target = None if data == "mix" else self.domains.index(data)
+        self.replay = 1.0 if data == "mix" else replay
+        self.g = torch.Generator().manual_seed(seed)
+
+    def batch(self, b: int) -> torch.Tensor:
+        rows = []
+        mixed = (torch.rand(b, generator=self.g) < self.replay).tolist()
+        dom = torch.randint(len(self.domains), (b,), generator=self.g).tolist()
+        for mix, k in zip(mixed, dom):
+            ids = self.ids[self.domains[k if mix else self.target]]
+            s = int(torch.randint(ids.numel() - SEQ - 1, (1,), generator=self.g))
+            rows.append(ids[s:s + SEQ + 1])
+        return torch.stack(rows)
+
+
+def train(model: LlamaLM, sampler: Sampler, steps: int, batch: int, lr: float, sched: str) -> float:
+    params = [p for p in model.parameters()]
+    decay = [p for n, p in model.named_parameters() if p.ndim == 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    wd = 0.05 if sched == "cosine" else 0.0
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.95), eps=ADAM_EPS)
+    warmup = max(1, min(50, steps // 10))
+    model.train()
+    ema = None
+    for step in range(steps):
+        if step < warmup:
+            f = (step + 1) / warmup
+        elif sched == "cosine":  # to 10 % of the peak
+            f = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+        elif sched == "linear":  # to 0
+            f = 1.0 - (step - warmup) / max(1, steps - warmup)
+        else:
+            f = 1.0
+        for gr in opt.param_groups:
+            gr["lr"] = lr * f
+        x = sampler.batch(batch)
+        logits = model(x[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+    model.eval()
+    return ema
+
+
+def train_one(out: str, name: str, threads: int, train_text: dict[str, bytes]) -> tuple[str, float, float]:
+    """Train and save one family member (its parent must already be saved). Runs in a worker process."""
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    t0 = time.perf_counter()
+    fam = Path(out) / "family"
+    r = RECIPE[name]
+    if r["parent"] is None:
+        model = LlamaLM(LlamaConfig(**CONFIG)).init_weights(r["init_seed"])
+        base_model = None
+    else:
+        model = load_model(fam / r["parent"])  # bf16 as stored -> float32
+        base_model = f"{NAMESPACE}/{r['parent']}"
+    torch.manual_seed(r["seed"])
+    loss = train(model, Sampler(train_text, r["data"], r["seed"], r.get("replay", 0.0)), r["steps"], r["batch"], r["lr"], r["sched"])
+    data = "uniform mixture of code / prose / dialog" if r["data"] == "mix" else r["data"]
+    if r.get("replay"):
+        data += f", with {r['replay']:.0%} of rows replayed from the uniform mixture"
+    how = (f"Trained with `scripts/train_demo_family.py`: {r['steps']} steps of AdamW, batch "
+           f"{r['batch']} x {SEQ} bytes, peak LR {r['lr']:g} ({r['sched']} schedule), data: {data}.")
+    save_model(model, fam / name, name=f"{NAMESPACE}/{name}", base_model=base_model,
+               description=DESCRIPTIONS[name] + "\n\n" + how)
+    return name, loss, time.perf_counter() - t0
+
+
+def build_family(out: Path, names: list[str], jobs: int, threads: int, train_text: dict[str, bytes], log=print) -> None:
+    """Train `names` in dependency order, up to `jobs` models at a time (one process each)."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    todo = [n for n in RECIPE if n in names]
+    done = {n for n in RECIPE if n not in names}
+    running = {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        while todo or running:
+            for n in list(todo):
+                parent = RECIPE[n]["parent"]
+                if len(running) < jobs and (parent is None or parent in done):
+                    running[pool.submit(train_one, str(out), n, threads, train_text)] = n
+                    todo.remove(n)
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for f in finished:
+                n = running.pop(f)
+                name, loss, secs = f.result()
+                done.add(n)
+                r = RECIPE[n]
+                log(f"  {name:12s} {r['steps']:5d} steps  final loss {loss:.3f}  {secs:6.1f}s")
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics and inline merges (a self-contained check, independent of analysis/metrics.py)
+# --------------------------------------------------------------------------------------------
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    ck = open_checkpoint(path)
+    try:
+        return {n: ck.get(n).float().clone() for n in ck.names()}
+    finally:
+        ck.close()
+
+
+def _dot(a: dict, b: dict) -> float:
+    return sum(float((a[n].double() * b[n].double()).sum()) for n in a)
+
+
+def model_metrics(fam: Path, names: list[str]) -> tuple[dict, dict]:
+    base = load_tensors(fam / "base")
+    bn = math.sqrt(_dot(base, base))
+    taus, summary = {}, {}
+    for m in names:
+        th = load_tensors(fam / m)
+        tau = {n: th[n] - base[n] for n in base}
+        tn = math.sqrt(_dot(tau, tau))
+        summary[m] = {"relative_norm": tn / bn, "cosine_to_base": _dot(th, base) / (math.sqrt(_dot(th, th)) * bn)}
+        taus[m] = (tau, tn)
+    pair = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            (ta, na), (tb, nb) = taus[a], taus[b]
+            pair[(a, b)] = _dot(ta, tb) / (na * nb) if na and nb else 0.0
+    return summary, pair
+
+
+def task_arithmetic(base: dict, fts: list[dict], weights: list[float]) -> dict:
+    return {n: base[n] + sum(w * (ft[n] - base[n]) for ft, w in zip(fts, weights)) for n in base}
+
+
+def ties(base: dict, fts: list[dict], weights: list[float], density: float = 0.2) -> dict:
+    """TIES (mergekit semantics: trim to int(density*n) magnitudes, elect sign by weighted sum, normalize)."""
+    out = {}
+    for n in base:
+        deltas = []
+        for ft, w in zip(fts, weights):
+            d = (ft[n] - base[n]).flatten()
+            k = int(density * d.numel())
+            keep = torch.zeros_like(d, dtype=torch.bool)
+            if k > 0:
+                keep[d.abs().topk(k).indices] = True
+            deltas.append(torch.where(keep, d, torch.zeros_like(d)) * w)
+        st = torch.stack(deltas)
+        sign = torch.where(st.sum(0) >= 0, 1.0, -1.0)
+        agree = (torch.sign(st) == sign) & (st != 0)
+        wsum = (torch.tensor(weights)[:, None] * agree).sum(0)
+        merged = (st * agree).sum(0) / torch.where(wsum == 0, torch.ones_like(wsum), wsum)
+        out[n] = base[n] + merged.view(base[n].shape)
+    return out
+
+
+def merge_report(fam: Path, held: dict[str, bytes], log=print) -> dict:
+    base = load_tensors(fam / "base")
+    cfg = LlamaConfig.from_json(fam / "base" / "config.json")
+    fts = {d: load_tensors(fam / d) for d in DOMAINS}
+
+    def bf16(t):  # merges are written in bf16 too
+        return {n: v.to(torch.bfloat16).float() for n, v in t.items()}
+
+    merges = {
+        "TA code+prose 1.0/1.0": task_arithmetic(base, [fts["code"], fts["prose"]], [1.0, 1.0]),
+        "TA code+prose 0.5/0.5": task_arithmetic(base, [fts["code"], fts["prose"]], [0.5, 0.5]),
+        "TA code+prose 0.7/0.7": task_arithmetic(base, [fts["code"], fts["prose"]], [0.7, 0.7]),
+        "TIES code+prose d0.5 w1": ties(base, [fts["code"], fts["prose"]], [1.0, 1.0], 0.5),
+        "TA all three 0.5 each": task_arithmetic(base, [fts[d] for d in DOMAINS], [0.5] * 3),
+        "TA all three 1.0 each": task_arithmetic(base, [fts[d] for d in DOMAINS], [1.0] * 3),
+        "TIES all three d0.5 w1": ties(base, [fts[d] for d in DOMAINS], [1.0] * 3, 0.5),
+    }
+    res = {}
+    for label, t in merges.items():
+        model = model_from_tensors(cfg, bf16(t))
+        res[label] = {d: perplexity(model, held[d]) for d in DOMAINS}
+    return res
+
+
+def fmt_table(rows: dict[str, dict[str, float]], cols, width=8, prec=3) -> str:
+    first = max(len(r) for r in rows) + 2
+    lines = [" " * first + "".join(f"{c:>{width}s}" for c in cols)]
+    for r, vals in rows.items():
+        lines.append(f"{r:<{first}s}" + "".join(f"{vals[c]:>{width}.{prec}f}" for c in cols))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "analysis" / "demo")
+    ap.add_argument("--jobs", type=int, default=2, help="models trained in parallel (one process each)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per job (fixed, for reproducibility)")
+    ap.add_argument("--models", nargs="+", choices=list(RECIPE), default=list(RECIPE),
+                    help="retrain only these (their parents must exist in --out)")
+    ap.add_argument("--write-heldout", action="store_true", help="(re)write heldout/*.txt from this Python")
+    ap.add_argument("--report-only", action="store_true", help="skip training; report on an existing family")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    random.seed(0)
+    torch.manual_seed(0)
+
+    train_text, held_new = corpora()
+    hdir = args.out / "heldout"
+    hdir.mkdir(parents=True, exist_ok=True)
+    for d in DOMAINS:
+        if args.write_heldout or not (hdir / f"{d}.txt").is_file():
+            (hdir / f"{d}.txt").write_bytes(held_new[d])
+    held = load_texts(hdir)
+    # Guard against train/held-out overlap (e.g. a held-out file from another Python version).
+    for d in DOMAINS:
+        h = held[d]
+        probes = [h[i:i + 200] for i in range(0, max(1, len(h) - 200), 997)]
+        hits = sum(1 for p in probes if p in train_text[d])
+        if hits:
+            print(f"warning: {hits}/{len(probes)} 200-byte held-out {d} probes occur in the training text", file=sys.stderr)
+    print("training text:", ", ".join(f"{d} {len(train_text[d]) / 1e3:.0f} KB" for d in DOMAINS),
+          "| held-out:", ", ".join(f"{d} {len(held[d]) / 1e3:.1f} KB" for d in DOMAINS))
+
+    fam = args.out / "family"
+    t0 = time.perf_counter()
+    if not args.report_only:
+        print(f"training ({args.jobs} jobs x {args.threads} thread):")
+        build_family(args.out, args.models, args.jobs, args.threads, train_text)
+    train_s = time.perf_counter() - t0
+
+    names = list(MEMBERS)
+    t1 = time.perf_counter()
+    ppl = evaluate_models({n: fam / n for n in names}, {d: held[d] for d in DOMAINS})
+    eval_s = time.perf_counter() - t1
+    print(f"\nheld-out perplexity per byte (context {DEFAULT_CONTEXT}, stride {DEFAULT_STRIDE}; eval {eval_s:.1f}s):")
+    print(fmt_table(ppl, DOMAINS))
+
+    summary, pair = model_metrics(fam, [n for n in names if n != "base"])
+    print("\ntask vectors vs base (whole model, from the stored bf16 values):")
+    print(fmt_table(summary, ["relative_norm", "cosine_to_base"], width=16, prec=4))
+    print("\npairwise task-vector cosines:")
+    for (a, b), v in pair.items():
+        print(f"  {a:>12s} . {b:<12s} {v:+.4f}")
+
+    merges = merge_report(fam, held)
+    print("\ninline merges of the domain fine-tunes (held-out perplexity):")
+    print(fmt_table({**{d: ppl[d] for d in ("base",) + DOMAINS}, **merges}, DOMAINS))
+
+    print("\nchecks:")
+    ok = True
+
+    def check(cond: bool, msg: str) -> None:
+        nonlocal ok
+        ok &= cond
+        print(f"  [{'ok' if cond else 'FAIL'}] {msg}")
+
+    for d in DOMAINS:
+        check(ppl[d][d] < 0.97 * ppl["base"][d], f"{d} fine-tune beats base on {d}: {ppl[d][d]:.3f} vs {ppl['base'][d]:.3f}")
+    for label in ("TA code+prose 0.7/0.7", "TIES code+prose d0.5 w1"):
+        m = merges[label]
+        check(m["code"] < ppl["prose"]["code"] and m["prose"] < ppl["code"]["prose"],
+              f"{label} beats each fine-tune on the other domain: code {m['code']:.3f} < {ppl['prose']['code']:.3f}, "
+              f"prose {m['prose']:.3f} < {ppl['code']['prose']:.3f}")
+        check(m["code"] < 1.08 * ppl["code"]["code"] and m["prose"] < 1.08 * ppl["prose"]["prose"],
+              f"{label} stays close on its own domains: code {m['code'] / ppl['code']['code'] - 1:+.1%}, "
+              f"prose {m['prose'] / ppl['prose']['prose'] - 1:+.1%}")
+    true_ft = [summary[d] for d in DOMAINS]
+    check(summary["other_ft"]["cosine_to_base"] < min(t["cosine_to_base"] for t in true_ft) - 0.3,
+          f"other_ft cosine to base {summary['other_ft']['cosine_to_base']:.3f} far below the fine-tunes' "
+          f"(min {min(t['cosine_to_base'] for t in true_ft):.4f})")
+    check(summary["overtrained"]["relative_norm"] > 4 * max(t["relative_norm"] for t in true_ft),
+          f"overtrained relative norm {summary['overtrained']['relative_norm']:.3f} >> fine-tunes' "
+          f"(max {max(t['relative_norm'] for t in true_ft):.3f})")
+
+    digest = hashlib.sha256()
+    for n in names:
+        digest.update((fam / n / "model.safetensors").read_bytes())
+    size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
+    print(f"\ntraining {train_s:.0f}s, family weights sha256 {digest.hexdigest()[:16]}, {args.out} {size / 1e6:.2f} MB")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""The bundled demo family (analysis/demo/) and the pure-torch Llama forward / evaluation code."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from analysis.checkpoint import open_checkpoint
+from analysis.evaluate import _windows, evaluate_models, load_texts, perplexity
+from analysis.tinylm import (LlamaConfig, LlamaLM, bytes_to_unicode, decode, encode, load_model,
+                             model_from_tensors, save_model, tokenizer_json)
+
+DEMO = Path(__file__).resolve().parents[1] / "analysis" / "demo"
+FAMILY = DEMO / "family"
+MEMBERS = ["base", "code", "prose", "dialog", "overtrained", "other_base", "other_ft"]
+PARENT = {"code": "base", "prose": "base", "dialog": "base", "overtrained": "base", "other_ft": "other_base"}
+DOMAINS = ["code", "prose", "dialog"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny matmuls: one thread is as fast, and far faster than two when the CPUs are shared.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {m: load_model(FAMILY / m) for m in MEMBERS}
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    return load_texts(DEMO / "heldout")
+
+
+def hf_names(n_layers: int) -> set[str]:
+    names = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+    for i in range(n_layers):
+        p = f"model.layers.{i}."
+        names |= {p + f"self_attn.{x}_proj.weight" for x in "qkvo"}
+        names |= {p + f"mlp.{x}_proj.weight" for x in ("gate", "up", "down")}
+        names |= {p + "input_layernorm.weight", p + "post_attention_layernorm.weight"}
+    return names
+
+
+def test_family_files_and_config():
+    total = 0
+    for m in MEMBERS:
+        d = FAMILY / m
+        for f in ("config.json", "model.safetensors", "tokenizer.json", "README.md"):
+            assert (d / f).is_file(), f"{m}/{f} missing"
+        cfg = json.loads((d / "config.json").read_text())
+        assert cfg["model_type"] == "llama" and cfg["architectures"] == ["LlamaForCausalLM"]
+        assert cfg["vocab_size"] == 256 and cfg["tie_word_embeddings"] is False
+        assert cfg["torch_dtype"] == "bfloat16"
+        for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta"):
+            assert key in cfg, key
+        ck = open_checkpoint(d)
+        assert set(ck.names()) == hf_names(cfg["num_hidden_layers"])
+        assert {i.dtype for i in ck.infos()} == {torch.bfloat16}
+        assert ck.info("model.layers.0.self_attn.k_proj.weight").shape == (
+            cfg["num_key_value_heads"] * cfg["hidden_size"] // cfg["num_attention_heads"], cfg["hidden_size"])
+        assert ck.declared_base == (f"mergescope-demo/{PARENT[m]}" if m in PARENT else None)
+        assert ck.config["_name_or_path"] == f"mergescope-demo/{m}"
+        ck.close()
+        total += sum(p.stat().st_size for p in d.iterdir())
+    assert total <= 5_000_000
+    held = load_texts(DEMO / "heldout")
+    assert sorted(held) == sorted(DOMAINS)
+    assert all(8_000 <= len(t) <= 40_000 for t in held.values())
+
+
+def test_config_round_trip(tmp_path):
+    cfg = LlamaConfig.from_json(FAMILY / "base" / "config.json")
+    cfg.to_json(tmp_path / "c.json")
+    assert LlamaConfig.from_json(tmp_path / "c.json") == cfg
+    assert cfg.extra.get("_name_or_path") == "mergescope-demo/base"
+
+
+def test_family_loads_and_forward_is_deterministic(models):
+    x = encode(b"def f(x):\n    return x + 1\n")[None].repeat(2, 1)
+    for m, model in models.items():
+        assert isinstance(model, LlamaLM) and not model.training
+        with torch.no_grad():
+            a, b = model(x), model(x)
+        assert a.shape == (2, x.shape[1], 256) and a.dtype == torch.float32
+        assert torch.equal(a, b) and torch.isfinite(a).all(), m
+    # Loading again gives bit-identical weights.
+    again = load_model(FAMILY / "code")
+    assert all(torch.equal(p, q) for p, q in zip(again.parameters(), models["code"].parameters()))
+
+
+def test_finetunes_beat_base_on_their_domain(models, heldout):
+    for d in DOMAINS:
+        text = heldout[d][:12_000]
+        base = perplexity(models["base"], text)
+        ft = perplexity(models[d], text)
+        assert ft < 0.97 * base, f"{d}: fine-tune {ft:.3f} vs base {base:.3f}"
+
+
+def test_perplexity_accounting():
+    # Every target after the first is scored exactly once, whatever the context/stride.
+    for n, ctx, stride in [(300, 128, 64), (256, 128, 64), (1000, 100, 37), (50, 128, 64), (129, 128, 128)]:
+        seen = []
+        for s, first in _windows(n, ctx, stride):
+            seen += list(range(first, min(s + ctx, n)))
+        assert seen == list(range(1, n)), (n, ctx, stride)
+    # A model whose logits are all zero predicts uniformly: perplexity is exactly the vocab size.
+    cfg = LlamaConfig.from_json(FAMILY / "base" / "config.json")
+    tensors = dict(load_model(FAMILY / "base").state_dict())
+    tensors["lm_head.weight"] = torch.zeros_like(tensors["lm_head.weight"])
+    flat = model_from_tensors(cfg, tensors)
+    assert perplexity(flat, "hello world, " * 40, context=64, stride=16) == pytest.approx(256.0, rel=1e-6)
+
+
+def test_evaluate_models_progress(heldout):
+    calls = []
+    texts = {d: t[:3000] for d, t in heldout.items()}
+    res = evaluate_models({"b": FAMILY / "base", "c": FAMILY / "code"}, texts,
+                          progress=lambda done, total, label: calls.append((done, total, label)))
+    assert set(res) == {"b", "c"} and set(res["b"]) == set(DOMAINS)
+    assert [c[:2] for c in calls] == [(i, 6) for i in range(1, 7)]
+    assert res["b"]["code"] == perplexity(FAMILY / "base", texts["code"])
+
+
+def test_save_model_round_trip(tmp_path, models):
+    out = save_model(models["prose"], tmp_path / "m", name="x/prose", base_model="x/base", description="test")
+    again = load_model(out)
+    for (n, p), (_, q) in zip(models["prose"].named_parameters(), again.named_parameters()):
+        assert torch.equal(p, q), n  # the family is already bf16-exact
+    assert open_checkpoint(out).declared_base == "x/base"
+
+
+def test_tokenizer_json_mapping():
+    tok = json.loads((FAMILY / "base" / "tokenizer.json").read_text(encoding="utf-8"))
+    assert tok == json.loads(json.dumps(tokenizer_json()))
+    assert tok["model"]["type"] == "BPE" and tok["model"]["merges"] == []
+    assert tok["pre_tokenizer"]["type"] == "ByteLevel" and tok["decoder"]["type"] == "ByteLevel"
+    b2u = bytes_to_unicode()
+    assert sorted(tok["model"]["vocab"].values()) == list(range(256))
+    assert all(tok["model"]["vocab"][b2u[b]] == b for b in range(256))
+    s = "héllo\n\tworld 🙂"
+    assert encode(s).tolist() == list(s.encode()) and decode(encode(s)) == s
+
+
+def test_tokenizer_json_round_trips_with_tokenizers():
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer.from_file(str(FAMILY / "base" / "tokenizer.json"))
+    assert tok.get_vocab_size() == 256
+    for s in ["def f(x):\n    return x  # hi\n", "héllo\n\tworld 🙂", "  Alice: Hi!\r\n\x00\x7f"]:
+        ids = tok.encode(s).ids
+        assert ids == list(s.encode("utf-8")), s
+        assert tok.decode(ids) == s
+
+
+def test_matches_transformers_llama(models):
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.LlamaForCausalLM.from_pretrained(str(FAMILY / "code"), torch_dtype=torch.float32)
+    hf.eval()
+    x = torch.randint(0, 256, (2, 96), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = hf(x).logits
+        ours = models["code"](x)
+    assert (ours - ref).abs().max().item() < 1e-4
+
+
+def test_import_is_light():
+    code = ("import sys, analysis.tinylm, analysis.evaluate; "
+            "bad = [m for m in ('textual', 'transformers') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
