@@ -254,7 +254,10 @@ class Report:
 
     # -- JSON (DESIGN §5) -------------------------------------------------------------------
     def to_json(self) -> dict:
+        from .compat import weight_aggregate
+
         whole = self.whole()
+        weights = weight_aggregate(self)
         out = {
             "base": self.base,
             "models": list(self.models),
@@ -262,7 +265,8 @@ class Report:
             "findings": [f.to_dict() for f in self.findings],
             "model_summary": [
                 {"model": m, "relative_norm": whole.relative_norm(i), "cosine_to_base": whole.cosine_to_base(i),
-                 "norm": whole.norm(i), "topk_energy": whole.topk_energy(i)}
+                 "norm": whole.norm(i), "topk_energy": whole.topk_energy(i),
+                 "weight_relative_norm": weights.relative_norm(i), "weight_cosine_to_base": weights.cosine_to_base(i)}
                 for i, m in enumerate(self.models)
             ],
             "pairs": [
