@@ -81,6 +81,16 @@ PLANS: dict[str, dict] = {
                    {"model": "ft2", "parameters": {"weight": 0.3, "density": 0.9}}],
         "parameters": {"density": 0.2, "normalize": False, "lambda": 0.9},
     },
+    "ties_5_models": {  # more than 4 models: torch.sum's order over models depends on the length
+        "merge_method": "ties", "base_model": "base",
+        "models": [{"model": f"ft{i}", "parameters": {"weight": w, "density": d}}
+                   for i, (w, d) in enumerate(zip((0.3, 0.7, 0.1, 0.45, 0.2), (0.2, 0.5, 0.3, 0.25, 0.9)))],
+    },
+    "task_arithmetic_5_models": {
+        "merge_method": "task_arithmetic", "base_model": "base",
+        "models": [{"model": f"ft{i}", "parameters": {"weight": w}} for i, w in enumerate((0.3, 0.7, 0.1, 0.45, 0.2))],
+        "parameters": {"normalize": True},
+    },
     "breadcrumbs": {
         "merge_method": "breadcrumbs", "base_model": "base",
         "models": [{"model": "ft0", "parameters": {"weight": 0.6}},
@@ -134,7 +144,7 @@ PLANS: dict[str, dict] = {
     },
 }
 # plans whose result depends on ranking |delta| (ties at the cut are excused for bf16 inputs)
-TRIMS = {"ties": None, "ties_unnormalized_negative": None, "breadcrumbs": "gamma", "breadcrumbs_ties": "gamma"}
+TRIMS = {"ties": None, "ties_unnormalized_negative": None, "ties_5_models": None, "breadcrumbs": "gamma", "breadcrumbs_ties": "gamma"}
 SETTINGS = {"f32": (torch.float32, "float32"), "bf16": (torch.bfloat16, "float32"), "native": (torch.bfloat16, None)}
 RANDOM = ("dare_linear", "dare_ties", "della", "della_linear")
 
@@ -163,8 +173,8 @@ def merged(tmp_path_factory):
     for dt in (torch.float32, torch.bfloat16):
         root = top / str(dt).replace("torch.", "")
         base = make_llama(root / "base", n_layers=N_LAYERS, hidden=64, vocab=96, dtype=dt, seed=0)
-        for i in range(3):
-            make_finetune(base, root / f"ft{i}", scale=0.003 * (i + 1), seed=10 + i)
+        for i in range(5):
+            make_finetune(base, root / f"ft{i}", scale=0.003 * (i % 3 + 1), seed=10 + i)
         roots[dt] = root
     jobs, cases = [], {}
     for name, plan in PLANS.items():

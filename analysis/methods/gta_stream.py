@@ -8,16 +8,21 @@ are read in cache-sized chunks and every intermediate lives in a few chunk buffe
 For one tensor of n elements and N models:
 
 1. thresholds (magnitude trims only): the exact k-th largest |δᵢ| of each model, k = max(1,
-   int(density·n)). A fixed-seed random sample of 2**16 elements brackets it (±6σ of the sample
-   quantile, both ends exact |δ| values); one chunked pass histograms the float bits of every |δᵢ|
-   inside the bracket (bits of non-negative floats order like the floats, so each bin is ONE value)
-   and counts those above it. That gives the threshold, how many are above it and how many equal it,
-   exactly, with any number of ties. If the bracket misses (only for adversarial data) or is too wide
-   in bits, that model falls back to `sparsify.kth_largest` on its full |δᵢ|. Small tensors use
-   `kth_largest` directly.
+   int(density·n)). A fixed-seed random sample of 2**14 elements (runs of 16 neighbours, so it
+   touches few pages) brackets it (±8σ of the sample quantile; both ends are exact |δ| values). One
+   chunked pass histograms the float bits of every |δᵢ| inside the bracket (bits of non-negative
+   floats order like the floats, so each bin is ONE value) and counts those above it: that gives the
+   threshold, how many are above it and how many equal it, exactly, with any number of ties. If the
+   bracket misses (only for adversarial data) or is too wide in bits, that model falls back to
+   `sparsify.kth_largest` on its full |δᵢ|. Small tensors use `kth_largest` directly.
 2. one chunked pass: δᵢ = θᵢ − θ₀ (float32), trim (one `hardshrink`; ties at the threshold are kept
    lowest index first, a running budget per model carried across chunks), weights, sign election,
    consensus clamp, divisor, normalize, lambda, + θ₀, cast to the output dtype.
+
+Sums over models are sequential adds, which is what torch.sum(dim=0) does for up to 4 models at
+any length; for more models its order depends on the tensor length, so chunks could round
+differently: more than MAX_MODELS models go to the general path. The executor gives a
+`ctx.release(start, stop)` to drop the inputs' mapped pages behind each pass.
 
 Every element goes through the same float32 operations in the same order as in `gta_merge` (and
 mergekit 0.1.5 with `dtype: float32`): the chunking changes only which elements an op sees at once.
@@ -35,17 +40,19 @@ from . import sparsify as sp
 from ._util import global_params, model_params
 
 CHUNK = 1 << 17  # elements per chunk: a handful of float32 chunk buffers stay in L2/L3
-SAMPLE = 1 << 16  # a wider bracket costs nothing: bins are cheap, elements are not
+SAMPLE = 1 << 14  # sampled |delta| values (1024 runs of 16 neighbours); a wide bracket costs little:
+_BLOCK = 16  # bins are cheap, elements are not
 DIRECT_MAX = 1 << 20  # smaller tensors: exact selection on the full |delta| (cheap at this size)
 RELEASE_BYTES = 8 << 20  # inputs' pages are released in steps of this many bytes (per input)
 _SAMPLE_SEGMENTS = 8
 MAX_BINS = 1 << 22  # widest bracket (in float bit steps) histogrammed directly (32 MB of counts)
 _SEED = 0x6D657267
+MAX_MODELS = 4  # sums over models: see _sum_rows
 
 
-def supports(sparsification: str | None, gp: dict, dtype: torch.dtype, device) -> bool:
+def supports(sparsification: str | None, gp: dict, dtype: torch.dtype, device, n_models: int = 1) -> bool:
     """Whether `stream_gta` handles this case (else use `gta_merge`)."""
-    if torch.device(device).type != "cpu" or dtype != torch.float32:
+    if torch.device(device).type != "cpu" or dtype != torch.float32 or not 1 <= n_models <= MAX_MODELS:
         return False
     if sparsification is None:
         return True
@@ -83,7 +90,11 @@ def _sample_index(n: int) -> tuple[torch.Tensor, list[tuple[int, int, int, int]]
     """A fixed-seed random sample of positions, sorted (sequential reads of the memory map), and its
     segments (sample slice, element range) so the pages can be released as the gather moves on."""
     g = torch.Generator().manual_seed(_SEED)
-    idx = torch.sort(torch.randint(n, (SAMPLE,), generator=g)).values
+    if n >= 4 * SAMPLE:  # runs of _BLOCK neighbours: a few pages touched instead of every page
+        starts = torch.sort(torch.randint(n - _BLOCK + 1, (SAMPLE // _BLOCK,), generator=g)).values
+        idx = (starts.view(-1, 1) + torch.arange(_BLOCK)).view(-1)
+    else:
+        idx = torch.sort(torch.randint(n, (SAMPLE,), generator=g)).values
     segs = []
     bounds = [n * j // _SAMPLE_SEGMENTS for j in range(_SAMPLE_SEGMENTS + 1)]
     cuts = torch.searchsorted(idx, torch.tensor(bounds)).tolist()
@@ -103,13 +114,13 @@ def _gather(raw: torch.Tensor, idx, segs, release) -> torch.Tensor:
 
 
 def _sample_bracket(a: torch.Tensor, n: int, k: int):
-    """(lo, hi): exact |delta| values of the sample `a` bracketing the k-th largest (±6 sigma of
+    """(lo, hi): exact |delta| values of the sample `a` bracketing the k-th largest (±8 sigma of
     the sample quantile), or None when the sample cannot bracket it."""
     if bool(torch.isnan(a).any()):
         return None
     p = k / n
     rank = p * SAMPLE  # expected descending rank of the threshold inside the sample
-    margin = 6.0 * math.sqrt(SAMPLE * p * (1 - p)) + 16
+    margin = 8.0 * math.sqrt(SAMPLE * p * (1 - p)) + 16  # 8 sigma: the runs are not independent
     r_hi = int(math.floor(rank - margin))
     r_lo = int(math.ceil(rank + margin))
     if r_hi < 1 or r_lo > SAMPLE:
@@ -156,12 +167,13 @@ def _thresholds(raw_base: torch.Tensor, raws: list[torch.Tensor], ks: list[int |
             if not (above_hi < k <= ge_lo):
                 full.append(i)
                 continue
-            band = h[1:r + 2][::-1]  # from hi down to lo
+            nz = np.flatnonzero(h[1:r + 2])[::-1]  # occupied bins, from hi down to lo
+            band = h[1:r + 2][nz]
             cum = above_hi + np.cumsum(band)
             j = int(np.searchsorted(cum, k))  # first position where the running count reaches k
             n_eq = int(band[j])
             n_gt = int(cum[j]) - n_eq
-            thr_bits = hi_b - j
+            thr_bits = lo_b + int(nz[j])
             thr = float(np.array([thr_bits], dtype=np.int32).view(np.float32)[0])
             plans[i] = _plan_from(thr, n_gt, n_eq, k)
     for i in full:
@@ -224,6 +236,18 @@ def _trim_chunk(d: torch.Tensor, plan: _Trim, scratch_f: torch.Tensor) -> None:
     torch.ops.aten.hardshrink.out(d, plan.thr, out=d)  # budget spent: only |d| > thr
 
 
+def _sum_rows(D: torch.Tensor, out: torch.Tensor) -> None:
+    """out = D[0] + D[1] + ... in that order: what torch.sum(D, dim=0) computes for N <= MAX_MODELS
+    rows whatever the row length (for more rows its order depends on the length, so chunking
+    would change results; `supports` sends those to the general path)."""
+    if D.shape[0] == 1:
+        out.copy_(D[0])
+        return
+    torch.add(D[0], D[1], out=out)
+    for i in range(2, D.shape[0]):
+        out.add_(D[i])
+
+
 def stream_gta(raw_base: torch.Tensor, raws: list[torch.Tensor], model_params_: list[dict] | None,
                params: dict | None, *, specs, name: str, sparsification: str | None, consensus: bool,
                out_dtype: torch.dtype, ctx=None) -> torch.Tensor:
@@ -266,7 +290,9 @@ def stream_gta(raw_base: torch.Tensor, raws: list[torch.Tensor], model_params_: 
     normalize = bool(gp["normalize"])
     divisor_all = None
     if not consensus and normalize:
-        divisor_all = wvec.sum()
+        from .task_arithmetic import weight_sum
+
+        divisor_all = weight_sum(wvec, len(shape))
         if abs(float(divisor_all)) < 1e-8:
             divisor_all = None
     big = torch.finfo(work).max
@@ -288,7 +314,7 @@ def stream_gta(raw_base: torch.Tensor, raws: list[torch.Tensor], model_params_: 
         if scaled:
             Dc.mul_(wcol)
         o = O[:c]
-        torch.sum(Dc, dim=0, out=o)
+        _sum_rows(Dc, o)
         if not consensus:
             if divisor_all is not None:
                 o.div_(divisor_all)
@@ -298,13 +324,12 @@ def stream_gta(raw_base: torch.Tensor, raws: list[torch.Tensor], model_params_: 
             upper.mul_(big)
             torch.sub(upper, big, out=lower)
             Dc.clamp_(min=lower, max=upper)
-            torch.sum(Dc, dim=0, out=o)
+            _sum_rows(Dc, o)
             if normalize:
                 Dc.ne_(0)
+                Dc.mul_(wcol)
                 div = T[:c]
-                torch.mul(Dc[0], wvec[0], out=div)
-                for i in range(1, n_models):
-                    div.add_(Dc[i], alpha=weights[i])
+                _sum_rows(Dc, div)
                 if all_pos:
                     div.clamp_min_(wmin)
                 else:

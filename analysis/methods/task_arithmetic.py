@@ -99,7 +99,7 @@ def gta_merge(base: torch.Tensor | None, tensors: list[torch.Tensor], model_para
     if not consensus:
         out = torch.sum(deltas, dim=0)
         if gp["normalize"]:
-            divisor = wvec.sum()
+            divisor = weight_sum(wvec, len(shape))
             if abs(float(divisor)) >= 1e-8:
                 out.div_(divisor)
     else:
@@ -116,10 +116,9 @@ def gta_merge(base: torch.Tensor | None, tensors: list[torch.Tensor], model_para
         torch.sum(deltas, dim=0, out=out)  # mixed
         if gp["normalize"]:
             deltas.ne_(0)  # 1.0 where kept (a kept entry is never 0)
+            deltas.mul_(wvec.view(-1, 1))  # wᵢ where kept: mergekit's weights * mask ...
             divisor = scratch("gta.divisor", n, dtype, device)
-            torch.mul(deltas[0], wvec[0], out=divisor)
-            for i in range(1, n_models):
-                divisor.add_(deltas[i], alpha=weights[i])
+            torch.sum(deltas, dim=0, out=divisor)  # ... summed in torch.sum's order (it matters for N >= 5)
             if all(w > 0 for w in weights):
                 divisor.clamp_min_(min(weights))
             else:
@@ -146,6 +145,12 @@ _VARIANTS = (
 )
 
 
+def weight_sum(wvec: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Σ wᵢ as mergekit computes it: the weights unsqueezed to [N, 1, ...] (one axis per tensor
+    dimension) summed over dim 0 (for N >= 5 torch's reduction order depends on the layout)."""
+    return wvec.view(-1, *([1] * ndim)).sum(dim=0).reshape(())
+
+
 def _stream(raw_base, raws, model_params_, params, ctx, out_dtype, *, specs, name, sparsification, consensus):
     """The streaming kernel (gta_stream) when it handles this tensor's parameters, else None."""
     from . import gta_stream
@@ -153,7 +158,7 @@ def _stream(raw_base, raws, model_params_, params, ctx, out_dtype, *, specs, nam
     if not raws:
         return None
     gp = global_params(specs, params, ctx, name)
-    if not gta_stream.supports(sparsification, gp, torch.float32, ctx.device):
+    if not gta_stream.supports(sparsification, gp, torch.float32, ctx.device, len(raws)):
         return None
     if any(r.shape != raw_base.shape or not r.dtype.is_floating_point for r in raws) or not raw_base.dtype.is_floating_point:
         return None  # the general path reports it

@@ -3,6 +3,7 @@
     python tests/benchmarks/bench.py                      # 1B set (generated if missing), 3 runs each
     python tests/benchmarks/bench.py --size 3b --repeat 1
     python tests/benchmarks/bench.py --tasks ties --no-analyze --no-compare
+    git archive REV | tar -x -C /tmp/before && python tests/benchmarks/bench.py --baseline /tmp/before
 
 Every measured command runs in its own child process under `/usr/bin/time -v` (peak RSS = its
 "Maximum resident set size"), with a warm page cache (all input files are read once first), and the
@@ -67,9 +68,9 @@ def warm(paths: list[Path]) -> int:
     return total
 
 
-def timed(cmd: list[str], env: dict | None = None) -> dict:
+def timed(cmd: list[str], env: dict | None = None, cwd=None) -> dict:
     """Run under /usr/bin/time -v; wall/user/sys seconds and peak RSS bytes."""
-    r = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
+    r = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env, cwd=cwd)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (rc {r.returncode}):\n{r.stderr[-3000:]}")
     err = r.stderr
@@ -106,29 +107,37 @@ def run(args) -> int:
     if args.threads:
         env["MERGESCOPE_THREADS"] = str(args.threads)
     ms = [sys.executable, "-m", "tui.cli"]
+    base_env = None
+    if args.baseline:  # an older checkout of mergescope, run the same way (e.g. `git archive REV | tar -x -C DIR`)
+        base_env = dict(env, PYTHONPATH=str(Path(args.baseline).resolve()))
+        base_env.pop("MERGESCOPE_THREADS", None)
+    mk_tasks = args.mergekit_tasks if args.mergekit_tasks is not None else args.tasks
 
-    cases: list[tuple[str, str, list[str], Path | None]] = []  # (task, tool, cmd, output dir)
+    cases: list[tuple[str, str, list[str], Path | None, dict]] = []  # (task, tool, cmd, output dir, env)
     if not args.no_analyze:
         cases.append(("analyze", "mergescope", [*ms, "analyze", *map(str, paths), "--json", str(work / "analyze.json"),
-                                                "--quiet", "--no-cache", "--density", str(args.density)], None))
+                                                "--quiet", "--no-cache", "--density", str(args.density)], None, env))
     for task in args.tasks:
         cfg = work / f"{task}.yml"
         cfg.write_text(plan_yaml(task, paths, args.density, dtype))
-        if mk_ok:
+        if mk_ok and task in mk_tasks:
             out = work / f"out-{task}-mergekit"
-            cases.append((task, "mergekit", mergekit_cmd(cfg, out), out))
+            cases.append((task, "mergekit", mergekit_cmd(cfg, out), out, env))
+        if base_env is not None:
+            out = work / f"out-{task}-baseline"
+            cases.append((task, "mergescope-before", [*ms, "merge", str(cfg), str(out), "--quiet"], out, base_env))
         out = work / f"out-{task}-mergescope"
-        cases.append((task, "mergescope", [*ms, "merge", str(cfg), str(out), "--quiet"], out))
+        cases.append((task, "mergescope", [*ms, "merge", str(cfg), str(out), "--quiet"], out, env))
 
     in_bytes = warm(paths)
     print(f"inputs: {len(paths)} models, {fmt_gb(in_bytes)} ({paths[0].parent}); {args.repeat} run(s) each; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", file=sys.stderr)
     results: dict[tuple[str, str], list[dict]] = {}
     for rep in range(args.repeat):
-        for task, tool, cmd, out in cases:
+        for task, tool, cmd, out, cenv in cases:
             if out is not None and out.exists():
                 shutil.rmtree(out)
-            m = timed(cmd, env)
+            m = timed(cmd, cenv, cwd=args.baseline if cenv is base_env and base_env is not None else None)
             results.setdefault((task, tool), []).append(m)
             print(f"  run {rep + 1}/{args.repeat} {task:16s} {tool:10s} wall {m['wall']:7.1f} s  cpu {m['cpu']:7.1f} s  "
                   f"peak RSS {fmt_gb(m['rss'])}", file=sys.stderr)
@@ -138,7 +147,7 @@ def run(args) -> int:
 
     rows = []
     header = ("task", "tool", "wall s (min-max)", "cpu s", "peak RSS", "wall vs mk", "RSS vs mk", "input GB/s")
-    for task, tool, _, _ in cases:
+    for task, tool, _, _, _ in cases:
         walls = [r["wall"] for r in results[(task, tool)]]
         w, c, rss = med(task, tool, "wall"), med(task, tool, "cpu"), med(task, tool, "rss")
         ref = (task, "mergekit") in results and tool != "mergekit"
@@ -157,11 +166,12 @@ def run(args) -> int:
 
     if args.compare and mk_ok:
         for task in args.tasks:
-            print(f"{task}: mergescope vs mergekit: {compare(task, work, paths, args.density, dtype)}")
+            if task in mk_tasks:
+                print(f"{task}: mergescope vs mergekit: {compare(task, work, paths, args.density, dtype)}")
     if args.json:
         Path(args.json).write_text(json.dumps({f"{t}/{tool}": v for (t, tool), v in results.items()}, indent=1))
     if not args.keep:
-        for _, _, _, out in cases:
+        for _, _, _, out, _ in cases:
             if out is not None and out.exists():
                 shutil.rmtree(out)
     return 0
@@ -222,6 +232,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32", help="plan dtype (float32, bfloat16, or none)")
     ap.add_argument("--threads", type=int, help="MERGESCOPE_THREADS for our merges")
     ap.add_argument("--no-mergekit", action="store_true")
+    ap.add_argument("--mergekit-tasks", type=lambda s: [x for x in s.split(",") if x],
+                    help="run mergekit only for these tasks (default: all of --tasks)")
+    ap.add_argument("--baseline", type=Path, help="also time the merges of an older mergescope checkout in DIR")
     ap.add_argument("--no-analyze", action="store_true")
     ap.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--keep", action="store_true", help="keep the outputs")
