@@ -6,6 +6,7 @@ The merges go into a temporary directory unless --output names one.
 """
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -14,9 +15,9 @@ from pathlib import Path
 # Weights were picked on the held-out table printed by scripts/train_demo_family.py: with 1.0 each the
 # summed task vectors overshoot; 0.7 keeps each domain close to its specialist.
 DEMO_MERGES = (
-    ("ta(code+prose)", "task_arithmetic", ("code", "prose"), {"weight": 0.7}, {}),
-    ("ties(code+prose)", "ties", ("code", "prose"), {"weight": 1.0, "density": 0.5}, {}),
-    ("ta(code+prose+dialog)", "task_arithmetic", ("code", "prose", "dialog"), {"weight": 0.5}, {}),
+    ("TA code+prose ×0.7", "task_arithmetic", ("code", "prose"), {"weight": 0.7}, {}),
+    ("TIES code+prose d=0.5", "ties", ("code", "prose"), {"weight": 1.0, "density": 0.5}, {}),
+    ("TA code+prose+dialog ×0.5", "task_arithmetic", ("code", "prose", "dialog"), {"weight": 0.5}, {}),
 )
 
 
@@ -34,13 +35,46 @@ def demo_plans(family: Path) -> list[tuple[str, "object"]]:
     return plans
 
 
-def run_headless(output: str | None = None, use_cache: bool = True) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from analysis.analyze import analyze
+def merge_and_score(out_root: Path, progress=None) -> dict[str, dict[str, float]]:
+    """Run the demo merges into `out_root` and score base, fine-tunes and merges on held-out text."""
     from analysis.evaluate import evaluate_models, load_texts
     from analysis.merge import run_merge
+
+    from .cmd_demo import family_dir
+
+    fam = family_dir()
+    merged = {}
+    for label, plan in demo_plans(fam):
+        dest = out_root / re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")
+        run_merge(plan, dest, force=True)
+        merged[label] = dest
+    paths = {"base": fam / "base", **{m: fam / m for m in ("code", "prose", "dialog")}, **merged}
+    texts = load_texts(fam.parent / "heldout")
+    return evaluate_models({k: str(v) for k, v in paths.items()}, texts, progress)
+
+
+def cross_domain_verdicts(table: dict[str, dict[str, float]]) -> list[str]:
+    """One line per two-model merge: its score on each domain against both specialists."""
+    lines = []
+    for label, _, models, _, _ in DEMO_MERGES:
+        if len(models) != 2:
+            continue
+        a, b = models
+        row = table[label]
+        parts = []
+        for own, other in ((a, b), (b, a)):
+            vs_own = row[own] / table[own][own] - 1
+            beats = row[own] < table[other][own]
+            parts.append(f"{own} {row[own]:.3f} ({vs_own:+.1%} vs the {own} specialist, "
+                         f"{'beats' if beats else 'loses to'} the {other} specialist's {table[other][own]:.3f})")
+        lines.append(f"{label}: " + "; ".join(parts))
+    return lines
+
+
+def run_headless(output: str | None = None, use_cache: bool = True) -> int:
+    from rich.console import Console
+
+    from analysis.analyze import analyze
 
     from .cmd_analyze import print_report
     from .cmd_demo import DEMO_MODELS, family_dir
@@ -52,30 +86,16 @@ def run_headless(output: str | None = None, use_cache: bool = True) -> int:
     report = analyze(str(fam / "base"), [str(fam / m) for m in models], use_cache=use_cache,
                      labels=["base", *models])
     print_report(report, con, quiet=True)
-    tmp = None
-    if output is None:
-        tmp = tempfile.TemporaryDirectory(prefix="mergescope-demo-")
-        out_root = Path(tmp.name)
-    else:
-        out_root = Path(output)
+    with tempfile.TemporaryDirectory(prefix="mergescope-demo-") as tmp:
+        out_root = Path(output) if output else Path(tmp)
         out_root.mkdir(parents=True, exist_ok=True)
-    try:
-        merged = {}
-        for label, plan in demo_plans(fam):
-            dest = out_root / label.replace("(", "_").replace(")", "").replace("+", "_")
-            run_merge(plan, dest, force=True)
-            merged[label] = dest
-        paths = {"base": fam / "base", **{m: fam / m for m in ("code", "prose", "dialog") if (fam / m).exists()},
-                 **merged}
-        texts = load_texts(fam.parent / "heldout")
-        with con.status("scoring held-out text…"):
-            table = evaluate_models({k: str(v) for k, v in paths.items()}, texts)
-        _print_table(con, table, list(texts))
-        con.print(f"[dim]{len(paths)} models × {len(texts)} domains, total {time.perf_counter() - t0:.1f}s"
-                  + (f"; merges kept in {out_root}" if tmp is None else "") + "[/dim]")
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+        with con.status("merging and scoring held-out text…"):
+            table = merge_and_score(out_root)
+    _print_table(con, table, sorted(next(iter(table.values()))))
+    for line in cross_domain_verdicts(table):
+        con.print(line)
+    con.print(f"[dim]{len(table)} models × {len(next(iter(table.values())))} domains, {time.perf_counter() - t0:.1f}s"
+              + (f"; merges kept in {output}" if output else "") + "[/dim]")
     return 0
 
 
