@@ -14,8 +14,10 @@ from .metrics import Progress, Report, ShouldStop, analyze_checkpoints
 
 def analyze(base_path: str, model_paths: Sequence[str], *, density: float = 0.2, device: str = "cpu",
             use_cache: bool = True, progress: Progress | None = None,
-            should_stop: ShouldStop | None = None, labels: Sequence[str] | None = None) -> Report:
-    """Analyse BASE + MODELS (paths); `labels` (base first) name them in the report instead of the paths."""
+            should_stop: ShouldStop | None = None, labels: Sequence[str] | None = None,
+            cache_only: bool = False) -> Report | None:
+    """Analyse BASE + MODELS (paths); `labels` (base first) name them in the report instead of the paths.
+    `cache_only`: return the cached report or None, never compute."""
     if not model_paths:
         from .errors import InputError
 
@@ -29,6 +31,8 @@ def analyze(base_path: str, model_paths: Sequence[str], *, density: float = 0.2,
             report = Report.from_json(data)
             report.structure["from_cache"] = True
             return report
+    if cache_only:
+        return None
     report = analyze_checkpoints(base, models, density=density, device=device, progress=progress,
                                  should_stop=should_stop)
     report.structure["meta"] = {ck.label: collect_meta(ck) for ck in [base, *models]}
@@ -52,3 +56,16 @@ def resolve_device(device: str) -> str:
             raise InputError(f"--device {device}: no CUDA GPU is available to torch here; use --device cpu")
         return device
     raise InputError(f"--device {device}: unknown device; use cpu or cuda")
+
+
+def analysis_for_plan(plan, *, compute: bool = False, density: float = 0.2, device: str = "cpu",
+                      progress: Progress | None = None) -> Report | None:
+    """The merge-readiness report of a plan's base and models, labelled by the plan's references:
+    from the cache (as `mergescope analyze` with the same paths left it), or computed when asked.
+    None for plans without a base or with `BASE+ADAPTER` references."""
+    base = plan.base_model
+    refs = [m for m in plan.input_models() if m != base]
+    if not base or not refs or any("+" in r and not plan.model_path(r).exists() for r in [base, *refs]):
+        return None
+    return analyze(str(plan.model_path(base)), [str(plan.model_path(r)) for r in refs], density=density,
+                   device=device, labels=[base, *refs], cache_only=not compute, progress=progress)

@@ -1,8 +1,18 @@
 """The merge executor: run a `Plan` tensor by tensor into an atomic, sharded output directory.
 
     plan ──validate──▶ open checkpoints (headers) ──▶ tensor jobs (names, shapes, params: all checked
-    before any tensor data is read) ──▶ per job: read inputs (mmap) → compute dtype on `device` →
-    method.merge(base, tensors, model_params, params, ctx) → out dtype → writer (one shard buffered)
+    before any tensor data is read) ──▶ writer.plan(every output name/dtype/shape: shard headers
+    known up front) ──▶ per job: read inputs (mmap) → compute dtype on `device` →
+    method.merge(base, tensors, model_params, params, ctx) → out dtype → writer (straight to disk)
+
+Speed and memory: methods with a streaming CPU kernel (`MergeMethod.stream`: task_arithmetic and
+TIES-style magnitude trims, see methods/gta_stream.py) get the stored, memory-mapped tensors and
+work through them in cache-sized float32 chunks, releasing the inputs' pages behind them; those
+jobs run on `threads` worker threads (one tensor each, torch's own intra-op threads set to 1 for the
+duration of the merge so no op waits on a descheduled helper thread), up to threads + 1 tensors in
+flight, results written in order. Other methods take float32 copies of the inputs and run one
+tensor at a time. Either way each job's input pages are released when it is done, so peak memory
+follows the largest tensor, not the model.
 
 Numerics: inputs are converted to the plan's `dtype`, or float32 when it has none (mergekit would
 compute in the inputs' promoted dtype, e.g. bfloat16; float32 differs from that only by rounding and
@@ -85,12 +95,15 @@ def run_merge(plan: Plan | str | os.PathLike, output_dir: str | os.PathLike, *, 
               seed: int | None = None, force: bool = False, shard_size: int | str = DEFAULT_SHARD_SIZE,
               progress: Callable[[int, int, str], None] | None = None,
               should_stop: Callable[[], bool] | None = None, hash_inputs: bool | None = None,
-              threads: int | None = None) -> MergeResult:
+              threads: int | None = None, analysis=None) -> MergeResult:
     """Merge as the plan says into `output_dir`; returns what was written.
 
     Raises InputError for bad plans/paths/devices (before reading any tensor data), MergeCancelled
     when `should_stop()` turns true, MergeError when a method fails. In every failure case (and on
     KeyboardInterrupt) no output and no temporary directory is left behind.
+
+    `analysis`: the merge-readiness Report of these inputs (TUI/CLI pass it when they have one): its
+    findings and model summary go into the model card.
 
     `threads`: worker threads for methods with a streaming CPU kernel (default: the CPU count, at
     most 4; `MERGESCOPE_THREADS` overrides); other methods run one tensor at a time with torch's own
@@ -153,7 +166,8 @@ def run_merge(plan: Plan | str | os.PathLike, output_dir: str | os.PathLike, *, 
             rows = provenance(_records(plan, cks), hash_inputs)
             card = model_card(name=out.name, method=plan.merge_method, base=plan.base_model, models=plan.input_models(),
                               plan_yaml=plan_yaml, provenance_rows=rows, out_dtype=", ".join(out_dtypes) or None,
-                              n_tensors=n, total_bytes=writer.total_bytes, description=method.description)
+                              n_tensors=n, total_bytes=writer.total_bytes, description=method.description,
+                              analysis=analysis)
             res = writer.finish(config=config, tokenizer_dir=tok_dir, plan_yaml=plan_yaml, card=card)
     finally:
         torch.set_num_threads(prev_threads)

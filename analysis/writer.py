@@ -449,7 +449,7 @@ def provenance(inputs: Sequence[InputRecord], hash_inputs: bool | None = None) -
 
 def model_card(*, name: str, method: str, base: str | None, models: Sequence[str], plan_yaml: str,
                provenance_rows: Sequence[dict], out_dtype: str | None, n_tensors: int, total_bytes: int,
-               description: str = "") -> str:
+               description: str = "", analysis=None) -> str:
     """README.md with Hugging Face front matter (base_model, tags) and the plan and provenance."""
     import yaml
 
@@ -473,5 +473,28 @@ def model_card(*, name: str, method: str, base: str | None, models: Sequence[str
     if not hashed:
         lines += ["", "sha256 was not computed for these (large) inputs; size and modification time identify them. "
                       "Run `mergescope merge --hash-inputs` to record hashes."]
+    lines += ["", "## Merge-readiness at merge time", ""]
+    lines += _analysis_section(analysis)
     lines += ["", f"Tool: mergescope {_version()}", ""]
     return "\n".join(lines)
+
+
+def _analysis_section(report) -> list[str]:
+    """Findings and per-model summary of the analysis the merge was planned on (or how to get one)."""
+    if report is None:
+        return ["No analysis was on record for these inputs. Run `mergescope analyze BASE MODEL...` before "
+                "merging (the merge then finds it in the cache) to record the merge-readiness findings here."]
+    from .compat import weight_aggregate
+
+    whole, weights = report.whole(), weight_aggregate(report)
+    out = [f"Analysed by mergescope (trim density {report.density}); base `{report.base}`.", "",
+           "| model | relative norm | cosine to base | weight cosine to base |", "|---|---:|---:|---:|"]
+    for i, m in enumerate(report.models):
+        out.append(f"| `{m}` | {whole.relative_norm(i):.4f} | {whole.cosine_to_base(i):.5f} | {weights.cosine_to_base(i):.4f} |")
+    out.append("")
+    if report.findings:
+        out += [f"- **{f.severity}** `{f.code}`" + (f" ({f.model})" if f.model else "") + f": {f.message}"
+                for f in report.findings]
+    else:
+        out.append("No findings: the inputs looked merge-ready.")
+    return out

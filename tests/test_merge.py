@@ -318,3 +318,28 @@ def test_released_pages_read_back_the_same(tmp_path):
     ck.release("w")
     assert torch.equal(ck.get("w"), t)
     ck.close()
+
+
+def test_model_card_records_analysis_findings(tmp_path, monkeypatch):
+    """The card carries the merge-readiness findings: from the cache of an earlier `analyze` of the same
+    paths, or computed with --analyze; without either it says how to get them."""
+    from pathlib import Path
+
+    from tui.cli import main
+
+    monkeypatch.setenv("MERGESCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    fam = Path(__file__).resolve().parents[1] / "analysis" / "demo" / "family"
+    monkeypatch.chdir(tmp_path)
+    plan = tmp_path / "p.yml"
+    plan.write_text(f"merge_method: task_arithmetic\nbase_model: {fam}/base\nmodels:\n"
+                    f"  - model: {fam}/code\n    parameters: {{weight: 0.5}}\n"
+                    f"  - model: {fam}/overtrained\n    parameters: {{weight: 0.5}}\n")
+    assert main(["merge", str(plan), "a", "-q"]) == 0
+    assert "No analysis was on record" in (tmp_path / "a" / "README.md").read_text()
+    assert main(["analyze", f"{fam}/base", f"{fam}/code", f"{fam}/overtrained", "-q"]) == 0
+    assert main(["merge", str(plan), "b", "-q"]) == 0
+    card = (tmp_path / "b" / "README.md").read_text()
+    assert "`drifted`" in card and f"{fam}/overtrained" in card
+    monkeypatch.setenv("MERGESCOPE_CACHE_DIR", str(tmp_path / "cache2"))
+    assert main(["merge", str(plan), "c", "-q", "--analyze"]) == 0
+    assert "`drifted`" in (tmp_path / "c" / "README.md").read_text()

@@ -308,7 +308,8 @@ class MergeScopeApp(App):
         self.main.query_one(JobProgress).start(f"measure d={target[1]:g}")
         self.run_remeasure(self.report.base, target[0], target[1])
 
-    @work(thread=True, exclusive=True, group="whatif", exit_on_error=False, name="whatif")
+    @work(thread=True, exclusive=True, group="whatif", exit_on_error=False, name="whatif",
+          description="what-if")  # a description: else Textual repr()s the Report (seconds on big models)
     def compute_whatif(self, plan, report, data, conflict_report, generation: int) -> None:
         """Pure numbers from the Report (no tensor is read); posts WhatIfReady."""
         from analysis.whatif import from_plan
@@ -448,7 +449,7 @@ class MergeScopeApp(App):
         self.main.query_one(JobProgress).start("merge")
         self.merge_worker(plan, os.path.expanduser(out), seed, view.force)
 
-    @work(thread=True, exclusive=True, group="merge", exit_on_error=False, name="merge")
+    @work(thread=True, exclusive=True, group="merge", exit_on_error=False, name="merge", description="merge")
     def merge_worker(self, plan, output_dir: str, seed: int | None, force: bool) -> None:
         from analysis.merge import MergeCancelled, run_merge
 
@@ -460,7 +461,7 @@ class MergeScopeApp(App):
 
         try:
             result = run_merge(plan, output_dir, device=self.device, seed=seed, force=force, progress=progress,
-                               should_stop=lambda: worker.is_cancelled)
+                               should_stop=lambda: worker.is_cancelled, analysis=self.report)
         except MergeCancelled:
             return
         if not worker.is_cancelled:

@@ -19,6 +19,9 @@ def add_arguments(p) -> None:
                    help="maximum size of one output shard, e.g. 5GB, 500MB (default 5GB)")
     p.add_argument("--hash-inputs", action="store_true",
                    help="record sha256 of every input weight file in the model card (default: only when inputs total <= 2 GB)")
+    p.add_argument("--analyze", action="store_true",
+                   help="analyse the inputs first (when no cached analysis exists) so the model card records the "
+                        "merge-readiness findings; without it a cached `mergescope analyze` of the same paths is used if any")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
@@ -33,8 +36,16 @@ def run(args) -> int:
     out = Console()
     shard_size = parse_size(args.shard_size)
     plan = Plan.load(args.config)
+    plan.validate(check_paths=True)
+    from analysis.analyze import analysis_for_plan
+
+    report = analysis_for_plan(plan, compute=args.analyze, device=args.device)
+    if report is not None and report.findings and not args.quiet:
+        worst = report.findings[0]
+        err.print(f"[dim]merge-readiness: {len(report.findings)} finding(s), worst: {worst.severity} {worst.code}"
+                  f"{' (' + worst.model + ')' if worst.model else ''} — recorded in the model card[/dim]", highlight=False)
     kwargs = dict(device=args.device, seed=args.seed, force=args.force, shard_size=shard_size,
-                  hash_inputs=True if args.hash_inputs else None)
+                  hash_inputs=True if args.hash_inputs else None, analysis=report)
     try:
         if args.quiet or not err.is_terminal:
             res = run_merge(plan, args.output, **kwargs)
