@@ -160,6 +160,30 @@ class WhatIf:
     conflict_report: object = None  # a report re-measured at the plan's density (optional)
     warnings: list[str] = field(default_factory=list)
 
+    def _site_terms(self, s):
+        """Per-site additive terms, computed once: (cᵀGc, c²·‖τ‖², ‖θ₀‖², c·n, w·n, d·n, n where d is set)."""
+        cache = self.__dict__.setdefault("_terms", {})
+        t = cache.get(s.key)
+        if t is None:
+            sc = self.site_coeffs.get(s.key)
+            if sc is None:
+                t = cache[s.key] = False
+                return t
+            c = sc.coeff
+            gram = s.dot.copy()
+            np.fill_diagonal(gram, s.sq)
+            ok = ~np.isnan(sc.density)
+            t = cache[s.key] = (float(c @ gram @ c), c * c * s.sq, s.base_sq, c * s.numel, sc.weight * s.numel,
+                                np.where(ok, np.nan_to_num(sc.density) * s.numel, 0.0), ok * float(s.numel), s.numel)
+        return t
+
+    def _conflict_sites(self) -> dict:
+        rep = self.conflict_report if self.conflict_report is not None else self.report
+        idx = self.__dict__.get("_conf_idx")
+        if idx is None:
+            idx = self.__dict__["_conf_idx"] = {s.key: s for s in rep.sites}
+        return idx
+
     def cell(self, sites: Iterable) -> CellPrediction:
         n = self.report.n
         merged_sq = 0.0
@@ -173,21 +197,17 @@ class WhatIf:
         keys = []
         for s in sites:
             keys.append(s.key)
-            sc = self.site_coeffs.get(s.key)
-            if sc is None:
+            t = self._site_terms(s)
+            if not t:
                 continue
-            c = sc.coeff
-            gram = s.dot.copy()
-            np.fill_diagonal(gram, s.sq)
-            merged_sq += float(c @ gram @ c)
-            contrib_sq += c * c * s.sq
-            base_sq += s.base_sq
-            coeff_sum += c * s.numel
-            weight_sum += sc.weight * s.numel
-            ok = ~np.isnan(sc.density)
-            dens_sum[ok] += sc.density[ok] * s.numel
-            dens_cnt[ok] += s.numel
-            numel += s.numel
+            merged_sq += t[0]
+            contrib_sq += t[1]
+            base_sq += t[2]
+            coeff_sum += t[3]
+            weight_sum += t[4]
+            dens_sum += t[5]
+            dens_cnt += t[6]
+            numel += t[7]
         merged = math.sqrt(max(merged_sq, 0.0))
         contrib = np.sqrt(contrib_sq)
         total = float(contrib.sum())
@@ -208,10 +228,11 @@ class WhatIf:
     def _trimmed(self, keys) -> tuple[float, float, float]:
         """(trimmed sign conflict, its density, untrimmed sign conflict), measured."""
         rep = self.conflict_report if self.conflict_report is not None else self.report
-        wanted = set(keys)
+        idx = self._conflict_sites()
         nz = conf = mnz = mconf = 0
-        for s in rep.sites:
-            if s.key in wanted:
+        for k in keys:
+            s = idx.get(k)
+            if s is not None:
                 nz += s.trim_multi_nz
                 conf += s.trim_multi_conflict
                 mnz += s.multi_nz

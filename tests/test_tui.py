@@ -55,6 +55,8 @@ def text_of(widget) -> str:
     from textual.widgets import Static
 
     console = Console(file=io.StringIO(), width=200, color_system=None)
+    if not isinstance(widget, Static) and hasattr(widget, "renderable"):  # line-API panels
+        console.print(widget.renderable)
     for st in [widget, *widget.query(Static)]:
         if isinstance(st, Static):
             content = st.content

@@ -48,6 +48,18 @@ async def bench(base: str, models: list[str], size: tuple[int, int], presses: in
             await pilot.press(key)
             lat.append(time.perf_counter() - s)
         out["key_to_frame_ms_median"] = 1000 * statistics.median(lat)
+        # a held arrow key: events arrive faster than frames; the cursor must keep up
+        from textual import events
+
+        for burst in (60, 60):
+            start_row = hm.cursor[0]
+            s = time.perf_counter()
+            for _ in range(burst):
+                app.post_message(events.Key("down" if start_row < len(hm.grid.row_labels) // 2 else "up", None))
+            while hm.cursor[0] == start_row or abs(hm.cursor[0] - start_row) < min(burst, len(hm.grid.row_labels) // 2 - 1):
+                await pilot.pause(0.001)
+            await pilot.pause()
+            out["held_key_ms_per_row"] = 1000 * (time.perf_counter() - s) / abs(hm.cursor[0] - start_row)
         out["key_to_frame_ms_p95"] = 1000 * sorted(lat)[int(0.95 * len(lat)) - 1]
         s = time.perf_counter()
         await pilot.press("end")

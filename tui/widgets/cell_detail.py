@@ -4,8 +4,9 @@ from __future__ import annotations
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
-from textual.containers import VerticalScroll
-from textual.widgets import Static
+from textual.geometry import Size
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
 
 from ..format import compact, fmt, short_names
 from ..heatdata import ALL
@@ -63,14 +64,47 @@ def cell_renderable(report, row_label: str, col: str, agg, metric=None, value=No
     return Group(*parts)
 
 
-class CellDetail(VerticalScroll):
+class CellDetail(ScrollView):
+    """Line-API panel: a new cell re-renders ~30 lines and repaints, without a screen re-layout (the
+    virtual height only ever grows, so moving between cells never changes the layout)."""
+
     HELP_TITLE = "Cell detail"
     DEFAULT_CSS = """
     CellDetail { border-left: vkey $primary 50%; padding: 0 1; scrollbar-size-vertical: 1; }
     """
 
-    def compose(self):
-        yield Static("", id="cell-detail-body")
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.renderable = Text("")
+        self._strips: list[Strip] = []
+        self._height = 0
 
     def show(self, renderable) -> None:
-        self.query_one("#cell-detail-body", Static).update(renderable)
+        self.renderable = renderable
+        self._render_strips()
+        self.refresh()
+
+    def _render_strips(self) -> None:
+        width = self.scrollable_content_region.width or self.size.width
+        if width <= 0:
+            self._strips = []
+            return
+        console = self.app.console
+        lines = console.render_lines(self.renderable, console.options.update_width(width), pad=False)
+        self._strips = [Strip(line).simplify() for line in lines]
+        if len(self._strips) > self._height:
+            self._height = len(self._strips)
+        self.virtual_size = Size(width, self._height)
+
+    def on_resize(self) -> None:
+        self._height = 0
+        self._render_strips()
+        self.refresh()
+
+    def render_line(self, y: int) -> Strip:
+        width = self.size.width
+        idx = y + int(self.scroll_offset.y)
+        style = self.rich_style
+        if 0 <= idx < len(self._strips):
+            return self._strips[idx].crop_extend(0, width, style).apply_style(style)
+        return Strip.blank(width, style)
