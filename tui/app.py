@@ -447,10 +447,10 @@ class MergeScopeApp(App):
         self.main.action_tab("merge")
         view.status(Text(f"merging into {out}…  Esc cancels (no partial output)", style="bold"))
         self.main.query_one(JobProgress).start("merge")
-        self.merge_worker(plan, os.path.expanduser(out), seed, view.force)
+        self.merge_worker(plan, os.path.expanduser(out), seed, view.force, self.report)
 
     @work(thread=True, exclusive=True, group="merge", exit_on_error=False, name="merge", description="merge")
-    def merge_worker(self, plan, output_dir: str, seed: int | None, force: bool) -> None:
+    def merge_worker(self, plan, output_dir: str, seed: int | None, force: bool, report=None) -> None:
         from analysis.merge import MergeCancelled, run_merge
 
         worker = get_current_worker()
@@ -461,7 +461,7 @@ class MergeScopeApp(App):
 
         try:
             result = run_merge(plan, output_dir, device=self.device, seed=seed, force=force, progress=progress,
-                               should_stop=lambda: worker.is_cancelled, analysis=self.report)
+                               should_stop=lambda: worker.is_cancelled, analysis=report)
         except MergeCancelled:
             return
         if not worker.is_cancelled:
