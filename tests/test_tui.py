@@ -260,16 +260,16 @@ async def test_heatmap_scrolls_with_the_cursor_on_many_layers():
         hm.focus()
         await pilot.pause()
         t0 = time.perf_counter()
-        await pilot.press(*["down"] * 30, "pagedown", "pagedown")
+        await pilot.press(*["down"] * 10, "pagedown", "pagedown", "pagedown")
         elapsed = time.perf_counter() - t0
-        assert hm.cursor == (30 + 2 * (hm.size.height - 2), 0)
+        assert hm.cursor == (10 + 3 * (hm.size.height - 2), 0)
         assert hm.scroll_offset.y > 30
         assert elapsed < 20  # generous: the point is that it does not degrade with size
-        await pilot.press("right", "right", "right", "right", "right", "right", "right", "right", "right")
+        await pilot.press("end", *["right"] * 9)
         await pilot.pause()
         assert hm.cursor[1] == 9
         assert hm.scroll_offset.x > 0
-        assert len(hm._cache) < 70  # rows never scrolled into view were never rendered
+        assert not any(r in hm._cache for r in range(90, 100))  # rows never in view were never rendered
 
 
 async def test_help_screen_lists_bindings(family):
@@ -285,16 +285,11 @@ async def test_help_screen_lists_bindings(family):
         await pilot.press("escape")
         await pilot.pause()
         assert not isinstance(app.screen, HelpScreen)
-
-
-async def test_command_palette_has_the_actions(family):
-    app = app_for(family)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready(app, pilot)
+        # every action is in the command palette too
         titles = [c.title for c in app.get_system_commands(app.screen)]
-        assert "Open a model set" in titles
+        assert "Open a model set" in titles and "Show plan" in titles and "Merge now" in titles
         assert any(t.startswith("Heatmap metric: pairwise cosine") for t in titles)
-        assert "Show plan" in titles
+        assert any(t.startswith("Plan: export") for t in titles)
 
 
 async def test_usable_at_80x24(family):
