@@ -5,8 +5,6 @@ Streams every tensor once; prints findings first, then a per-layer table. Exit 1
 from __future__ import annotations
 
 import json
-import math
-import sys
 from pathlib import Path
 
 from .format import SEV_GLYPH, SEV_STYLE  # shared with the Textual app

@@ -34,6 +34,16 @@ class ModelSet:
         names = ", ".join(Path(m.rstrip("/")).name or m for m in self.models)
         return f"{Path(self.base.rstrip('/')).name or self.base} + {names}"
 
+    def where(self) -> str:
+        """The base's directory, to tell apart sets with the same names."""
+        return str(Path(self.base.rstrip("/")).parent)
+
+    def absolute(self) -> "ModelSet":
+        def ab(p: str | None) -> str | None:
+            return os.path.abspath(os.path.expanduser(p)) if p else p
+
+        return ModelSet(ab(self.base), [ab(m) for m in self.models], ab(self.plan))
+
 
 def load_recent() -> list[ModelSet]:
     try:
@@ -44,6 +54,8 @@ def load_recent() -> list[ModelSet]:
 
 
 def remember(entry: ModelSet) -> None:
+    """Put `entry` (made absolute: it is reopened from anywhere) first; drop older copies of it."""
+    entry = entry.absolute()
     items = [e for e in load_recent() if (e.base, e.models) != (entry.base, entry.models)]
     items.insert(0, entry)
     d = config_dir()

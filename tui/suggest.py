@@ -22,6 +22,8 @@ def complete_path(value: str, dirs_only: bool = False) -> str | None:
         return None
     expanded = os.path.expanduser(value)
     head, tail = os.path.split(expanded)
+    if not tail:  # "dir/": the directory itself is usually the answer (a model directory)
+        return None
     try:
         entries = sorted(os.listdir(head or "."))
     except OSError:

@@ -6,7 +6,7 @@ import os
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
@@ -18,17 +18,19 @@ from ..widgets.inputs import PathInput
 class OpenDialog(ModalScreen[ModelSet | None]):
     DEFAULT_CSS = """
     OpenDialog { align: center middle; }
-    OpenDialog > Vertical { width: 90; max-width: 100%; height: auto; max-height: 100%;
+    OpenDialog > VerticalScroll { width: 90; max-width: 100%; height: auto; max-height: 100%;
         border: thick $primary; background: $surface; padding: 0 1; }
     OpenDialog .title { text-style: bold; }
     OpenDialog .hint { color: $text-muted; }
     OpenDialog Label { margin-top: 1; }
-    OpenDialog Input { height: 3; }
+    OpenDialog Input { margin-bottom: 0; background: $boost; }
+    OpenDialog .model-input { margin-bottom: 1; }
     OpenDialog #open-models { height: auto; max-height: 12; }
     OpenDialog #open-recent { height: auto; max-height: 6; }
     OpenDialog #open-error { color: $error; height: auto; }
     OpenDialog #open-buttons { height: auto; margin-top: 1; }
     OpenDialog Button { margin-right: 2; }
+    OpenDialog #open-buttons Button { height: 1; border: none; min-width: 18; }
     """
     BINDINGS = [
         Binding("escape", "cancel", "cancel", id="open.cancel"),
@@ -45,21 +47,22 @@ class OpenDialog(ModalScreen[ModelSet | None]):
     def compose(self) -> ComposeResult:
         init = self.initial or ModelSet("", ["", ""])
         models = list(init.models) or [""]
-        with Vertical():
+        with VerticalScroll(id="open-dialog"):  # scrolls on small terminals; Enter submits from any field
             yield Static("Open a base and its fine-tunes", classes="title")
             yield Static("Directories (HF layout), .safetensors files or LoRA adapters. → completes a path; "
                          "Enter analyses; Ctrl+N adds a model.", classes="hint")
             yield Label("Base model")
-            yield PathInput(init.base, id="open-base", placeholder="path to the base")
+            yield PathInput(init.base, id="open-base", placeholder="path to the base", compact=True)
             yield Label("Fine-tuned models")
             with VerticalScroll(id="open-models"):
                 for k, m in enumerate(models):
                     yield self._model_input(m, k)
             yield Label("Plan (optional: a mergescope or mergekit YAML)")
-            yield PathInput(init.plan or "", id="open-plan", placeholder="plan.yaml")
+            yield PathInput(init.plan or "", id="open-plan", placeholder="plan.yaml", compact=True)
             if self.recent:
                 yield Label("Recent sets (Ctrl+R, Enter opens)")
-                yield OptionList(*[Option(Text(e.describe()), id=str(k)) for k, e in enumerate(self.recent)],
+                yield OptionList(*[Option(Text.assemble(e.describe(), (f"   {e.where()}", "dim")), id=str(k))
+                                   for k, e in enumerate(self.recent)],
                                  id="open-recent")
             yield Static("", id="open-error")
             with Horizontal(id="open-buttons"):
@@ -68,7 +71,8 @@ class OpenDialog(ModalScreen[ModelSet | None]):
                 yield Button("Cancel (Esc)" if self.can_cancel else "Quit (Esc)", id="open-cancel")
 
     def _model_input(self, value: str, k: int) -> Input:
-        return PathInput(value, id=f"open-model-{k}", classes="model-input", placeholder=f"fine-tune #{k + 1}")
+        return PathInput(value, id=f"open-model-{k}", classes="model-input", placeholder=f"fine-tune #{k + 1}",
+                         compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#open-base", Input).focus()
