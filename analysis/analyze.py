@@ -8,6 +8,7 @@ from typing import Sequence
 
 from . import cache
 from .checkpoint import open_models
+from .device import resolve_device
 from .compat import collect_meta, findings_for
 from .metrics import Progress, Report, ShouldStop, analyze_checkpoints
 
@@ -41,21 +42,6 @@ def analyze(base_path: str, model_paths: Sequence[str], *, density: float = 0.2,
         cache.store(key, report.to_json())
     report.structure["from_cache"] = False
     return report
-
-
-def resolve_device(device: str) -> str:
-    """'cuda' only when a GPU is present; a clear error otherwise."""
-    from .errors import InputError
-
-    if device in (None, "", "cpu"):
-        return "cpu"
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {device}: no CUDA GPU is available to torch here; use --device cpu")
-        return device
-    raise InputError(f"--device {device}: unknown device; use cpu or cuda")
 
 
 def analysis_for_plan(plan, *, compute: bool = False, density: float = 0.2, device: str = "cpu",

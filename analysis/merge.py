@@ -36,6 +36,7 @@ from typing import Callable
 
 from .errors import InputError
 from .plan import Plan, close_all, torch_dtype
+from .device import resolve_device  # noqa: F401  (re-exported: callers import it from here)
 from .writer import DEFAULT_SHARD_SIZE, InputRecord, ModelWriter, check_output, model_card, provenance
 
 
@@ -57,25 +58,6 @@ class MergeResult:
     seconds: float
     device: str
     out_dtypes: list[str] = field(default_factory=list)  # distinct output dtypes
-
-
-def resolve_device(device: str | None) -> str:
-    import torch
-
-    device = (device or "cpu").strip().lower()
-    if device == "cpu":
-        return "cpu"
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); "
-                             f"use --device cpu")
-        if ":" in device:
-            idx = device.split(":", 1)[1]
-            if not idx.isdigit() or int(idx) >= torch.cuda.device_count():
-                raise InputError(f"--device {device}: no such GPU (this machine has {torch.cuda.device_count()}); "
-                                 f"use --device cuda or cuda:0")
-        return device
-    raise InputError(f"--device {device}: unknown device; use cpu or cuda")
 
 
 def _check_not_overwriting_inputs(plan: Plan, out: Path) -> None:
