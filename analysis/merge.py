@@ -36,7 +36,7 @@ from typing import Callable
 
 from .errors import InputError
 from .plan import Plan, close_all, torch_dtype
-from .device import resolve_device  # noqa: F401  (re-exported: callers import it from here)
+from .device import resolve_device
 from .writer import DEFAULT_SHARD_SIZE, InputRecord, ModelWriter, check_output, model_card, provenance
 
 
