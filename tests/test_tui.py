@@ -541,3 +541,24 @@ def _check_remeasured(app, editor, family):
     assert editor.preds[r][0].measured_density == 0.5
     assert editor.preds[r][0].conflict == pytest.approx(app.remeasured.row_cell(1, None).trimmed_sign_conflict)
 
+
+
+async def test_unfinished_plan_is_explained_inline(family):
+    """slerp without t: the reason shows beside the form (and in the merge tab), not as a modal."""
+    from tui.widgets.plan_editor import PlanEditor
+
+    app = app_for(family)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await pilot.press("e")
+        await settle(app, pilot)
+        app.main.query_one(PlanEditor).set_method("slerp")
+        app.plan_state.included = [True, False, False]
+        app.main.query_one(PlanEditor).changed()
+        await settle(app, pilot)
+        assert not isinstance(app.screen, ErrorDialog)
+        assert "`t`" in text_of(app.main.query_one("#plan-error"))
+        app.main.query_one("#global-t").value = "0.3"
+        await settle(app, pilot)
+        assert text_of(app.main.query_one("#plan-error")).strip() == ""
+        assert app.main.query_one(PlanEditor).whatif.method == "slerp"

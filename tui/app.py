@@ -504,6 +504,15 @@ class MergeScopeApp(App):
                     self.main.query_one(JobProgress).stop()
                 except LookupError:
                     pass
+        if event.state == WorkerState.ERROR and worker.group == "whatif":
+            from analysis.errors import InputError
+
+            if isinstance(worker.error, InputError):  # an unfinished plan: say why beside the form, no modal
+                from textual.widgets import Static
+
+                self.main.query_one(PlanEditor).query_one("#plan-error", Static).update(Text(f"✖ {worker.error}"))
+                self.main.query_one(MergeView).show_plan(None, str(worker.error))
+                return
         if event.state == WorkerState.ERROR:
             what = {"analysis": "analysis", "merge": "merge", "remeasure": "re-measure", "whatif": "what-if"}[worker.group]
             if worker.group == "merge":
