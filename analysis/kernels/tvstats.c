@@ -200,14 +200,15 @@ void tv_pass3(const void *base, int bdt, const void *const *models, const int *m
                 float tt = t_trim[m], tp = t_top[m];
                 float acc = 0;
                 int32_t cnt = 0;
+                /* branch-free so the compiler vectorises it */
                 for (int j = 0; j < len; j++) {
                     float v = tm[j];
                     float a = fabsf(v);
-                    int32_t st = (v > 0) ? 2 : ((v < 0) ? 0 : 1);
-                    st += (a >= tt) ? 3 : 0;
+                    int32_t st = 1 + (int32_t)(v > 0) - (int32_t)(v < 0) + 3 * (int32_t)(a >= tt);
                     code[j] += st * pw;
-                    int top = a >= tp;
-                    acc += top ? a * a : 0.0f;
+                    int32_t top = a >= tp;
+                    float w = top ? a : 0.0f;
+                    acc += w * w;
                     cnt += top;
                 }
                 e[m] += acc;
