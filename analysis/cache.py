@@ -16,12 +16,15 @@ from . import __version__
 CACHE_FORMAT = 1
 
 
+def user_cache_root() -> Path:
+    """$XDG_CACHE_HOME/mergescope (~/.cache/mergescope)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "mergescope"
+
+
 def cache_dir() -> Path:
     env = os.environ.get("MERGESCOPE_CACHE_DIR")
-    if env:
-        return Path(env)
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "mergescope" / "analysis"
+    return Path(env) if env else user_cache_root() / "analysis"
 
 
 def _file_ids(ck) -> list:

@@ -70,12 +70,7 @@ def short_names(models: list[str], width: int = 12) -> list[str]:
     return [n[:width] for n in names]
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+from analysis.writer import fmt_bytes as human_bytes  # noqa: E402  (one byte formatter for CLI, card and app)
 
 
 def duration(s: float | None) -> str:

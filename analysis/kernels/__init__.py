@@ -25,8 +25,9 @@ build_error: str | None = None
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(os.environ.get("MERGESCOPE_KERNEL_DIR") or Path(root) / "mergescope" / "kernels")
+    from ..cache import user_cache_root
+
+    return Path(os.environ.get("MERGESCOPE_KERNEL_DIR") or user_cache_root() / "kernels")
 
 
 def _compiler() -> str | None:
