@@ -139,6 +139,8 @@ def run(args) -> int:
                 shutil.rmtree(out)
             m = timed(cmd, cenv, cwd=args.baseline if cenv is base_env and base_env is not None else None)
             results.setdefault((task, tool), []).append(m)
+            if out is not None and not args.keep and (not args.compare or rep + 1 < args.repeat):
+                shutil.rmtree(out, ignore_errors=True)  # disk: a 3B output is 6 GB
             print(f"  run {rep + 1}/{args.repeat} {task:16s} {tool:10s} wall {m['wall']:7.1f} s  cpu {m['cpu']:7.1f} s  "
                   f"peak RSS {fmt_gb(m['rss'])}", file=sys.stderr)
 
