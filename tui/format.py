@@ -70,6 +70,23 @@ def short_names(models: list[str], width: int = 12) -> list[str]:
     return [n[:width] for n in names]
 
 
+def display_names(paths: list[str]) -> dict[str, str]:
+    """Paths shown without the directory they all share: '/x/family/code' -> 'code' when the base and
+    every model live in /x/family. Labels that are not paths come back unchanged."""
+    import os
+
+    parts = [Path(p.rstrip("/")) for p in paths]
+    try:
+        common = Path(os.path.commonpath([str(p.parent) for p in parts])) if len(parts) > 1 else parts[0].parent
+    except ValueError:  # mixed absolute/relative
+        return {p: p for p in paths}
+    out = {}
+    for p, pp in zip(paths, parts):
+        rel = os.path.relpath(pp, common) if str(common) not in ("", ".") else str(pp)
+        out[p] = rel if len(rel) < len(p) else p
+    return out
+
+
 from analysis.writer import fmt_bytes as human_bytes  # noqa: E402  (one byte formatter for CLI, card and app)
 
 

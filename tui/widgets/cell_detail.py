@@ -30,7 +30,7 @@ def cell_renderable(report, row_label: str, col: str, agg, metric=None, value=No
     short = short_names(report.models, 11)
     parts = [Text.assemble((where, "bold"), (f"   {len(agg.tensors)} tensors, {_params(agg.total.numel)} params", "dim"))]
     if metric is not None:
-        exact = "∞" if value is not None and value == float("inf") else ("-" if value is None else f"{value:.6g}")
+        exact = "∞" if value is not None and value == float("inf") else ("-" if value is None else f"{value:.5g}")  # 5 digits: stable across CPUs (summation order)
         parts.append(Text.assemble((metric.label, "cyan"), " = ", (exact, "bold")))
     models = Table(box=None, header_style="bold", padding=(0, 1, 0, 0), expand=False)
     models.add_column("model", no_wrap=True, overflow="ellipsis", max_width=9)

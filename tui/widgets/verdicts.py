@@ -9,7 +9,7 @@ from textual.widgets import Static
 
 from analysis.compat import SEVERITIES
 
-from ..format import OK_GLYPH, SEV_GLYPH, SEV_STYLE, fmt
+from ..format import OK_GLYPH, SEV_GLYPH, SEV_STYLE, display_names, fmt
 
 
 def findings_renderable(report) -> Group:
@@ -25,11 +25,12 @@ def findings_renderable(report) -> Group:
     grid = Table.grid(padding=(0, 1))
     grid.add_column(no_wrap=True, width=9)
     grid.add_column(ratio=1)
+    shown = display_names([report.base, *report.models])
     for f in report.findings:
         head = Text()
         head.append(f.code, "bold")
         if f.model:
-            head.append(f"  {f.model}", "italic")
+            head.append(f"  {shown.get(f.model, f.model)}", "italic")
         grid.add_row(Text(f"{SEV_GLYPH[f.severity]} {f.severity.upper()}", SEV_STYLE[f.severity]), head)
         grid.add_row("", Text(f.message))
     if report.findings:
@@ -57,10 +58,11 @@ def summary_renderable(report) -> Table:
     table.add_column("cos to base", justify="right")
     table.add_column("top-20% energy", justify="right")
     table.add_column("why", overflow="fold")
+    shown = display_names([report.base, *report.models])
     for i, m in enumerate(report.models):
         g, word, style = model_status(report, m)
         codes = sorted({f.code for f in report.findings if f.model == m})
-        table.add_row(m, Text(f"{g} {word}", style=style), fmt(whole.relative_norm(i)), f"{whole.cosine_to_base(i):.4f}",
+        table.add_row(shown[m], Text(f"{g} {word}", style=style), fmt(whole.relative_norm(i)), f"{whole.cosine_to_base(i):.4f}",
                       fmt(whole.topk_energy(i), pct=True), ", ".join(codes) or "-")
     return table
 
