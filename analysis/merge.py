@@ -104,6 +104,7 @@ def run_merge(plan: Plan | str | os.PathLike, output_dir: str | os.PathLike, *, 
         raise InputError(f"--seed {seed!r}: expected an integer")
     compute = torch_dtype(plan.dtype) if plan.dtype else torch.float32
 
+    _trim_malloc()
     cks = plan.open_checkpoints()
     prev_threads = torch.get_num_threads()
     try:
@@ -162,6 +163,24 @@ def run_merge(plan: Plan | str | os.PathLike, output_dir: str | os.PathLike, *, 
             pass
     return MergeResult(res.output_dir, res.files, res.shards, res.n_tensors, res.total_bytes,
                        time.perf_counter() - t0, dev, out_dtypes)
+
+
+def _trim_malloc(nbytes: int = 0) -> None:
+    """Make glibc return freed heap memory at the top of its heaps (M_TRIM_THRESHOLD = 0; by
+    default it grows with the mmap threshold, up to 64 MB, after large frees, and 1 MB was not
+    enough here). Tensor-sized temporaries freed by the worker threads were otherwise kept: on the
+    3B benchmark set peak RSS was 1.9 GB instead of 1.1 GB for TIES, at no measurable cost in time.
+    Process-wide; a no-op off glibc."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(-1, int(nbytes))  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError, TypeError):
+        pass
 
 
 def _workers(threads: int | None, method, dev: str, compute) -> int:
