@@ -1,20 +1,31 @@
 """`mergescope demo --headless`: real merges of the trained family, scored on held-out text."""
-import pytest
+import io
 
-from tui.demo_headless import cross_domain_verdicts, merge_and_score
+import pytest
+from rich.console import Console
+
+from tui.demo_headless import cross_domain_verdicts, run_headless
 
 
 @pytest.fixture(scope="module")
-def table(tmp_path_factory):
-    return merge_and_score(tmp_path_factory.mktemp("demo"))
+def run(tmp_path_factory):
+    """One headless run (analysis, three merges, evaluation) shared by the tests below."""
+    out = tmp_path_factory.mktemp("demo")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MERGESCOPE_CACHE_DIR", str(out / "cache"))
+        buf = io.StringIO()
+        table = run_headless(str(out / "merges"), console=Console(file=buf, width=120))
+    return table, buf.getvalue(), out / "merges"
 
 
-def test_fine_tunes_are_specialists(table):
+def test_fine_tunes_are_specialists(run):
+    table = run[0]
     for d in ("code", "prose", "dialog"):
         assert table[d][d] < table["base"][d]
 
 
-def test_merge_of_two_domains_beats_each_specialist_on_the_other_domain(table):
+def test_merge_of_two_domains_beats_each_specialist_on_the_other_domain(run):
+    table = run[0]
     ta = table["TA code+prose ×0.7"]
     assert ta["code"] < table["prose"]["code"] and ta["prose"] < table["code"]["prose"]
     # and stays close to the specialist on its own domain
@@ -24,11 +35,17 @@ def test_merge_of_two_domains_beats_each_specialist_on_the_other_domain(table):
     assert all("beats" in line and "loses" not in line for line in cross_domain_verdicts(table))
 
 
-def test_cli_headless_prints_the_table(capsys, tmp_path, monkeypatch):
+def test_output_shows_findings_table_and_keeps_merges(run):
+    _, text, merges = run
+    assert "different-base" in text and "drifted" in text and "held-out perplexity" in text
+    assert "TA code+prose ×0.7: code" in text
+    assert (merges / "TA_code_prose_0_7" / "model.safetensors").is_file()
+    assert "merge_method: task_arithmetic" in (merges / "TA_code_prose_0_7" / "merge_plan.yml").read_text()
+
+
+def test_cli_flag_is_wired(monkeypatch, capsys):
     from tui.cli import main
 
-    monkeypatch.setenv("MERGESCOPE_CACHE_DIR", str(tmp_path / "cache"))
-    assert main(["demo", "--headless", "--output", str(tmp_path / "out")]) == 0
-    out = capsys.readouterr().out
-    assert "different-base" in out and "drifted" in out and "held-out perplexity" in out
-    assert (tmp_path / "out" / "TA_code_prose_0_7" / "model.safetensors").is_file()
+    seen = {}
+    monkeypatch.setattr("tui.demo_headless.run_headless", lambda output, use_cache=True: seen.update(output=output) or {})
+    assert main(["demo", "--headless", "--output", "x"]) == 0 and seen == {"output": "x"}

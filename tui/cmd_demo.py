@@ -67,7 +67,8 @@ def run(args) -> int:
     if args.headless:
         from .demo_headless import run_headless
 
-        return run_headless(args.output, use_cache=not args.no_cache)
+        run_headless(args.output, use_cache=not args.no_cache)
+        return 0
     app = build_app(no_plan=args.no_plan, use_cache=not args.no_cache)
     app.run()
     return int(app.return_code or 0)

@@ -71,7 +71,8 @@ def cross_domain_verdicts(table: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
-def run_headless(output: str | None = None, use_cache: bool = True) -> int:
+def run_headless(output: str | None = None, use_cache: bool = True, console=None) -> dict[str, dict[str, float]]:
+    """Print the demo's findings, table and verdicts; return the perplexity table."""
     from rich.console import Console
 
     from analysis.analyze import analyze
@@ -79,7 +80,7 @@ def run_headless(output: str | None = None, use_cache: bool = True) -> int:
     from .cmd_analyze import print_report
     from .cmd_demo import DEMO_MODELS, family_dir
 
-    con = Console()
+    con = console or Console()
     fam = family_dir()
     t0 = time.perf_counter()
     models = [m for m in DEMO_MODELS if (fam / m).exists()]
@@ -96,7 +97,7 @@ def run_headless(output: str | None = None, use_cache: bool = True) -> int:
         con.print(line)
     con.print(f"[dim]{len(table)} models × {len(next(iter(table.values())))} domains, {time.perf_counter() - t0:.1f}s"
               + (f"; merges kept in {output}" if output else "") + "[/dim]")
-    return 0
+    return table
 
 
 def _print_table(con, table: dict, domains: list[str]) -> None:
