@@ -23,7 +23,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-TOPK_FRACTION = 0.2
+from .metrics import TOPK_FRACTION  # one definition, beside the metric docs
+
 CHUNK_CPU = 1 << 18
 CHUNK_GPU = 1 << 24
 _TINY = float(np.finfo(np.float32).tiny)
