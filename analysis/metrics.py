@@ -320,12 +320,10 @@ def _finite(x: float) -> float | None:
 # The streaming pass
 # ----------------------------------------------------------------------------------------------
 def kth_largest_abs(x, k: int):
-    """The k-th largest |x| (1-based) as a 0-d tensor; selection, not a sort."""
-    import torch
+    """The k-th largest |x| (1-based) as a 0-d tensor: the merge methods' exact linear-time selection."""
+    from .methods.sparsify import kth_largest
 
-    flat = x.reshape(-1)
-    n = flat.numel()
-    return torch.kthvalue(flat.abs(), n - k + 1).values
+    return kth_largest(x.reshape(-1).abs(), k)[0]
 
 
 def _tensor_stats_pairwise(base, models, nm: str, density: float, st: SiteStats, dev) -> dict:
