@@ -15,6 +15,7 @@ from tui.dialogs.error import ErrorDialog
 from tui.dialogs.help import HelpScreen
 from tui.dialogs.open import OpenDialog
 from tui.heatdata import METRICS
+from tui.messages import WhatIfReady
 from tui.widgets.heatmap import Heatmap
 from tui.widgets.heatmap_view import HeatmapView
 from tui.widgets.inputs import PathInput
@@ -194,6 +195,18 @@ async def test_verdicts_list_findings_and_model_summary(family):
         for m in family[1]:  # shown without the directory base and models share
             assert Path(m).name in summary and m not in summary
         assert "ready" in summary
+
+
+async def test_late_timers_and_messages_after_exit_are_ignored(family):
+    """A debounced what-if or a worker message that lands while the app shuts down must not raise
+    (it did: the what-if timer fired after the main screen was gone)."""
+    app = app_for(family)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        report = app.report
+    assert app.report is report and not app._has_main()
+    app._start_whatif()  # what the pending timer would do
+    app.on_what_if_ready(WhatIfReady([], None, app._whatif_gen))
 
 
 async def test_heatmap_metrics_cursor_and_detail(family):

@@ -95,6 +95,10 @@ class MergeScopeApp(App):
                 return screen
         raise LookupError("no main screen")
 
+    def _has_main(self) -> bool:
+        """False while the app shuts down: late timers and worker messages then have nothing to update."""
+        return any(isinstance(screen, MainScreen) for screen in self.screen_stack)
+
     # -- open / analyse ---------------------------------------------------------------------
     def action_open(self) -> None:
         if not isinstance(self.screen, OpenDialog):
@@ -145,6 +149,8 @@ class MergeScopeApp(App):
             pass
 
     def on_analysis_done(self, message: AnalysisDone) -> None:
+        if not self._has_main():
+            return
         if message.purpose != "main":
             self.remeasured = message.report
             if not self._quiet_remeasure():
@@ -254,6 +260,8 @@ class MergeScopeApp(App):
         self._whatif_timer = self.set_timer(WHATIF_DEBOUNCE_S, self._start_whatif)
 
     def _start_whatif(self) -> None:
+        if not self._has_main():
+            return
         from analysis.errors import InputError
 
         self._whatif_timer = None
@@ -334,6 +342,8 @@ class MergeScopeApp(App):
         return bool(self.report and self.report.bytes_read and self.report.bytes_read < AUTO_REMEASURE_BYTES)
 
     def on_what_if_ready(self, message: WhatIfReady) -> None:
+        if not self._has_main():
+            return
         if message.generation == self._whatif_gen:
             self.main.query_one(PlanEditor).show_whatif(message.preds, message.whatif)
 
@@ -468,6 +478,8 @@ class MergeScopeApp(App):
             self.post_message(MergeDone(result, output_dir, plan))
 
     def on_merge_done(self, message: MergeDone) -> None:
+        if not self._has_main():
+            return
         self.last_merge = message.result
         card = None
         readme = Path(message.result.output_dir) / "README.md"
@@ -495,6 +507,8 @@ class MergeScopeApp(App):
                 self.main.query_one(MergeView).status(Text("merge cancelled: no output was written", style="yellow"))
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if not self._has_main():
+            return
         worker = event.worker
         if worker.group not in JOB_GROUPS and worker.group != "whatif":
             return
