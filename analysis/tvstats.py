@@ -30,6 +30,10 @@ CHUNK_GPU = 1 << 24
 _TINY = float(np.finfo(np.float32).tiny)
 MAX_HIST_MODELS = 7  # 6**7 code bins; more models use the pairwise fallback in metrics.py
 _HI = 1 << 15  # |τ| bits >> 16 of a finite non-negative float32 is < 2**15
+_TINY_BITS = 0x00800000  # float bits of _TINY: thresholds are never below it
+_TINY_BUCKET = _TINY_BITS >> 16
+SET_ASIDE_MIN = 65536  # room for this many set-aside indices at least
+AMBIGUOUS_MAX = 0.2  # set-aside fraction (upper bound, summed over models) above which three passes run
 
 
 @lru_cache(maxsize=None)
@@ -59,6 +63,37 @@ def _fill(raw_base, raws, s, e, M, clean):
             bad.append(int((~torch.isfinite(t)).sum()))
             torch.nan_to_num_(t, nan=0.0, posinf=0.0, neginf=0.0)
     return bad
+
+
+GRAM_BLOCK = 2048  # sums of products: float32 within a block of this many elements, float64 across
+
+
+def _gram(Mc: torch.Tensor) -> torch.Tensor:
+    """Mc @ Mc.T in float64, with float32 products summed per GRAM_BLOCK columns (like the C kernel):
+    a plain float32 matmul over a whole chunk loses ~1e-4 relative precision."""
+    R, c = Mc.shape
+    whole = c - c % GRAM_BLOCK
+    G = torch.zeros((R, R), dtype=torch.float64, device=Mc.device)
+    if whole:
+        Mb = Mc[:, :whole].reshape(R, -1, GRAM_BLOCK).transpose(0, 1)  # [blocks, R, B]
+        G += torch.bmm(Mb, Mb.transpose(1, 2)).double().sum(0)
+    if whole < c:
+        rest = Mc[:, whole:]
+        G += (rest @ rest.T).double()
+    return G
+
+
+def _row_sq_sums(W: torch.Tensor) -> torch.Tensor:
+    """Σ_j W[i, j]² per row in float64, float32 within blocks (see _gram)."""
+    N, c = W.shape
+    whole = c - c % GRAM_BLOCK
+    out = torch.zeros(N, dtype=torch.float64, device=W.device)
+    if whole:
+        Wb = W[:, :whole].reshape(N, -1, GRAM_BLOCK)
+        out += (Wb * Wb).sum(-1).double().sum(-1)
+    if whole < c:
+        out += (W[:, whole:] * W[:, whole:]).sum(-1).double()
+    return out
 
 
 def _select_bucket(hist: np.ndarray, k: int) -> tuple[int, int]:
@@ -99,7 +134,7 @@ class _TorchPasses:
             for Mc, bad in self._chunks():
                 if bad is not None:
                     bad_tot = [x + y for x, y in zip(bad_tot, bad)]
-                G += (Mc @ Mc.T).double()
+                G += _gram(Mc)
                 if want_hist:
                     key = Mc[1:].abs().view(torch.int32).bitwise_right_shift_(16).add_(offs)
                     hist += torch.bincount(key.view(-1), minlength=N * _HI)
@@ -140,7 +175,7 @@ class _TorchPasses:
             m = kept if shared else A >= top_t
             c_ge += m.sum(1)
             w = torch.where(m, A, 0.0)
-            e_ge += torch.einsum("ij,ij->i", w, w).double()
+            e_ge += _row_sq_sums(w)
             code = torch.sign(T).add_(kept, alpha=3.0).mul_(pw).sum(0).add_(offset)
             hist += torch.bincount(code.to(torch.int32), minlength=bins)
         return hist.cpu().numpy(), e_ge.cpu().numpy(), c_ge.cpu().numpy()
@@ -181,10 +216,13 @@ class _CPasses:
         return a.ctypes.data_as(ctypes.c_void_p)
 
     def pass1(self, want_hist: bool):
+        """Also sets `lo0`: per model and bucket, how many members have low 16 bits 0 (the bucket's
+        smallest value)."""
         G = np.zeros((self.N + 1, self.N + 1), dtype=np.float64)
         hist = np.zeros((self.N, _HI), dtype=np.int64)
+        self.lo0 = np.zeros((self.N, _HI), dtype=np.int64)
         bad = np.zeros(self.N + 1, dtype=np.int64)
-        self.lib.tv_pass1(*self.args, self._p(G), self._p(hist), self._p(bad), int(want_hist))
+        self.lib.tv_pass1(*self.args, self._p(G), self._p(hist), self._p(self.lo0), self._p(bad), int(want_hist))
         return G, (hist if want_hist else None), [int(x) for x in bad]
 
     def pass2(self, buckets: np.ndarray, slots: np.ndarray, nslots: int) -> np.ndarray:
@@ -205,6 +243,155 @@ class _CPasses:
         self.lib.tv_pass3(*self.args, self._p(tt), self._p(tp), self._p(hist), self._p(e_ge), self._p(c_ge))
         return hist, e_ge, c_ge
 
+    def bracket(self, tl, th, pl, ph, cap: int):
+        """tv_bracket: (code histogram, e_top, c_top, c_trim) of the settled coordinates and the sorted
+        indices of the set-aside ones."""
+        N = self.N
+        bounds = [np.asarray(x, dtype=np.uint32) for x in (tl, th, pl, ph)]
+        hist = np.zeros(6 ** N, dtype=np.int64)
+        e_top = np.zeros(N, dtype=np.float64)
+        c_top = np.zeros(N, dtype=np.int64)
+        c_trim = np.zeros(N, dtype=np.int64)
+        while True:
+            idx = np.empty(max(cap, 1), dtype=np.uint32)
+            cnt = self.lib.tv_bracket(*self.args, *[self._p(b) for b in bounds], self._p(hist), self._p(e_top),
+                                      self._p(c_top), self._p(c_trim), self._p(idx), cap)
+            if cnt <= cap:
+                break
+            cap = cnt  # more set aside than estimated: once more with room for all
+        idx = np.sort(idx[:cnt])  # blocks finish in any order; sorted, the sums below are reproducible
+        return hist, e_top, c_top, c_trim, idx
+
+    def gather(self, idx: np.ndarray) -> np.ndarray:
+        out = np.empty((self.N, idx.size), dtype=np.float32)
+        base, bdt, models, mdt, N, _ = self.args
+        self.lib.tv_gather(base, bdt, models, mdt, N, self._p(idx), idx.size, self._p(out))
+        return out
+
+
+def _exact_thresholds(backend, hh: np.ndarray, ks: list[int], n_models: int, thr=None) -> list[dict[int, float]]:
+    """Pass 2: the k-th largest |τ| per model for each k, from the full high-bits histogram `hh`
+    (those already in `thr` are kept)."""
+    thr = thr if thr is not None else [{} for _ in range(n_models)]
+    wanted: dict[tuple[int, int], int] = {}  # (model, bucket) -> slot
+    picks = []  # (model, k, slot, j)
+    for i in range(n_models):
+        for k in ks:
+            if k in thr[i]:
+                continue
+            b, j = _select_bucket(hh[i], k)
+            slot = wanted.setdefault((i, b), len(wanted))
+            picks.append((i, k, slot, j))
+    if not wanted:
+        return thr
+    width = max(sum(1 for (i2, _) in wanted if i2 == i) for i in range(n_models))
+    buckets = np.full((n_models, width), -1, dtype=np.int32)
+    slots = np.zeros((n_models, width), dtype=np.int32)
+    col = [0] * n_models
+    for (i, b), slot in wanted.items():
+        buckets[i, col[i]], slots[i, col[i]] = b, slot
+        col[i] += 1
+    hl = backend.pass2(buckets, slots, len(wanted))
+    inv = {slot: key for key, slot in wanted.items()}
+    for i, k, slot, j in picks:
+        low, _ = _select_bucket(hl[slot], j)
+        thr[i][k] = _bits_to_float((inv[slot][1] << 16) | low)
+    return thr
+
+
+def _bits_to_float(bits: int) -> float:
+    return float(np.array([bits], dtype=np.uint32).view(np.float32)[0])
+
+
+def _cuts(thr, k_trim: int, k_top: int, n: int, n_models: int) -> tuple[list[float], list[float]]:
+    """(t_trim, t_top) per model: kept ⇔ |τ| ≥ t_trim, top-k energy over |τ| ≥ t_top."""
+    def trim_thr(i):
+        if k_trim >= n:
+            return 0.0  # keep everything (ties with 0 are sign-neutral)
+        if k_trim <= 0:
+            return math.inf
+        return thr[i][k_trim]
+
+    t_trim = [max(trim_thr(i), _TINY) for i in range(n_models)]
+    # energy of |τ| ≥ the top-20 % threshold; inf (nothing) when k_top is 0 or n (handled by the caller)
+    t_top = [max(thr[i][k_top], _TINY) if 0 < k_top < n else math.inf for i in range(n_models)]
+    return t_trim, t_top
+
+
+def _three_passes(backend, n: int, ks: list[int], k_trim: int, k_top: int, n_models: int):
+    """Pass 1 (Gram + high-bits histogram), the exact radix select (pass 2), pass 3."""
+    Gd, hh, bad = backend.pass1(bool(ks))
+    thr = _exact_thresholds(backend, hh, ks, n_models) if ks else [{} for _ in range(n_models)]
+    t_trim, t_top = _cuts(thr, k_trim, k_top, n, n_models)
+    h, e_ge, c_ge = backend.pass3(t_trim, t_top)
+    return Gd, bad, thr, t_trim, t_top, h, e_ge, c_ge
+
+
+def _two_passes(backend, n: int, ks: list[int], k_trim: int, k_top: int, n_models: int):
+    """The C kernels' route, usually two passes. Pass 1 names each threshold's bucket and counts the
+    members equal to the bucket's smallest value (low bits 0): when the k-th largest falls among
+    those, it is that value (typical of bfloat16 task vectors, which tie heavily at multiples of the
+    base's ulp). Otherwise it lies strictly inside the bucket: one pass (tv_bracket) finalises every
+    coordinate outside those open ranges and sets the others aside; exact counts above each range
+    plus the set-aside values give the exact k-th largest. Ranges too full to set aside get pass 2.
+    Returns what `_three_passes` returns."""
+    Gd, hh, bad = backend.pass1(bool(ks))
+    thr: list[dict[int, float]] = [{} for _ in range(n_models)]
+    open_: dict[tuple[int, int], int] = {}  # (model, k) -> bucket still to resolve
+    share = 0.0
+    for i in range(n_models):
+        for k in ks:
+            b, j = _select_bucket(hh[i], k)
+            above_smallest = int(hh[i, b] - backend.lo0[i, b])
+            if b < _TINY_BUCKET:
+                thr[i][k] = 0.0  # below TINY: the threshold is TINY and the top k hold all the energy
+            elif j > above_smallest:
+                thr[i][k] = _bits_to_float(b << 16)  # the k-th is the bucket's smallest value
+            else:
+                open_[i, k] = b
+                share += above_smallest / n
+    if share > AMBIGUOUS_MAX:
+        thr = _exact_thresholds(backend, hh, ks, n_models, thr)
+        open_ = {}
+
+    def cut(i, k, fixed):
+        if not 0 < k < n:
+            return fixed, fixed
+        if (i, k) in open_:
+            return (open_[i, k] << 16) + 1, (open_[i, k] + 1) << 16
+        t = max(thr[i][k], _TINY)
+        bits = int(np.array([t], dtype=np.float32).view(np.uint32)[0])
+        return bits, bits
+
+    if not open_:  # every threshold known: pass 3
+        t_trim, t_top = _cuts(thr, k_trim, k_top, n, n_models)
+        return Gd, bad, thr, t_trim, t_top, *backend.pass3(t_trim, t_top)
+    inf_bits = 0x7F800000
+    tl, th = zip(*[cut(i, k_trim, _TINY_BITS if k_trim >= n else inf_bits) for i in range(n_models)])
+    pl, ph = zip(*[cut(i, k_top, inf_bits) for i in range(n_models)])
+    cap = min(n, int(share * n * 1.2) + SET_ASIDE_MIN)
+    h, e_top, c_top, c_trim, idx = backend.bracket(tl, th, pl, ph, cap)
+    T = backend.gather(idx)  # [N, m]: τ of the set-aside coordinates
+    A = np.abs(T)
+    Ab = A.view(np.uint32)
+    for (i, k), b in open_.items():
+        lo, hi = (b << 16) + 1, (b + 1) << 16
+        above = int((c_trim if k == k_trim else c_top)[i]) + int((Ab[i] >= hi).sum())
+        inside = Ab[i][(Ab[i] >= lo) & (Ab[i] < hi)]
+        pos = inside.size - (k - above)  # the (k - above)-th largest inside
+        if not (0 <= pos < inside.size):
+            raise AssertionError(f"threshold bucket miscounted (model {i}, k={k}): {above} above, {inside.size} inside")
+        thr[i][k] = _bits_to_float(int(np.partition(inside, pos)[pos]))
+    t_trim, t_top = _cuts(thr, k_trim, k_top, n, n_models)
+    kept = A >= np.asarray(t_trim, dtype=np.float32)[:, None]
+    code = (np.sign(T).astype(np.int64) + 1 + 3 * kept) * (6 ** np.arange(n_models, dtype=np.int64))[:, None]
+    h += np.bincount(code.sum(0), minlength=6 ** n_models)
+    top = A >= np.asarray(t_top, dtype=np.float32)[:, None]
+    A64 = A.astype(np.float64)
+    e_ge = e_top + np.einsum("ij,ij->i", A64 * top, A64)
+    c_ge = c_top + top.sum(1)
+    return Gd, bad, thr, t_trim, t_top, h, e_ge, c_ge
+
 
 def tensor_stats(raw_base: torch.Tensor, raws: list[torch.Tensor], density: float, st, device="cpu") -> dict:
     """Add one tensor's sums (all models) to SiteStats `st`. Returns non-finite counts
@@ -218,34 +405,11 @@ def tensor_stats(raw_base: torch.Tensor, raws: list[torch.Tensor], density: floa
     k_top = int(math.floor(TOPK_FRACTION * n))
     ks = sorted({k for k in (k_trim, k_top) if 0 < k < n})
     backend = (_CPasses if _CPasses.usable(raw_base, raws, dev) else _TorchPasses)(raw_base, raws, n, dev)
-
-    # ---- pass 1: Gram + high-bits histogram ----------------------------------------------------
-    Gd, hh, bad = backend.pass1(bool(ks))
+    if isinstance(backend, _CPasses) and n < 1 << 32:
+        Gd, bad, thr, t_trim, t_top, h, e_ge, c_ge = _two_passes(backend, n, ks, k_trim, k_top, n_models)
+    else:
+        Gd, bad, thr, t_trim, t_top, h, e_ge, c_ge = _three_passes(backend, n, ks, k_trim, k_top, n_models)
     nonfinite = {"base": bad[0], **{i: bad[i + 1] for i in range(n_models) if bad[i + 1]}} if any(bad) else {}
-
-    # ---- pass 2: exact thresholds by radix select on the low 16 bits -----------------------------
-    thr: list[dict[int, float]] = [{} for _ in range(n_models)]
-    if ks:
-        wanted: dict[tuple[int, int], int] = {}  # (model, bucket) -> slot
-        picks = []  # (model, k, slot, j)
-        for i in range(n_models):
-            for k in ks:
-                b, j = _select_bucket(hh[i], k)
-                slot = wanted.setdefault((i, b), len(wanted))
-                picks.append((i, k, slot, j))
-        width = max(sum(1 for (i2, _) in wanted if i2 == i) for i in range(n_models))
-        buckets = np.full((n_models, width), -1, dtype=np.int32)
-        slots = np.zeros((n_models, width), dtype=np.int32)
-        col = [0] * n_models
-        for (i, b), slot in wanted.items():
-            buckets[i, col[i]], slots[i, col[i]] = b, slot
-            col[i] += 1
-        hl = backend.pass2(buckets, slots, len(wanted))
-        inv = {slot: key for key, slot in wanted.items()}
-        for i, k, slot, j in picks:
-            low, _ = _select_bucket(hl[slot], j)
-            bits_val = (inv[slot][1] << 16) | low
-            thr[i][k] = float(np.array([bits_val], dtype=np.int32).view(np.float32)[0])
 
     st.numel += n
     st.base_sq += float(Gd[0, 0])
@@ -257,18 +421,6 @@ def tensor_stats(raw_base: torch.Tensor, raws: list[torch.Tensor], density: floa
                 st.dot[i, j] += Gd[i + 1, j + 1]
         st.nonfinite[i] += nonfinite.get(i, 0)
 
-    # ---- pass 3: sign codes + top-k energy -------------------------------------------------------
-    def trim_thr(i):
-        if k_trim >= n:
-            return 0.0  # keep everything (ties with 0 are sign-neutral)
-        if k_trim <= 0:
-            return math.inf
-        return thr[i][k_trim]
-
-    t_trim = [max(trim_thr(i), _TINY) for i in range(n_models)]
-    # energy of |τ| ≥ the top-20 % threshold; inf (nothing) when k_top is 0 or n (handled below)
-    t_top = [max(thr[i][k_top], _TINY) if 0 < k_top < n else math.inf for i in range(n_models)]
-    h, e_ge, c_ge = backend.pass3(t_trim, t_top)
     sign, tsign = _decode(n_models)
     nz = sign != 0
     for i in range(n_models):
@@ -290,7 +442,7 @@ def tensor_stats(raw_base: torch.Tensor, raws: list[torch.Tensor], density: floa
     # top-k energy: Σ_{a ≥ thr} a² minus the surplus of ties at the threshold; when the k-th largest
     # is 0 (or k = n) the top k hold all the energy
     for i in range(n_models):
-        if k_top >= n or (0 < k_top < n and thr[i][k_top] <= 0):
+        if k_top >= n or (0 < k_top < n and thr[i][k_top] < _TINY):
             st.topk_energy[i] += Gd[i + 1, i + 1]
         elif 0 < k_top < n:
             t = t_top[i]

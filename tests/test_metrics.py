@@ -163,6 +163,10 @@ KERNELS = {
     # tiny chunks: exercises chunk seams
     "torch-chunked": {"_C": False, "CHUNK_CPU": 1000},
     "pairwise": {"MAX_HIST_MODELS": 1},
+    # room for one set-aside index at first (tv_bracket runs again with room for all)
+    "c-set-aside": {"SET_ASIDE_MIN": 1},
+    # every open bucket resolved by pass 2 instead of being set aside
+    "c-pass2": {"AMBIGUOUS_MAX": -1.0},
 }
 
 
@@ -301,3 +305,75 @@ def test_c_kernel_builds_and_is_used(tmp_path, monkeypatch):
     t = torch.zeros(10, dtype=torch.bfloat16)
     assert _CPasses.usable(t, [t, t], torch.device("cpu"))
     assert not _CPasses.usable(t.half(), [t, t], torch.device("cpu"))
+
+
+def _stats(base, taus, density, monkeypatch, c: bool):
+    from analysis import tvstats
+    from analysis.metrics import SiteStats
+
+    if not c:
+        monkeypatch.setenv("MERGESCOPE_NO_C_KERNELS", "1")
+    else:
+        monkeypatch.delenv("MERGESCOPE_NO_C_KERNELS", raising=False)
+    st = SiteStats(None, "mlp", "up_proj", len(taus))
+    tvstats.tensor_stats(base, taus, density, st)
+    return st
+
+
+def _route_counts(monkeypatch):
+    """How often each C route ran: set-aside pass (bracket), pass 2, pass 3."""
+    from analysis.tvstats import _CPasses
+
+    seen = {"bracket": 0, "pass2": 0, "pass3": 0}
+    for name in seen:
+        orig = getattr(_CPasses, name)
+
+        def wrapped(self, *a, _orig=orig, _name=name):
+            seen[_name] += 1
+            return _orig(self, *a)
+
+        monkeypatch.setattr(_CPasses, name, wrapped)
+    return seen
+
+
+@pytest.mark.parametrize("case", ["bf16-ties", "fp32", "fp32-sparse", "frozen", "edge-of-ties"])
+def test_two_pass_route_equals_three_pass_torch(monkeypatch, case):
+    """The C route (thresholds from the bucket's smallest-value count, or set-aside coordinates
+    resolved after one pass) gives exactly the torch three-pass integers, on tensors large enough to
+    have heavy ties (bf16) and open buckets (fp32); and it takes the route it is meant to."""
+    from analysis import kernels
+
+    if kernels.lib() is None:
+        pytest.skip(f"no C kernels: {kernels.build_error}")
+    g = torch.Generator().manual_seed(7)
+    n = 300_000
+    dtype = torch.bfloat16 if case == "bf16-ties" else torch.float32
+    base = (torch.randn(n, generator=g) * 0.02).to(dtype)
+    taus = []
+    for k in range(3):
+        d = torch.randn(n, generator=g) * 1e-3 * (k + 1)
+        if case == "fp32-sparse":
+            d = d * (torch.rand(n, generator=g) < 0.15)  # k-th largest is 0 for density 0.2
+        if case == "frozen":
+            d = d * 0
+        if case == "edge-of-ties":  # the k-th largest is the one value just above a run of ties
+            mag = torch.full((n,), 0.5)
+            mag[: n // 5 - 1] = 1.0
+            mag[n // 5 - 1] = 0.50001
+            d = mag[torch.randperm(n, generator=g)] * torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+            base = torch.zeros(n)
+        taus.append((base.float() + d).to(dtype))
+    seen = _route_counts(monkeypatch)
+    c = _stats(base, taus, 0.2, monkeypatch, c=True)
+    t = _stats(base, taus, 0.2, monkeypatch, c=False)
+    for f in ("numel", "multi_nz", "multi_conflict", "trim_multi_nz", "trim_multi_conflict"):
+        assert getattr(c, f) == getattr(t, f), f
+    for f in ("nonzero", "pair_both", "pair_opp"):
+        assert np.array_equal(getattr(c, f), getattr(t, f)), f
+    for f in ("sq", "dot", "topk_energy"):
+        assert np.allclose(getattr(c, f), getattr(t, f), rtol=1e-5, atol=1e-12), f
+    assert seen["pass2"] == 0
+    if case in ("fp32", "edge-of-ties"):
+        assert seen["bracket"] == 1  # the threshold sits strictly inside a bucket: set aside
+    else:
+        assert seen["pass3"] == 1 and seen["bracket"] == 0  # ties / zero: known after pass 1

@@ -1,9 +1,14 @@
 /* Fused task-vector statistics: the three passes of analysis/tvstats.py in one read each.
  *
  * Semantics are identical to the torch implementation (tests compare both):
- *   pass 1: Gram matrix of [θ0, τ1..τN] and a histogram of |τ| float bits >> 16 per model;
+ *   pass 1: Gram matrix of [θ0, τ1..τN] and a histogram of |τ| float bits >> 16 per model, with
+ *           the count of each bucket's members whose low 16 bits are 0 (its smallest value: bfloat16
+ *           task vectors tie there heavily, and a threshold falling there needs no pass 2);
  *   pass 2: histogram of the low 16 bits of |τ| for the members of chosen high buckets;
  *   pass 3: histogram of base-6 (sign, kept) codes across models, and the energy of |τ| ≥ t_top.
+ * tv_bracket replaces passes 2 and 3 when a threshold's bucket is small: the threshold lies in a
+ * bracket of float bits, coordinates with a value inside a bracket are set aside (their indices) and
+ * resolved afterwards from tv_gather's values, every other coordinate is final.
  * Non-finite values are counted and read as 0 (base first, then each τ).
  * Inputs are float32 (dtype 0) or bfloat16 (dtype 1) arrays; τ is computed in float32.
  * Built at first use with the system C compiler (analysis/kernels/__init__.py); no Python API.
@@ -64,11 +69,14 @@ static void fill_block(const void *base, int bdt, const void *const *models, con
 }
 
 void tv_pass1(const void *base, int bdt, const void *const *models, const int *mdt, int N, int64_t n,
-              double *gram, int64_t *hist_hi, int64_t *bad_out, int want_hist) {
+              double *gram, int64_t *hist_hi, int64_t *hist_lo0, int64_t *bad_out, int want_hist) {
     int R = N + 1;
     memset(gram, 0, sizeof(double) * R * R);
     memset(bad_out, 0, sizeof(int64_t) * R);
-    if (want_hist) memset(hist_hi, 0, sizeof(int64_t) * N * HI_BINS);
+    if (want_hist) {
+        memset(hist_hi, 0, sizeof(int64_t) * N * HI_BINS);
+        memset(hist_lo0, 0, sizeof(int64_t) * N * HI_BINS);
+    }
     int64_t nblocks = (n + BLOCK - 1) / BLOCK;
 #pragma omp parallel
     {
@@ -76,7 +84,8 @@ void tv_pass1(const void *base, int bdt, const void *const *models, const int *m
         float t[MAXM][BLOCK];
         double g[(MAXM + 1) * (MAXM + 1)];
         int64_t bad[MAXM + 1];
-        uint32_t *h = want_hist ? (uint32_t *)calloc((size_t)N * HI_BINS, sizeof(uint32_t)) : NULL;
+        /* per bucket: [count, count with low 16 bits 0] side by side (one cache line for both) */
+        uint32_t *h = want_hist ? (uint32_t *)calloc((size_t)N * HI_BINS * 2, sizeof(uint32_t)) : NULL;
         memset(g, 0, sizeof(g));
         memset(bad, 0, sizeof(bad));
 #pragma omp for schedule(dynamic, 16)
@@ -101,15 +110,23 @@ void tv_pass1(const void *base, int bdt, const void *const *models, const int *m
             }
             if (h) {
                 for (int m = 0; m < N; m++) {
-                    uint32_t *hm = h + (size_t)m * HI_BINS;
+                    uint32_t *hm = h + (size_t)m * HI_BINS * 2;
                     const float *tm = t[m];
-                    for (int j = 0; j < len; j++) hm[(fbits(tm[j]) & 0x7FFFFFFFu) >> 16]++;
+                    for (int j = 0; j < len; j++) {
+                        uint32_t u = fbits(tm[j]) & 0x7FFFFFFFu;
+                        uint32_t *cell = hm + (u >> 16) * 2;
+                        cell[0]++;
+                        cell[1] += (u & 0xFFFFu) == 0;
+                    }
                 }
                 /* per-thread counters are 32-bit: flush before they could overflow */
                 if ((blk & 1023) == 1023) {
 #pragma omp critical
-                    for (int64_t q = 0; q < (int64_t)N * HI_BINS; q++) { hist_hi[q] += h[q]; }
-                    memset(h, 0, sizeof(uint32_t) * (size_t)N * HI_BINS);
+                    for (int64_t q = 0; q < (int64_t)N * HI_BINS; q++) {
+                        hist_hi[q] += h[2 * q];
+                        hist_lo0[q] += h[2 * q + 1];
+                    }
+                    memset(h, 0, sizeof(uint32_t) * (size_t)N * HI_BINS * 2);
                 }
             }
         }
@@ -121,7 +138,11 @@ void tv_pass1(const void *base, int bdt, const void *const *models, const int *m
                     if (c != r) gram[c * R + r] += g[r * R + c];
                 }
             for (int r = 0; r < R; r++) bad_out[r] += bad[r];
-            if (h) for (int64_t q = 0; q < (int64_t)N * HI_BINS; q++) hist_hi[q] += h[q];
+            if (h)
+                for (int64_t q = 0; q < (int64_t)N * HI_BINS; q++) {
+                    hist_hi[q] += h[2 * q];
+                    hist_lo0[q] += h[2 * q + 1];
+                }
         }
         free(h);
     }
@@ -228,5 +249,118 @@ void tv_pass3(const void *base, int bdt, const void *const *models, const int *m
             for (int m = 0; m < N; m++) { e_ge[m] += e[m]; c_ge[m] += c[m]; }
         }
         free(h);
+    }
+}
+
+
+/* One pass for all coordinates whose (kept, top) states are already certain. Per model m the trim
+ * threshold lies in bits [tl[m], th[m]) and the top-k threshold in [pl[m], ph[m]) (empty brackets
+ * lo == hi: the threshold is known, kept = bits >= hi). A coordinate with any model inside a bracket
+ * is ambiguous: its index goes to amb (up to cap; the return value is how many there were) and it
+ * adds nothing here. The others add their base-6 code to hist, Σ|τ|² and counts of bits >= ph to
+ * e_top / c_top, and counts of bits >= th to c_trim. */
+int64_t tv_bracket(const void *base, int bdt, const void *const *models, const int *mdt, int N, int64_t n,
+                   const uint32_t *tl, const uint32_t *th, const uint32_t *pl, const uint32_t *ph,
+                   int64_t *hist, double *e_top, int64_t *c_top, int64_t *c_trim, uint32_t *amb, int64_t cap) {
+    int64_t bins = 1;
+    for (int m = 0; m < N; m++) bins *= 6;
+    memset(hist, 0, sizeof(int64_t) * bins);
+    memset(e_top, 0, sizeof(double) * N);
+    memset(c_top, 0, sizeof(int64_t) * N);
+    memset(c_trim, 0, sizeof(int64_t) * N);
+    int64_t nblocks = (n + BLOCK - 1) / BLOCK;
+    int64_t total = 0;
+#pragma omp parallel
+    {
+        float b[BLOCK];
+        float t[MAXM][BLOCK];
+        int32_t code[BLOCK];
+        int32_t ambf[BLOCK];
+        uint32_t local[BLOCK];
+        int64_t bad[MAXM + 1];
+        double e[MAXM];
+        int64_t ct[MAXM], ck[MAXM];
+        memset(e, 0, sizeof(e));
+        memset(ct, 0, sizeof(ct));
+        memset(ck, 0, sizeof(ck));
+        uint32_t *h = (uint32_t *)calloc((size_t)bins, sizeof(uint32_t));
+#pragma omp for schedule(dynamic, 16)
+        for (int64_t blk = 0; blk < nblocks; blk++) {
+            int64_t s = blk * BLOCK;
+            int len = (int)((n - s) < BLOCK ? (n - s) : BLOCK);
+            fill_block(base, bdt, models, mdt, N, s, len, b, t, bad);
+            for (int j = 0; j < len; j++) { code[j] = 0; ambf[j] = 0; }
+            int32_t pw = 1;
+            for (int m = 0; m < N; m++) {
+                const float *tm = t[m];
+                uint32_t a0 = tl[m], aw = th[m] - tl[m], p0 = pl[m], pwid = ph[m] - pl[m], hi = th[m];
+                for (int j = 0; j < len; j++) {
+                    float v = tm[j];
+                    uint32_t u = fbits(v) & 0x7FFFFFFFu;
+                    int32_t st = 1 + (int32_t)(v > 0) - (int32_t)(v < 0) + 3 * (int32_t)(u >= hi);
+                    code[j] += st * pw;
+                    ambf[j] |= (int32_t)((u - a0) < aw) | (int32_t)((u - p0) < pwid);
+                }
+                pw *= 6;
+            }
+            for (int m = 0; m < N; m++) {
+                const float *tm = t[m];
+                uint32_t hi = th[m], top = ph[m];
+                float acc = 0;
+                int32_t nt = 0, nk = 0;
+                for (int j = 0; j < len; j++) {
+                    float a = fabsf(tm[j]);
+                    uint32_t u = fbits(a);
+                    int32_t ok = !ambf[j];
+                    int32_t is_top = ok & (int32_t)(u >= top);
+                    float w = is_top ? a : 0.0f;
+                    acc += w * w;
+                    nt += is_top;
+                    nk += ok & (int32_t)(u >= hi);
+                }
+                e[m] += acc;
+                ct[m] += nt;
+                ck[m] += nk;
+            }
+            int nl = 0;
+            for (int j = 0; j < len; j++) {
+                h[code[j]] += (uint32_t)!ambf[j];
+                local[nl] = (uint32_t)(s + j);
+                nl += ambf[j];
+            }
+            if (nl) {
+                int64_t at;
+#pragma omp atomic capture
+                { at = total; total += nl; }
+                if (at < cap) memcpy(amb + at, local, sizeof(uint32_t) * (size_t)((cap - at) < nl ? (cap - at) : nl));
+            }
+            if ((blk & 1023) == 1023) {
+#pragma omp critical
+                for (int64_t q = 0; q < bins; q++) hist[q] += h[q];
+                memset(h, 0, sizeof(uint32_t) * (size_t)bins);
+            }
+        }
+#pragma omp critical
+        {
+            for (int64_t q = 0; q < bins; q++) hist[q] += h[q];
+            for (int m = 0; m < N; m++) { e_top[m] += e[m]; c_top[m] += ct[m]; c_trim[m] += ck[m]; }
+        }
+        free(h);
+    }
+    return total;
+}
+
+/* out[m * cnt + q] = τ_m at coordinate idx[q], cleaned exactly like fill_block. */
+void tv_gather(const void *base, int bdt, const void *const *models, const int *mdt, int N,
+               const uint32_t *idx, int64_t cnt, float *out) {
+#pragma omp parallel for schedule(static)
+    for (int64_t q = 0; q < cnt; q++) {
+        int64_t i = idx[q];
+        float b = load(base, bdt, i);
+        if (!finite_bits(fbits(b))) b = 0.0f;
+        for (int m = 0; m < N; m++) {
+            float v = load(models[m], mdt[m], i) - b;
+            out[(int64_t)m * cnt + q] = finite_bits(fbits(v)) ? v : 0.0f;
+        }
     }
 }

@@ -115,8 +115,11 @@ def run(args) -> int:
 
     cases: list[tuple[str, str, list[str], Path | None, dict]] = []  # (task, tool, cmd, output dir, env)
     if not args.no_analyze:
-        cases.append(("analyze", "mergescope", [*ms, "analyze", *map(str, paths), "--json", str(work / "analyze.json"),
-                                                "--quiet", "--no-cache", "--density", str(args.density)], None, env))
+        an = ["analyze", *map(str, paths), "--quiet", "--no-cache", "--density", str(args.density)]
+        if base_env is not None:
+            cases.append(("analyze", "mergescope-before", [*ms, *an, "--json", str(work / "analyze-before.json")],
+                          None, base_env))
+        cases.append(("analyze", "mergescope", [*ms, *an, "--json", str(work / "analyze.json")], None, env))
     for task in args.tasks:
         cfg = work / f"{task}.yml"
         cfg.write_text(plan_yaml(task, paths, args.density, dtype))
@@ -229,14 +232,15 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, help="checkpoint set directory (default bench_data/SIZE)")
     ap.add_argument("--work", type=Path, help="plans and outputs (default bench_data/_bench_SIZE)")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--tasks", type=lambda s: s.split(","), default=["task_arithmetic", "ties"])
+    ap.add_argument("--tasks", type=lambda s: [x for x in s.split(",") if x], default=["task_arithmetic", "ties"],
+                    help="merges to time ('' for none)")
     ap.add_argument("--density", type=float, default=0.2)
     ap.add_argument("--dtype", default="float32", help="plan dtype (float32, bfloat16, or none)")
     ap.add_argument("--threads", type=int, help="MERGESCOPE_THREADS for our merges")
     ap.add_argument("--no-mergekit", action="store_true")
     ap.add_argument("--mergekit-tasks", type=lambda s: [x for x in s.split(",") if x],
                     help="run mergekit only for these tasks (default: all of --tasks)")
-    ap.add_argument("--baseline", type=Path, help="also time the merges of an older mergescope checkout in DIR")
+    ap.add_argument("--baseline", type=Path, help="also time an older mergescope checkout in DIR (analysis and merges)")
     ap.add_argument("--no-analyze", action="store_true")
     ap.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--keep", action="store_true", help="keep the outputs")
