@@ -463,7 +463,11 @@ def analyze_checkpoints(base, models: Sequence, *, density: float = 0.2, device:
             st = sites[(site.layer, site.group, site.module)] = SiteStats(site.layer, site.group, site.module, n)
         st.tensors.append(nm)
         if n <= MAX_HIST_MODELS:
-            bad = tensor_stats(base.get(nm), [m.get(nm) for m in models], density, st, dev)
+            def release(start, stop, nm=nm):
+                for ck in (base, *models):
+                    ck.release_range(nm, start, stop)
+
+            bad = tensor_stats(base.get(nm), [m.get(nm) for m in models], density, st, dev, release)
         else:
             bad = _tensor_stats_pairwise(base, models, nm, density, st, dev)
         if bad.get("base"):

@@ -1,6 +1,6 @@
 """The per-tensor kernel of the analysis: all task-vector sums of one tensor, all models at once.
 
-Three chunked passes over the stored tensors (chunks sized to stay in cache; τ is recomputed from the
+Chunked passes over the stored tensors (chunks sized to stay in cache; τ is recomputed from the
 memory-mapped inputs in each pass rather than kept whole, so memory stays at a few chunks):
 
 1. fill τ for every model; accumulate the Gram matrix of [θ₀, τ₁..τ_N] (norms, dot products, dots
@@ -8,12 +8,17 @@ memory-mapped inputs in each pass rather than kept whole, so memory stays at a f
    float order like the floats);
 2. radix select: the histogram names the bucket holding the k-th largest |τ|; a histogram of the
    low 16 bits of that bucket's members gives the exact value. Exact with any number of ties, never
-   a sort, two cheap passes;
+   a sort;
 3. encode each coordinate's (sign, kept-by-trim) across the N models as one base-6 integer and
    histogram it; every sign statistic (pairwise both/opposite, all-N conflict, trimmed conflict,
    non-zero counts) is a weighted sum over that small histogram. Top-20 % energy is a masked dot.
 
-Sums of products are accumulated in float32 within a chunk and float64 across chunks.
+The C kernels usually skip pass 2 (`_two_passes`): pass 1 also counts each bucket's members equal to
+its smallest value, which settles the threshold when it falls among ties (bfloat16 task vectors tie
+heavily); otherwise pass 3 sets aside the few coordinates inside the open bucket and resolves them
+once the exact threshold is known. The torch path (any device) runs the three passes.
+
+Sums of products are accumulated in float32 within blocks of 2048 elements and float64 across blocks.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import torch
 from .metrics import TOPK_FRACTION  # one definition, beside the metric docs
 
 CHUNK_CPU = 1 << 18
+SEGMENT = 1 << 24  # larger tensors are read in segments whose pages are released after each pass
 CHUNK_GPU = 1 << 24
 _TINY = float(np.finfo(np.float32).tiny)
 MAX_HIST_MODELS = 7  # 6**7 code bins; more models use the pairwise fallback in metrics.py
@@ -104,14 +110,78 @@ def _select_bucket(hist: np.ndarray, k: int) -> tuple[int, int]:
     return b, k - above_b
 
 
+def _to_device(ts: list[torch.Tensor], dev, release=None) -> list[torch.Tensor]:
+    """Copy to `dev` SEGMENT elements at a time, releasing each segment's host pages once copied,
+    so the host holds at most a segment of each input at a time."""
+    out = [torch.empty(t.shape, dtype=t.dtype, device=dev) for t in ts]
+    n = ts[0].numel()
+    for s in range(0, n, SEGMENT):
+        e = min(n, s + SEGMENT)
+        for o, t in zip(out, ts):
+            o[s:e].copy_(t[s:e])
+        if release is not None:
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            release(s, e)
+    return out
+
+
+class _Segmented:
+    """The C passes over a large tensor, SEGMENT elements at a time: every result is a sum over
+    coordinates, so segments add up; each segment's pages are released after each pass (`release`),
+    so resident memory stays at one segment per input instead of the whole tensor."""
+
+    def __init__(self, cls, raw_base, raws, n, dev, release):
+        self.N, self.n, self.release = len(raws), n, release
+        self.bounds = [(s, min(n, s + SEGMENT)) for s in range(0, n, SEGMENT)]
+        self.parts = [cls(raw_base[s:e], [r[s:e] for r in raws], e - s, dev) for s, e in self.bounds]
+
+    def _each(self, fn):
+        out = []
+        for (s, e), part in zip(self.bounds, self.parts):
+            out.append(fn(part))
+            if self.release is not None:
+                self.release(s, e)
+        return out
+
+    def pass1(self, want_hist: bool):
+        res = self._each(lambda p: (*p.pass1(want_hist), p.lo0 if hasattr(p, "lo0") else None))
+        G = sum(r[0] for r in res)
+        hist = sum(r[1] for r in res) if want_hist else None
+        bad = [sum(r[2][i] for r in res) for i in range(self.N + 1)]
+        if res[0][3] is not None:
+            self.lo0 = sum(r[3] for r in res)
+        return G, hist, bad
+
+    def pass2(self, buckets, slots, nslots):
+        return sum(self._each(lambda p: p.pass2(buckets, slots, nslots)))
+
+    def pass3(self, t_trim, t_top):
+        res = self._each(lambda p: p.pass3(t_trim, t_top))
+        return tuple(sum(r[i] for r in res) for i in range(3))
+
+    def bracket(self, tl, th, pl, ph, cap):
+        res = self._each(lambda p: p.bracket(tl, th, pl, ph, min(p.n, cap * p.n // self.n + SET_ASIDE_MIN)))
+        idx = np.concatenate([r[4].astype(np.int64) + s for r, (s, _) in zip(res, self.bounds)])
+        return (*(sum(r[i] for r in res) for i in range(4)), idx)
+
+    def gather(self, idx):
+        cuts = np.searchsorted(idx, [s for s, _ in self.bounds] + [self.n])
+        outs = []
+        for j, ((s, e), part) in enumerate(zip(self.bounds, self.parts)):
+            outs.append(part.gather((idx[cuts[j]:cuts[j + 1]] - s).astype(np.uint32)))
+            if self.release is not None:
+                self.release(s, e)
+        return np.concatenate(outs, axis=1)
+
+
 class _TorchPasses:
     """The three passes with torch ops on chunks (any device, any float dtype)."""
 
-    def __init__(self, raw_base, raws, n, dev):
+    def __init__(self, raw_base, raws, n, dev, release=None):
         self.dev, self.n, self.N = dev, n, len(raws)
         if dev.type != "cpu" and raw_base.device != dev:
-            raw_base = raw_base.to(dev, non_blocking=True)
-            raws = [r.to(dev, non_blocking=True) for r in raws]
+            raw_base, *raws = _to_device([raw_base, *raws], dev, release)
         self.base, self.raws = raw_base, raws
         self.chunk = min(CHUNK_CPU if dev.type == "cpu" else CHUNK_GPU, max(n, 1))
         self.M = torch.empty((self.N + 1, self.chunk), dtype=torch.float32, device=dev)
@@ -393,9 +463,12 @@ def _two_passes(backend, n: int, ks: list[int], k_trim: int, k_top: int, n_model
     return Gd, bad, thr, t_trim, t_top, h, e_ge, c_ge
 
 
-def tensor_stats(raw_base: torch.Tensor, raws: list[torch.Tensor], density: float, st, device="cpu") -> dict:
+def tensor_stats(raw_base: torch.Tensor, raws: list[torch.Tensor], density: float, st, device="cpu",
+                 release=None) -> dict:
     """Add one tensor's sums (all models) to SiteStats `st`. Returns non-finite counts
-    {"base": b, 0: m0, ...} when any were found (they are read as 0 for the statistics)."""
+    {"base": b, 0: m0, ...} when any were found (they are read as 0 for the statistics).
+    `release(start, stop)`: drop the inputs' pages of that element range (large tensors are read in
+    segments and released as the passes move on)."""
     dev = torch.device(device)
     n_models = len(raws)
     raw_base = raw_base.reshape(-1)
@@ -404,8 +477,14 @@ def tensor_stats(raw_base: torch.Tensor, raws: list[torch.Tensor], density: floa
     k_trim = int(math.floor(density * n)) if density < 1.0 else n
     k_top = int(math.floor(TOPK_FRACTION * n))
     ks = sorted({k for k in (k_trim, k_top) if 0 < k < n})
-    backend = (_CPasses if _CPasses.usable(raw_base, raws, dev) else _TorchPasses)(raw_base, raws, n, dev)
-    if isinstance(backend, _CPasses) and n < 1 << 32:
+    cls = _CPasses if _CPasses.usable(raw_base, raws, dev) else _TorchPasses
+    if dev.type != "cpu":
+        backend = _TorchPasses(raw_base, raws, n, dev, release)
+    elif n > SEGMENT:
+        backend = _Segmented(cls, raw_base, raws, n, dev, release)
+    else:
+        backend = cls(raw_base, raws, n, dev)
+    if cls is _CPasses:
         Gd, bad, thr, t_trim, t_top, h, e_ge, c_ge = _two_passes(backend, n, ks, k_trim, k_top, n_models)
     else:
         Gd, bad, thr, t_trim, t_top, h, e_ge, c_ge = _three_passes(backend, n, ks, k_trim, k_top, n_models)

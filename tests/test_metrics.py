@@ -167,6 +167,10 @@ KERNELS = {
     "c-set-aside": {"SET_ASIDE_MIN": 1},
     # every open bucket resolved by pass 2 instead of being set aside
     "c-pass2": {"AMBIGUOUS_MAX": -1.0},
+    # tensors read in segments of 100 elements (pages released between passes)
+    "c-segmented": {"SEGMENT": 100},
+    "c-segmented-pass2": {"SEGMENT": 100, "AMBIGUOUS_MAX": -1.0},
+    "torch-segmented": {"_C": False, "SEGMENT": 100},
 }
 
 
@@ -336,8 +340,9 @@ def _route_counts(monkeypatch):
     return seen
 
 
+@pytest.mark.parametrize("segment", [None, 70_001])
 @pytest.mark.parametrize("case", ["bf16-ties", "fp32", "fp32-sparse", "frozen", "edge-of-ties"])
-def test_two_pass_route_equals_three_pass_torch(monkeypatch, case):
+def test_two_pass_route_equals_three_pass_torch(monkeypatch, case, segment):
     """The C route (thresholds from the bucket's smallest-value count, or set-aside coordinates
     resolved after one pass) gives exactly the torch three-pass integers, on tensors large enough to
     have heavy ties (bf16) and open buckets (fp32); and it takes the route it is meant to."""
@@ -364,6 +369,10 @@ def test_two_pass_route_equals_three_pass_torch(monkeypatch, case):
             base = torch.zeros(n)
         taus.append((base.float() + d).to(dtype))
     seen = _route_counts(monkeypatch)
+    if segment:
+        from analysis import tvstats
+
+        monkeypatch.setattr(tvstats, "SEGMENT", segment)
     c = _stats(base, taus, 0.2, monkeypatch, c=True)
     t = _stats(base, taus, 0.2, monkeypatch, c=False)
     for f in ("numel", "multi_nz", "multi_conflict", "trim_multi_nz", "trim_multi_conflict"):
@@ -373,7 +382,23 @@ def test_two_pass_route_equals_three_pass_torch(monkeypatch, case):
     for f in ("sq", "dot", "topk_energy"):
         assert np.allclose(getattr(c, f), getattr(t, f), rtol=1e-5, atol=1e-12), f
     assert seen["pass2"] == 0
+    parts = -(-n // segment) if segment else 1
     if case in ("fp32", "edge-of-ties"):
-        assert seen["bracket"] == 1  # the threshold sits strictly inside a bucket: set aside
+        assert seen["bracket"] == parts  # the threshold sits strictly inside a bucket: set aside
     else:
-        assert seen["pass3"] == 1 and seen["bracket"] == 0  # ties / zero: known after pass 1
+        assert seen["pass3"] == parts and seen["bracket"] == 0  # ties / zero: known after pass 1
+
+
+def test_large_tensors_are_released_segment_by_segment(monkeypatch):
+    """Resident memory stays at a segment per input: every pass releases each segment after it."""
+    from analysis import tvstats
+    from analysis.metrics import SiteStats
+
+    monkeypatch.setattr(tvstats, "SEGMENT", 1000)
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(4500, generator=g)
+    taus = [base + torch.randn(4500, generator=g) * 0.01 for _ in range(2)]
+    released = []
+    tvstats.tensor_stats(base, taus, 0.2, SiteStats(None, "mlp", "up_proj", 2), release=lambda a, b: released.append((a, b)))
+    segs = [(0, 1000), (1000, 2000), (2000, 3000), (3000, 4000), (4000, 4500)]
+    assert released[:5] == segs and released[5:10] == segs  # pass 1, then pass 3 / the set-aside pass
