@@ -31,8 +31,8 @@ import torch
 from .metrics import TOPK_FRACTION  # one definition, beside the metric docs
 
 CHUNK_CPU = 1 << 18
-SEGMENT = 1 << 24  # larger tensors are read in segments whose pages are released after each pass
 CHUNK_GPU = 1 << 24
+SEGMENT = 1 << 24  # larger tensors are read in segments whose pages are released after each pass
 _TINY = float(np.finfo(np.float32).tiny)
 MAX_HIST_MODELS = 7  # 6**7 code bins; more models use the pairwise fallback in metrics.py
 _HI = 1 << 15  # |τ| bits >> 16 of a finite non-negative float32 is < 2**15
@@ -127,7 +127,7 @@ def _to_device(ts: list[torch.Tensor], dev, release=None) -> list[torch.Tensor]:
 
 
 class _Segmented:
-    """The C passes over a large tensor, SEGMENT elements at a time: every result is a sum over
+    """The CPU passes over a large tensor, SEGMENT elements at a time: every result is a sum over
     coordinates, so segments add up; each segment's pages are released after each pass (`release`),
     so resident memory stays at one segment per input instead of the whole tensor."""
 
@@ -461,6 +461,24 @@ def _two_passes(backend, n: int, ks: list[int], k_trim: int, k_top: int, n_model
     e_ge = e_top + np.einsum("ij,ij->i", A64 * top, A64)
     c_ge = c_top + top.sum(1)
     return Gd, bad, thr, t_trim, t_top, h, e_ge, c_ge
+
+
+def bucket_histograms(raw_base: torch.Tensor, raws: list[torch.Tensor], release=None):
+    """Per model, the histogram of |θᵢ − θ₀| (float32) by float bits >> 16 and, per bucket, how many
+    members equal its smallest value: (hist, lo0), both [N, 2**15]; None where the C kernels cannot
+    run (no compiler, other dtypes, too many models) or a value is non-finite. The merge's exact
+    magnitude thresholds start from these (methods/gta_stream.py)."""
+    raw_base = raw_base.reshape(-1)
+    raws = [r.reshape(-1) for r in raws]
+    dev = torch.device("cpu")
+    if not raws or not _CPasses.usable(raw_base, raws, dev):
+        return None
+    n = raw_base.numel()
+    backend = _Segmented(_CPasses, raw_base, raws, n, dev, release) if n > SEGMENT else _CPasses(raw_base, raws, n, dev)
+    _, hist, bad = backend.pass1(True)
+    if any(bad):
+        return None
+    return hist, backend.lo0
 
 
 def tensor_stats(raw_base: torch.Tensor, raws: list[torch.Tensor], density: float, st, device="cpu",

@@ -600,11 +600,30 @@ def _stream_vs_merge(name, base, models, mps, params=None, out_dtype=torch.bfloa
     return got
 
 
+@pytest.mark.parametrize("c_kernels", [True, False])  # large n: the analysis kernel's buckets, or a sample
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("n", [3000, 300_000])  # small: direct selection; large: sampled bracket
-def test_stream_kernel_equals_general_path(dtype, n, monkeypatch):
+@pytest.mark.parametrize("n", [3000, 300_000])  # small: direct selection; large: bracketed
+def test_stream_kernel_equals_general_path(dtype, n, c_kernels, monkeypatch):
+    from analysis import kernels
     from analysis.methods import gta_stream
 
+    if not c_kernels:
+        monkeypatch.setenv("MERGESCOPE_NO_C_KERNELS", "1")
+    elif n < 10_000:
+        pytest.skip("small tensors never use the kernels")
+    elif kernels.lib() is None:
+        pytest.skip(f"no C kernels: {kernels.build_error}")
+    routes = {"sample": 0, "buckets": 0}
+    orig_sample, orig_buckets = gta_stream._sample_bracket, gta_stream._bucket_brackets
+
+    def count(name, fn):
+        def wrapped(*a):
+            routes[name] += 1
+            return fn(*a)
+        return wrapped
+
+    monkeypatch.setattr(gta_stream, "_sample_bracket", count("sample", orig_sample))
+    monkeypatch.setattr(gta_stream, "_bucket_brackets", count("buckets", orig_buckets))
     monkeypatch.setattr(gta_stream, "CHUNK", 1 << 14)  # many chunks: tie budgets cross chunk boundaries
     monkeypatch.setattr(gta_stream, "DIRECT_MAX", 1 << 16)
     g = torch.Generator().manual_seed(n)
@@ -621,6 +640,9 @@ def test_stream_kernel_equals_general_path(dtype, n, monkeypatch):
     _stream_vs_merge("ties", base, models, [{"weight": 0.8, "density": 0.3}, {"weight": -0.5, "density": 0.9},
                                             {"weight": 0.3, "density": 0.0}], {"normalize": False, "lambda": 0.7})
     _stream_vs_merge("ties", base, models[:1], [{"weight": 1.0, "density": 0.05}], out_dtype=torch.float32)
+    if n > 10_000:
+        assert routes["buckets"] > 0
+        assert (routes["sample"] > 0) == (not c_kernels)  # with the kernels, no sample is needed
 
 
 def test_stream_kernel_bad_sample_falls_back_exactly(monkeypatch):

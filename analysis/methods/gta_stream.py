@@ -134,18 +134,48 @@ def _bits(x: float) -> int:
     return int(np.array([x], dtype=np.float32).view(np.int32)[0])
 
 
+def _bucket_brackets(raw_base, raws, ks, plans, release) -> dict[int, tuple[int, int]] | None:
+    """The analysis kernel's pass 1 (tvstats.bucket_histograms) names the float-bits bucket holding
+    each k-th largest |δ|: when it falls among the members equal to the bucket's smallest value (bf16
+    task vectors tie heavily), the plan is final; otherwise the rest of the bucket is the bracket.
+    Fills `plans`, returns the brackets, or None when the kernel cannot run here."""
+    from ..tvstats import _select_bucket, bucket_histograms
+
+    todo = [i for i, p in enumerate(plans) if p is None]
+    got = bucket_histograms(raw_base, [raws[i] for i in todo], release) if todo else None
+    if got is None:
+        return None
+    hist, lo0 = got
+    brackets = {}
+    for row, i in enumerate(todo):
+        k = ks[i]
+        b, j = _select_bucket(hist[row], k)
+        others = int(hist[row, b] - lo0[row, b])  # members above the bucket's smallest value
+        if j > others:
+            thr = float(np.array([b << 16], dtype=np.int32).view(np.float32)[0])
+            plans[i] = _plan_from(thr, k - j + others, int(lo0[row, b]), k)
+        else:
+            brackets[i] = ((b << 16) + 1, ((b + 1) << 16) - 1)
+    return brackets
+
+
 def _thresholds(raw_base: torch.Tensor, raws: list[torch.Tensor], ks: list[int | None], release=None) -> list[_Trim]:
     """Exact trim plans; `ks[i]` None means keep everything, 0 means drop everything."""
     n = raw_base.numel()
     plans: list[_Trim | None] = [None] * len(raws)
-    brackets = {}
-    base_s = idx = None
     for i, k in enumerate(ks):
         if k is None or k >= n:
             plans[i] = _Trim("all")
         elif k <= 0:
             plans[i] = _Trim("none")
-        elif n > DIRECT_MAX:
+    brackets = _bucket_brackets(raw_base, raws, ks, plans, release) if n > DIRECT_MAX else None
+    sampled = brackets is None
+    brackets = brackets or {}
+    base_s = idx = None
+    for i, k in enumerate(ks):
+        if plans[i] is not None or i in brackets:
+            continue
+        if sampled and n > DIRECT_MAX:
             if base_s is None:
                 idx, segs = _sample_index(n)
                 base_s = _gather(raw_base, idx, segs, release)
