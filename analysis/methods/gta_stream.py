@@ -8,13 +8,17 @@ are read in cache-sized chunks and every intermediate lives in a few chunk buffe
 For one tensor of n elements and N models:
 
 1. thresholds (magnitude trims only): the exact k-th largest |δᵢ| of each model, k = max(1,
-   int(density·n)). A fixed-seed random sample of 2**14 elements (runs of 16 neighbours, so it
-   touches few pages) brackets it (±8σ of the sample quantile; both ends are exact |δ| values). One
-   chunked pass histograms the float bits of every |δᵢ| inside the bracket (bits of non-negative
-   floats order like the floats, so each bin is ONE value) and counts those above it: that gives the
-   threshold, how many are above it and how many equal it, exactly, with any number of ties. If the
-   bracket misses (only for adversarial data) or is too wide in bits, that model falls back to
-   `sparsify.kth_largest` on its full |δᵢ|. Small tensors use `kth_largest` directly.
+   int(density·n)). Where the analysis' C kernel runs (float32/bf16 inputs, all finite), its pass 1
+   histograms every |δᵢ| by the top 16 float bits and counts each bucket's members equal to its
+   smallest value: a threshold among those ties (the usual case for bf16 task vectors) is then known
+   with its counts; otherwise the rest of its bucket is the bracket. Without the kernel, a fixed-seed
+   random sample of 2**14 elements (runs of 16 neighbours, so it touches few pages) brackets it (±8σ
+   of the sample quantile; both ends are exact |δ| values). One chunked pass histograms the float
+   bits of every |δᵢ| inside the bracket (bits of non-negative floats order like the floats, so each
+   bin is ONE value) and counts those above it: that gives the threshold, how many are above it and
+   how many equal it, exactly, with any number of ties. If the bracket misses (only for adversarial
+   data) or is too wide in bits, that model falls back to `sparsify.kth_largest` on its full |δᵢ|.
+   Small tensors use `kth_largest` directly.
 2. one chunked pass: δᵢ = θᵢ − θ₀ (float32), trim (one `hardshrink`; ties at the threshold are kept
    lowest index first, a running budget per model carried across chunks), weights, sign election,
    consensus clamp, divisor, normalize, lambda, + θ₀, cast to the output dtype.
