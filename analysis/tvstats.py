@@ -304,15 +304,6 @@ class _CPasses:
         self.lib.tv_pass2(*self.args, self._p(b2), self._p(s2), nslots, self._p(hist))
         return hist
 
-    def pass3(self, t_trim: list[float], t_top: list[float]):
-        hist = np.zeros(6 ** self.N, dtype=np.int64)
-        e_ge = np.zeros(self.N, dtype=np.float64)
-        c_ge = np.zeros(self.N, dtype=np.int64)
-        tt = np.asarray(t_trim, dtype=np.float32)
-        tp = np.asarray(t_top, dtype=np.float32)
-        self.lib.tv_pass3(*self.args, self._p(tt), self._p(tp), self._p(hist), self._p(e_ge), self._p(c_ge))
-        return hist, e_ge, c_ge
-
     def bracket(self, tl, th, pl, ph, cap: int):
         """tv_bracket: (code histogram, e_top, c_top, c_trim) of the settled coordinates and the sorted
         indices of the set-aside ones."""
@@ -433,14 +424,13 @@ def _two_passes(backend, n: int, ks: list[int], k_trim: int, k_top: int, n_model
         bits = int(np.array([t], dtype=np.float32).view(np.uint32)[0])
         return bits, bits
 
-    if not open_:  # every threshold known: pass 3
-        t_trim, t_top = _cuts(thr, k_trim, k_top, n, n_models)
-        return Gd, bad, thr, t_trim, t_top, *backend.pass3(t_trim, t_top)
     inf_bits = 0x7F800000
     tl, th = zip(*[cut(i, k_trim, _TINY_BITS if k_trim >= n else inf_bits) for i in range(n_models)])
     pl, ph = zip(*[cut(i, k_top, inf_bits) for i in range(n_models)])
-    cap = min(n, int(share * n * 1.2) + SET_ASIDE_MIN)
+    cap = min(n, int(share * n * 1.2) + SET_ASIDE_MIN) if open_ else 0
     h, e_top, c_top, c_trim, idx = backend.bracket(tl, th, pl, ph, cap)
+    if not open_:  # every threshold was known: that was plain pass 3
+        return Gd, bad, thr, *_cuts(thr, k_trim, k_top, n, n_models), h, e_top, c_top
     T = backend.gather(idx)  # [N, m]: τ of the set-aside coordinates
     A = np.abs(T)
     Ab = A.view(np.uint32)

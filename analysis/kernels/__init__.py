@@ -80,11 +80,10 @@ def lib() -> ctypes.CDLL | None:
         p, i, i64, vp = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
         lib_.tv_pass1.argtypes = [p, i, vp, vp, i, i64, vp, vp, vp, vp, i]
         lib_.tv_pass2.argtypes = [p, i, vp, vp, i, i64, vp, vp, i, vp]
-        lib_.tv_pass3.argtypes = [p, i, vp, vp, i, i64, vp, vp, vp, vp, vp]
         lib_.tv_bracket.argtypes = [p, i, vp, vp, i, i64, vp, vp, vp, vp, vp, vp, vp, vp, vp, i64]
         lib_.tv_bracket.restype = i64
         lib_.tv_gather.argtypes = [p, i, vp, vp, i, vp, i64, vp]
-        for f in (lib_.tv_pass1, lib_.tv_pass2, lib_.tv_pass3, lib_.tv_gather):
+        for f in (lib_.tv_pass1, lib_.tv_pass2, lib_.tv_gather):
             f.restype = None
         _LIB = lib_
         return _LIB

@@ -5,10 +5,11 @@
  *           the count of each bucket's members whose low 16 bits are 0 (its smallest value: bfloat16
  *           task vectors tie there heavily, and a threshold falling there needs no pass 2);
  *   pass 2: histogram of the low 16 bits of |τ| for the members of chosen high buckets;
- *   pass 3: histogram of base-6 (sign, kept) codes across models, and the energy of |τ| ≥ t_top.
- * tv_bracket replaces passes 2 and 3 when a threshold's bucket is small: the threshold lies in a
- * bracket of float bits, coordinates with a value inside a bracket are set aside (their indices) and
- * resolved afterwards from tv_gather's values, every other coordinate is final.
+ *   pass 3 (tv_bracket): histogram of base-6 (sign, kept) codes across models, and the energy of
+ *           |τ| ≥ t_top. A threshold not yet known exactly lies in a bracket of float bits:
+ *           coordinates with a value inside a bracket are set aside (their indices) and resolved
+ *           afterwards from tv_gather's values, every other coordinate is final. With no bracket
+ *           open this is plain pass 3.
  * Non-finite values are counted and read as 0 (base first, then each τ).
  * Inputs are float32 (dtype 0) or bfloat16 (dtype 1) arrays; τ is computed in float32.
  * Built at first use with the system C compiler (analysis/kernels/__init__.py); no Python API.
@@ -188,70 +189,32 @@ void tv_pass2(const void *base, int bdt, const void *const *models, const int *m
     }
 }
 
-/* Codes: Σ_m 6^m · ((sign+1) + 3·kept); kept = |τ| ≥ t_trim[m]. Energy: Σ |τ|² over |τ| ≥ t_top[m]
- * (t_top = +inf: skip); counts of |τ| ≥ t_top go to c_ge. */
-void tv_pass3(const void *base, int bdt, const void *const *models, const int *mdt, int N, int64_t n,
-              const float *t_trim, const float *t_top, int64_t *hist, double *e_ge, int64_t *c_ge) {
-    int64_t bins = 1;
-    for (int m = 0; m < N; m++) bins *= 6;
-    memset(hist, 0, sizeof(int64_t) * bins);
-    memset(e_ge, 0, sizeof(double) * N);
-    memset(c_ge, 0, sizeof(int64_t) * N);
-    int64_t nblocks = (n + BLOCK - 1) / BLOCK;
-#pragma omp parallel
-    {
-        float b[BLOCK];
-        float t[MAXM][BLOCK];
-        int32_t code[BLOCK];
-        int64_t bad[MAXM + 1];
-        double e[MAXM];
-        int64_t c[MAXM];
-        memset(e, 0, sizeof(e));
-        memset(c, 0, sizeof(c));
-        uint32_t *h = (uint32_t *)calloc((size_t)bins, sizeof(uint32_t));
-#pragma omp for schedule(dynamic, 16)
-        for (int64_t blk = 0; blk < nblocks; blk++) {
-            int64_t s = blk * BLOCK;
-            int len = (int)((n - s) < BLOCK ? (n - s) : BLOCK);
-            fill_block(base, bdt, models, mdt, N, s, len, b, t, bad);
-            for (int j = 0; j < len; j++) code[j] = 0;
-            int32_t pw = 1;
-            for (int m = 0; m < N; m++) {
-                const float *tm = t[m];
-                float tt = t_trim[m], tp = t_top[m];
-                float acc = 0;
-                int32_t cnt = 0;
-                /* branch-free so the compiler vectorises it */
-                for (int j = 0; j < len; j++) {
-                    float v = tm[j];
-                    float a = fabsf(v);
-                    int32_t st = 1 + (int32_t)(v > 0) - (int32_t)(v < 0) + 3 * (int32_t)(a >= tt);
-                    code[j] += st * pw;
-                    int32_t top = a >= tp;
-                    float w = top ? a : 0.0f;
-                    acc += w * w;
-                    cnt += top;
-                }
-                e[m] += acc;
-                c[m] += cnt;
-                pw *= 6;
-            }
-            for (int j = 0; j < len; j++) h[code[j]]++;
-            if ((blk & 1023) == 1023) {
-#pragma omp critical
-                for (int64_t q = 0; q < bins; q++) hist[q] += h[q];
-                memset(h, 0, sizeof(uint32_t) * (size_t)bins);
-            }
-        }
-#pragma omp critical
-        {
-            for (int64_t q = 0; q < bins; q++) hist[q] += h[q];
-            for (int m = 0; m < N; m++) { e_ge[m] += e[m]; c_ge[m] += c[m]; }
-        }
-        free(h);
+/* One model's share of a block: codes, Σ|τ|² and count of |τ| ≥ top, count of kept; `track`
+ * (a constant at each call, so both variants are compiled without the other's work) flags the
+ * coordinates inside this model's brackets. */
+static inline void code_sweep(const float *tm, int len, int32_t pw, uint32_t tl, uint32_t th, uint32_t pl,
+                              uint32_t ph, int32_t *code, int32_t *ambf, const int track,
+                              double *e, int64_t *ct, int64_t *ck) {
+    uint32_t aw = th - tl, pwid = ph - pl;
+    float acc = 0;
+    int32_t nt = 0, nk = 0;
+    for (int j = 0; j < len; j++) {
+        float v = tm[j];
+        float a = fabsf(v);
+        uint32_t u = fbits(a);
+        int32_t kept = u >= th;
+        code[j] += (1 + (int32_t)(v > 0) - (int32_t)(v < 0) + 3 * kept) * pw;
+        if (track) ambf[j] |= (int32_t)((u - tl) < aw) | (int32_t)((u - pl) < pwid);
+        int32_t is_top = u >= ph;
+        float w = is_top ? a : 0.0f;
+        acc += w * w;
+        nt += is_top;
+        nk += kept;
     }
+    *e += acc;
+    *ct += nt;
+    *ck += nk;
 }
-
 
 /* One pass for all coordinates whose (kept, top) states are already certain. Per model m the trim
  * threshold lies in bits [tl[m], th[m]) and the top-k threshold in [pl[m], ph[m]) (empty brackets
@@ -270,6 +233,8 @@ int64_t tv_bracket(const void *base, int bdt, const void *const *models, const i
     memset(c_trim, 0, sizeof(int64_t) * N);
     int64_t nblocks = (n + BLOCK - 1) / BLOCK;
     int64_t total = 0;
+    int any_open = 0;
+    for (int m = 0; m < N; m++) any_open |= th[m] != tl[m] || ph[m] != pl[m];
 #pragma omp parallel
     {
         float b[BLOCK];
@@ -289,44 +254,37 @@ int64_t tv_bracket(const void *base, int bdt, const void *const *models, const i
             int64_t s = blk * BLOCK;
             int len = (int)((n - s) < BLOCK ? (n - s) : BLOCK);
             fill_block(base, bdt, models, mdt, N, s, len, b, t, bad);
-            for (int j = 0; j < len; j++) { code[j] = 0; ambf[j] = 0; }
+            for (int j = 0; j < len; j++) code[j] = 0;
+            if (any_open) for (int j = 0; j < len; j++) ambf[j] = 0;
             int32_t pw = 1;
+            /* everything counted for every coordinate first (one sweep, vectorised), then the few
+             * set-aside coordinates' shares taken back out */
             for (int m = 0; m < N; m++) {
-                const float *tm = t[m];
-                uint32_t a0 = tl[m], aw = th[m] - tl[m], p0 = pl[m], pwid = ph[m] - pl[m], hi = th[m];
-                for (int j = 0; j < len; j++) {
-                    float v = tm[j];
-                    uint32_t u = fbits(v) & 0x7FFFFFFFu;
-                    int32_t st = 1 + (int32_t)(v > 0) - (int32_t)(v < 0) + 3 * (int32_t)(u >= hi);
-                    code[j] += st * pw;
-                    ambf[j] |= (int32_t)((u - a0) < aw) | (int32_t)((u - p0) < pwid);
-                }
+                if (th[m] != tl[m] || ph[m] != pl[m])
+                    code_sweep(t[m], len, pw, tl[m], th[m], pl[m], ph[m], code, ambf, 1, &e[m], &ct[m], &ck[m]);
+                else
+                    code_sweep(t[m], len, pw, tl[m], th[m], pl[m], ph[m], code, ambf, 0, &e[m], &ct[m], &ck[m]);
                 pw *= 6;
             }
-            for (int m = 0; m < N; m++) {
-                const float *tm = t[m];
-                uint32_t hi = th[m], top = ph[m];
-                float acc = 0;
-                int32_t nt = 0, nk = 0;
-                for (int j = 0; j < len; j++) {
-                    float a = fabsf(tm[j]);
-                    uint32_t u = fbits(a);
-                    int32_t ok = !ambf[j];
-                    int32_t is_top = ok & (int32_t)(u >= top);
-                    float w = is_top ? a : 0.0f;
-                    acc += w * w;
-                    nt += is_top;
-                    nk += ok & (int32_t)(u >= hi);
-                }
-                e[m] += acc;
-                ct[m] += nt;
-                ck[m] += nk;
-            }
             int nl = 0;
-            for (int j = 0; j < len; j++) {
-                h[code[j]] += (uint32_t)!ambf[j];
-                local[nl] = (uint32_t)(s + j);
-                nl += ambf[j];
+            if (any_open) {
+                for (int j = 0; j < len; j++) {
+                    h[code[j]] += (uint32_t)!ambf[j];
+                    local[nl] = (uint32_t)j;
+                    nl += ambf[j];
+                }
+            } else {
+                for (int j = 0; j < len; j++) h[code[j]]++;
+            }
+            for (int q = 0; q < nl; q++) {
+                int j = (int)local[q];
+                for (int m = 0; m < N; m++) {
+                    float a = fabsf(t[m][j]);
+                    uint32_t u = fbits(a);
+                    if (u >= ph[m]) { e[m] -= (double)a * a; ct[m]--; }
+                    if (u >= th[m]) ck[m]--;
+                }
+                local[q] = (uint32_t)(s + j);
             }
             if (nl) {
                 int64_t at;
