@@ -656,6 +656,26 @@ def test_stream_kernel_bad_sample_falls_back_exactly(monkeypatch):
     _stream_vs_merge("ties", base, models, [{"weight": 1.0, "density": 0.2}, {"weight": 0.5, "density": 0.4}])
 
 
+def test_stream_kernel_non_finite_large_tensor_keeps_nan_semantics(monkeypatch):
+    """The analysis kernel reads non-finite values as 0, which is not the merge's rule (NaN never
+    counts toward k): such tensors take the sampled route and still equal the general path."""
+    from analysis import tvstats
+    from analysis.methods import gta_stream
+
+    monkeypatch.setattr(gta_stream, "DIRECT_MAX", 1 << 16)
+    n = 200_000
+    base = _rand(n, seed=4)
+    models = [base + _rand(n, seed=5 + i, scale=0.01) for i in range(2)]
+    models[1] = models[1].clone()
+    models[1][::997] = float("nan")
+    models[1][5] = float("inf")
+    assert tvstats.bucket_histograms(base, models) is None
+    if tvstats._CPasses.usable(base, models[:1], torch.device("cpu")):
+        assert tvstats.bucket_histograms(base, models[:1]) is not None  # the finite one alone would use it
+    _stream_vs_merge("ties", base, models, [{"weight": 1.0, "density": 0.2}, {"weight": 0.5, "density": 0.4}],
+                     out_dtype=torch.float32)
+
+
 def test_stream_kernel_nan_and_declines():
     base, models = _family(2)
     models[0] = models[0].clone()
