@@ -177,6 +177,12 @@ async def test_analysis_can_be_cancelled(family, monkeypatch):
         assert app.running_jobs()
         bar = app.main.query_one("#job-progress")
         assert bar.has_class("-running")
+        # on screen: above the footer, not hidden under it (two bottom docks overlapped before)
+        from textual.widgets import Footer
+
+        footer = app.main.query_one(Footer)
+        assert bar.region.height == 1 and bar.region.bottom == footer.region.y
+        assert "/2000" in text_of(bar.query_one("#job-stats"))
         await pilot.press("escape")
         await app.workers.wait_for_complete()
         await pilot.pause()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, TabbedContent, TabPane, Tabs
 
@@ -34,8 +35,9 @@ class MainScreen(Screen):
                 yield from self.app.compose_plan_tab()
             with TabPane("Merge x", id="merge"):
                 yield from self.app.compose_merge_tab()
-        yield JobProgress(id="job-progress")
-        yield Footer()
+        with Vertical(id="bottom-bar"):  # one bottom dock: two docked widgets would overlap
+            yield JobProgress(id="job-progress")
+            yield Footer()
 
     def action_tab(self, tab: str) -> None:
         tabs = self.query_one(TabbedContent)

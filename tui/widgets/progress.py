@@ -11,11 +11,11 @@ from ..format import human_bytes
 
 class JobProgress(Horizontal):
     DEFAULT_CSS = """
-    JobProgress { height: 1; dock: bottom; display: none; background: $boost; padding: 0 1; }
+    JobProgress { height: 1; display: none; background: $boost; padding: 0 1; }
     JobProgress.-running { display: block; }
     JobProgress #job-title { width: auto; text-style: bold; padding-right: 1; }
-    JobProgress ProgressBar { width: 44; }
-    JobProgress #job-stats { width: 1fr; color: $text-muted; }
+    JobProgress ProgressBar { width: 48; }
+    JobProgress #job-stats { width: 1fr; color: $text-muted; padding-left: 1; }
     """
 
     def compose(self) -> ComposeResult:
