@@ -144,8 +144,8 @@ class _Segmented:
                 self.release(s, e)
         return out
 
-    def pass1(self, want_hist: bool):
-        res = self._each(lambda p: (*p.pass1(want_hist), p.lo0 if hasattr(p, "lo0") else None))
+    def pass1(self, want_hist: bool, **kw):
+        res = self._each(lambda p: (*p.pass1(want_hist, **kw), p.lo0 if hasattr(p, "lo0") else None))
         G = sum(r[0] for r in res)
         hist = sum(r[1] for r in res) if want_hist else None
         bad = [sum(r[2][i] for r in res) for i in range(self.N + 1)]
@@ -285,14 +285,14 @@ class _CPasses:
 
         return a.ctypes.data_as(ctypes.c_void_p)
 
-    def pass1(self, want_hist: bool):
+    def pass1(self, want_hist: bool, gram: bool = True):
         """Also sets `lo0`: per model and bucket, how many members have low 16 bits 0 (the bucket's
-        smallest value)."""
+        smallest value). `gram=False`: histograms only (the Gram matrix comes back zero)."""
         G = np.zeros((self.N + 1, self.N + 1), dtype=np.float64)
         hist = np.zeros((self.N, _HI), dtype=np.int64)
         self.lo0 = np.zeros((self.N, _HI), dtype=np.int64)
         bad = np.zeros(self.N + 1, dtype=np.int64)
-        self.lib.tv_pass1(*self.args, self._p(G), self._p(hist), self._p(self.lo0), self._p(bad), int(want_hist))
+        self.lib.tv_pass1(*self.args, self._p(G), self._p(hist), self._p(self.lo0), self._p(bad), int(want_hist), int(gram))
         return G, (hist if want_hist else None), [int(x) for x in bad]
 
     def pass2(self, buckets: np.ndarray, slots: np.ndarray, nslots: int) -> np.ndarray:
@@ -356,12 +356,18 @@ def _exact_thresholds(backend, hh: np.ndarray, ks: list[int], n_models: int, thr
     inv = {slot: key for key, slot in wanted.items()}
     for i, k, slot, j in picks:
         low, _ = _select_bucket(hl[slot], j)
-        thr[i][k] = _bits_to_float((inv[slot][1] << 16) | low)
+        thr[i][k] = bits_to_float((inv[slot][1] << 16) | low)
     return thr
 
 
-def _bits_to_float(bits: int) -> float:
+def bits_to_float(bits: int) -> float:
+    """The float32 whose bit pattern is `bits` (non-negative floats order like their bits)."""
     return float(np.array([bits], dtype=np.uint32).view(np.float32)[0])
+
+
+def float_bits(x: float) -> int:
+    """The bit pattern of float32(x) (x ≥ 0)."""
+    return int(np.array([x], dtype=np.float32).view(np.uint32)[0])
 
 
 def _cuts(thr, k_trim: int, k_top: int, n: int, n_models: int) -> tuple[list[float], list[float]]:
@@ -407,7 +413,7 @@ def _two_passes(backend, n: int, ks: list[int], k_trim: int, k_top: int, n_model
             if b < _TINY_BUCKET:
                 thr[i][k] = 0.0  # below TINY: the threshold is TINY and the top k hold all the energy
             elif j > above_smallest:
-                thr[i][k] = _bits_to_float(b << 16)  # the k-th is the bucket's smallest value
+                thr[i][k] = bits_to_float(b << 16)  # the k-th is the bucket's smallest value
             else:
                 open_[i, k] = b
                 share += above_smallest / n
@@ -420,8 +426,7 @@ def _two_passes(backend, n: int, ks: list[int], k_trim: int, k_top: int, n_model
             return fixed, fixed
         if (i, k) in open_:
             return (open_[i, k] << 16) + 1, (open_[i, k] + 1) << 16
-        t = max(thr[i][k], _TINY)
-        bits = int(np.array([t], dtype=np.float32).view(np.uint32)[0])
+        bits = float_bits(max(thr[i][k], _TINY))
         return bits, bits
 
     inf_bits = 0x7F800000
@@ -441,7 +446,7 @@ def _two_passes(backend, n: int, ks: list[int], k_trim: int, k_top: int, n_model
         pos = inside.size - (k - above)  # the (k - above)-th largest inside
         if not (0 <= pos < inside.size):
             raise AssertionError(f"threshold bucket miscounted (model {i}, k={k}): {above} above, {inside.size} inside")
-        thr[i][k] = _bits_to_float(int(np.partition(inside, pos)[pos]))
+        thr[i][k] = bits_to_float(int(np.partition(inside, pos)[pos]))
     t_trim, t_top = _cuts(thr, k_trim, k_top, n, n_models)
     kept = A >= np.asarray(t_trim, dtype=np.float32)[:, None]
     code = (np.sign(T).astype(np.int64) + 1 + 3 * kept) * (6 ** np.arange(n_models, dtype=np.int64))[:, None]
@@ -451,6 +456,12 @@ def _two_passes(backend, n: int, ks: list[int], k_trim: int, k_top: int, n_model
     e_ge = e_top + np.einsum("ij,ij->i", A64 * top, A64)
     c_ge = c_top + top.sum(1)
     return Gd, bad, thr, t_trim, t_top, h, e_ge, c_ge
+
+
+def _cpu_backend(cls, raw_base, raws, n: int, release):
+    """`cls` over the whole tensor, or over segments of it when it is large (see _Segmented)."""
+    dev = torch.device("cpu")
+    return _Segmented(cls, raw_base, raws, n, dev, release) if n > SEGMENT else cls(raw_base, raws, n, dev)
 
 
 def bucket_histograms(raw_base: torch.Tensor, raws: list[torch.Tensor], release=None):
@@ -463,9 +474,8 @@ def bucket_histograms(raw_base: torch.Tensor, raws: list[torch.Tensor], release=
     dev = torch.device("cpu")
     if not raws or not _CPasses.usable(raw_base, raws, dev):
         return None
-    n = raw_base.numel()
-    backend = _Segmented(_CPasses, raw_base, raws, n, dev, release) if n > SEGMENT else _CPasses(raw_base, raws, n, dev)
-    _, hist, bad = backend.pass1(True)
+    backend = _cpu_backend(_CPasses, raw_base, raws, raw_base.numel(), release)
+    _, hist, bad = backend.pass1(True, gram=False)
     if any(bad):
         return None
     return hist, backend.lo0
@@ -488,10 +498,8 @@ def tensor_stats(raw_base: torch.Tensor, raws: list[torch.Tensor], density: floa
     cls = _CPasses if _CPasses.usable(raw_base, raws, dev) else _TorchPasses
     if dev.type != "cpu":
         backend = _TorchPasses(raw_base, raws, n, dev, release)
-    elif n > SEGMENT:
-        backend = _Segmented(cls, raw_base, raws, n, dev, release)
     else:
-        backend = cls(raw_base, raws, n, dev)
+        backend = _cpu_backend(cls, raw_base, raws, n, release)
     if cls is _CPasses:
         Gd, bad, thr, t_trim, t_top, h, e_ge, c_ge = _two_passes(backend, n, ks, k_trim, k_top, n_models)
     else:

@@ -78,7 +78,7 @@ def lib() -> ctypes.CDLL | None:
             build_error = str(exc)
             return None
         p, i, i64, vp = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
-        lib_.tv_pass1.argtypes = [p, i, vp, vp, i, i64, vp, vp, vp, vp, i]
+        lib_.tv_pass1.argtypes = [p, i, vp, vp, i, i64, vp, vp, vp, vp, i, i]
         lib_.tv_pass2.argtypes = [p, i, vp, vp, i, i64, vp, vp, i, vp]
         lib_.tv_bracket.argtypes = [p, i, vp, vp, i, i64, vp, vp, vp, vp, vp, vp, vp, vp, vp, i64]
         lib_.tv_bracket.restype = i64

@@ -70,7 +70,7 @@ static void fill_block(const void *base, int bdt, const void *const *models, con
 }
 
 void tv_pass1(const void *base, int bdt, const void *const *models, const int *mdt, int N, int64_t n,
-              double *gram, int64_t *hist_hi, int64_t *hist_lo0, int64_t *bad_out, int want_hist) {
+              double *gram, int64_t *hist_hi, int64_t *hist_lo0, int64_t *bad_out, int want_hist, int want_gram) {
     int R = N + 1;
     memset(gram, 0, sizeof(double) * R * R);
     memset(bad_out, 0, sizeof(int64_t) * R);
@@ -95,7 +95,7 @@ void tv_pass1(const void *base, int bdt, const void *const *models, const int *m
             int len = (int)((n - s) < BLOCK ? (n - s) : BLOCK);
             fill_block(base, bdt, models, mdt, N, s, len, b, t, bad);
             /* Gram: float within the block, double across blocks */
-            for (int r = 0; r < R; r++) {
+            for (int r = 0; r < (want_gram ? R : 0); r++) {
                 const float *x = r == 0 ? b : t[r - 1];
                 for (int c = r; c < R; c++) {
                     const float *y = c == 0 ? b : t[c - 1];

@@ -40,6 +40,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from ..tvstats import _select_bucket, bits_to_float, bucket_histograms, float_bits
 from . import sparsify as sp
 from ._util import global_params, model_params
 
@@ -134,17 +135,11 @@ def _sample_bracket(a: torch.Tensor, n: int, k: int):
     return lo, hi
 
 
-def _bits(x: float) -> int:
-    return int(np.array([x], dtype=np.float32).view(np.int32)[0])
-
-
 def _bucket_brackets(raw_base, raws, ks, plans, release) -> dict[int, tuple[int, int]] | None:
     """The analysis kernel's pass 1 (tvstats.bucket_histograms) names the float-bits bucket holding
     each k-th largest |δ|: when it falls among the members equal to the bucket's smallest value (bf16
     task vectors tie heavily), the plan is final; otherwise the rest of the bucket is the bracket.
     Fills `plans`, returns the brackets, or None when the kernel cannot run here."""
-    from ..tvstats import _select_bucket, bucket_histograms
-
     todo = [i for i, p in enumerate(plans) if p is None]
     got = bucket_histograms(raw_base, [raws[i] for i in todo], release) if todo else None
     if got is None:
@@ -156,8 +151,7 @@ def _bucket_brackets(raw_base, raws, ks, plans, release) -> dict[int, tuple[int,
         b, j = _select_bucket(hist[row], k)
         others = int(hist[row, b] - lo0[row, b])  # members above the bucket's smallest value
         if j > others:
-            thr = float(np.array([b << 16], dtype=np.int32).view(np.float32)[0])
-            plans[i] = _plan_from(thr, k - j + others, int(lo0[row, b]), k)
+            plans[i] = _plan_from(bits_to_float(b << 16), k - j + others, int(lo0[row, b]), k)
         else:
             brackets[i] = ((b << 16) + 1, ((b + 1) << 16) - 1)
     return brackets
@@ -186,7 +180,7 @@ def _thresholds(raw_base: torch.Tensor, raws: list[torch.Tensor], ks: list[int |
             sample = _gather(raws[i], idx, segs, release).sub_(base_s).abs_()
             br = _sample_bracket(sample, n, k)
             if br is not None:
-                lo_b, hi_b = _bits(br[0]), _bits(br[1])
+                lo_b, hi_b = float_bits(br[0]), float_bits(br[1])
                 if 0 <= hi_b - lo_b <= MAX_BINS:
                     brackets[i] = (lo_b, hi_b)
     full = [i for i, p in enumerate(plans) if p is None and i not in brackets]
@@ -208,7 +202,7 @@ def _thresholds(raw_base: torch.Tensor, raws: list[torch.Tensor], ks: list[int |
             n_eq = int(band[j])
             n_gt = int(cum[j]) - n_eq
             thr_bits = lo_b + int(nz[j])
-            thr = float(np.array([thr_bits], dtype=np.int32).view(np.float32)[0])
+            thr = bits_to_float(thr_bits)
             plans[i] = _plan_from(thr, n_gt, n_eq, k)
     for i in full:
         b = raw_base.reshape(-1).to(torch.float32)
