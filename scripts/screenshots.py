@@ -79,7 +79,7 @@ async def settle(app, pilot, t: float = 0.25) -> None:
 
 
 async def shoot(out: Path, family: Path, base: str, models: list[str], sample: dict) -> list[Path]:
-    from tui.app import MergeScopeApp
+    from mergescope.tui.app import MergeScopeApp
 
     shots: list[Path] = []
 
@@ -157,7 +157,7 @@ async def shoot(out: Path, family: Path, base: str, models: list[str], sample: d
 
 
 def main() -> int:
-    from tui.cmd_demo import DEMO_MODELS, SAMPLE_PLAN, family_dir
+    from mergescope.tui.cmd_demo import DEMO_MODELS, SAMPLE_PLAN, family_dir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", type=Path, default=family_dir(), help="directory holding the checkpoints")

@@ -53,9 +53,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analysis.checkpoint import open_checkpoint  # noqa: E402
-from analysis.evaluate import DEFAULT_CONTEXT, DEFAULT_STRIDE, evaluate_models, load_texts, perplexity  # noqa: E402
-from analysis.tinylm import LlamaConfig, LlamaLM, encode, load_model, model_from_tensors, save_model  # noqa: E402
+from mergescope.checkpoint import open_checkpoint  # noqa: E402
+from mergescope.evaluate import DEFAULT_CONTEXT, DEFAULT_STRIDE, evaluate_models, load_texts, perplexity  # noqa: E402
+from mergescope.tinylm import LlamaConfig, LlamaLM, encode, load_model, model_from_tensors, save_model  # noqa: E402
 
 DOMAINS = ("code", "prose", "dialog")
 NAMESPACE = "mergescope-demo"

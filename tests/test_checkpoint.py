@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from analysis.checkpoint import CheckpointError, open_checkpoint, open_models
+from mergescope.checkpoint import CheckpointError, open_checkpoint, open_models
 
 
 def _sd():

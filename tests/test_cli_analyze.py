@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.test_metrics import make_family
-from tui.cli import main
+from mergescope.tui.cli import main
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_fail_on_threshold(family, tmp_path):
 def test_bad_input_exit_2_one_line(family, args, needle):
     base, _ = family
     args = [str(base) if a == "BASEDIR" else a for a in args]
-    res = subprocess.run([sys.executable, "-m", "tui.cli", *args], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-m", "mergescope.tui.cli", *args], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mergescope analyze: error:") and needle in lines[0]
@@ -62,5 +62,5 @@ def test_corrupt_header_exit_2(tmp_path, family):
     base, _ = family
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
-    res = subprocess.run([sys.executable, "-m", "tui.cli", "analyze", str(base), str(bad)], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-m", "mergescope.tui.cli", "analyze", str(base), str(bad)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and str(bad) in res.stderr and "corrupt" in res.stderr

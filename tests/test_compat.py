@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from analysis.analyze import analyze
-from analysis.compat import DIFFERENT_BASE_COSINE, DRIFT_COSINE, DRIFT_RELATIVE_NORM, weight_aggregate
+from mergescope.analyze import analyze
+from mergescope.compat import DIFFERENT_BASE_COSINE, DRIFT_COSINE, DRIFT_RELATIVE_NORM, weight_aggregate
 
 FAMILY = Path(__file__).resolve().parents[1] / "analysis" / "demo" / "family"
 

@@ -4,7 +4,7 @@ import io
 import pytest
 from rich.console import Console
 
-from tui.demo_headless import cross_domain_verdicts, run_headless
+from mergescope.tui.demo_headless import cross_domain_verdicts, run_headless
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,8 @@ def test_output_shows_findings_table_and_keeps_merges(run):
 
 
 def test_cli_flag_is_wired(monkeypatch, capsys):
-    from tui.cli import main
+    from mergescope.tui.cli import main
 
     seen = {}
-    monkeypatch.setattr("tui.demo_headless.run_headless", lambda output, use_cache=True: seen.update(output=output) or {})
+    monkeypatch.setattr("mergescope.tui.demo_headless.run_headless", lambda output, use_cache=True: seen.update(output=output) or {})
     assert main(["demo", "--headless", "--output", "x"]) == 0 and seen == {"output": "x"}

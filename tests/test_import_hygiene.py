@@ -1,4 +1,5 @@
-"""The core must stay UI-free: importing analysis or any of its modules never imports textual."""
+"""The core must stay UI-free: importing `mergescope` or any core module never imports textual or the TUI."""
+
 import pkgutil
 import subprocess
 import sys
@@ -6,21 +7,30 @@ from pathlib import Path
 
 import pytest
 
-import analysis
+import mergescope
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ["analysis"] + [f"analysis.{m.name}" for m in pkgutil.walk_packages(analysis.__path__, "") if not m.name.startswith("_")]
+MODULES = ["mergescope"] + [
+    f"mergescope.{m.name}"
+    for m in pkgutil.walk_packages(mergescope.__path__, "")
+    if not m.name.startswith("_") and m.name.split(".")[0] != "tui"
+]
+UI = "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'tui') or m.startswith('mergescope.tui')]"
+
+
+def test_core_modules_are_found():
+    assert "mergescope.plan" in MODULES and not any(m.startswith("mergescope.tui") for m in MODULES)
 
 
 @pytest.mark.parametrize("module", MODULES)
 def test_core_module_does_not_import_textual(module):
-    code = f"import sys, {module}; bad = [m for m in sys.modules if m == 'textual' or m.startswith('textual.') or m == 'tui' or m.startswith('tui.')]; print(bad); sys.exit(1 if bad else 0)"
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    code = f"import sys, {module}; {UI}; print(bad); sys.exit(1 if bad else 0)"
+    res = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, f"{module} imports UI modules: {res.stdout} {res.stderr[-500:]}"
 
 
-def test_import_analysis_is_cheap():
-    """`import analysis` must not pull torch (heavy work happens only when asked)."""
-    code = "import sys, analysis, analysis.naming, analysis.errors; sys.exit(1 if 'torch' in sys.modules else 0)"
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+def test_import_mergescope_is_cheap():
+    """`import mergescope` must not pull torch (heavy work happens only when asked)."""
+    code = "import sys, mergescope, mergescope.naming, mergescope.errors; sys.exit(1 if 'torch' in sys.modules else 0)"
+    res = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr

@@ -6,14 +6,14 @@ import pytest
 import torch
 import yaml
 
-from analysis import methods
-from analysis.errors import InputError
-from analysis.merge import MergeCancelled, MergeError, run_merge
-from analysis.methods.base import MergeMethod, ParamSpec
-from analysis.plan import Plan
-from analysis.writer import ModelWriter, parse_size
+from mergescope import methods
+from mergescope.errors import InputError
+from mergescope.merge import MergeCancelled, MergeError, run_merge
+from mergescope.methods.base import MergeMethod, ParamSpec
+from mergescope.plan import Plan
+from mergescope.writer import ModelWriter, parse_size
 from tests.ckpt_utils import load_state, lora_delta, make_finetune, make_llama, make_lora
-from tui.cli import main
+from mergescope.tui.cli import main
 
 N_LAYERS = 4
 
@@ -283,7 +283,7 @@ def test_writer_planned_mode_refuses_surprises(tmp_path):
 @pytest.mark.parametrize("threads", [1, 3])
 def test_parallel_streaming_merge_equals_sequential_general_path(family, monkeypatch, threads):
     """ties/task_arithmetic through the streaming kernel on worker threads == the general path."""
-    from analysis.methods import gta_stream
+    from mergescope.methods import gta_stream
 
     monkeypatch.setattr(gta_stream, "RELEASE_BYTES", 64)  # release calls on every chunk
     monkeypatch.setattr(gta_stream, "CHUNK", 64)
@@ -304,7 +304,7 @@ def test_parallel_streaming_merge_equals_sequential_general_path(family, monkeyp
 
 def test_released_pages_read_back_the_same(tmp_path):
     """Streaming kernels drop mapped input pages as they go (release_range); reads stay correct."""
-    from analysis.checkpoint import open_checkpoint
+    from mergescope.checkpoint import open_checkpoint
     from tests.ckpt_utils import write_state
 
     t = torch.randn(3_000_001, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
@@ -325,7 +325,7 @@ def test_model_card_records_analysis_findings(tmp_path, monkeypatch):
     paths, or computed with --analyze; without either it says how to get them."""
     from pathlib import Path
 
-    from tui.cli import main
+    from mergescope.tui.cli import main
 
     monkeypatch.setenv("MERGESCOPE_CACHE_DIR", str(tmp_path / "cache"))
     fam = Path(__file__).resolve().parents[1] / "analysis" / "demo" / "family"

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from analysis.errors import InputError
-from analysis.methods import REGISTRY, get_method, release_workspace
-from analysis.methods import sparsify as sp
-from analysis.methods.base import MergeContext
+from mergescope.errors import InputError
+from mergescope.methods import REGISTRY, get_method, release_workspace
+from mergescope.methods import sparsify as sp
+from mergescope.methods.base import MergeContext
 
 SHAPE = (48, 80)
 
@@ -604,8 +604,8 @@ def _stream_vs_merge(name, base, models, mps, params=None, out_dtype=torch.bfloa
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("n", [3000, 300_000])  # small: direct selection; large: bracketed
 def test_stream_kernel_equals_general_path(dtype, n, c_kernels, monkeypatch):
-    from analysis import kernels
-    from analysis.methods import gta_stream
+    from mergescope import kernels
+    from mergescope.methods import gta_stream
 
     if not c_kernels:
         monkeypatch.setenv("MERGESCOPE_NO_C_KERNELS", "1")
@@ -646,7 +646,7 @@ def test_stream_kernel_equals_general_path(dtype, n, c_kernels, monkeypatch):
 
 
 def test_stream_kernel_bad_sample_falls_back_exactly(monkeypatch):
-    from analysis.methods import gta_stream
+    from mergescope.methods import gta_stream
 
     monkeypatch.setattr(gta_stream, "_sample_bracket", lambda *a: (0.0, 1e-30))  # a bracket that misses
     monkeypatch.setattr(gta_stream, "DIRECT_MAX", 1 << 16)
@@ -659,8 +659,8 @@ def test_stream_kernel_bad_sample_falls_back_exactly(monkeypatch):
 def test_stream_kernel_non_finite_large_tensor_keeps_nan_semantics(monkeypatch):
     """The analysis kernel reads non-finite values as 0, which is not the merge's rule (NaN never
     counts toward k): such tensors take the sampled route and still equal the general path."""
-    from analysis import tvstats
-    from analysis.methods import gta_stream
+    from mergescope import tvstats
+    from mergescope.methods import gta_stream
 
     monkeypatch.setattr(gta_stream, "DIRECT_MAX", 1 << 16)
     n = 200_000

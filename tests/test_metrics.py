@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from analysis.analyze import analyze
-from analysis.checkpoint import open_models
-from analysis.metrics import analyze_checkpoints
-from analysis.naming import site_of
+from mergescope.analyze import analyze
+from mergescope.checkpoint import open_models
+from mergescope.metrics import analyze_checkpoints
+from mergescope.naming import site_of
 
 H, V, L = 24, 40, 3
 
@@ -65,7 +65,7 @@ def make_family(tmp, dtype=torch.bfloat16, shards=1, n_models=3, sparse=False):
 
 
 def _load_all(path):
-    from analysis.checkpoint import open_checkpoint
+    from mergescope.checkpoint import open_checkpoint
 
     ck = open_checkpoint(path)
     return {n: ck.get(n).float().numpy().astype(np.float64) for n in ck.names()}
@@ -183,7 +183,7 @@ KERNELS = {
     (torch.bfloat16, 1, False, 0.0),
 ])
 def test_metrics_match_reference(tmp_path, monkeypatch, kernel, dtype, shards, sparse, density):
-    import analysis.tvstats as tv
+    import mergescope.tvstats as tv
 
     for k, v in KERNELS[kernel].items():
         if k == "_C":
@@ -250,7 +250,7 @@ def test_json_contract_round_trip(tmp_path, monkeypatch):
     assert any(c["layer"] is None for c in data["cells"])
     ms = data["model_summary"][0]
     assert set(ms) >= {"model", "relative_norm", "cosine_to_base"}
-    from analysis.metrics import Report
+    from mergescope.metrics import Report
 
     again = Report.from_json(data).to_json()
     for key in ("cells", "pair_cells", "group_cells", "model_summary"):
@@ -267,7 +267,7 @@ def test_json_contract_round_trip(tmp_path, monkeypatch):
 
 
 def test_progress_and_cancel(tmp_path):
-    from analysis.metrics import AnalysisCancelled
+    from mergescope.metrics import AnalysisCancelled
 
     base_p, paths = make_family(tmp_path, n_models=2)
     base, models = open_models(base_p, paths)
@@ -281,7 +281,7 @@ def test_progress_and_cancel(tmp_path):
 
 def test_non_finite_values_are_counted_and_excluded(tmp_path):
     base_p, paths = make_family(tmp_path, n_models=2)
-    from analysis.checkpoint import open_checkpoint
+    from mergescope.checkpoint import open_checkpoint
     from safetensors.torch import save_file
 
     ck = open_checkpoint(paths[1])
@@ -300,8 +300,8 @@ def test_c_kernel_builds_and_is_used(tmp_path, monkeypatch):
     against the reference in test_metrics_match_reference[c-...]."""
     import shutil
 
-    from analysis import kernels
-    from analysis.tvstats import _CPasses
+    from mergescope import kernels
+    from mergescope.tvstats import _CPasses
 
     if not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
         pytest.skip("no C compiler: the torch path is used")
@@ -312,8 +312,8 @@ def test_c_kernel_builds_and_is_used(tmp_path, monkeypatch):
 
 
 def _stats(base, taus, density, monkeypatch, c: bool):
-    from analysis import tvstats
-    from analysis.metrics import SiteStats
+    from mergescope import tvstats
+    from mergescope.metrics import SiteStats
 
     if not c:
         monkeypatch.setenv("MERGESCOPE_NO_C_KERNELS", "1")
@@ -327,7 +327,7 @@ def _stats(base, taus, density, monkeypatch, c: bool):
 def _route_counts(monkeypatch):
     """How the C route went: calls of the sign-code pass (bracket) and of pass 2, and how many
     coordinates were set aside (thresholds strictly inside a bucket)."""
-    from analysis.tvstats import _CPasses
+    from mergescope.tvstats import _CPasses
 
     seen = {"bracket": 0, "pass2": 0, "set_aside": 0}
     orig_bracket, orig_pass2 = _CPasses.bracket, _CPasses.pass2
@@ -353,7 +353,7 @@ def test_two_pass_route_equals_three_pass_torch(monkeypatch, case, segment):
     """The C route (thresholds from the bucket's smallest-value count, or set-aside coordinates
     resolved after one pass) gives exactly the torch three-pass integers, on tensors large enough to
     have heavy ties (bf16) and open buckets (fp32); and it takes the route it is meant to."""
-    from analysis import kernels
+    from mergescope import kernels
 
     if kernels.lib() is None:
         pytest.skip(f"no C kernels: {kernels.build_error}")
@@ -377,7 +377,7 @@ def test_two_pass_route_equals_three_pass_torch(monkeypatch, case, segment):
         taus.append((base.float() + d).to(dtype))
     seen = _route_counts(monkeypatch)
     if segment:
-        from analysis import tvstats
+        from mergescope import tvstats
 
         monkeypatch.setattr(tvstats, "SEGMENT", segment)
     c = _stats(base, taus, 0.2, monkeypatch, c=True)
@@ -397,8 +397,8 @@ def test_two_pass_route_equals_three_pass_torch(monkeypatch, case, segment):
 
 def test_large_tensors_are_released_segment_by_segment(monkeypatch):
     """Resident memory stays at a segment per input: every pass releases each segment after it."""
-    from analysis import tvstats
-    from analysis.metrics import SiteStats
+    from mergescope import tvstats
+    from mergescope.metrics import SiteStats
 
     monkeypatch.setattr(tvstats, "SEGMENT", 1000)
     g = torch.Generator().manual_seed(3)

@@ -1,7 +1,7 @@
 """Tensor name -> Site, per architecture family (DESIGN §2)."""
 import pytest
 
-from analysis.naming import Site, layer_count, site_of
+from mergescope.naming import Site, layer_count, site_of
 
 CASES = {
     "llama/mistral/qwen2": [

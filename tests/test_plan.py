@@ -3,9 +3,9 @@ import pytest
 import torch
 import yaml
 
-from analysis.errors import InputError
-from analysis.naming import site_of
-from analysis.plan import Plan, group_ratios_of, interpolate, plan_from_group_ratios
+from mergescope.errors import InputError
+from mergescope.naming import site_of
+from mergescope.plan import Plan, group_ratios_of, interpolate, plan_from_group_ratios
 from tests.ckpt_utils import llama_shapes, make_finetune, make_llama
 
 FULL = """\

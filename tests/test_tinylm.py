@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis.checkpoint import open_checkpoint
-from analysis.evaluate import _windows, evaluate_models, load_texts, perplexity
-from analysis.tinylm import (LlamaConfig, LlamaLM, bytes_to_unicode, decode, encode, load_model,
+from mergescope.checkpoint import open_checkpoint
+from mergescope.evaluate import _windows, evaluate_models, load_texts, perplexity
+from mergescope.tinylm import (LlamaConfig, LlamaLM, bytes_to_unicode, decode, encode, load_model,
                              model_from_tensors, save_model, tokenizer_json)
 
 DEMO = Path(__file__).resolve().parents[1] / "analysis" / "demo"
@@ -173,7 +173,7 @@ def test_matches_transformers_llama(models):
 
 
 def test_import_is_light():
-    code = ("import sys, analysis.tinylm, analysis.evaluate; "
+    code = ("import sys, mergescope.tinylm, mergescope.evaluate; "
             "bad = [m for m in ('textual', 'transformers') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],

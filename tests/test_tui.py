@@ -10,15 +10,15 @@ import torch
 from safetensors.torch import save_file
 
 from tests.test_metrics import make_family
-from tui.app import MergeScopeApp
-from tui.dialogs.error import ErrorDialog
-from tui.dialogs.help import HelpScreen
-from tui.dialogs.open import OpenDialog
-from tui.heatdata import METRICS
-from tui.messages import WhatIfReady
-from tui.widgets.heatmap import Heatmap
-from tui.widgets.heatmap_view import HeatmapView
-from tui.widgets.inputs import PathInput
+from mergescope.tui.app import MergeScopeApp
+from mergescope.tui.dialogs.error import ErrorDialog
+from mergescope.tui.dialogs.help import HelpScreen
+from mergescope.tui.dialogs.open import OpenDialog
+from mergescope.tui.heatdata import METRICS
+from mergescope.tui.messages import WhatIfReady
+from mergescope.tui.widgets.heatmap import Heatmap
+from mergescope.tui.widgets.heatmap_view import HeatmapView
+from mergescope.tui.widgets.inputs import PathInput
 
 SIZE = (120, 40)
 pytestmark = pytest.mark.asyncio
@@ -110,7 +110,7 @@ async def test_open_dialog_rejects_a_missing_path_inline(tmp_path):
 
 
 async def test_path_completion(tmp_path):
-    from tui.suggest import complete_path
+    from mergescope.tui.suggest import complete_path
 
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "llama-base").mkdir()
@@ -152,8 +152,8 @@ async def test_incompatible_model_shows_findings_not_a_crash(tmp_path, family):
 
 
 async def test_analysis_can_be_cancelled(family, monkeypatch):
-    import analysis.analyze as analyze_mod
-    from analysis.metrics import AnalysisCancelled
+    import mergescope.analyze as analyze_mod
+    from mergescope.metrics import AnalysisCancelled
 
     started = []
 
@@ -268,7 +268,7 @@ async def test_heatmap_scrolls_with_the_cursor_on_many_layers():
     """A 126-layer grid renders only what is visible; the cursor drags the view along."""
     from textual.app import App
 
-    from tui.heatdata import Grid
+    from mergescope.tui.heatdata import Grid
 
     rows = [f"L{i}" for i in range(126)]
     cols = ["all"] + [f"c{k}" for k in range(9)]
@@ -336,10 +336,10 @@ async def settle(app, pilot) -> None:
 
 
 async def test_plan_edit_whatif_export_reload_merge(family, tmp_path):
-    from analysis.plan import Plan
-    from analysis.whatif import from_plan
-    from tui.dialogs.prompt import PathPrompt, ValuePrompt
-    from tui.widgets.plan_editor import PlanEditor
+    from mergescope.plan import Plan
+    from mergescope.whatif import from_plan
+    from mergescope.tui.dialogs.prompt import PathPrompt, ValuePrompt
+    from mergescope.tui.widgets.plan_editor import PlanEditor
 
     base, models = family
     app = app_for(family)
@@ -436,7 +436,7 @@ async def test_plan_edit_whatif_export_reload_merge(family, tmp_path):
 
 
 async def test_merge_cancel_leaves_no_output(family, tmp_path, monkeypatch):
-    import analysis.merge as merge_mod
+    import mergescope.merge as merge_mod
 
     real = merge_mod.run_merge
 
@@ -509,14 +509,14 @@ models:
         await pilot.press("e", "plus")
         await pilot.pause()
         assert st.custom is not None  # read-only: a notification, not an edit
-        from tui.widgets.plan_editor import PlanEditor
+        from mergescope.tui.widgets.plan_editor import PlanEditor
 
         preds = app.main.query_one(PlanEditor).preds
         assert preds is not None
         # the what-if honours the filter: q_proj of model 0 has weight 0.3
         r = app.report
         sites = [s for s in r.sites if s.layer == 1 and s.module == "q_proj"]
-        from analysis.whatif import from_plan
+        from mergescope.whatif import from_plan
 
         assert from_plan(r, st.custom).cell(sites).weight[0] == pytest.approx(0.3)
         await pilot.press("R")
@@ -526,8 +526,8 @@ models:
 
 async def test_remeasure_at_the_plan_density(family, monkeypatch):
     """Large sets: the user presses r; the plan's models are measured at the plan's density."""
-    import tui.app as app_mod
-    from tui.widgets.plan_editor import PlanEditor
+    import mergescope.tui.app as app_mod
+    from mergescope.tui.widgets.plan_editor import PlanEditor
 
     monkeypatch.setattr(app_mod, "AUTO_REMEASURE_BYTES", 0)
     app = app_for(family, sample_plan={"method": "ties", "models": ["ft0", "ft1"], "weight": 1.0, "density": 0.5})
@@ -546,7 +546,7 @@ async def test_remeasure_at_the_plan_density(family, monkeypatch):
 
 
 async def test_small_sets_are_remeasured_automatically(family):
-    from tui.widgets.plan_editor import PlanEditor
+    from mergescope.tui.widgets.plan_editor import PlanEditor
 
     app = app_for(family, sample_plan={"method": "ties", "models": ["ft0", "ft1"], "weight": 1.0, "density": 0.5})
     async with app.run_test(size=SIZE) as pilot:
@@ -570,7 +570,7 @@ def _check_remeasured(app, editor, family):
 
 async def test_unfinished_plan_is_explained_inline(family):
     """slerp without t: the reason shows beside the form (and in the merge tab), not as a modal."""
-    from tui.widgets.plan_editor import PlanEditor
+    from mergescope.tui.widgets.plan_editor import PlanEditor
 
     app = app_for(family)
     async with app.run_test(size=SIZE) as pilot:

@@ -2,15 +2,15 @@
 
 
 def test_serve_command_line():
-    from tui.cmd_serve import command_line
+    from mergescope.tui.cmd_serve import command_line
 
-    assert command_line([]).endswith("-m tui.cli ui")
-    assert command_line(["demo"]).endswith("-m tui.cli demo")
+    assert command_line([]).endswith("-m mergescope.tui.cli ui")
+    assert command_line(["demo"]).endswith("-m mergescope.tui.cli demo")
     assert "'a b'" in command_line(["ui", "a b", "c"])
 
 
 def test_cli_registers_the_interactive_commands():
-    from tui.cli import build_parser
+    from mergescope.tui.cli import build_parser
 
     parser = build_parser()
     args = parser.parse_args(["ui", "base", "ft0", "--plan", "p.yaml"])
@@ -20,15 +20,15 @@ def test_cli_registers_the_interactive_commands():
 
 
 def test_ui_refuses_a_base_without_models(capsys):
-    from tui.cli import main
+    from mergescope.tui.cli import main
 
     assert main(["ui", "only-a-base"]) == 2
     assert "at least one fine-tuned MODEL" in capsys.readouterr().err
 
 
 def test_demo_paths_come_from_the_bundled_family(monkeypatch, tmp_path):
-    import tui.cmd_demo as demo
-    from analysis.errors import InputError
+    import mergescope.tui.cmd_demo as demo
+    from mergescope.errors import InputError
 
     monkeypatch.setattr(demo, "family_dir", lambda: tmp_path)
     try:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from analysis.analyze import analyze
+from mergescope.analyze import analyze
 from tests.test_metrics import make_family
-from tui.app import MergeScopeApp
+from mergescope.tui.app import MergeScopeApp
 
 MODELS = ["ft0", "ft1", "ft2"]
 SAMPLE = {"method": "ties", "models": ["ft0", "ft1"], "weight": 1.0, "density": 0.2}

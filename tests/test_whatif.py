@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.analyze import analyze
-from analysis.checkpoint import open_checkpoint
-from analysis.naming import site_of
-from analysis.plan import plan_from_group_ratios
-from analysis.whatif import coefficients, from_plan, method_note, uniform_density
+from mergescope.analyze import analyze
+from mergescope.checkpoint import open_checkpoint
+from mergescope.naming import site_of
+from mergescope.plan import plan_from_group_ratios
+from mergescope.whatif import coefficients, from_plan, method_note, uniform_density
 from tests.test_metrics import L, make_family
 
 
@@ -153,13 +153,13 @@ def test_whatif_does_not_import_textual():
     import subprocess
     import sys
 
-    code = "import sys, analysis.whatif; sys.exit(1 if any(m.startswith('textual') for m in sys.modules) else 0)"
+    code = "import sys, mergescope.whatif; sys.exit(1 if any(m.startswith('textual') for m in sys.modules) else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_unknown_models_are_reported(fam, tmp_path):
     base, models, report = fam
-    from analysis.plan import ModelEntry, Plan
+    from mergescope.plan import ModelEntry, Plan
 
     plan = Plan("task_arithmetic", base_model=base,
                 models=[ModelEntry(models[0], {"weight": 1.0}), ModelEntry(str(tmp_path / "elsewhere"), {"weight": 1.0})])

@@ -1,7 +1,7 @@
 """The Textual explorer: open → analyse → verdicts → heatmaps → plan → export → merge.
 
 The app owns the state (the report, the plan being edited) and the workers. Workers run the core
-(`analysis.*`) in threads, post messages (`tui.messages`) and never touch widgets; failures reach one
+(`mergescope.*`, the core) in threads, post messages (`mergescope.tui.messages`) and never touch widgets; failures reach one
 place, `on_worker_state_changed`, which shows one error dialog. The core never sees Textual.
 """
 from __future__ import annotations
@@ -124,8 +124,8 @@ class MergeScopeApp(App):
         self._analyse(base, models, density, "whatif")
 
     def _analyse(self, base: str, models: list[str], density: float, purpose: str) -> None:
-        from analysis.analyze import analyze
-        from analysis.metrics import AnalysisCancelled
+        from mergescope.analyze import analyze
+        from mergescope.metrics import AnalysisCancelled
 
         worker = get_current_worker()
         t0 = time.perf_counter()
@@ -173,7 +173,7 @@ class MergeScopeApp(App):
 
     # -- the plan ---------------------------------------------------------------------------------
     def _init_plan(self, report) -> None:
-        from analysis.errors import InputError
+        from mergescope.errors import InputError
 
         from .plan_state import state_for_report
 
@@ -217,7 +217,7 @@ class MergeScopeApp(App):
         return str(parent / "merged")
 
     def _state_from_file(self, path: str, report):
-        from analysis.plan import Plan
+        from mergescope.plan import Plan
 
         from .plan_state import PlanState
 
@@ -248,7 +248,7 @@ class MergeScopeApp(App):
     def current_plan(self):
         """The Plan being edited (InputError when it cannot be built)."""
         if self.plan_state is None:
-            from analysis.errors import InputError
+            from mergescope.errors import InputError
 
             raise InputError("no analysis yet: open a model set first (o)")
         return self.plan_state.to_plan()
@@ -262,7 +262,7 @@ class MergeScopeApp(App):
     def _start_whatif(self) -> None:
         if not self._has_main():
             return
-        from analysis.errors import InputError
+        from mergescope.errors import InputError
 
         self._whatif_timer = None
         if self.report is None or self.plan_state is None:
@@ -287,7 +287,7 @@ class MergeScopeApp(App):
 
     def _remeasure_target(self) -> tuple[list[str], float] | None:
         """(models, density) that measure exactly this plan's interference, or None when the analysis did."""
-        from analysis.whatif import MAGNITUDE_TRIM
+        from mergescope.whatif import MAGNITUDE_TRIM
 
         st = self.plan_state
         if st is None or self.report is None or st.custom is not None:
@@ -320,7 +320,7 @@ class MergeScopeApp(App):
           description="what-if")  # a description: else Textual repr()s the Report (seconds on big models)
     def compute_whatif(self, plan, report, data, conflict_report, generation: int) -> None:
         """Pure numbers from the Report (no tensor is read); posts WhatIfReady."""
-        from analysis.whatif import from_plan
+        from mergescope.whatif import from_plan
 
         from .heatdata import whatif_predictions
 
@@ -350,7 +350,7 @@ class MergeScopeApp(App):
     def remeasure_at_plan_density(self) -> None:
         """Analyse the plan's models alone, at the plan's density: the what-if's trimmed sign conflict
         is then measured for exactly this merge (cached like any analysis)."""
-        from analysis.whatif import from_plan, uniform_density
+        from mergescope.whatif import from_plan, uniform_density
 
         if self.report is None or self.plan_state is None:
             return
@@ -378,7 +378,7 @@ class MergeScopeApp(App):
 
     # -- export / load ----------------------------------------------------------------------------
     def action_export_plan(self) -> None:
-        from analysis.errors import InputError
+        from mergescope.errors import InputError
 
         try:
             plan = self.current_plan()
@@ -422,7 +422,7 @@ class MergeScopeApp(App):
                          done)
 
     def load_plan(self, path: str) -> bool:
-        from analysis.errors import InputError
+        from mergescope.errors import InputError
 
         try:
             state = self._state_from_file(path, self.report)
@@ -436,7 +436,7 @@ class MergeScopeApp(App):
 
     # -- merge --------------------------------------------------------------------------------------
     def action_run_merge(self) -> None:
-        from analysis.errors import InputError
+        from mergescope.errors import InputError
 
         if self.running_jobs():
             self.notify("a job is running: wait for it or press Esc to cancel it", severity="warning")
@@ -461,7 +461,7 @@ class MergeScopeApp(App):
 
     @work(thread=True, exclusive=True, group="merge", exit_on_error=False, name="merge", description="merge")
     def merge_worker(self, plan, output_dir: str, seed: int | None, force: bool, report=None) -> None:
-        from analysis.merge import MergeCancelled, run_merge
+        from mergescope.merge import MergeCancelled, run_merge
 
         worker = get_current_worker()
         t0 = time.perf_counter()
@@ -519,7 +519,7 @@ class MergeScopeApp(App):
                 except LookupError:
                     pass
         if event.state == WorkerState.ERROR and worker.group == "whatif":
-            from analysis.errors import InputError
+            from mergescope.errors import InputError
 
             if isinstance(worker.error, InputError):  # an unfinished plan: say why beside the form, no modal
                 from textual.widgets import Static
@@ -535,7 +535,7 @@ class MergeScopeApp(App):
 
     def show_error(self, exc: BaseException | None, what: str = "") -> None:
         """The one place failures are shown: a modal with the message (and, in debug mode, the trace)."""
-        from analysis.errors import InputError
+        from mergescope.errors import InputError
 
         if isinstance(exc, (InputError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)):
             title = f"{what or 'input'}: bad input"

@@ -10,20 +10,20 @@ import sys
 
 # subcommand -> module defining `add_arguments(parser)` and `run(args) -> int`
 COMMANDS = {
-    "ui": "tui.cmd_ui",
-    "demo": "tui.cmd_demo",
-    "serve": "tui.cmd_serve",
-    "analyze": "tui.cmd_analyze",
-    "merge": "tui.cmd_merge",
+    "ui": "mergescope.tui.cmd_ui",
+    "demo": "mergescope.tui.cmd_demo",
+    "serve": "mergescope.tui.cmd_serve",
+    "analyze": "mergescope.tui.cmd_analyze",
+    "merge": "mergescope.tui.cmd_merge",
 }
 
 
-from analysis.errors import InputError as UsageError  # noqa: E402  (re-exported for cmd_* modules)
+from mergescope.errors import InputError as UsageError  # noqa: E402  (re-exported for cmd_* modules)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mergescope", description="Merge-readiness analysis and merging of fine-tuned models.")
-    from analysis import __version__
+    from mergescope import __version__
 
     parser.add_argument("--version", action="version", version=f"mergescope {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -27,8 +27,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from rich.console import Console
 
-    from analysis.analyze import analyze
-    from analysis.compat import SEVERITIES
+    from mergescope.analyze import analyze
+    from mergescope.compat import SEVERITIES
 
     err = Console(stderr=True)
     out = Console()
@@ -38,7 +38,7 @@ def run(args) -> int:
         try:
             path.write_text(json.dumps(report.to_json(), indent=1, allow_nan=False))
         except OSError as exc:
-            from analysis.errors import InputError
+            from mergescope.errors import InputError
 
             raise InputError(f"--json {args.json}: cannot write ({exc.strerror}); pick a writable path") from None
     print_report(report, out, quiet=args.quiet)

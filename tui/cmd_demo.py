@@ -15,14 +15,14 @@ SAMPLE_PLAN = {"method": "ties", "models": ["code", "prose"], "weight": 1.0, "de
 
 
 def family_dir() -> Path:
-    import analysis
+    import mergescope
 
-    return Path(analysis.__file__).resolve().parent / "demo" / "family"
+    return Path(mergescope.__file__).resolve().parent / "demo" / "family"
 
 
 def demo_paths() -> tuple[str, list[str]]:
     """(base, models) of the bundled family; an InputError when it is missing."""
-    from analysis.errors import InputError
+    from mergescope.errors import InputError
 
     root = family_dir()
     base = root / "base"

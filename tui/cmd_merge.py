@@ -28,16 +28,16 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from rich.console import Console
 
-    from analysis.merge import MergeError, run_merge
-    from analysis.plan import Plan
-    from analysis.writer import fmt_bytes, parse_size
+    from mergescope.merge import MergeError, run_merge
+    from mergescope.plan import Plan
+    from mergescope.writer import fmt_bytes, parse_size
 
     err = Console(stderr=True)
     out = Console()
     shard_size = parse_size(args.shard_size)
     plan = Plan.load(args.config)
     plan.validate(check_paths=True)
-    from analysis.analyze import analysis_for_plan
+    from mergescope.analyze import analysis_for_plan
 
     report = analysis_for_plan(plan, compute=args.analyze, device=args.device)
     if report is not None and report.findings and not args.quiet:

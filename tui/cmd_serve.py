@@ -22,11 +22,11 @@ def add_arguments(p) -> None:
 def command_line(args: list[str]) -> str:
     """The shell command each browser session runs."""
     exe = shlex.quote(sys.executable)
-    return " ".join([exe, "-m", "tui.cli", *(shlex.quote(a) for a in (args or ["ui"]))])
+    return " ".join([exe, "-m", "mergescope.tui.cli", *(shlex.quote(a) for a in (args or ["ui"]))])
 
 
 def run(args) -> int:
-    from analysis.errors import InputError
+    from mergescope.errors import InputError
 
     try:
         from textual_serve.server import Server

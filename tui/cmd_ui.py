@@ -15,7 +15,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from analysis.errors import InputError
+    from mergescope.errors import InputError
 
     if args.base and not args.models:
         raise InputError("give at least one fine-tuned MODEL after the BASE (or no paths for the open dialog)")

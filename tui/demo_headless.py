@@ -22,7 +22,7 @@ DEMO_MERGES = (
 
 
 def demo_plans(family: Path) -> list[tuple[str, "object"]]:
-    from analysis.plan import Plan
+    from mergescope.plan import Plan
 
     plans = []
     for label, method, models, mparams, gparams in DEMO_MERGES:
@@ -37,8 +37,8 @@ def demo_plans(family: Path) -> list[tuple[str, "object"]]:
 
 def merge_and_score(out_root: Path, progress=None) -> dict[str, dict[str, float]]:
     """Run the demo merges into `out_root` and score base, fine-tunes and merges on held-out text."""
-    from analysis.evaluate import evaluate_models, load_texts
-    from analysis.merge import run_merge
+    from mergescope.evaluate import evaluate_models, load_texts
+    from mergescope.merge import run_merge
 
     from .cmd_demo import family_dir
 
@@ -75,7 +75,7 @@ def run_headless(output: str | None = None, use_cache: bool = True, console=None
     """Print the demo's findings, table and verdicts; return the perplexity table."""
     from rich.console import Console
 
-    from analysis.analyze import analyze
+    from mergescope.analyze import analyze
 
     from .cmd_analyze import print_report
     from .cmd_demo import DEMO_MODELS, family_dir

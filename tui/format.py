@@ -87,7 +87,7 @@ def display_names(paths: list[str]) -> dict[str, str]:
     return out
 
 
-from analysis.writer import fmt_bytes as human_bytes  # noqa: E402  (one byte formatter for CLI, card and app)
+from mergescope.writer import fmt_bytes as human_bytes  # noqa: E402  (one byte formatter for CLI, card and app)
 
 
 def duration(s: float | None) -> str:

@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from analysis.metrics import Aggregate
-from analysis.naming import GROUPS
+from mergescope.metrics import Aggregate
+from mergescope.naming import GROUPS
 
 ALL = "all"
 COLUMN_MODES = ("modules", "groups")

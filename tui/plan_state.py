@@ -1,7 +1,7 @@
 """The plan editor's state: method, global parameters and per-(group, layer band) tables per model.
 
 No widgets here: the editor shows and edits a `PlanState`, which turns into a `Plan`
-(`analysis.plan.plan_from_group_ratios`, one table per per-model parameter) and back
+(`mergescope.plan.plan_from_group_ratios`, one table per per-model parameter) and back
 (`group_ratios_of`). A loaded plan that is not of that form (hand-written mergekit filters, slices)
 is kept as it is: it can be inspected, predicted and merged, but its table is read-only.
 """
@@ -72,7 +72,7 @@ class PlanState:
     # -- method and its parameters ----------------------------------------------------------
     @property
     def spec(self):
-        from analysis.methods import get_method
+        from mergescope.methods import get_method
 
         return get_method(self.method)
 
@@ -93,7 +93,7 @@ class PlanState:
         return 1.0
 
     def set_method(self, method: str) -> None:
-        from analysis.methods import get_method
+        from mergescope.methods import get_method
 
         get_method(method)  # InputError for an unknown name
         self.method = method
@@ -197,7 +197,7 @@ class PlanState:
         return round(value, 6)
 
     def set_value(self, param: str, row: Row, col: str, model: int, value: float) -> None:
-        from analysis.errors import InputError
+        from mergescope.errors import InputError
 
         if not math.isfinite(value):
             raise InputError(f"{param}: {value} is not a finite number")
@@ -225,8 +225,8 @@ class PlanState:
 
     def set_global(self, name: str, raw) -> None:
         """Validate one global parameter with the method's spec (InputError with the reason)."""
-        from analysis.errors import InputError
-        from analysis.plan import coerce_value
+        from mergescope.errors import InputError
+        from mergescope.plan import coerce_value
 
         spec = self.spec.param(name)
         if spec is None or spec.per_model:
@@ -260,8 +260,8 @@ class PlanState:
 
     def to_plan(self):
         """The Plan this state describes (InputError when it cannot be merged as it stands)."""
-        from analysis.errors import InputError
-        from analysis.plan import plan_from_group_ratios
+        from mergescope.errors import InputError
+        from mergescope.plan import plan_from_group_ratios
 
         if self.custom is not None:
             return self.custom
@@ -284,7 +284,7 @@ class PlanState:
         plan = None
         for p in written or [None]:
             if p is None:
-                from analysis.plan import ModelEntry, Plan
+                from mergescope.plan import ModelEntry, Plan
 
                 plan = Plan(self.method, base_model=base, models=[ModelEntry(m) for m in models],
                             parameters=parameters or None, dtype=self.dtype, out_dtype=self.out_dtype)
@@ -312,9 +312,9 @@ class PlanState:
     @classmethod
     def from_plan(cls, plan, report, names=None) -> "PlanState":
         """Editor state for a loaded plan: tables when it is a per-group table, else kept verbatim."""
-        from analysis.errors import InputError
-        from analysis.plan import group_ratios_of
-        from analysis.whatif import is_base, plan_models_to_report
+        from mergescope.errors import InputError
+        from mergescope.plan import group_ratios_of
+        from mergescope.whatif import is_base, plan_models_to_report
 
         n_layers = len(report.layers())
         state = cls(report.base, list(report.models), n_layers, method=plan.merge_method, names=names,

@@ -106,7 +106,7 @@ def run(args) -> int:
     env = dict(os.environ)
     if args.threads:
         env["MERGESCOPE_THREADS"] = str(args.threads)
-    ms = [sys.executable, "-m", "tui.cli"]
+    ms = [sys.executable, "-m", "mergescope.tui.cli"]
     base_env = None
     if args.baseline:  # an older checkout of mergescope, run the same way (e.g. `git archive REV | tar -x -C DIR`)
         base_env = dict(env, PYTHONPATH=str(Path(args.baseline).resolve()))
@@ -186,7 +186,7 @@ def compare(task: str, work: Path, paths: list[Path], density: float, dtype: str
     """Tensor by tensor (memory: a few tensors); for ties, magnitude ties at the trim cut are excused."""
     import torch
 
-    from analysis.checkpoint import open_checkpoint
+    from mergescope.checkpoint import open_checkpoint
     from tests.mergekit_utils import compare_states
 
     a = open_checkpoint(work / f"out-{task}-mergekit")

@@ -30,7 +30,7 @@ def binding_sections(screen) -> list[tuple[str, list[Binding]]]:
         if cls in seen:
             continue
         seen.add(cls)
-        if not cls.__module__.startswith("tui."):  # Textual's own widgets: documented by Textual
+        if not cls.__module__.startswith("mergescope.tui."):  # Textual's own widgets: documented by Textual
             continue
         own = [b for b in cls.__dict__.get("BINDINGS", []) if isinstance(b, Binding) and b.description]
         if not own:

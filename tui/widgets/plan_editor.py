@@ -152,7 +152,7 @@ class PlanEditor(Vertical):
         if key == self._form_method:
             return
         self._form_method = key
-        from analysis.methods import REGISTRY
+        from mergescope.methods import REGISTRY
 
         form = self.query_one("#plan-form", Horizontal)
         await form.remove_children()
@@ -366,7 +366,7 @@ class PlanEditor(Vertical):
         def done(value):
             if value is None:
                 return
-            from analysis.errors import InputError
+            from mergescope.errors import InputError
 
             try:
                 self.state.set_value(self.param, row, col, self.model, value)
@@ -420,7 +420,7 @@ class PlanEditor(Vertical):
     def action_next_method(self, step: int) -> None:
         if self.state is None:
             return
-        from analysis.methods import REGISTRY
+        from mergescope.methods import REGISTRY
 
         names = list(REGISTRY)
         cur = names.index(self.state.method) if self.state.method in names else 0
@@ -467,7 +467,7 @@ class PlanEditor(Vertical):
     def _set_global(self, wid: str | None, value, quiet: bool = False) -> None:
         if not wid or not wid.startswith("global-") or self.state is None:
             return
-        from analysis.errors import InputError
+        from mergescope.errors import InputError
 
         name = wid[len("global-"):]
         if self.state.global_value(name) == value or f"{self.state.global_value(name)}" == f"{value}":

@@ -7,7 +7,7 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from analysis.compat import SEVERITIES
+from mergescope.compat import SEVERITIES
 
 from ..format import OK_GLYPH, SEV_GLYPH, SEV_STYLE, display_names, fmt
 
