@@ -2,4 +2,5 @@
 
 Importing this package is cheap and never imports textual; torch work happens only when asked.
 """
+
 __version__ = "0.1.0"

@@ -2,21 +2,30 @@
 
 `analyze()` returns a `Report` with findings; unchanged inputs come back from the cache instantly.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import cache
 from .checkpoint import open_models
-from .device import resolve_device
 from .compat import collect_meta, findings_for
+from .device import resolve_device
 from .metrics import Progress, Report, ShouldStop, analyze_checkpoints
 
 
-def analyze(base_path: str, model_paths: Sequence[str], *, density: float = 0.2, device: str = "cpu",
-            use_cache: bool = True, progress: Progress | None = None,
-            should_stop: ShouldStop | None = None, labels: Sequence[str] | None = None,
-            cache_only: bool = False) -> Report | None:
+def analyze(
+    base_path: str,
+    model_paths: Sequence[str],
+    *,
+    density: float = 0.2,
+    device: str = "cpu",
+    use_cache: bool = True,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+    labels: Sequence[str] | None = None,
+    cache_only: bool = False,
+) -> Report | None:
     """Analyse BASE + MODELS (paths); `labels` (base first) name them in the report instead of the paths.
     `cache_only`: return the cached report or None, never compute."""
     if not model_paths:
@@ -34,8 +43,9 @@ def analyze(base_path: str, model_paths: Sequence[str], *, density: float = 0.2,
             return report
     if cache_only:
         return None
-    report = analyze_checkpoints(base, models, density=density, device=device, progress=progress,
-                                 should_stop=should_stop)
+    report = analyze_checkpoints(
+        base, models, density=density, device=device, progress=progress, should_stop=should_stop
+    )
     report.structure["meta"] = {ck.label: collect_meta(ck) for ck in [base, *models]}
     report.findings = findings_for(report)
     if key:
@@ -44,8 +54,9 @@ def analyze(base_path: str, model_paths: Sequence[str], *, density: float = 0.2,
     return report
 
 
-def analysis_for_plan(plan, *, compute: bool = False, density: float = 0.2, device: str = "cpu",
-                      progress: Progress | None = None) -> Report | None:
+def analysis_for_plan(
+    plan, *, compute: bool = False, density: float = 0.2, device: str = "cpu", progress: Progress | None = None
+) -> Report | None:
     """The merge-readiness report of a plan's base and models, labelled by the plan's references:
     from the cache (as `mergescope analyze` with the same paths left it), or computed when asked.
     None for plans without a base or with `BASE+ADAPTER` references."""
@@ -53,5 +64,12 @@ def analysis_for_plan(plan, *, compute: bool = False, density: float = 0.2, devi
     refs = [m for m in plan.input_models() if m != base]
     if not base or not refs or any("+" in r and not plan.model_path(r).exists() for r in [base, *refs]):
         return None
-    return analyze(str(plan.model_path(base)), [str(plan.model_path(r)) for r in refs], density=density,
-                   device=device, labels=[base, *refs], cache_only=not compute, progress=progress)
+    return analyze(
+        str(plan.model_path(base)),
+        [str(plan.model_path(r)) for r in refs],
+        density=density,
+        device=device,
+        labels=[base, *refs],
+        cache_only=not compute,
+        progress=progress,
+    )

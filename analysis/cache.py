@@ -3,6 +3,7 @@
 The key covers every weight and metadata file's resolved path, size and mtime (nanoseconds), the
 options that change the numbers, and the tool version; any change re-runs the analysis.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,17 @@ def _file_ids(ck) -> list:
     files = list(ck.weight_files)
     root = getattr(ck, "root", None)
     if root is not None:
-        for extra in ("config.json", "README.md", "adapter_config.json", "tokenizer.json", "tokenizer.model",
-                      "vocab.json", "merges.txt", "vocab.txt", "spiece.model"):
+        for extra in (
+            "config.json",
+            "README.md",
+            "adapter_config.json",
+            "tokenizer.json",
+            "tokenizer.model",
+            "vocab.json",
+            "merges.txt",
+            "vocab.txt",
+            "spiece.model",
+        ):
             if (Path(root) / extra).is_file():
                 files.append(Path(root) / extra)
     ids = []
@@ -44,7 +54,8 @@ def _file_ids(ck) -> list:
 
 def cache_key(base, models, **options) -> str:
     ident = {
-        "format": CACHE_FORMAT, "version": __version__,
+        "format": CACHE_FORMAT,
+        "version": __version__,
         "labels": [base.label] + [m.label for m in models],
         "files": [_file_ids(base)] + [_file_ids(m) for m in models],
         "options": options,

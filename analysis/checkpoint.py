@@ -5,6 +5,7 @@ a tensor costs page-cache traffic only. `.bin` files go through `torch.load(mmap
 adapter opens as its own checkpoint of full-shape deltas; `with_base()` turns it into a fine-tune view
 (base + B@A*scale, computed lazily per tensor) that analysis and merging treat like any fine-tune.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,15 +14,24 @@ import mmap
 import os
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
+from .errors import InputError
+
 SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
 if hasattr(torch, "float8_e4m3fn"):
@@ -29,13 +39,18 @@ if hasattr(torch, "float8_e4m3fn"):
     SAFETENSORS_DTYPES["F8_E5M2"] = torch.float8_e5m2
 DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt",
-                   "spiece.model", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "spiece.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 # Files whose content defines the token <-> id mapping (tokenizer_config only carries options).
 _VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "spiece.model")
-
-
-from .errors import InputError
 
 
 class CheckpointError(InputError):
@@ -77,10 +92,14 @@ class _SafetensorsFile:
                     raise CheckpointError(f"{path}: file is too short to be safetensors ({size} bytes); re-download it")
                 (hlen,) = struct.unpack("<Q", head)
                 if hlen <= 0 or hlen > min(size - 8, 100_000_000):
-                    raise CheckpointError(f"{path}: corrupt safetensors header (declared length {hlen}, file {size} bytes); re-download the file")
+                    raise CheckpointError(
+                        f"{path}: corrupt safetensors header (declared length {hlen}, file {size} bytes); re-download the file"
+                    )
                 header = json.loads(fh.read(hlen))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path}: corrupt safetensors header ({exc.__class__.__name__}); re-download the file") from None
+            raise CheckpointError(
+                f"{path}: corrupt safetensors header ({exc.__class__.__name__}); re-download the file"
+            ) from None
         except OSError as exc:
             raise CheckpointError(f"{path}: cannot read ({exc.strerror}); check the path and permissions") from None
         self.metadata = header.pop("__metadata__", None) or {}
@@ -92,9 +111,13 @@ class _SafetensorsFile:
                 start, end = meta["data_offsets"]
                 shape = tuple(int(s) for s in meta["shape"])
             except (KeyError, TypeError, ValueError):
-                raise CheckpointError(f"{path}: tensor {name!r} has an unreadable header entry ({meta!r}); re-download the file") from None
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} has an unreadable header entry ({meta!r}); re-download the file"
+                ) from None
             if self.data_start + end > size:
-                raise CheckpointError(f"{path}: tensor {name!r} extends past the end of the file (truncated download?); re-download the file")
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} extends past the end of the file (truncated download?); re-download the file"
+                )
             self.entries[name] = (dtype, shape, start, end)
         self._mm: mmap.mmap | None = None
 
@@ -158,7 +181,9 @@ class _TorchBinFile:
         try:
             self.state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as exc:  # torch raises many types for bad pickles
-            raise CheckpointError(f"{path}: not a loadable PyTorch state dict ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})") from None
+            raise CheckpointError(
+                f"{path}: not a loadable PyTorch state dict ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})"
+            ) from None
         if isinstance(self.state, dict) and "state_dict" in self.state and isinstance(self.state["state_dict"], dict):
             self.state = self.state["state_dict"]
         if not isinstance(self.state, dict):
@@ -360,11 +385,13 @@ class LoraCheckpoint(Checkpoint):
         elif (path / "adapter_model.bin").is_file():
             f = _TorchBinFile(path / "adapter_model.bin")
         else:
-            raise CheckpointError(f"{path}: adapter_config.json found but no adapter_model.safetensors; the adapter is incomplete")
+            raise CheckpointError(
+                f"{path}: adapter_config.json found but no adapter_model.safetensors; the adapter is incomplete"
+            )
         self.adapter_config = cfg
         r = cfg.get("r", 8)
         alpha = cfg.get("lora_alpha", r)
-        self.scale = alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
+        self.scale = alpha / (r**0.5) if cfg.get("use_rslora") else alpha / r
         self.pairs: dict[str, tuple[str, str]] = {}
         self.full: dict[str, str] = {}
         infos: dict[str, TensorInfo] = {}
@@ -413,7 +440,7 @@ class LoraCheckpoint(Checkpoint):
         for src in self.pairs.get(name, ()) or ([self.full[name]] if name in self.full else []):
             f.release(src)
 
-    def with_base(self, base: Checkpoint) -> "AdaptedCheckpoint":
+    def with_base(self, base: Checkpoint) -> AdaptedCheckpoint:
         return AdaptedCheckpoint(base, self)
 
 
@@ -428,10 +455,14 @@ class AdaptedCheckpoint(Checkpoint):
         self._infos = dict(base._infos)
         for name in lora.pairs:
             if name not in base:
-                raise CheckpointError(f"{lora.path}: adapter targets {name!r}, which the base {base.label} does not have; wrong base model?")
+                raise CheckpointError(
+                    f"{lora.path}: adapter targets {name!r}, which the base {base.label} does not have; wrong base model?"
+                )
             bi, li = base.info(name), lora.info(name)
             if tuple(bi.shape) != tuple(li.shape):
-                raise CheckpointError(f"{lora.path}: adapter delta for {name!r} is {list(li.shape)} but the base has {list(bi.shape)}; wrong base model?")
+                raise CheckpointError(
+                    f"{lora.path}: adapter delta for {name!r} is {list(li.shape)} but the base has {list(bi.shape)}; wrong base model?"
+                )
         for name in lora.full:
             self._infos[name] = lora.info(name)
 
@@ -480,13 +511,17 @@ def _open_safetensors_dir(path: Path, label: str) -> Checkpoint:
         return Checkpoint(path, label, files, weight_map, path)
     shards = sorted(path.glob("*.safetensors"))
     if not shards:
-        raise CheckpointError(f"{path}: no model weights found (expected model.safetensors, a sharded index, or pytorch_model.bin)")
+        raise CheckpointError(
+            f"{path}: no model weights found (expected model.safetensors, a sharded index, or pytorch_model.bin)"
+        )
     files = [_SafetensorsFile(s) for s in shards]
     weight_map: dict[str, int] = {}
     for i, f in enumerate(files):
         for name in f.entries:
             if name in weight_map:
-                raise CheckpointError(f"{path}: tensor {name!r} appears in both {files[weight_map[name]].path.name} and {f.path.name}; remove stray files")
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} appears in both {files[weight_map[name]].path.name} and {f.path.name}; remove stray files"
+                )
             weight_map[name] = i
     return Checkpoint(path, label, files, weight_map, path)
 
@@ -529,7 +564,9 @@ def open_checkpoint(path: str | os.PathLike, label: str | None = None) -> Checkp
         return _open_safetensors_dir(p, label)
     if (p / "pytorch_model.bin").is_file() or (p / "pytorch_model.bin.index.json").is_file():
         return _open_bin_dir(p, label)
-    raise CheckpointError(f"{path}: no model weights found (expected model.safetensors, a sharded index, pytorch_model.bin, or a PEFT adapter)")
+    raise CheckpointError(
+        f"{path}: no model weights found (expected model.safetensors, a sharded index, pytorch_model.bin, or a PEFT adapter)"
+    )
 
 
 def open_models(base_path, model_paths, labels=None) -> tuple[Checkpoint, list[Checkpoint]]:

@@ -7,6 +7,7 @@ recorded in `report.structure["meta"]` at analysis time.
 Thresholds are calibrated on the trained demo family (analysis/demo/family, recipe in
 scripts/train_demo_family.py); the evidence is quoted beside each rule.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,7 @@ class Finding:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Finding":
+    def from_dict(cls, d: dict) -> Finding:
         return cls(d["severity"], d["code"], d.get("model"), d["message"])
 
 
@@ -92,13 +93,18 @@ def _short(names: list[str], k: int = 3) -> str:
 
 def _same_model_name(declared: str, base_meta: dict) -> bool:
     """Does a declared base (hub id or path) name our base? Compare the last path components."""
+
     def tail(x: str | None) -> str:
         return Path(str(x).rstrip("/")).name.lower() if x else ""
 
     d = tail(declared)
     if not d:
         return True
-    candidates = {tail(base_meta.get("path")), tail(base_meta.get("name_or_path")), tail(base_meta.get("declared_base"))}
+    candidates = {
+        tail(base_meta.get("path")),
+        tail(base_meta.get("name_or_path")),
+        tail(base_meta.get("declared_base")),
+    }
     return d in candidates
 
 
@@ -108,56 +114,116 @@ def structural_findings(report) -> list[Finding]:
     base_meta = meta.get(report.base, {})
     out: list[Finding] = []
     for name, count in (st.get("base_nonfinite") or {}).items():
-        out.append(Finding("error", "non-finite", None,
-                           f"base tensor {name} holds {count} NaN/Inf values; every merge through it is undefined — re-download or fix the base"))
+        out.append(
+            Finding(
+                "error",
+                "non-finite",
+                None,
+                f"base tensor {name} holds {count} NaN/Inf values; every merge through it is undefined — re-download or fix the base",
+            )
+        )
     for m in report.models:
         missing = st.get("missing", {}).get(m, [])
         if missing:
-            out.append(Finding("error", "missing-tensors", m,
-                               f"{len(missing)} tensors of the base are absent: {_short(missing)}; is it the same architecture? "
-                               "Merge methods need every tensor in every model"))
+            out.append(
+                Finding(
+                    "error",
+                    "missing-tensors",
+                    m,
+                    f"{len(missing)} tensors of the base are absent: {_short(missing)}; is it the same architecture? "
+                    "Merge methods need every tensor in every model",
+                )
+            )
         extra = st.get("extra", {}).get(m, [])
         if extra:
-            out.append(Finding("warning", "missing-tensors", m,
-                               f"{len(extra)} tensors are not in the base: {_short(extra)}; they will be ignored by a merge"))
+            out.append(
+                Finding(
+                    "warning",
+                    "missing-tensors",
+                    m,
+                    f"{len(extra)} tensors are not in the base: {_short(extra)}; they will be ignored by a merge",
+                )
+            )
         vocab_names = set()
         mm = meta.get(m, {})
         for nm, bshape, mshape in st.get("shape_mismatch", {}).get(m, []):
             if nm in base_meta.get("embed_rows", {}) and bshape[1:] == mshape[1:]:
                 vocab_names.add(nm)
-                out.append(Finding("error", "vocab-mismatch", m,
-                                   f"{nm} has {mshape[0]} rows, the base {bshape[0]}: the vocabulary differs; "
-                                   "merge with a tokenizer_source or resize the embeddings first"))
+                out.append(
+                    Finding(
+                        "error",
+                        "vocab-mismatch",
+                        m,
+                        f"{nm} has {mshape[0]} rows, the base {bshape[0]}: the vocabulary differs; "
+                        "merge with a tokenizer_source or resize the embeddings first",
+                    )
+                )
         others = [x for x in st.get("shape_mismatch", {}).get(m, []) if x[0] not in vocab_names]
         if others:
             nm, bshape, mshape = others[0]
-            out.append(Finding("error", "shape-mismatch", m,
-                               f"{len(others)} tensors differ in shape from the base, e.g. {nm}: {mshape} vs {bshape}; "
-                               "this is a different architecture or size and cannot be merged with it"))
+            out.append(
+                Finding(
+                    "error",
+                    "shape-mismatch",
+                    m,
+                    f"{len(others)} tensors differ in shape from the base, e.g. {nm}: {mshape} vs {bshape}; "
+                    "this is a different architecture or size and cannot be merged with it",
+                )
+            )
         bt, mt = base_meta.get("tokenizer"), mm.get("tokenizer")
         if bt and mt and bt != mt and not vocab_names:
-            out.append(Finding("warning", "vocab-mismatch", m,
-                               "tokenizer files differ from the base's (same embedding size): token ids may mean "
-                               "different things; compare the tokenizers or set tokenizer_source"))
+            out.append(
+                Finding(
+                    "warning",
+                    "vocab-mismatch",
+                    m,
+                    "tokenizer files differ from the base's (same embedding size): token ids may mean "
+                    "different things; compare the tokenizers or set tokenizer_source",
+                )
+            )
         bad = st.get("nonfinite", {}).get(m, 0)
         if bad:
-            out.append(Finding("error", "non-finite", m,
-                               f"{bad} NaN/Inf values in its weights (first in {st.get('nonfinite_where', {}).get(m, '?')}); "
-                               "a merge would spread them — re-export the checkpoint"))
+            out.append(
+                Finding(
+                    "error",
+                    "non-finite",
+                    m,
+                    f"{bad} NaN/Inf values in its weights (first in {st.get('nonfinite_where', {}).get(m, '?')}); "
+                    "a merge would spread them — re-export the checkpoint",
+                )
+            )
         bd, md = st.get("base_dtypes", {}), st.get("dtypes", {}).get(m, {})
         floats = {d for d in md if d.startswith(("F", "BF"))}
         if len(floats) > 1:
-            out.append(Finding("warning", "dtype-mixed", m,
-                               f"holds tensors in {', '.join(sorted(floats))}; check it was exported cleanly"))
+            out.append(
+                Finding(
+                    "warning",
+                    "dtype-mixed",
+                    m,
+                    f"holds tensors in {', '.join(sorted(floats))}; check it was exported cleanly",
+                )
+            )
         elif floats and set(bd) and floats != {d for d in bd if d.startswith(("F", "BF"))}:
-            out.append(Finding("info", "dtype-mixed", m,
-                               f"stored as {', '.join(sorted(floats))} while the base is {', '.join(sorted(d for d in bd if d.startswith(('F', 'BF'))))}; "
-                               "deltas are computed in float32, set out_dtype for the merge"))
+            out.append(
+                Finding(
+                    "info",
+                    "dtype-mixed",
+                    m,
+                    f"stored as {', '.join(sorted(floats))} while the base is {', '.join(sorted(d for d in bd if d.startswith(('F', 'BF'))))}; "
+                    "deltas are computed in float32, set out_dtype for the merge",
+                )
+            )
         declared = mm.get("declared_base")
         if declared and not _same_model_name(declared, base_meta):
-            out.append(Finding("warning", "declared-base-differs", m,
-                               f"its model card/config names base {declared!r}, not {Path(report.base).name!r}; "
-                               "make sure you picked the right base"))
+            out.append(
+                Finding(
+                    "warning",
+                    "declared-base-differs",
+                    m,
+                    f"its model card/config names base {declared!r}, not {Path(report.base).name!r}; "
+                    "make sure you picked the right base",
+                )
+            )
     return out
 
 
@@ -178,15 +244,27 @@ def metric_findings(report) -> list[Finding]:
         rel = weights.relative_norm(i)
         if cos < DIFFERENT_BASE_COSINE:
             flagged_base.add(i)
-            out.append(Finding("error", "different-base", m,
-                               f"its weight matrices have cosine {cos:.3f} with the base's (relative norm {rel:.2f}; "
-                               f"whole model {whole.cosine_to_base(i):.3f}); fine-tunes of a base stay near 1, models "
-                               f"trained from another base near 0. Merging it will produce garbage — find its real base"))
+            out.append(
+                Finding(
+                    "error",
+                    "different-base",
+                    m,
+                    f"its weight matrices have cosine {cos:.3f} with the base's (relative norm {rel:.2f}; "
+                    f"whole model {whole.cosine_to_base(i):.3f}); fine-tunes of a base stay near 1, models "
+                    f"trained from another base near 0. Merging it will produce garbage — find its real base",
+                )
+            )
         elif rel > DRIFT_RELATIVE_NORM or cos < DRIFT_COSINE:
-            out.append(Finding("warning", "drifted", m,
-                               f"moved far from the base: weight relative norm {rel:.3f}, weight cosine to base {cos:.3f} "
-                               f"(merge-friendly fine-tunes stay below {DRIFT_RELATIVE_NORM:.2f} / above {DRIFT_COSINE:.2f}); "
-                               "expect the merge to degrade — lower its weight or use TIES/DARE to trim it"))
+            out.append(
+                Finding(
+                    "warning",
+                    "drifted",
+                    m,
+                    f"moved far from the base: weight relative norm {rel:.3f}, weight cosine to base {cos:.3f} "
+                    f"(merge-friendly fine-tunes stay below {DRIFT_RELATIVE_NORM:.2f} / above {DRIFT_COSINE:.2f}); "
+                    "expect the merge to degrade — lower its weight or use TIES/DARE to trim it",
+                )
+            )
     live = [i for i in range(n) if i not in flagged_base and report.models[i] not in nonfinite_models]
     if len(live) >= 2:
         norms = {i: whole.norm(i) for i in live}
@@ -194,19 +272,31 @@ def metric_findings(report) -> list[Finding]:
         lo = min(live, key=lambda i: norms[i])
         ratio = norms[hi] / norms[lo] if norms[lo] else math.inf
         if ratio > MAGNITUDE_ASYMMETRY_WARN:
-            out.append(Finding("warning", "magnitude-asymmetry", report.models[hi],
-                               f"its task vector is {ratio:.1f}x the norm of {report.models[lo]}'s: with equal weights it will "
-                               f"dominate the merge; scale weights by about 1/{ratio:.1f} or use normalize/TIES"))
+            out.append(
+                Finding(
+                    "warning",
+                    "magnitude-asymmetry",
+                    report.models[hi],
+                    f"its task vector is {ratio:.1f}x the norm of {report.models[lo]}'s: with equal weights it will "
+                    f"dominate the merge; scale weights by about 1/{ratio:.1f} or use normalize/TIES",
+                )
+            )
         for a_i, a in enumerate(live):
-            for b in live[a_i + 1:]:
+            for b in live[a_i + 1 :]:
                 sc = whole.sign_conflict_pair(a, b)
                 cs = whole.cosine(a, b)
                 if sc > PAIR_SIGN_CONFLICT_WARN or cs < -0.05:
                     worst = _worst_cells(report, a, b)
-                    out.append(Finding("warning", "high-sign-conflict", report.models[a],
-                                       f"with {report.models[b]}: {sc:.1%} of shared coordinates have opposite signs "
-                                       f"(independent deltas give 50%), task-vector cosine {cs:.3f}; worst cells: {worst}. "
-                                       "Use TIES (sign election) or lower one model's weight there"))
+                    out.append(
+                        Finding(
+                            "warning",
+                            "high-sign-conflict",
+                            report.models[a],
+                            f"with {report.models[b]}: {sc:.1%} of shared coordinates have opposite signs "
+                            f"(independent deltas give 50%), task-vector cosine {cs:.3f}; worst cells: {worst}. "
+                            "Use TIES (sign election) or lower one model's weight there",
+                        )
+                    )
         cells = []
         for layer, group in report.cell_keys():
             agg = report.cell(layer, group)
@@ -214,10 +304,16 @@ def metric_findings(report) -> list[Finding]:
                 cells.append((agg.trimmed_sign_conflict, layer, group))
         if cells:
             cells.sort(reverse=True)
-            desc = ", ".join(f"{_cell_name(l, g)} {v:.0%}" for v, l, g in cells[:4])
-            out.append(Finding("info", "high-sign-conflict", None,
-                               f"{len(cells)} cells keep > {CELL_TRIMMED_CONFLICT_NOTE:.0%} sign conflict after a TIES trim at "
-                               f"density {report.density}: {desc}"))
+            desc = ", ".join(f"{_cell_name(layer, g)} {v:.0%}" for v, layer, g in cells[:4])
+            out.append(
+                Finding(
+                    "info",
+                    "high-sign-conflict",
+                    None,
+                    f"{len(cells)} cells keep > {CELL_TRIMMED_CONFLICT_NOTE:.0%} sign conflict after a TIES trim at "
+                    f"density {report.density}: {desc}",
+                )
+            )
     return out
 
 
@@ -232,7 +328,7 @@ def _worst_cells(report, a: int, b: int, k: int = 3) -> str:
         if agg.total.pair_both[a, b]:
             vals.append((agg.sign_conflict_pair(a, b), layer, group))
     vals.sort(key=lambda v: v[0], reverse=True)
-    return ", ".join(f"{_cell_name(l, g)} {v:.0%}" for v, l, g in vals[:k]) or "n/a"
+    return ", ".join(f"{_cell_name(layer, g)} {v:.0%}" for v, layer, g in vals[:k]) or "n/a"
 
 
 def findings_for(report) -> list[Finding]:

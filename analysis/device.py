@@ -1,4 +1,5 @@
 """Which torch device a command runs on: 'cpu', or 'cuda[:i]' only when torch sees that GPU."""
+
 from __future__ import annotations
 
 from .errors import InputError
@@ -12,12 +13,16 @@ def resolve_device(device: str | None) -> str:
         return "cpu"
     if device == "cuda" or device.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise InputError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); "
-                             f"use --device cpu")
+            raise InputError(
+                f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); "
+                f"use --device cpu"
+            )
         if ":" in device:
             idx = device.split(":", 1)[1]
             if not idx.isdigit() or int(idx) >= torch.cuda.device_count():
-                raise InputError(f"--device {device}: no such GPU (this machine has {torch.cuda.device_count()}); "
-                                 f"use --device cuda or cuda:0")
+                raise InputError(
+                    f"--device {device}: no such GPU (this machine has {torch.cuda.device_count()}); "
+                    f"use --device cuda or cuda:0"
+                )
         return device
     raise InputError(f"--device {device}: unknown device; use cpu or cuda")

@@ -6,12 +6,13 @@ tokens and each token is scored once, by the first window that covers it with th
 windows have the same length, so they run as a few fixed-size batches; results are deterministic.
 Tokens are bytes (see `analysis.tinylm`), so this is perplexity per byte.
 """
+
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +45,13 @@ def _as_model(model_or_path) -> LlamaLM:
 
 
 @torch.no_grad()
-def nll(model_or_path: LlamaLM | str | os.PathLike, text: bytes | str, context: int = DEFAULT_CONTEXT,
-        stride: int = DEFAULT_STRIDE, batch_size: int = BATCH) -> tuple[float, int]:
+def nll(
+    model_or_path: LlamaLM | str | os.PathLike,
+    text: bytes | str,
+    context: int = DEFAULT_CONTEXT,
+    stride: int = DEFAULT_STRIDE,
+    batch_size: int = BATCH,
+) -> tuple[float, int]:
     """(summed negative log-likelihood in nats, number of scored tokens) of `text`."""
     model = _as_model(model_or_path)
     if not 0 < stride <= context:
@@ -65,11 +71,12 @@ def nll(model_or_path: LlamaLM | str | os.PathLike, text: bytes | str, context: 
     count = 0
     try:
         for b0 in range(0, len(wins), batch_size):
-            chunk = wins[b0:b0 + batch_size]
-            x = torch.stack([ids[s:s + length] for s, _ in chunk])
+            chunk = wins[b0 : b0 + batch_size]
+            x = torch.stack([ids[s : s + length] for s, _ in chunk])
             logits = model(x)[:, :-1].float()
-            tok_nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
-                                      reduction="none").view(len(chunk), length - 1)
+            tok_nll = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none"
+            ).view(len(chunk), length - 1)
             # Position p of the window predicts target s + p + 1; keep targets >= first.
             pos = torch.arange(length - 1)
             first = torch.tensor([f - s - 1 for s, f in chunk])
@@ -81,8 +88,13 @@ def nll(model_or_path: LlamaLM | str | os.PathLike, text: bytes | str, context: 
     return float(total), count
 
 
-def perplexity(model_or_path: LlamaLM | str | os.PathLike, text: bytes | str, context: int = DEFAULT_CONTEXT,
-               stride: int = DEFAULT_STRIDE, batch_size: int = BATCH) -> float:
+def perplexity(
+    model_or_path: LlamaLM | str | os.PathLike,
+    text: bytes | str,
+    context: int = DEFAULT_CONTEXT,
+    stride: int = DEFAULT_STRIDE,
+    batch_size: int = BATCH,
+) -> float:
     """Per-byte perplexity of `text` under a model (or a checkpoint path, loaded in float32)."""
     total, count = nll(model_or_path, text, context=context, stride=stride, batch_size=batch_size)
     return math.exp(total / count)
@@ -93,9 +105,14 @@ def load_texts(directory: str | os.PathLike) -> dict[str, bytes]:
     return {p.stem: p.read_bytes() for p in sorted(Path(directory).glob("*.txt"))}
 
 
-def evaluate_models(paths: Mapping[str, LlamaLM | str | os.PathLike], texts: Mapping[str, bytes | str],
-                    progress: Callable[[int, int, str], None] | None = None, *,
-                    context: int = DEFAULT_CONTEXT, stride: int = DEFAULT_STRIDE) -> dict[str, dict[str, float]]:
+def evaluate_models(
+    paths: Mapping[str, LlamaLM | str | os.PathLike],
+    texts: Mapping[str, bytes | str],
+    progress: Callable[[int, int, str], None] | None = None,
+    *,
+    context: int = DEFAULT_CONTEXT,
+    stride: int = DEFAULT_STRIDE,
+) -> dict[str, dict[str, float]]:
     """`{label: {domain: perplexity}}` for each model (path or loaded model) on each text.
 
     `progress(done, total, label)` is called after each (model, domain) pair, `label` naming both.

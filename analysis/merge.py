@@ -26,17 +26,18 @@ and the tensor name. Without a seed they use torch's global RNG, like mergekit.
 No prints: progress goes to `progress(done_bytes, total_bytes, label)`; `should_stop()` is polled
 between tensors and cancels with `MergeCancelled`, leaving no output.
 """
+
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
+from .device import resolve_device
 from .errors import InputError
 from .plan import Plan, close_all, torch_dtype
-from .device import resolve_device
 from .writer import DEFAULT_SHARD_SIZE, InputRecord, ModelWriter, check_output, model_card, provenance
 
 
@@ -69,15 +70,25 @@ def _check_not_overwriting_inputs(plan: Plan, out: Path) -> None:
                 continue
             p_r = p.resolve()
             if p_r == out_r or out_r in p_r.parents or p_r in out_r.parents:
-                raise InputError(f"{out}: the output overlaps the input model {ref}; choose an output directory "
-                                 f"outside the inputs")
+                raise InputError(
+                    f"{out}: the output overlaps the input model {ref}; choose an output directory outside the inputs"
+                )
 
 
-def run_merge(plan: Plan | str | os.PathLike, output_dir: str | os.PathLike, *, device: str = "cpu",
-              seed: int | None = None, force: bool = False, shard_size: int | str = DEFAULT_SHARD_SIZE,
-              progress: Callable[[int, int, str], None] | None = None,
-              should_stop: Callable[[], bool] | None = None, hash_inputs: bool | None = None,
-              threads: int | None = None, analysis=None) -> MergeResult:
+def run_merge(
+    plan: Plan | str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    seed: int | None = None,
+    force: bool = False,
+    shard_size: int | str = DEFAULT_SHARD_SIZE,
+    progress: Callable[[int, int, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    hash_inputs: bool | None = None,
+    threads: int | None = None,
+    analysis=None,
+) -> MergeResult:
     """Merge as the plan says into `output_dir`; returns what was written.
 
     Raises InputError for bad plans/paths/devices (before reading any tensor data), MergeCancelled
@@ -147,10 +158,19 @@ def run_merge(plan: Plan | str | os.PathLike, output_dir: str | os.PathLike, *, 
             plan_yaml = plan.to_yaml()
             config = _output_config(plan, cks, out_dtypes)
             rows = provenance(_records(plan, cks), hash_inputs)
-            card = model_card(name=out.name, method=plan.merge_method, base=plan.base_model, models=plan.input_models(),
-                              plan_yaml=plan_yaml, provenance_rows=rows, out_dtype=", ".join(out_dtypes) or None,
-                              n_tensors=n, total_bytes=writer.total_bytes, description=method.description,
-                              analysis=analysis)
+            card = model_card(
+                name=out.name,
+                method=plan.merge_method,
+                base=plan.base_model,
+                models=plan.input_models(),
+                plan_yaml=plan_yaml,
+                provenance_rows=rows,
+                out_dtype=", ".join(out_dtypes) or None,
+                n_tensors=n,
+                total_bytes=writer.total_bytes,
+                description=method.description,
+                analysis=analysis,
+            )
             res = writer.finish(config=config, tokenizer_dir=tok_dir, plan_yaml=plan_yaml, card=card)
     finally:
         torch.set_num_threads(prev_threads)
@@ -161,8 +181,9 @@ def run_merge(plan: Plan | str | os.PathLike, output_dir: str | os.PathLike, *, 
             release_workspace()
         except ImportError:
             pass
-    return MergeResult(res.output_dir, res.files, res.shards, res.n_tensors, res.total_bytes,
-                       time.perf_counter() - t0, dev, out_dtypes)
+    return MergeResult(
+        res.output_dir, res.files, res.shards, res.n_tensors, res.total_bytes, time.perf_counter() - t0, dev, out_dtypes
+    )
 
 
 def _trim_malloc(nbytes: int = 0) -> None:
@@ -259,6 +280,7 @@ def _ordered_results(jobs, compute_job, workers: int, should_stop):
     pending: deque = deque()
     it = iter(jobs)
     try:
+
         def fill():
             while len(pending) < workers + 1:
                 job = next(it, None)
@@ -287,8 +309,10 @@ def _copy_buffer(job, ins):
     first = ins[0]
     for x, src in zip(ins[1:], job.all_inputs[1:]):
         if x.dtype != first.dtype or not torch.equal(x, first):
-            raise InputError(f"tensor {job.name}: non-floating buffer differs between {job.all_inputs[0].model} and "
-                             f"{src.model}; it cannot be merged; make the inputs agree on it")
+            raise InputError(
+                f"tensor {job.name}: non-floating buffer differs between {job.all_inputs[0].model} and "
+                f"{src.model}; it cannot be merged; make the inputs agree on it"
+            )
     return first.clone()
 
 
@@ -336,9 +360,11 @@ def _tokenizer_dir(plan: Plan, cks) -> Path | None:
             other = cks[plan.config_donor()]
             a, b = ck.tokenizer_fingerprint(), other.tokenizer_fingerprint()
             if a and b and a != b:
-                raise InputError(f"{plan.source + ': ' if plan.source else ''}tokenizer_source: {ref} has a different "
-                                 f"vocabulary than {plan.config_donor()}; mergekit would rebuild the embeddings for it, "
-                                 f"mergescope does not; use `tokenizer_source: base` or merge with mergekit")
+                raise InputError(
+                    f"{plan.source + ': ' if plan.source else ''}tokenizer_source: {ref} has a different "
+                    f"vocabulary than {plan.config_donor()}; mergekit would rebuild the embeddings for it, "
+                    f"mergescope does not; use `tokenizer_source: base` or merge with mergekit"
+                )
         return root
     finally:
         if opened is not None:

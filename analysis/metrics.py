@@ -11,12 +11,13 @@ Definitions that DESIGN leaves open, fixed here:
 - `topk_energy` takes the top 20 % per tensor (as TIES trims) and sums the energies over the cell:
   Σ_t E_top(τ_t) / Σ_t ‖τ_t‖², with E_top counting exactly k magnitudes even when the threshold ties.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -85,7 +86,7 @@ class SiteStats:
     def key(self) -> tuple[int | None, str, str]:
         return (self.layer, self.group, self.module)
 
-    def add(self, other: "SiteStats") -> None:
+    def add(self, other: SiteStats) -> None:
         self.tensors.extend(other.tensors)
         for k in _SCALAR:
             setattr(self, k, getattr(self, k) + getattr(other, k))
@@ -101,7 +102,7 @@ class SiteStats:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, n_models: int) -> "SiteStats":
+    def from_dict(cls, d: dict, n_models: int) -> SiteStats:
         s = cls(d["layer"], d["group"], d["module"], n_models, tensors=list(d["tensors"]))
         for k in _SCALAR:
             setattr(s, k, type(getattr(s, k))(d[k]))
@@ -222,13 +223,15 @@ class Report:
         for g in globals_:
             if g == "embed":
                 out.append(("embed", None, g))
-        out.extend((f"L{l}", l, None) for l in self.layers())
+        out.extend((f"L{layer}", layer, None) for layer in self.layers())
         out.extend((g, None, g) for g in globals_ if g != "embed")
         return out
 
-    def row_cell(self, layer: int | None, group: str | None, *, module: str | None = None,
-                 column_group: str | None = None) -> Aggregate:
+    def row_cell(
+        self, layer: int | None, group: str | None, *, module: str | None = None, column_group: str | None = None
+    ) -> Aggregate:
         """Aggregate of one row (see `rows`), optionally restricted to one module or one group."""
+
         def keep(s: SiteStats) -> bool:
             if s.layer != layer or (group is not None and s.group != group):
                 return False
@@ -264,15 +267,27 @@ class Report:
             "density": self.density,
             "findings": [f.to_dict() for f in self.findings],
             "model_summary": [
-                {"model": m, "relative_norm": whole.relative_norm(i), "cosine_to_base": whole.cosine_to_base(i),
-                 "norm": whole.norm(i), "topk_energy": whole.topk_energy(i),
-                 "weight_relative_norm": weights.relative_norm(i), "weight_cosine_to_base": weights.cosine_to_base(i)}
+                {
+                    "model": m,
+                    "relative_norm": whole.relative_norm(i),
+                    "cosine_to_base": whole.cosine_to_base(i),
+                    "norm": whole.norm(i),
+                    "topk_energy": whole.topk_energy(i),
+                    "weight_relative_norm": weights.relative_norm(i),
+                    "weight_cosine_to_base": weights.cosine_to_base(i),
+                }
                 for i, m in enumerate(self.models)
             ],
             "pairs": [
-                {"a": self.models[i], "b": self.models[j], "cosine": whole.cosine(i, j),
-                 "sign_conflict": whole.sign_conflict_pair(i, j), "magnitude_ratio": _finite(whole.magnitude_ratio(i, j))}
-                for i in range(self.n) for j in range(i + 1, self.n)
+                {
+                    "a": self.models[i],
+                    "b": self.models[j],
+                    "cosine": whole.cosine(i, j),
+                    "sign_conflict": whole.sign_conflict_pair(i, j),
+                    "magnitude_ratio": _finite(whole.magnitude_ratio(i, j)),
+                }
+                for i in range(self.n)
+                for j in range(i + 1, self.n)
             ],
             "cells": [],
             "pair_cells": [],
@@ -281,16 +296,38 @@ class Report:
         for layer, group in self.cell_keys():
             agg = self.cell(layer, group)
             for i, m in enumerate(self.models):
-                out["cells"].append({"layer": layer, "group": group, "model": m, "norm": agg.norm(i),
-                                     "relative_norm": agg.relative_norm(i), "topk_energy": agg.topk_energy(i)})
+                out["cells"].append(
+                    {
+                        "layer": layer,
+                        "group": group,
+                        "model": m,
+                        "norm": agg.norm(i),
+                        "relative_norm": agg.relative_norm(i),
+                        "topk_energy": agg.topk_energy(i),
+                    }
+                )
             for i in range(self.n):
                 for j in range(i + 1, self.n):
-                    out["pair_cells"].append({"layer": layer, "group": group, "a": self.models[i], "b": self.models[j],
-                                              "cosine": agg.cosine(i, j), "sign_conflict": agg.sign_conflict_pair(i, j),
-                                              "magnitude_ratio": _finite(agg.magnitude_ratio(i, j))})
-            out["group_cells"].append({"layer": layer, "group": group, "sign_conflict": agg.sign_conflict,
-                                       "trimmed_sign_conflict": agg.trimmed_sign_conflict,
-                                       "magnitude_asymmetry": _finite(agg.magnitude_asymmetry)})
+                    out["pair_cells"].append(
+                        {
+                            "layer": layer,
+                            "group": group,
+                            "a": self.models[i],
+                            "b": self.models[j],
+                            "cosine": agg.cosine(i, j),
+                            "sign_conflict": agg.sign_conflict_pair(i, j),
+                            "magnitude_ratio": _finite(agg.magnitude_ratio(i, j)),
+                        }
+                    )
+            out["group_cells"].append(
+                {
+                    "layer": layer,
+                    "group": group,
+                    "sign_conflict": agg.sign_conflict,
+                    "trimmed_sign_conflict": agg.trimmed_sign_conflict,
+                    "magnitude_asymmetry": _finite(agg.magnitude_asymmetry),
+                }
+            )
         out["structure"] = self.structure
         out["sites"] = [s.to_dict() for s in self.sites]
         out["elapsed_s"] = self.elapsed_s
@@ -298,15 +335,18 @@ class Report:
         return out
 
     @classmethod
-    def from_json(cls, data: dict) -> "Report":
+    def from_json(cls, data: dict) -> Report:
         from .compat import Finding
 
         n = len(data["models"])
         return cls(
-            base=data["base"], models=list(data["models"]), density=float(data["density"]),
+            base=data["base"],
+            models=list(data["models"]),
+            density=float(data["density"]),
             sites=[SiteStats.from_dict(s, n) for s in data["sites"]],
             findings=[Finding.from_dict(f) for f in data.get("findings", [])],
-            structure=data.get("structure", {}), elapsed_s=data.get("elapsed_s", 0.0),
+            structure=data.get("structure", {}),
+            elapsed_s=data.get("elapsed_s", 0.0),
             bytes_read=data.get("bytes_read", 0),
         )
 
@@ -423,8 +463,15 @@ def _tensor_stats(base_t, taus: list, density: float, st: SiteStats) -> None:
         st.trim_multi_conflict += int(((tpos > 0) & (tneg > 0)).sum())
 
 
-def analyze_checkpoints(base, models: Sequence, *, density: float = 0.2, device: str = "cpu",
-                        progress: Progress | None = None, should_stop: ShouldStop | None = None) -> Report:
+def analyze_checkpoints(
+    base,
+    models: Sequence,
+    *,
+    density: float = 0.2,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+) -> Report:
     """One streaming pass over base + fine-tunes. Returns a Report (findings filled by compat)."""
     import torch
 
@@ -439,14 +486,16 @@ def analyze_checkpoints(base, models: Sequence, *, density: float = 0.2, device:
     sites: dict[tuple, SiteStats] = {}
     structure = {"missing": {}, "extra": {}, "shape_mismatch": {}, "dtypes": {}, "base_dtypes": {}}
     names = [nm for nm in base.names() if base.info(nm).dtype.is_floating_point]
-    for mi, m in enumerate(models):
+    for m in models:
         mnames = set(m.names())
         structure["missing"][m.label] = [nm for nm in base.names() if nm not in mnames]
         bset = set(base.names())
         structure["extra"][m.label] = sorted(nm for nm in mnames if nm not in bset)
         structure["shape_mismatch"][m.label] = [
             [nm, list(base.info(nm).shape), list(m.info(nm).shape)]
-            for nm in base.names() if nm in mnames and tuple(base.info(nm).shape) != tuple(m.info(nm).shape)]
+            for nm in base.names()
+            if nm in mnames and tuple(base.info(nm).shape) != tuple(m.info(nm).shape)
+        ]
         structure["dtypes"][m.label] = _dtype_counts(m)
     structure["base_dtypes"] = _dtype_counts(base)
     skip = {nm for m in models for nm, *_ in structure["shape_mismatch"][m.label]}
@@ -463,6 +512,7 @@ def analyze_checkpoints(base, models: Sequence, *, density: float = 0.2, device:
             st = sites[(site.layer, site.group, site.module)] = SiteStats(site.layer, site.group, site.module, n)
         st.tensors.append(nm)
         if n <= MAX_HIST_MODELS:
+
             def release(start, stop, nm=nm):
                 for ck in (base, *models):
                     ck.release_range(nm, start, stop)
@@ -483,9 +533,13 @@ def analyze_checkpoints(base, models: Sequence, *, density: float = 0.2, device:
         done += base.info(nm).nbytes + sum(m.info(nm).nbytes for m in models)
         if progress is not None:
             progress(done, total_bytes, f"{ti + 1}/{len(usable)} {nm}")
-    report = Report(base=base.label, models=[m.label for m in models], density=density,
-                    sites=sorted(sites.values(), key=lambda s: (_layer_sort_key(s.layer, s.group), s.module)),
-                    structure=structure)
+    report = Report(
+        base=base.label,
+        models=[m.label for m in models],
+        density=density,
+        sites=sorted(sites.values(), key=lambda s: (_layer_sort_key(s.layer, s.group), s.module)),
+        structure=structure,
+    )
     report.elapsed_s = time.perf_counter() - t0
     report.bytes_read = done
     return report

@@ -4,6 +4,7 @@ Architectures are data, not code: a handful of tables map the many spellings of 
 (Llama, GPT-2, BERT/RoBERTa, T5, ViT/CLIP, ...) to one short module name, so every metric and
 every merge ratio can talk about "layer 7, attention" whatever the checkpoint calls it.
 """
+
 from __future__ import annotations
 
 import re
@@ -13,62 +14,143 @@ from functools import lru_cache
 GROUPS = ("embed", "attn", "mlp", "norm", "head", "other")
 
 # Components that introduce a transformer block index.
-_BLOCK_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|block|blocks|resblocks|encoder_layers|decoder_layers)\.(\d+)(?:\.|$)")
+_BLOCK_RE = re.compile(
+    r"(?:^|\.)(?:layers|layer|h|block|blocks|resblocks|encoder_layers|decoder_layers)\.(\d+)(?:\.|$)"
+)
 _FIRST_INT_RE = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 _SUFFIXES = ("weight", "bias", "scale", "g", "b")
 
 # Per-block tensors: the container component decides the group.
-_ATTN_CONTAINERS = {"self_attn", "attention", "attn", "selfattention", "encdecattention", "self_attention",
-                    "cross_attn", "crossattention", "encoder_attn", "mixer"}
+_ATTN_CONTAINERS = {
+    "self_attn",
+    "attention",
+    "attn",
+    "selfattention",
+    "encdecattention",
+    "self_attention",
+    "cross_attn",
+    "crossattention",
+    "encoder_attn",
+    "mixer",
+}
 _MLP_CONTAINERS = {"mlp", "feed_forward", "densereludense", "ffn", "intermediate", "block_sparse_moe", "experts"}
 
 _ATTN_ROLES = {
-    "q_proj": "q_proj", "query": "q_proj", "q": "q_proj", "wq": "q_proj",
-    "k_proj": "k_proj", "key": "k_proj", "k": "k_proj", "wk": "k_proj",
-    "v_proj": "v_proj", "value": "v_proj", "v": "v_proj", "wv": "v_proj",
-    "o_proj": "o_proj", "out_proj": "o_proj", "o": "o_proj", "wo": "o_proj", "dense": "o_proj",
-    "c_proj": "o_proj", "dense_proj": "o_proj",
-    "qkv_proj": "qkv_proj", "c_attn": "qkv_proj", "query_key_value": "qkv_proj", "wqkv": "qkv_proj",
-    "in_proj": "qkv_proj", "in_proj_weight": "qkv_proj", "out_proj_weight": "o_proj",
+    "q_proj": "q_proj",
+    "query": "q_proj",
+    "q": "q_proj",
+    "wq": "q_proj",
+    "k_proj": "k_proj",
+    "key": "k_proj",
+    "k": "k_proj",
+    "wk": "k_proj",
+    "v_proj": "v_proj",
+    "value": "v_proj",
+    "v": "v_proj",
+    "wv": "v_proj",
+    "o_proj": "o_proj",
+    "out_proj": "o_proj",
+    "o": "o_proj",
+    "wo": "o_proj",
+    "dense": "o_proj",
+    "c_proj": "o_proj",
+    "dense_proj": "o_proj",
+    "qkv_proj": "qkv_proj",
+    "c_attn": "qkv_proj",
+    "query_key_value": "qkv_proj",
+    "wqkv": "qkv_proj",
+    "in_proj": "qkv_proj",
+    "in_proj_weight": "qkv_proj",
+    "out_proj_weight": "o_proj",
     "relative_attention_bias": "rel_bias",
 }
 _MLP_ROLES = {
-    "gate_proj": "gate_proj", "w1": "gate_proj", "wi_0": "gate_proj",
-    "up_proj": "up_proj", "w3": "up_proj", "wi_1": "up_proj", "wi": "up_proj", "c_fc": "up_proj",
-    "fc1": "up_proj", "dense_h_to_4h": "up_proj", "fc_in": "up_proj",
-    "down_proj": "down_proj", "w2": "down_proj", "wo": "down_proj", "c_proj": "down_proj",
-    "fc2": "down_proj", "dense_4h_to_h": "down_proj", "fc_out": "down_proj",
-    "gate_up_proj": "gate_up_proj", "gate": "router",
+    "gate_proj": "gate_proj",
+    "w1": "gate_proj",
+    "wi_0": "gate_proj",
+    "up_proj": "up_proj",
+    "w3": "up_proj",
+    "wi_1": "up_proj",
+    "wi": "up_proj",
+    "c_fc": "up_proj",
+    "fc1": "up_proj",
+    "dense_h_to_4h": "up_proj",
+    "fc_in": "up_proj",
+    "down_proj": "down_proj",
+    "w2": "down_proj",
+    "wo": "down_proj",
+    "c_proj": "down_proj",
+    "fc2": "down_proj",
+    "dense_4h_to_h": "down_proj",
+    "fc_out": "down_proj",
+    "gate_up_proj": "gate_up_proj",
+    "gate": "router",
 }
 # Per-block norms, by the component that names them.
 _NORM_ROLES = {
-    "input_layernorm": "input_layernorm", "ln_1": "input_layernorm", "layernorm_before": "input_layernorm",
-    "layer_norm1": "input_layernorm", "ln1": "input_layernorm", "attention_norm": "input_layernorm",
-    "post_attention_layernorm": "post_attention_layernorm", "ln_2": "post_attention_layernorm",
-    "layernorm_after": "post_attention_layernorm", "layer_norm2": "post_attention_layernorm",
-    "ln2": "post_attention_layernorm", "ffn_norm": "post_attention_layernorm",
+    "input_layernorm": "input_layernorm",
+    "ln_1": "input_layernorm",
+    "layernorm_before": "input_layernorm",
+    "layer_norm1": "input_layernorm",
+    "ln1": "input_layernorm",
+    "attention_norm": "input_layernorm",
+    "post_attention_layernorm": "post_attention_layernorm",
+    "ln_2": "post_attention_layernorm",
+    "layernorm_after": "post_attention_layernorm",
+    "layer_norm2": "post_attention_layernorm",
+    "ln2": "post_attention_layernorm",
+    "ffn_norm": "post_attention_layernorm",
     "pre_feedforward_layernorm": "pre_feedforward_layernorm",
     "post_feedforward_layernorm": "post_feedforward_layernorm",
-    "q_norm": "q_norm", "k_norm": "k_norm",
+    "q_norm": "q_norm",
+    "k_norm": "k_norm",
 }
 
 # Tensors outside the blocks: matched on the last meaningful component (and its parent).
 _EMBED_ROLES = {
-    "embed_tokens": "embed_tokens", "wte": "embed_tokens", "word_embeddings": "embed_tokens",
-    "shared": "embed_tokens", "token_embedding": "embed_tokens", "tok_embeddings": "embed_tokens",
+    "embed_tokens": "embed_tokens",
+    "wte": "embed_tokens",
+    "word_embeddings": "embed_tokens",
+    "shared": "embed_tokens",
+    "token_embedding": "embed_tokens",
+    "tok_embeddings": "embed_tokens",
     "embed_in": "embed_tokens",
-    "wpe": "pos_embed", "position_embeddings": "pos_embed", "position_embedding": "pos_embed",
+    "wpe": "pos_embed",
+    "position_embeddings": "pos_embed",
+    "position_embedding": "pos_embed",
     "embed_positions": "pos_embed",
-    "token_type_embeddings": "type_embed", "patch_embeddings": "patch_embed", "patch_embedding": "patch_embed",
-    "projection": "patch_embed", "class_embedding": "cls_embed", "cls_token": "cls_embed",
+    "token_type_embeddings": "type_embed",
+    "patch_embeddings": "patch_embed",
+    "patch_embedding": "patch_embed",
+    "projection": "patch_embed",
+    "class_embedding": "cls_embed",
+    "cls_token": "cls_embed",
 }
 _HEAD_ROLES = {
-    "lm_head": "lm_head", "embed_out": "lm_head", "output": "lm_head", "decoder": "lm_head",
-    "classifier": "classifier", "score": "classifier", "pooler": "pooler", "visual_projection": "projection",
-    "text_projection": "projection", "logit_scale": "logit_scale", "predictions": "lm_head",
+    "lm_head": "lm_head",
+    "embed_out": "lm_head",
+    "output": "lm_head",
+    "decoder": "lm_head",
+    "classifier": "classifier",
+    "score": "classifier",
+    "pooler": "pooler",
+    "visual_projection": "projection",
+    "text_projection": "projection",
+    "logit_scale": "logit_scale",
+    "predictions": "lm_head",
 }
-_FINAL_NORMS = {"norm", "ln_f", "final_layer_norm", "final_layernorm", "layernorm", "post_layernorm",
-                "pre_layrnorm", "pre_layernorm", "norm_f", "layer_norm"}
+_FINAL_NORMS = {
+    "norm",
+    "ln_f",
+    "final_layer_norm",
+    "final_layernorm",
+    "layernorm",
+    "post_layernorm",
+    "pre_layrnorm",
+    "pre_layernorm",
+    "norm_f",
+    "layer_norm",
+}
 
 
 @dataclass(frozen=True)
@@ -115,7 +197,7 @@ def _block_site(layer: int, rest: list[str]) -> Site:
         return Site(layer, "mlp", "down_proj")
     for i, comp in enumerate(lowered):
         if comp in _ATTN_CONTAINERS:
-            tail = lowered[i + 1:]
+            tail = lowered[i + 1 :]
             for t in reversed(tail):
                 if t in _ATTN_ROLES:
                     role = _ATTN_ROLES[t]
@@ -124,7 +206,7 @@ def _block_site(layer: int, rest: list[str]) -> Site:
                     return Site(layer, "attn", role)
             return Site(layer, "attn", rest[-1] if tail else comp)
         if comp in _MLP_CONTAINERS:
-            tail = lowered[i + 1:]
+            tail = lowered[i + 1 :]
             for t in reversed(tail):
                 if t in _MLP_ROLES:
                     return Site(layer, "mlp", _MLP_ROLES[t])
@@ -168,7 +250,7 @@ def site_of(name: str) -> Site:
     m = _BLOCK_RE.search(name)
     if m:
         layer = int(m.group(1))
-        rest = _components(name[m.end():]) if m.end() < len(name) else []
+        rest = _components(name[m.end() :]) if m.end() < len(name) else []
         if rest and rest[-1] in _SUFFIXES:
             rest = rest[:-1]
         return _block_site(layer, rest)

@@ -26,6 +26,7 @@ Unlike mergekit we refuse unknown keys, misspelled parameters, and anything we w
 same way (`modules:`, `tokenizer:`, `chat_template`, slice `base_model`/`residual_weight`,
 `tokenizer_source: union`). Every error is an `InputError` naming the file and the key path.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,9 +35,10 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -45,8 +47,15 @@ from .naming import _BLOCK_RE, site_of
 
 # dtype names mergekit accepts (common.dtype_from_name), "torch." prefix allowed.
 DTYPES = ("bfloat16", "float16", "float32", "float64")
-_DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32",
-                  "fp64": "float64", "double": "float64"}
+_DTYPE_ALIASES = {
+    "bf16": "bfloat16",
+    "fp16": "float16",
+    "half": "float16",
+    "fp32": "float32",
+    "float": "float32",
+    "fp64": "float64",
+    "double": "float64",
+}
 
 TOP_KEYS = ("merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source")
 _UNSUPPORTED_TOP = {
@@ -81,8 +90,20 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-_BOOL_STRINGS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False,
-                 "t": True, "f": False, "y": True, "n": False}
+_BOOL_STRINGS = {
+    "true": True,
+    "false": False,
+    "yes": True,
+    "no": False,
+    "on": True,
+    "off": False,
+    "1": True,
+    "0": False,
+    "t": True,
+    "f": False,
+    "y": True,
+    "n": False,
+}
 
 
 class _CoerceError(ValueError):
@@ -159,6 +180,7 @@ def evaluate_setting(setting, tensor_name: str, t: float, spec, path: str = "", 
     """Resolve one parameter setting (scalar / gradient / filter list) for one tensor at position t.
 
     Returns None when a filter list has no matching entry (the next scope is consulted)."""
+
     def fail(msg):
         raise InputError(f"{where}{path}: {msg}")
 
@@ -297,7 +319,7 @@ def _layer_split(name: str) -> tuple[str, int, str] | None:
     m = _BLOCK_RE.search(name)
     if not m:
         return None
-    return name[:m.start(1)], int(m.group(1)), name[m.end(1):]
+    return name[: m.start(1)], int(m.group(1)), name[m.end(1) :]
 
 
 def with_layer(name: str, layer: int) -> str:
@@ -315,9 +337,19 @@ def _is_pre(name: str) -> bool:
 class Plan:
     """One merge, as mergekit's config schema. Build with `load`, `from_dict` or the constructor."""
 
-    def __init__(self, merge_method: str, *, base_model: str | None = None, models: list[ModelEntry] | None = None,
-                 slices: list[OutputSlice] | None = None, parameters: dict | None = None, dtype: str | None = None,
-                 out_dtype: str | None = None, tokenizer_source: str | None = None, source: str | None = None):
+    def __init__(
+        self,
+        merge_method: str,
+        *,
+        base_model: str | None = None,
+        models: list[ModelEntry] | None = None,
+        slices: list[OutputSlice] | None = None,
+        parameters: dict | None = None,
+        dtype: str | None = None,
+        out_dtype: str | None = None,
+        tokenizer_source: str | None = None,
+        source: str | None = None,
+    ):
         self.merge_method = merge_method
         self.base_model = base_model
         self.models = models
@@ -331,7 +363,7 @@ class Plan:
 
     # ------------------------------------------------------------------ construction / YAML
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Plan":
+    def load(cls, path: str | os.PathLike) -> Plan:
         import yaml
 
         p = Path(path)
@@ -340,7 +372,9 @@ class Plan:
         except FileNotFoundError:
             raise InputError(f"{path}: no such plan file; check the path") from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path}: cannot read the plan ({getattr(exc, 'strerror', None) or exc}); check the file") from None
+            raise InputError(
+                f"{path}: cannot read the plan ({getattr(exc, 'strerror', None) or exc}); check the file"
+            ) from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -351,17 +385,19 @@ class Plan:
         return cls.from_dict(data, source=str(path))
 
     @classmethod
-    def from_yaml(cls, text: str, source: str | None = None) -> "Plan":
+    def from_yaml(cls, text: str, source: str | None = None) -> Plan:
         import yaml
 
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise InputError(f"{source or 'plan'}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax") from None
+            raise InputError(
+                f"{source or 'plan'}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax"
+            ) from None
         return cls.from_dict(data, source=source)
 
     @classmethod
-    def from_dict(cls, d: Any, source: str | None = None) -> "Plan":
+    def from_dict(cls, d: Any, source: str | None = None) -> Plan:
         """Parse and check the structure (keys, types, value shapes). Method-aware checks: `validate`."""
         where = f"{source}: " if source else ""
 
@@ -369,7 +405,10 @@ class Plan:
             raise InputError(f"{where}{_fmt_path(path)}: {msg}")
 
         if not isinstance(d, dict):
-            fail("", f"a plan is a YAML mapping with at least `merge_method` and `models` or `slices`, got {type(d).__name__}")
+            fail(
+                "",
+                f"a plan is a YAML mapping with at least `merge_method` and `models` or `slices`, got {type(d).__name__}",
+            )
         for k in d:
             if k in _UNSUPPORTED_TOP:
                 fail(str(k), _UNSUPPORTED_TOP[k])
@@ -383,8 +422,11 @@ class Plan:
 
         def ref(v, path):
             if isinstance(v, dict):
-                fail(path, "model references as mappings are not supported; write the local path as a string "
-                           "(for a LoRA adapter: `BASE_PATH+ADAPTER_PATH` or the adapter directory)")
+                fail(
+                    path,
+                    "model references as mappings are not supported; write the local path as a string "
+                    "(for a LoRA adapter: `BASE_PATH+ADAPTER_PATH` or the adapter directory)",
+                )
             if not isinstance(v, str) or not v.strip():
                 fail(path, f"expected a model path, got {v!r}")
             return v
@@ -447,17 +489,31 @@ class Plan:
                     lr = src.get("layer_range")
                     if lr is None:
                         fail(f"{q}.layer_range", "missing; add `layer_range: [start, end]` (end exclusive)")
-                    if (not isinstance(lr, (list, tuple)) or len(lr) != 2
-                            or not all(isinstance(x, int) and not isinstance(x, bool) for x in lr)):
+                    if (
+                        not isinstance(lr, (list, tuple))
+                        or len(lr) != 2
+                        or not all(isinstance(x, int) and not isinstance(x, bool) for x in lr)
+                    ):
                         fail(f"{q}.layer_range", f"expected two integers [start, end], got {lr!r}")
                     if not 0 <= lr[0] < lr[1]:
-                        fail(f"{q}.layer_range", f"{list(lr)} is empty or negative; use [start, end] with 0 <= start < end (end exclusive)")
-                    sources.append(SliceSource(ref(src["model"], f"{q}.model"), (int(lr[0]), int(lr[1])),
-                                               params(src.get("parameters"), f"{q}.parameters")))
+                        fail(
+                            f"{q}.layer_range",
+                            f"{list(lr)} is empty or negative; use [start, end] with 0 <= start < end (end exclusive)",
+                        )
+                    sources.append(
+                        SliceSource(
+                            ref(src["model"], f"{q}.model"),
+                            (int(lr[0]), int(lr[1])),
+                            params(src.get("parameters"), f"{q}.parameters"),
+                        )
+                    )
                 lengths = {sr.layer_range[1] - sr.layer_range[0] for sr in sources}
                 if len(lengths) > 1:
-                    fail(f"{p}.sources", "all sources of a slice must span the same number of layers "
-                                         f"(got {', '.join(str(list(sr.layer_range)) for sr in sources)}); fix the layer_range values")
+                    fail(
+                        f"{p}.sources",
+                        "all sources of a slice must span the same number of layers "
+                        f"(got {', '.join(str(list(sr.layer_range)) for sr in sources)}); fix the layer_range values",
+                    )
                 slices.append(OutputSlice(sources, params(s.get("parameters"), f"{p}.parameters")))
         top_params = params(d.get("parameters"), "parameters")
         dts = {}
@@ -466,17 +522,33 @@ class Plan:
             if v is not None:
                 if not isinstance(v, str) or normalize_dtype(v) is None:
                     alias = _DTYPE_ALIASES.get(str(v).lower().replace("torch.", ""))
-                    hint = f"did you mean `{alias}`? " if alias else (_suggest(str(v), DTYPES) + " " if _suggest(str(v), DTYPES) else "")
+                    hint = (
+                        f"did you mean `{alias}`? "
+                        if alias
+                        else (_suggest(str(v), DTYPES) + " " if _suggest(str(v), DTYPES) else "")
+                    )
                     fail(key, f"unknown dtype {v!r}; {hint}use one of {', '.join(DTYPES)}")
             dts[key] = v
         tok = d.get("tokenizer_source")
         if tok is not None:
             if tok == "union":
-                fail("tokenizer_source", "`union` builds a new vocabulary, which mergescope does not do; "
-                                         "use `base` or the path of one of the models")
+                fail(
+                    "tokenizer_source",
+                    "`union` builds a new vocabulary, which mergescope does not do; "
+                    "use `base` or the path of one of the models",
+                )
             tok = ref(tok, "tokenizer_source")
-        return cls(d["merge_method"], base_model=base, models=models, slices=slices, parameters=top_params,
-                   dtype=dts.get("dtype"), out_dtype=dts.get("out_dtype"), tokenizer_source=tok, source=source)
+        return cls(
+            d["merge_method"],
+            base_model=base,
+            models=models,
+            slices=slices,
+            parameters=top_params,
+            dtype=dts.get("dtype"),
+            out_dtype=dts.get("out_dtype"),
+            tokenizer_source=tok,
+            source=source,
+        )
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"merge_method": self.merge_method}
@@ -513,13 +585,14 @@ class Plan:
     def to_yaml(self) -> str:
         import yaml
 
-        return yaml.dump(self.to_dict(), Dumper=_FlowDumper, sort_keys=False, default_flow_style=False,
-                         allow_unicode=True, width=120)
+        return yaml.dump(
+            self.to_dict(), Dumper=_FlowDumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=120
+        )
 
     def dump(self, path: str | os.PathLike) -> None:
         Path(path).write_text(self.to_yaml(), encoding="utf-8")
 
-    def copy(self) -> "Plan":
+    def copy(self) -> Plan:
         return Plan.from_dict(self.to_dict(), source=self.source)
 
     def __eq__(self, other) -> bool:
@@ -552,8 +625,11 @@ class Plan:
         except InputError as exc:
             self._fail("merge_method", str(exc))
         hint = _suggest(self.merge_method, list(reg or ()))
-        self._fail("merge_method", f"unknown method {self.merge_method!r}; {hint + ' ' if hint else ''}"
-                                   f"available: {', '.join(sorted(reg or ()))}")
+        self._fail(
+            "merge_method",
+            f"unknown method {self.merge_method!r}; {hint + ' ' if hint else ''}"
+            f"available: {', '.join(sorted(reg or ()))}",
+        )
 
     def referenced_models(self) -> list[str]:
         """Every model reference, base first, in order of first appearance."""
@@ -600,23 +676,40 @@ class Plan:
                 spec = method.param(pname)
                 if spec is None:
                     hint = _suggest(pname, names)
-                    self._fail(f"{path}.{pname}", f"unknown parameter for {method.name}; {hint + ' ' if hint else ''}"
-                                                  f"{method.name} takes: {', '.join(names) or 'no parameters'}")
+                    self._fail(
+                        f"{path}.{pname}",
+                        f"unknown parameter for {method.name}; {hint + ' ' if hint else ''}"
+                        f"{method.name} takes: {', '.join(names) or 'no parameters'}",
+                    )
                 if scope == "model" and not spec.per_model:
-                    self._fail(f"{path}.{pname}", f"`{pname}` is a global parameter of {method.name}, not a per-model one; "
-                                                  f"move it to the top-level `parameters:`")
+                    self._fail(
+                        f"{path}.{pname}",
+                        f"`{pname}` is a global parameter of {method.name}, not a per-model one; "
+                        f"move it to the top-level `parameters:`",
+                    )
                 _check_setting_values(setting, spec, f"{path}.{pname}", self._fail)
         for key in ("dtype", "out_dtype"):
             v = getattr(self, key)
             if v is not None and normalize_dtype(v) is None:
                 self._fail(key, f"unknown dtype {v!r}; use one of {', '.join(DTYPES)}")
         if method.needs_base is True and not self.base_model:
-            self._fail("base_model", f"missing: {method.name} merges task vectors relative to a base model; "
-                                     f"add `base_model: PATH`")
+            self._fail(
+                "base_model",
+                f"missing: {method.name} merges task vectors relative to a base model; add `base_model: PATH`",
+            )
         # inputs per slice: counts, duplicates, base presence
         if self.models is not None:
-            groups = [("models", [m.model for m in self.models] + (
-                [self.base_model] if self.base_model and self.base_model not in [m.model for m in self.models] else []))]
+            groups = [
+                (
+                    "models",
+                    [m.model for m in self.models]
+                    + (
+                        [self.base_model]
+                        if self.base_model and self.base_model not in [m.model for m in self.models]
+                        else []
+                    ),
+                )
+            ]
         else:
             groups = [(f"slices[{i}].sources", [src.model for src in s.sources]) for i, s in enumerate(self.slices)]
         for path, refs in groups:
@@ -624,8 +717,11 @@ class Plan:
             if dup is not None:
                 self._fail(path, f"{dup!r} is listed twice; each model may appear once per slice")
             if self.base_model and not self._base_is_input(method) and self.base_model not in refs:
-                self._fail(path, f"base_model {self.base_model!r} is not among the sources; add a source "
-                                 f"`- model: {self.base_model}` with the same layer_range")
+                self._fail(
+                    path,
+                    f"base_model {self.base_model!r} is not among the sources; add a source "
+                    f"`- model: {self.base_model}` with the same layer_range",
+                )
             n = len([r for r in refs if self._base_is_input(method) or r != self.base_model])
             lo, hi = method.min_models, method.max_models
             what = "models besides the base" if method.needs_base is not False else "input models"
@@ -642,13 +738,18 @@ class Plan:
             if spec.per_model:
                 for path, ref, chain in self._model_chains(method):
                     if not any(c and spec.name in c for c in chain):
-                        self._fail(path, f"no `{spec.name}` for {ref!r}; {method.name} needs it: add `{spec.name}: ...` "
-                                         f"to this model's parameters or to the top-level parameters")
+                        self._fail(
+                            path,
+                            f"no `{spec.name}` for {ref!r}; {method.name} needs it: add `{spec.name}: ...` "
+                            f"to this model's parameters or to the top-level parameters",
+                        )
             else:
                 chains = [self.parameters] + [s.parameters for s in self.slices or []]
                 if not any(c and spec.name in c for c in chains):
-                    self._fail("parameters", f"no `{spec.name}`; {method.name} needs it: add `{spec.name}: ...` "
-                                             f"to the top-level parameters")
+                    self._fail(
+                        "parameters",
+                        f"no `{spec.name}`; {method.name} needs it: add `{spec.name}: ...` to the top-level parameters",
+                    )
         if check_paths or open_models:
             self.check_paths()
         if open_models:
@@ -721,7 +822,11 @@ class Plan:
                 hint = ""
                 if re.fullmatch(r"[\w.-]+/[\w.-]+", ref) and not ref.startswith("."):
                     hint = " (Hugging Face hub ids are not downloaded: fetch it with `huggingface-cli download` and use the local directory)"
-                tried = f" (also tried {Path(self.source).parent / ref})" if self.source and not Path(ref).is_absolute() else ""
+                tried = (
+                    f" (also tried {Path(self.source).parent / ref})"
+                    if self.source and not Path(ref).is_absolute()
+                    else ""
+                )
                 self._fail(self._key_of(ref), f"{ref}: no such file or directory{tried}{hint}; fix the path")
 
     def open_checkpoints(self) -> dict:
@@ -739,8 +844,11 @@ class Plan:
                 if adapter is not None:
                     base = self._open(open_checkpoint, adapter, self.base_model).with_base(base)
                 elif isinstance(base, LoraCheckpoint):
-                    self._fail("base_model", f"{self.base_model} is a LoRA adapter; base_model must be a full model "
-                                             f"(write `BASE_PATH+{self.base_model}` to use the adapted model)")
+                    self._fail(
+                        "base_model",
+                        f"{self.base_model} is a LoRA adapter; base_model must be a full model "
+                        f"(write `BASE_PATH+{self.base_model}` to use the adapted model)",
+                    )
                 opened[self.base_model] = base
             for ref in self.referenced_models():
                 if ref in opened:
@@ -749,14 +857,19 @@ class Plan:
                 if adapter is not None:
                     ck = self._open(open_checkpoint, adapter, ref)
                     if not isinstance(ck, LoraCheckpoint):
-                        self._fail(self._key_of(ref), f"{adapter} is not a LoRA adapter; `A+B` means base A with adapter B")
+                        self._fail(
+                            self._key_of(ref), f"{adapter} is not a LoRA adapter; `A+B` means base A with adapter B"
+                        )
                     ck = ck.with_base(self._open(open_checkpoint, p, ref))
                 else:
                     ck = self._open(open_checkpoint, p, ref)
                     if isinstance(ck, LoraCheckpoint):
                         if base is None:
-                            self._fail(self._key_of(ref), f"{ref} is a LoRA adapter; set base_model (or write "
-                                                          f"`BASE_PATH+{ref}`) so it can be applied")
+                            self._fail(
+                                self._key_of(ref),
+                                f"{ref} is a LoRA adapter; set base_model (or write "
+                                f"`BASE_PATH+{ref}`) so it can be applied",
+                            )
                         ck = ck.with_base(base)
                 opened[ref] = ck
         except BaseException:
@@ -791,7 +904,9 @@ class Plan:
         if cfg.is_file():
             try:
                 c = json.loads(cfg.read_text())
-                n = next((c[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if isinstance(c.get(k), int)), None)
+                n = next(
+                    (c[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if isinstance(c.get(k), int)), None
+                )
             except (OSError, ValueError):
                 n = None
         if n is None:
@@ -814,8 +929,12 @@ class Plan:
         if self.slices is not None:
             out = []
             for i, s in enumerate(self.slices):
-                srcs = [_NSource(src.model, src.layer_range[0], src.layer_range[1], src.parameters,
-                                 f"slices[{i}].sources[{j}]") for j, src in enumerate(s.sources)]
+                srcs = [
+                    _NSource(
+                        src.model, src.layer_range[0], src.layer_range[1], src.parameters, f"slices[{i}].sources[{j}]"
+                    )
+                    for j, src in enumerate(s.sources)
+                ]
                 refs = [x.model for x in srcs]
                 base = self.base_model if (self.base_model in refs and not self._base_is_input(method)) else None
                 out.append(_NSlice(i, srcs, s.parameters, base, f"slices[{i}]"))
@@ -830,14 +949,19 @@ class Plan:
             counts[ref] = n
             srcs.append(_NSource(ref, 0, n, params, path))
         if len(set(counts.values())) > 1:
-            self._fail("models", "the models have different numbers of layers ("
-                       + ", ".join(f"{r}: {n}" for r, n in counts.items())
-                       + "); use `slices:` with explicit layer_range values to merge them")
+            self._fail(
+                "models",
+                "the models have different numbers of layers ("
+                + ", ".join(f"{r}: {n}" for r, n in counts.items())
+                + "); use `slices:` with explicit layer_range values to merge them",
+            )
         base = self.base_model if (self.base_model and not self._base_is_input(method)) else None
         return [_NSlice(0, srcs, None, base, "models")]
 
     # ------------------------------------------------------------------ resolution
-    def _resolve_at(self, method, sl: _NSlice, out_name: str, in_names: Mapping[str, str], t: float) -> tuple[dict, dict]:
+    def _resolve_at(
+        self, method, sl: _NSlice, out_name: str, in_names: Mapping[str, str], t: float
+    ) -> tuple[dict, dict]:
         where = self._where
         shared_chain = [(sl.parameters, f"{sl.path}.parameters"), (self.parameters, "parameters")]
         params = {}
@@ -852,8 +976,11 @@ class Plan:
             own = [(s.parameters, f"{s.path}.parameters") for s in sl.sources if s.model == src.model]
             chain = own + shared_chain
             name = in_names.get(src.model, out_name)
-            model_params[src.model] = {spec.name: self._resolve_one(spec, chain, name, t, where, src)
-                                       for spec in method.params if spec.per_model}
+            model_params[src.model] = {
+                spec.name: self._resolve_one(spec, chain, name, t, where, src)
+                for spec in method.params
+                if spec.per_model
+            }
         return params, model_params
 
     def _resolve_one(self, spec, chain, tensor_name, t, where, src):
@@ -864,11 +991,16 @@ class Plan:
                     return v
         if spec.required:
             who = f"{src.path} ({src.model})" if src is not None else "parameters"
-            self._fail(who, f"no `{spec.name}` applies to tensor {tensor_name} (its filters match nothing and no "
-                            f"top-level default is set); add a catch-all `- value: ...` entry or a top-level `{spec.name}`")
+            self._fail(
+                who,
+                f"no `{spec.name}` applies to tensor {tensor_name} (its filters match nothing and no "
+                f"top-level default is set); add a catch-all `- value: ...` entry or a top-level `{spec.name}`",
+            )
         return copy.deepcopy(spec.default)
 
-    def resolve(self, tensor_name: str, *, num_layers: int | None = None, checkpoints: Mapping | None = None) -> Resolved:
+    def resolve(
+        self, tensor_name: str, *, num_layers: int | None = None, checkpoints: Mapping | None = None
+    ) -> Resolved:
         """Every parameter of one output tensor: global params + per-model params, defaults filled in.
 
         Needs the layer count for `models:` plans (taken from `num_layers`, the checkpoints, or the
@@ -888,7 +1020,9 @@ class Plan:
                     break
                 offset += sl.length
             else:
-                raise InputError(f"{self._where}{tensor_name}: layer {layer} is beyond the {offset} output layers of this plan")
+                raise InputError(
+                    f"{self._where}{tensor_name}: layer {layer} is beyond the {offset} output layers of this plan"
+                )
             idx = layer - offset
             n = sl.length
             t = idx / (n - 1) if n > 1 else 1
@@ -910,8 +1044,11 @@ class Plan:
             for src in sl.sources:
                 n = self._layers_of(src.model, cks)
                 if src.end > n:
-                    self._fail(f"{src.path}.layer_range", f"[{src.start}, {src.end}] is out of bounds: {src.model} has "
-                                                          f"{n} layers (0..{n - 1}); end is exclusive, at most {n}")
+                    self._fail(
+                        f"{src.path}.layer_range",
+                        f"[{src.start}, {src.end}] is out of bounds: {src.model} has "
+                        f"{n} layers (0..{n - 1}); end is exclusive, at most {n}",
+                    )
         index = {ref: _LayerIndex(ck) for ref, ck in cks.items()}
         yield from self._global_jobs(method, slices[0], cks, index, pre=True)
         out_layer = 0
@@ -962,28 +1099,45 @@ class Plan:
                 elif site_of(name).module == "lm_head" and index[s.model].embed is not None:
                     in_names[s.model] = index[s.model].embed  # tied embeddings
                 else:
-                    self._fail(s.path, f"{s.model} has no tensor {name} (the {'base' if ref0 == self.base_model else 'first model'} "
-                                       f"{ref0} has it); the models do not share an architecture")
+                    self._fail(
+                        s.path,
+                        f"{s.model} has no tensor {name} (the {'base' if ref0 == self.base_model else 'first model'} "
+                        f"{ref0} has it); the models do not share an architecture",
+                    )
             # parameters are resolved against the nominal name (mergekit: the weight's own name)
             yield self._job(method, sl, cks, name, in_names, 0.0, None, param_names={s.model: name for s in sl.sources})
 
-    def _job(self, method, sl: _NSlice, cks, out_name: str, in_names: dict, t: float, layer: int | None,
-             param_names: dict | None = None) -> TensorJob:
+    def _job(
+        self,
+        method,
+        sl: _NSlice,
+        cks,
+        out_name: str,
+        in_names: dict,
+        t: float,
+        layer: int | None,
+        param_names: dict | None = None,
+    ) -> TensorJob:
         import torch
 
         infos = {}
         for s in sl.sources:
             n = in_names[s.model]
             if n not in cks[s.model]:
-                self._fail(s.path, f"{s.model} has no tensor {n} (needed for output {out_name}); "
-                                   f"check the layer_range or the model")
+                self._fail(
+                    s.path,
+                    f"{s.model} has no tensor {n} (needed for output {out_name}); check the layer_range or the model",
+                )
             infos[s.model] = cks[s.model].info(n)
         shapes = {tuple(i.shape) for i in infos.values()}
         if len(shapes) > 1:
             order = sorted(infos, key=lambda r: r != self.base_model)  # base first
             listing = ", ".join(f"{r}: {list(infos[r].shape)}" for r in order)
-            self._fail(sl.path, f"tensor {out_name} has different shapes ({listing}); these models cannot be merged "
-                                f"tensor by tensor (different architecture or vocabulary; run `mergescope analyze`)")
+            self._fail(
+                sl.path,
+                f"tensor {out_name} has different shapes ({listing}); these models cannot be merged "
+                f"tensor by tensor (different architecture or vocabulary; run `mergescope analyze`)",
+            )
         params, model_params = self._resolve_at(method, sl, out_name, param_names or in_names, t)
         dtypes = [i.dtype for i in infos.values()]
         is_float = all(d.is_floating_point for d in dtypes)
@@ -1003,8 +1157,20 @@ class Plan:
             numel *= s
         base = TensorInput(sl.base, in_names[sl.base]) if sl.base else None
         inputs = [TensorInput(s.model, in_names[s.model]) for s in sl.sources if s.model != sl.base]
-        return TensorJob(out_name, layer, t, sl.index, base, inputs, params, [model_params[i.model] for i in inputs],
-                         shape, out_dtype, is_float, numel * torch.empty((), dtype=out_dtype).element_size())
+        return TensorJob(
+            out_name,
+            layer,
+            t,
+            sl.index,
+            base,
+            inputs,
+            params,
+            [model_params[i.model] for i in inputs],
+            shape,
+            out_dtype,
+            is_float,
+            numel * torch.empty((), dtype=out_dtype).element_size(),
+        )
 
     # ------------------------------------------------------------------ output metadata
     def config_donor(self) -> str:
@@ -1055,7 +1221,7 @@ def close_all(cks: Mapping) -> None:
 def normalize_dtype(name: str) -> str | None:
     if not isinstance(name, str):
         return None
-    n = name[len("torch."):] if name.startswith("torch.") else name
+    n = name[len("torch.") :] if name.startswith("torch.") else name
     return n if n in DTYPES else None
 
 
@@ -1094,8 +1260,11 @@ def _check_setting_shape(setting, path: str, fail) -> None:
                 _check_cond(e, f"{path}[{i}]", fail)
             return
         bad = next(i for i, e in enumerate(setting) if not _is_scalar(e))
-        fail(f"{path}[{bad}]", "mixes a filter entry or nested list into a gradient; a list holds either plain values "
-                               "(a gradient) or `{filter: ..., value: ...}` entries")
+        fail(
+            f"{path}[{bad}]",
+            "mixes a filter entry or nested list into a gradient; a list holds either plain values "
+            "(a gradient) or `{filter: ..., value: ...}` entries",
+        )
     fail(path, f"unexpected value {setting!r}; give a number, a gradient list, or a filter list")
 
 
@@ -1115,6 +1284,7 @@ def _check_cond(d: dict, path: str, fail) -> None:
 
 def _check_setting_values(setting, spec, path: str, fail) -> None:
     """Every scalar in a setting must be a valid value for the parameter."""
+
     def one(v, p):
         try:
             coerce_value(v, spec)
@@ -1156,8 +1326,14 @@ GROUP_FILTERS: tuple[tuple[str, bool, tuple[str, ...]], ...] = (
     ("attn", True, ("self_attn", "attn", "attention")),
     ("mlp", True, ("mlp", "feed_forward")),
 )
-LLAMA_FILTERS = {("embed", False): ("embed_tokens",), ("head", False): ("lm_head",), ("norm", False): ("model.norm.",),
-                 ("norm", True): ("layernorm",), ("attn", True): ("self_attn",), ("mlp", True): ("mlp",)}
+LLAMA_FILTERS = {
+    ("embed", False): ("embed_tokens",),
+    ("head", False): ("lm_head",),
+    ("norm", False): ("model.norm.",),
+    ("norm", True): ("layernorm",),
+    ("attn", True): ("self_attn",),
+    ("mlp", True): ("mlp",),
+}
 
 
 def _choose_filters(names: Sequence[str] | None) -> list[tuple[str, bool, tuple[str, ...]]]:
@@ -1190,10 +1366,21 @@ def _slot_of(name: str) -> tuple[str, bool]:
     return ("other", None)
 
 
-def plan_from_group_ratios(method: str, base: str | None, models: Sequence[str], ratios: Mapping, *,
-                           num_layers: int, param: str = "weight", parameters: dict | None = None,
-                           names: Sequence[str] | None = None, dtype: str | None = None, out_dtype: str | None = None,
-                           tokenizer_source: str | None = None, other: float | Sequence[float] | None = None) -> Plan:
+def plan_from_group_ratios(
+    method: str,
+    base: str | None,
+    models: Sequence[str],
+    ratios: Mapping,
+    *,
+    num_layers: int,
+    param: str = "weight",
+    parameters: dict | None = None,
+    names: Sequence[str] | None = None,
+    dtype: str | None = None,
+    out_dtype: str | None = None,
+    tokenizer_source: str | None = None,
+    other: float | Sequence[float] | None = None,
+) -> Plan:
     """Build a `models:` plan whose `param` follows a per-(group, layer band) table.
 
     ratios: {(group, band): [value per model]} (or a single number for a global parameter such as
@@ -1208,8 +1395,9 @@ def plan_from_group_ratios(method: str, base: str | None, models: Sequence[str],
     if reg is not None and method in reg:
         spec = reg[method].param(param)
         if spec is None:
-            raise ValueError(f"{method} has no parameter {param!r} "
-                             f"(its parameters: {', '.join(p.name for p in reg[method].params)})")
+            raise ValueError(
+                f"{method} has no parameter {param!r} (its parameters: {', '.join(p.name for p in reg[method].params)})"
+            )
     per_model = spec.per_model if spec is not None else True
     n_vals = len(models) if per_model else 1
     table = {}
@@ -1257,8 +1445,15 @@ def plan_from_group_ratios(method: str, base: str | None, models: Sequence[str],
     else:
         entries = [ModelEntry(m) for m in models]
         top[param] = setting_for(0)
-    plan = Plan(method, base_model=base, models=entries, parameters=top or None, dtype=dtype, out_dtype=out_dtype,
-                tokenizer_source=tokenizer_source)
+    plan = Plan(
+        method,
+        base_model=base,
+        models=entries,
+        parameters=top or None,
+        dtype=dtype,
+        out_dtype=out_dtype,
+        tokenizer_source=tokenizer_source,
+    )
     if names is not None:
         _verify_filters(plan, param, names, per_model)
     return plan
@@ -1284,12 +1479,19 @@ def _verify_filters(plan: Plan, param: str, names: Sequence[str], per_model: boo
         hit = next(e for e in setting if e.get("filter") is None or e["filter"] in name)
         got = slot_of_filter[hit["filter"]] if hit.get("filter") is not None else ("other", None)
         if got != want:
-            raise ValueError(f"tensor {name} belongs to {want[0]} but the filter list gives it the {got[0]} value "
-                             f"(filter {hit.get('filter')!r}); this naming scheme is not supported by plan_from_group_ratios")
+            raise ValueError(
+                f"tensor {name} belongs to {want[0]} but the filter list gives it the {got[0]} value "
+                f"(filter {hit.get('filter')!r}); this naming scheme is not supported by plan_from_group_ratios"
+            )
 
 
-def group_ratios_of(plan: Plan, *, param: str = "weight", num_layers: int | None = None,
-                    bands: Mapping[str, Sequence[tuple[int, int]]] | None = None) -> dict:
+def group_ratios_of(
+    plan: Plan,
+    *,
+    param: str = "weight",
+    num_layers: int | None = None,
+    bands: Mapping[str, Sequence[tuple[int, int]]] | None = None,
+) -> dict:
     """Inverse of `plan_from_group_ratios`: the {(group, band): [value per model]} table of a plan.
 
     Per-layer values are grouped into `bands[group]` when given (each band must be constant), else
@@ -1312,8 +1514,13 @@ def group_ratios_of(plan: Plan, *, param: str = "weight", num_layers: int | None
     n = num_layers if num_layers is not None else plan.num_layers()
     out: dict = {}
     for i, (path, setting) in enumerate(settings):
-        entries = setting if isinstance(setting, list) and setting and all(isinstance(e, dict) for e in setting) else \
-            [setting] if isinstance(setting, dict) else [{"value": setting}]
+        entries = (
+            setting
+            if isinstance(setting, list) and setting and all(isinstance(e, dict) for e in setting)
+            else [setting]
+            if isinstance(setting, dict)
+            else [{"value": setting}]
+        )
         seen_slots = set()
         for k, e in enumerate(entries):
             f = e.get("filter")
@@ -1323,8 +1530,10 @@ def group_ratios_of(plan: Plan, *, param: str = "weight", num_layers: int | None
             elif f in filter_slot:
                 slot = filter_slot[f]
             else:
-                raise InputError(f"{where}{path}[{k}].filter: {f!r} is not one of the per-group filters; "
-                                 f"this plan is not a per-group table")
+                raise InputError(
+                    f"{where}{path}[{k}].filter: {f!r} is not one of the per-group filters; "
+                    f"this plan is not a per-group table"
+                )
             if slot in seen_slots and slot != ("other", False):
                 continue  # an alternative spelling for the same group (e.g. wte and wpe)
             seen_slots.add(slot)
@@ -1339,10 +1548,12 @@ def group_ratios_of(plan: Plan, *, param: str = "weight", num_layers: int | None
             per_layer = _per_layer(v, n)
             group_bands = list(bands.get(group, [])) if bands else None
             if group_bands:
-                for (start, end) in group_bands:
+                for start, end in group_bands:
                     vals = set(per_layer[start:end])
                     if len(vals) != 1:
-                        raise InputError(f"{where}{path}[{k}].value: not constant over layers {start}..{end - 1} of {group}")
+                        raise InputError(
+                            f"{where}{path}[{k}].value: not constant over layers {start}..{end - 1} of {group}"
+                        )
                     out.setdefault((group, (start, end)), [None] * n_vals)[i] = per_layer[start]
             else:
                 start = 0

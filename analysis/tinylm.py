@@ -17,27 +17,38 @@ pre-tokenizer/decoder and no merges.
 
 Importing this module imports torch only (never textual, never transformers).
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "LlamaConfig", "LlamaLM", "ByteTokenizer", "encode", "decode", "tokenizer_json", "bytes_to_unicode",
-    "load_model", "model_from_tensors", "save_model", "generate",
+    "LlamaConfig",
+    "LlamaLM",
+    "ByteTokenizer",
+    "encode",
+    "decode",
+    "tokenizer_json",
+    "bytes_to_unicode",
+    "load_model",
+    "model_from_tensors",
+    "save_model",
+    "generate",
 ]
 
 
 # --------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class LlamaConfig:
@@ -63,14 +74,16 @@ class LlamaConfig:
         return self.hidden_size // self.num_attention_heads
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "LlamaConfig":
+    def from_dict(cls, d: Mapping) -> LlamaConfig:
         mt = d.get("model_type")
         if mt not in (None, "llama", "mistral"):
             raise ValueError(f"config.json has model_type {mt!r}; the built-in forward supports Llama only")
         if d.get("rope_scaling"):
             raise ValueError("config.json sets rope_scaling; the built-in forward supports plain RoPE only")
         if d.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"config.json sets hidden_act {d.get('hidden_act')!r}; the built-in forward supports silu only")
+            raise ValueError(
+                f"config.json sets hidden_act {d.get('hidden_act')!r}; the built-in forward supports silu only"
+            )
         if d.get("attention_bias") or d.get("mlp_bias"):
             raise ValueError("config.json enables biases; the built-in forward supports bias-free Llama only")
         names = {f.name for f in fields(cls)} - {"extra"}
@@ -79,15 +92,26 @@ class LlamaConfig:
             kw["torch_dtype"] = d["dtype"]
         if kw.get("num_key_value_heads") is None:
             kw["num_key_value_heads"] = kw.get("num_attention_heads", cls.num_attention_heads)
-        if d.get("head_dim") not in (None, kw.get("hidden_size", cls.hidden_size) // kw.get("num_attention_heads", cls.num_attention_heads)):
+        if d.get("head_dim") not in (
+            None,
+            kw.get("hidden_size", cls.hidden_size) // kw.get("num_attention_heads", cls.num_attention_heads),
+        ):
             raise ValueError("config.json sets a head_dim other than hidden_size / num_attention_heads; unsupported")
-        skip = names | {"model_type", "architectures", "dtype", "head_dim", "rope_scaling", "attention_bias",
-                        "mlp_bias", "transformers_version"}
+        skip = names | {
+            "model_type",
+            "architectures",
+            "dtype",
+            "head_dim",
+            "rope_scaling",
+            "attention_bias",
+            "mlp_bias",
+            "transformers_version",
+        }
         kw["extra"] = {k: v for k, v in d.items() if k not in skip}
         return cls(**kw)
 
     @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "LlamaConfig":
+    def from_json(cls, path: str | os.PathLike) -> LlamaConfig:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def to_dict(self) -> dict:
@@ -95,9 +119,18 @@ class LlamaConfig:
         out = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
         out.update(self.extra)
         out.update(d)
-        out.update({"hidden_act": "silu", "attention_bias": False, "attention_dropout": 0.0,
-                    "mlp_bias": False, "head_dim": self.head_dim, "rope_scaling": None,
-                    "pretraining_tp": 1, "use_cache": True})
+        out.update(
+            {
+                "hidden_act": "silu",
+                "attention_bias": False,
+                "attention_dropout": 0.0,
+                "mlp_bias": False,
+                "head_dim": self.head_dim,
+                "rope_scaling": None,
+                "pretraining_tp": 1,
+                "use_cache": True,
+            }
+        )
         return dict(sorted(out.items(), key=lambda kv: (kv[0] not in ("architectures", "model_type"), kv[0])))
 
     def to_json(self, path: str | os.PathLike) -> None:
@@ -107,6 +140,7 @@ class LlamaConfig:
 # --------------------------------------------------------------------------------------------
 # Model (module tree mirrors HF so parameter names match)
 # --------------------------------------------------------------------------------------------
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
@@ -149,7 +183,7 @@ class Attention(nn.Module):
             rep = self.n_heads // self.n_kv
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.hd ** -0.5)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.hd**-0.5)
         out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.hd)
         return self.o_proj(out)
 
@@ -200,7 +234,7 @@ class LlamaLM(nn.Module):
         inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def init_weights(self, seed: int, std: float | None = None) -> "LlamaLM":
+    def init_weights(self, seed: int, std: float | None = None) -> LlamaLM:
         """HF-style init (normal(0, std) for linears/embeddings, ones for norms) from a fixed seed."""
         std = self.config.initializer_range if std is None else std
         g = torch.Generator().manual_seed(seed)
@@ -241,6 +275,7 @@ class LlamaLM(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Byte tokenizer
 # --------------------------------------------------------------------------------------------
+
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table, the one `tokenizers`' ByteLevel uses."""
@@ -294,8 +329,14 @@ def tokenizer_json() -> dict:
         "post_processor": None,
         "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
         "model": {
-            "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-            "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
             "vocab": {b2u[b]: b for b in range(256)},
             "merges": [],
         },
@@ -306,8 +347,10 @@ def tokenizer_json() -> dict:
 # Loading and saving
 # --------------------------------------------------------------------------------------------
 
-def model_from_tensors(config: LlamaConfig | Mapping, tensors: Mapping[str, torch.Tensor],
-                       dtype: torch.dtype = torch.float32) -> LlamaLM:
+
+def model_from_tensors(
+    config: LlamaConfig | Mapping, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32
+) -> LlamaLM:
     """Build a model from HF-named tensors (e.g. a merge computed in memory); missing names raise."""
     cfg = config if isinstance(config, LlamaConfig) else LlamaConfig.from_dict(config)
     model = LlamaLM(cfg)
@@ -356,9 +399,16 @@ Part of the tiny demo family bundled with mergescope; loads with `transformers.L
 """
 
 
-def save_model(model: LlamaLM, directory: str | os.PathLike, *, name: str | None = None,
-               base_model: str | None = None, description: str = "", dtype: torch.dtype = torch.bfloat16,
-               card_extra: Mapping | None = None) -> Path:
+def save_model(
+    model: LlamaLM,
+    directory: str | os.PathLike,
+    *,
+    name: str | None = None,
+    base_model: str | None = None,
+    description: str = "",
+    dtype: torch.dtype = torch.bfloat16,
+    card_extra: Mapping | None = None,
+) -> Path:
     """Write `config.json`, `model.safetensors` (`dtype`, default bf16), `tokenizer.json` and a `README.md`
     model card (YAML front matter; `base_model:` when given) into `directory`. Returns the directory."""
     from safetensors.torch import save_file
@@ -371,25 +421,42 @@ def save_model(model: LlamaLM, directory: str | os.PathLike, *, name: str | None
     cfg.to_json(out / "config.json")
     tensors = {k: v.detach().to(dtype).contiguous() for k, v in sorted(model.tensors().items())}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "tokenizer.json").write_text(json.dumps(tokenizer_json(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    front = {"license": "mit", "library_name": "transformers", "pipeline_tag": "text-generation",
-             "tags": ["mergescope-demo", "llama", "byte-level"]}
+    (out / "tokenizer.json").write_text(
+        json.dumps(tokenizer_json(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    front = {
+        "license": "mit",
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
+        "tags": ["mergescope-demo", "llama", "byte-level"],
+    }
     if base_model:
         front["base_model"] = base_model
     if card_extra:
         front.update(card_extra)
     import yaml
 
-    (out / "README.md").write_text(_CARD.format(
-        front=yaml.safe_dump(front, sort_keys=False), name=name or out.name, description=description.strip(),
-        layers=cfg.num_hidden_layers, hidden=cfg.hidden_size, heads=cfg.num_attention_heads,
-        kv=cfg.num_key_value_heads, inter=cfg.intermediate_size, params=model.num_params), encoding="utf-8")
+    (out / "README.md").write_text(
+        _CARD.format(
+            front=yaml.safe_dump(front, sort_keys=False),
+            name=name or out.name,
+            description=description.strip(),
+            layers=cfg.num_hidden_layers,
+            hidden=cfg.hidden_size,
+            heads=cfg.num_attention_heads,
+            kv=cfg.num_key_value_heads,
+            inter=cfg.intermediate_size,
+            params=model.num_params,
+        ),
+        encoding="utf-8",
+    )
     return out
 
 
 @torch.no_grad()
-def generate(model: LlamaLM, prompt: str | bytes, max_new_tokens: int = 64, temperature: float = 0.0,
-             seed: int = 0) -> str:
+def generate(
+    model: LlamaLM, prompt: str | bytes, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0
+) -> str:
     """Sample a continuation (greedy when temperature == 0); recomputes the full context each step."""
     ids = encode(prompt)[None, :]
     g = torch.Generator().manual_seed(seed)
@@ -401,4 +468,4 @@ def generate(model: LlamaLM, prompt: str | bytes, max_new_tokens: int = 64, temp
         else:
             nxt = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=g))
         ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
-    return decode(ids[0, len(encode(prompt)):])
+    return decode(ids[0, len(encode(prompt)) :])

@@ -20,10 +20,11 @@ once the exact threshold is known. The torch path (any device) runs the three pa
 
 Sums of products are accumulated in float32 within blocks of 2048 elements and float64 across blocks.
 """
+
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -42,11 +43,11 @@ SET_ASIDE_MIN = 65536  # room for this many set-aside indices at least
 AMBIGUOUS_MAX = 0.2  # set-aside fraction (upper bound, summed over models) above which three passes run
 
 
-@lru_cache(maxsize=None)
+@cache
 def _decode(n_models: int):
     """For every base-6 code: per-model sign (-1/0/1) and trimmed sign."""
-    codes = np.arange(6 ** n_models)
-    states = np.stack([(codes // 6 ** i) % 6 for i in range(n_models)])  # [N, bins]
+    codes = np.arange(6**n_models)
+    states = np.stack([(codes // 6**i) % 6 for i in range(n_models)])  # [N, bins]
     sign = (states % 3) - 1
     kept = states // 3
     return sign, sign * kept
@@ -169,7 +170,7 @@ class _Segmented:
         cuts = np.searchsorted(idx, [s for s, _ in self.bounds] + [self.n])
         outs = []
         for j, ((s, e), part) in enumerate(zip(self.bounds, self.parts)):
-            outs.append(part.gather((idx[cuts[j]:cuts[j + 1]] - s).astype(np.uint32)))
+            outs.append(part.gather((idx[cuts[j] : cuts[j + 1]] - s).astype(np.uint32)))
             if self.release is not None:
                 self.release(s, e)
         return np.concatenate(outs, axis=1)
@@ -229,10 +230,10 @@ class _TorchPasses:
 
     def pass3(self, t_trim: list[float], t_top: list[float]):
         N, dev = self.N, self.dev
-        bins = 6 ** N
+        bins = 6**N
         hist = torch.zeros(bins, dtype=torch.int64, device=dev)
-        offset = float(sum(6 ** i for i in range(N)))
-        pw = torch.tensor([float(6 ** i) for i in range(N)], device=dev)[:, None]
+        offset = float(sum(6**i for i in range(N)))
+        pw = torch.tensor([float(6**i) for i in range(N)], device=dev)[:, None]
         trim_t = torch.tensor(t_trim, dtype=torch.float32, device=dev)[:, None]
         top_t = torch.tensor(t_top, dtype=torch.float32, device=dev)[:, None]
         shared = t_trim == t_top
@@ -275,9 +276,14 @@ class _CPasses:
 
         self.lib, self.n, self.N = lib(), n, len(raws)
         self.keep = [raw_base, *raws]  # keep the buffers alive while C reads them
-        self.args = (ctypes.c_void_p(raw_base.data_ptr()), _C_DTYPES[raw_base.dtype],
-                     (ctypes.c_void_p * self.N)(*[r.data_ptr() for r in raws]),
-                     (ctypes.c_int * self.N)(*[_C_DTYPES[r.dtype] for r in raws]), self.N, n)
+        self.args = (
+            ctypes.c_void_p(raw_base.data_ptr()),
+            _C_DTYPES[raw_base.dtype],
+            (ctypes.c_void_p * self.N)(*[r.data_ptr() for r in raws]),
+            (ctypes.c_int * self.N)(*[_C_DTYPES[r.dtype] for r in raws]),
+            self.N,
+            n,
+        )
 
     @staticmethod
     def _p(a: np.ndarray):
@@ -292,7 +298,9 @@ class _CPasses:
         hist = np.zeros((self.N, _HI), dtype=np.int64)
         self.lo0 = np.zeros((self.N, _HI), dtype=np.int64)
         bad = np.zeros(self.N + 1, dtype=np.int64)
-        self.lib.tv_pass1(*self.args, self._p(G), self._p(hist), self._p(self.lo0), self._p(bad), int(want_hist), int(gram))
+        self.lib.tv_pass1(
+            *self.args, self._p(G), self._p(hist), self._p(self.lo0), self._p(bad), int(want_hist), int(gram)
+        )
         return G, (hist if want_hist else None), [int(x) for x in bad]
 
     def pass2(self, buckets: np.ndarray, slots: np.ndarray, nslots: int) -> np.ndarray:
@@ -309,14 +317,22 @@ class _CPasses:
         indices of the set-aside ones."""
         N = self.N
         bounds = [np.asarray(x, dtype=np.uint32) for x in (tl, th, pl, ph)]
-        hist = np.zeros(6 ** N, dtype=np.int64)
+        hist = np.zeros(6**N, dtype=np.int64)
         e_top = np.zeros(N, dtype=np.float64)
         c_top = np.zeros(N, dtype=np.int64)
         c_trim = np.zeros(N, dtype=np.int64)
         while True:
             idx = np.empty(max(cap, 1), dtype=np.uint32)
-            cnt = self.lib.tv_bracket(*self.args, *[self._p(b) for b in bounds], self._p(hist), self._p(e_top),
-                                      self._p(c_top), self._p(c_trim), self._p(idx), cap)
+            cnt = self.lib.tv_bracket(
+                *self.args,
+                *[self._p(b) for b in bounds],
+                self._p(hist),
+                self._p(e_top),
+                self._p(c_top),
+                self._p(c_trim),
+                self._p(idx),
+                cap,
+            )
             if cnt <= cap:
                 break
             cap = cnt  # more set aside than estimated: once more with room for all
@@ -372,6 +388,7 @@ def float_bits(x: float) -> int:
 
 def _cuts(thr, k_trim: int, k_top: int, n: int, n_models: int) -> tuple[list[float], list[float]]:
     """(t_trim, t_top) per model: kept ⇔ |τ| ≥ t_trim, top-k energy over |τ| ≥ t_top."""
+
     def trim_thr(i):
         if k_trim >= n:
             return 0.0  # keep everything (ties with 0 are sign-neutral)
@@ -450,7 +467,7 @@ def _two_passes(backend, n: int, ks: list[int], k_trim: int, k_top: int, n_model
     t_trim, t_top = _cuts(thr, k_trim, k_top, n, n_models)
     kept = A >= np.asarray(t_trim, dtype=np.float32)[:, None]
     code = (np.sign(T).astype(np.int64) + 1 + 3 * kept) * (6 ** np.arange(n_models, dtype=np.int64))[:, None]
-    h += np.bincount(code.sum(0), minlength=6 ** n_models)
+    h += np.bincount(code.sum(0), minlength=6**n_models)
     top = A >= np.asarray(t_top, dtype=np.float32)[:, None]
     A64 = A.astype(np.float64)
     e_ge = e_top + np.einsum("ij,ij->i", A64 * top, A64)
@@ -481,8 +498,9 @@ def bucket_histograms(raw_base: torch.Tensor, raws: list[torch.Tensor], release=
     return hist, backend.lo0
 
 
-def tensor_stats(raw_base: torch.Tensor, raws: list[torch.Tensor], density: float, st, device="cpu",
-                 release=None) -> dict:
+def tensor_stats(
+    raw_base: torch.Tensor, raws: list[torch.Tensor], density: float, st, device="cpu", release=None
+) -> dict:
     """Add one tensor's sums (all models) to SiteStats `st`. Returns non-finite counts
     {"base": b, 0: m0, ...} when any were found (they are read as 0 for the statistics).
     `release(start, stop)`: drop the inputs' pages of that element range (large tensors are read in

@@ -26,17 +26,26 @@ weight per model, and the measured trimmed sign conflict.
 
 UI-free: imports numpy and analysis modules only (never textual).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-TASK_ARITHMETIC_FAMILY = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
-                          "della", "della_linear")
+TASK_ARITHMETIC_FAMILY = (
+    "task_arithmetic",
+    "ties",
+    "dare_linear",
+    "dare_ties",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+)
 SPARSIFYING = ("ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear")
 CONSENSUS = ("ties", "dare_ties", "breadcrumbs_ties", "della")
 # Magnitude-based sparsification: the TIES-trimmed sign conflict is the relevant interference. A random
@@ -72,16 +81,24 @@ class SiteCoefficients:
     density: np.ndarray
 
 
-def coefficients(method: str, params: dict, model_params: Sequence[dict | None], *, base_param: dict | None = None,
-                 cosine: float | None = None) -> SiteCoefficients:
+def coefficients(
+    method: str,
+    params: dict,
+    model_params: Sequence[dict | None],
+    *,
+    base_param: dict | None = None,
+    cosine: float | None = None,
+) -> SiteCoefficients:
     """Effective coefficients for one tensor. `model_params[i]` holds model i's resolved per-model
     parameters, or None when model i is not in the plan (coefficient 0). `base_param`: the base's own
     per-model parameters when the method takes the base as a plain input (linear). `cosine`: the mean
     pairwise task-vector cosine (model_stock)."""
     n = len(model_params)
     w = np.array([_num((mp or {}).get("weight"), 0.0 if mp is None else 1.0) for mp in model_params], dtype=np.float64)
-    dens = np.array([_num((mp or {}).get("density"), math.nan) if mp is not None else math.nan for mp in model_params],
-                    dtype=np.float64)
+    dens = np.array(
+        [_num((mp or {}).get("density"), math.nan) if mp is not None else math.nan for mp in model_params],
+        dtype=np.float64,
+    )
     present = np.array([mp is not None for mp in model_params])
     c = np.zeros(n, dtype=np.float64)
     if method in TASK_ARITHMETIC_FAMILY:
@@ -173,8 +190,16 @@ class WhatIf:
             gram = s.dot.copy()
             np.fill_diagonal(gram, s.sq)
             ok = ~np.isnan(sc.density)
-            t = cache[s.key] = (float(c @ gram @ c), c * c * s.sq, s.base_sq, c * s.numel, sc.weight * s.numel,
-                                np.where(ok, np.nan_to_num(sc.density) * s.numel, 0.0), ok * float(s.numel), s.numel)
+            t = cache[s.key] = (
+                float(c @ gram @ c),
+                c * c * s.sq,
+                s.base_sq,
+                c * s.numel,
+                sc.weight * s.numel,
+                np.where(ok, np.nan_to_num(sc.density) * s.numel, 0.0),
+                ok * float(s.numel),
+                s.numel,
+            )
         return t
 
     def _conflict_sites(self) -> dict:
@@ -219,11 +244,17 @@ class WhatIf:
         return CellPrediction(
             merged_norm=merged,
             merged_relative_norm=merged / math.sqrt(base_sq) if base_sq > 0 else 0.0,
-            retained=retained, share=share,
+            retained=retained,
+            share=share,
             coeff=coeff_sum / numel if numel else np.zeros(n),
             weight=weight_sum / numel if numel else np.zeros(n),
-            density=density, trimmed_sign_conflict=tsc, measured_density=dens, numel=numel, sign_conflict=sc,
-            conflict_trimmed=self.method in MAGNITUDE_TRIM)
+            density=density,
+            trimmed_sign_conflict=tsc,
+            measured_density=dens,
+            numel=numel,
+            sign_conflict=sc,
+            conflict_trimmed=self.method in MAGNITUDE_TRIM,
+        )
 
     def _trimmed(self, keys) -> tuple[float, float, float]:
         """(trimmed sign conflict, its density, untrimmed sign conflict), measured."""
@@ -242,6 +273,7 @@ class WhatIf:
 
 def plan_models_to_report(plan, report) -> dict[str, int]:
     """Plan model reference -> index in report.models (by resolved path, then by the string)."""
+
     def key(p) -> str:
         try:
             return str(Path(p).expanduser().resolve())

@@ -24,6 +24,7 @@ time; sha256 is computed (streamed in 8 MiB blocks) when `hash_inputs` is true, 
 when all input files together are at most `AUTO_HASH_LIMIT` bytes (multi-GB models are not hashed
 unless asked: hashing 50 GB would add minutes to a merge). `mergescope merge --hash-inputs` asks.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,9 +34,10 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import InputError
 
@@ -43,16 +45,52 @@ AUTO_HASH_LIMIT = 2 * 1024**3
 DEFAULT_SHARD_SIZE = 5 * 1000**3  # "5GB", as mergekit/transformers count it
 
 # Files copied with the tokenizer (mergekit's list plus the vocab files our checkpoints know).
-TOKENIZER_COPY = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model",
-                  "added_tokens.json", "merges.txt", "vocab.json", "vocab.txt", "spiece.model",
-                  "chat_template.jinja", "chat_template.json", "generation_config.json")
+TOKENIZER_COPY = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "added_tokens.json",
+    "merges.txt",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
 
-_ST_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
-              "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
-              "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
+_ST_DTYPES = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+}
 
-_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3, "GB": 1000**3,
-          "T": 1000**4, "TB": 1000**4, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1000,
+    "KB": 1000,
+    "M": 1000**2,
+    "MB": 1000**2,
+    "G": 1000**3,
+    "GB": 1000**3,
+    "T": 1000**4,
+    "TB": 1000**4,
+    "KIB": 1024,
+    "MIB": 1024**2,
+    "GIB": 1024**3,
+    "TIB": 1024**4,
+}
 
 
 def parse_size(value: str | int, what: str = "--shard-size") -> int:
@@ -85,8 +123,10 @@ def check_output(output_dir: str | os.PathLike, force: bool = False) -> Path:
         if not out.is_dir():
             raise InputError(f"{output_dir}: exists and is not a directory; choose another output path")
         if any(out.iterdir()) and not force:
-            raise InputError(f"{output_dir}: output directory exists and is not empty; choose another path "
-                             f"or pass --force to replace it")
+            raise InputError(
+                f"{output_dir}: output directory exists and is not empty; choose another path "
+                f"or pass --force to replace it"
+            )
     parent = out.absolute().parent
     if not parent.is_dir():
         raise InputError(f"{output_dir}: parent directory {parent} does not exist; create it first")
@@ -154,7 +194,6 @@ def _safetensors_header(items: Sequence[tuple[str, Any]]) -> tuple[bytes, int]:
 
 def write_safetensors(path: Path, items: Sequence[tuple[str, Any]]) -> int:
     """Write tensors (CPU, any layout) as one safetensors file; returns the data size in bytes."""
-    import torch
 
     raw, total = _safetensors_header(items)
     with open(path, "wb") as fh:
@@ -181,8 +220,9 @@ def _write_tensor(fh, t) -> None:
 class ModelWriter:
     """Write one merged model atomically. Use as a context manager, or call `abort()` on failure."""
 
-    def __init__(self, output_dir: str | os.PathLike, *, force: bool = False,
-                 shard_size: int | str = DEFAULT_SHARD_SIZE):
+    def __init__(
+        self, output_dir: str | os.PathLike, *, force: bool = False, shard_size: int | str = DEFAULT_SHARD_SIZE
+    ):
         self.output_dir = check_output(output_dir, force)
         self.force = force
         self.shard_size = parse_size(shard_size)
@@ -328,9 +368,15 @@ class ModelWriter:
         self._current, self._current_bytes = [], 0
 
     # -- finishing -------------------------------------------------------------------------
-    def finish(self, *, config: dict | None = None, tokenizer_dir: Path | None = None,
-               plan_yaml: str | None = None, card: str | None = None,
-               extra_files: dict[str, str] | None = None) -> WriteResult:
+    def finish(
+        self,
+        *,
+        config: dict | None = None,
+        tokenizer_dir: Path | None = None,
+        plan_yaml: str | None = None,
+        card: str | None = None,
+        extra_files: dict[str, str] | None = None,
+    ) -> WriteResult:
         """Write the last shard, the index and the metadata files, then move the directory into place."""
         try:
             self._flush()
@@ -349,8 +395,10 @@ class ModelWriter:
                 shards.append("model.safetensors")
             files += shards
             if n > 1:
-                index = {"metadata": {"total_size": self.total_bytes, "mergescope": _version()},
-                         "weight_map": dict(sorted(weight_map.items()))}
+                index = {
+                    "metadata": {"total_size": self.total_bytes, "mergescope": _version()},
+                    "weight_map": dict(sorted(weight_map.items())),
+                }
                 _write_text(self.tmp / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
                 files.append("model.safetensors.index.json")
             if config is not None:
@@ -408,7 +456,7 @@ class ModelWriter:
         if self.tmp.exists():
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def __enter__(self) -> "ModelWriter":
+    def __enter__(self) -> ModelWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -437,8 +485,13 @@ def provenance(inputs: Sequence[InputRecord], hash_inputs: bool | None = None) -
     for rec in inputs:
         for f in rec.files:
             st = f.stat()
-            row = {"role": rec.role, "model": rec.ref, "file": str(f), "size": st.st_size,
-                   "mtime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime))}
+            row = {
+                "role": rec.role,
+                "model": rec.ref,
+                "file": str(f),
+                "size": st.st_size,
+                "mtime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime)),
+            }
             if do_hash:
                 if f not in cache:
                     cache[f] = sha256_file(f)
@@ -447,32 +500,69 @@ def provenance(inputs: Sequence[InputRecord], hash_inputs: bool | None = None) -
     return rows
 
 
-def model_card(*, name: str, method: str, base: str | None, models: Sequence[str], plan_yaml: str,
-               provenance_rows: Sequence[dict], out_dtype: str | None, n_tensors: int, total_bytes: int,
-               description: str = "", analysis=None) -> str:
+def model_card(
+    *,
+    name: str,
+    method: str,
+    base: str | None,
+    models: Sequence[str],
+    plan_yaml: str,
+    provenance_rows: Sequence[dict],
+    out_dtype: str | None,
+    n_tensors: int,
+    total_bytes: int,
+    description: str = "",
+    analysis=None,
+) -> str:
     """README.md with Hugging Face front matter (base_model, tags) and the plan and provenance."""
     import yaml
 
     bases = ([base] if base else []) + [m for m in models if m != base]
     front = {"base_model": bases, "library_name": "transformers", "tags": ["merge", "mergescope"]}
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {name}", "",
-             f"This model is a merge of pre-trained language models made with "
-             f"mergescope {_version()}.", "", "## Merge details", "",
-             f"- Method: `{method}`" + (f" ({description})" if description else ""),
-             f"- Base model: `{base}`" if base else "- Base model: none", "- Models merged:"]
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).rstrip(),
+        "---",
+        "",
+        f"# {name}",
+        "",
+        f"This model is a merge of pre-trained language models made with mergescope {_version()}.",
+        "",
+        "## Merge details",
+        "",
+        f"- Method: `{method}`" + (f" ({description})" if description else ""),
+        f"- Base model: `{base}`" if base else "- Base model: none",
+        "- Models merged:",
+    ]
     lines += [f"  - `{m}`" for m in models]
-    lines += [f"- Output: {n_tensors} tensors, {fmt_bytes(total_bytes)}" + (f", {out_dtype}" if out_dtype else ""), "",
-              "## Configuration", "", "The plan below (also saved as `merge_plan.yml`) is a mergekit 0.1.x config:", "",
-              "```yaml", plan_yaml.rstrip(), "```", "", "## Provenance", ""]
+    lines += [
+        f"- Output: {n_tensors} tensors, {fmt_bytes(total_bytes)}" + (f", {out_dtype}" if out_dtype else ""),
+        "",
+        "## Configuration",
+        "",
+        "The plan below (also saved as `merge_plan.yml`) is a mergekit 0.1.x config:",
+        "",
+        "```yaml",
+        plan_yaml.rstrip(),
+        "```",
+        "",
+        "## Provenance",
+        "",
+    ]
     hashed = any("sha256" in r for r in provenance_rows)
     lines.append("| role | model | file | size | modified | sha256 |")
     lines.append("|---|---|---|---:|---|---|")
     for r in provenance_rows:
-        lines.append(f"| {r['role']} | `{r['model']}` | `{Path(r['file']).name}` | {r['size']} | {r['mtime']} | "
-                     f"{r.get('sha256', 'not computed')} |")
+        lines.append(
+            f"| {r['role']} | `{r['model']}` | `{Path(r['file']).name}` | {r['size']} | {r['mtime']} | "
+            f"{r.get('sha256', 'not computed')} |"
+        )
     if not hashed:
-        lines += ["", "sha256 was not computed for these (large) inputs; size and modification time identify them. "
-                      "Run `mergescope merge --hash-inputs` to record hashes."]
+        lines += [
+            "",
+            "sha256 was not computed for these (large) inputs; size and modification time identify them. "
+            "Run `mergescope merge --hash-inputs` to record hashes.",
+        ]
     lines += ["", "## Merge-readiness at merge time", ""]
     lines += _analysis_section(analysis)
     lines += ["", f"Tool: mergescope {_version()}", ""]
@@ -482,19 +572,29 @@ def model_card(*, name: str, method: str, base: str | None, models: Sequence[str
 def _analysis_section(report) -> list[str]:
     """Findings and per-model summary of the analysis the merge was planned on (or how to get one)."""
     if report is None:
-        return ["No analysis was on record for these inputs. Run `mergescope analyze BASE MODEL...` before "
-                "merging (the merge then finds it in the cache) to record the merge-readiness findings here."]
+        return [
+            "No analysis was on record for these inputs. Run `mergescope analyze BASE MODEL...` before "
+            "merging (the merge then finds it in the cache) to record the merge-readiness findings here."
+        ]
     from .compat import weight_aggregate
 
     whole, weights = report.whole(), weight_aggregate(report)
-    out = [f"Analysed by mergescope (trim density {report.density}); base `{report.base}`.", "",
-           "| model | relative norm | cosine to base | weight cosine to base |", "|---|---:|---:|---:|"]
+    out = [
+        f"Analysed by mergescope (trim density {report.density}); base `{report.base}`.",
+        "",
+        "| model | relative norm | cosine to base | weight cosine to base |",
+        "|---|---:|---:|---:|",
+    ]
     for i, m in enumerate(report.models):
-        out.append(f"| `{m}` | {whole.relative_norm(i):.4f} | {whole.cosine_to_base(i):.5f} | {weights.cosine_to_base(i):.4f} |")
+        out.append(
+            f"| `{m}` | {whole.relative_norm(i):.4f} | {whole.cosine_to_base(i):.5f} | {weights.cosine_to_base(i):.4f} |"
+        )
     out.append("")
     if report.findings:
-        out += [f"- **{f.severity}** `{f.code}`" + (f" ({f.model})" if f.model else "") + f": {f.message}"
-                for f in report.findings]
+        out += [
+            f"- **{f.severity}** `{f.code}`" + (f" ({f.model})" if f.model else "") + f": {f.message}"
+            for f in report.findings
+        ]
     else:
         out.append("No findings: the inputs looked merge-ready.")
     return out

@@ -8,6 +8,7 @@ plan editor with the what-if, a real merge into a temporary directory, help. Pat
 relative to the family directory so the pictures stay readable. PNGs need `rsvg-convert`
 (Debian/Ubuntu: `apt-get install librsvg2-bin`); without it only the SVGs are written.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,16 +56,25 @@ def save_downgraded(app, path: Path, system: str = "standard") -> None:
 
     cs = {"standard": ColorSystem.STANDARD, "256": ColorSystem.EIGHT_BIT}[system]
     width, height = app.size
-    opts = dict(width=width, height=height, file=io.StringIO(), force_terminal=True, color_system="truecolor",
-                legacy_windows=False, safe_box=False)
+    opts = dict(
+        width=width,
+        height=height,
+        file=io.StringIO(),
+        force_terminal=True,
+        color_system="truecolor",
+        legacy_windows=False,
+        safe_box=False,
+    )
     render = app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
     src = Console(**opts)
     segs = []
     for seg in src.render(render, src.options):
         st = seg.style
         if st is not None and (st.color is not None or st.bgcolor is not None):
-            st = st + Style(color=st.color.downgrade(cs) if st.color else None,
-                            bgcolor=st.bgcolor.downgrade(cs) if st.bgcolor else None)
+            st = st + Style(
+                color=st.color.downgrade(cs) if st.color else None,
+                bgcolor=st.bgcolor.downgrade(cs) if st.bgcolor else None,
+            )
         segs.append(Segment(seg.text, st, seg.control))
     out = Console(record=True, **opts)
     out.print(Segments(segs), end="")
@@ -180,8 +190,10 @@ def main() -> int:
         shots = asyncio.run(shoot(out, family, a.base, models, sample))
     for svg in shots:
         png = to_png(svg)
-        print(f"{svg.relative_to(out.parent) if out.parent in svg.parents else svg}"
-              + (f"  {png.name}" if png else "  (no rsvg-convert: SVG only)"))
+        print(
+            f"{svg.relative_to(out.parent) if out.parent in svg.parents else svg}"
+            + (f"  {png.name}" if png else "  (no rsvg-convert: SVG only)")
+        )
     return 0
 
 

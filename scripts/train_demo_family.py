@@ -32,6 +32,7 @@ Fine-tunes start from the bf16 weights as saved, so task vectors are exact diffe
 Determinism: fixed seeds, `torch.use_deterministic_algorithms(True)`, a fixed thread count. Same
 Python, torch build, CPU type and `--threads` => same bytes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,9 +61,18 @@ from mergescope.tinylm import LlamaConfig, LlamaLM, encode, load_model, model_fr
 DOMAINS = ("code", "prose", "dialog")
 NAMESPACE = "mergescope-demo"
 
-CONFIG = dict(vocab_size=256, hidden_size=64, intermediate_size=176, num_hidden_layers=4,
-              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-              rms_norm_eps=1e-5, rope_theta=10000.0, initializer_range=0.02)
+CONFIG = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=176,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+    initializer_range=0.02,
+)
 SEQ = 128
 # Adam's eps: with 1e-8 Adam turns the tiny, consistent "push down" gradient on the lm_head rows of
 # bytes that never occur into full-size steps, and those rows then dominate every task vector (70 %
@@ -71,25 +81,27 @@ ADAM_EPS = 1e-5
 
 # Order = submission order when training in parallel (longest fine-tune first).
 RECIPE = {
-    "base":        dict(parent=None, init_seed=0, data="mix", steps=600, batch=32, lr=3e-3, sched="cosine", seed=10),
-    "other_base":  dict(parent=None, init_seed=1, data="mix", steps=600, batch=32, lr=3e-3, sched="cosine", seed=11),
+    "base": dict(parent=None, init_seed=0, data="mix", steps=600, batch=32, lr=3e-3, sched="cosine", seed=10),
+    "other_base": dict(parent=None, init_seed=1, data="mix", steps=600, batch=32, lr=3e-3, sched="cosine", seed=11),
     "overtrained": dict(parent="base", data="code", steps=900, batch=16, lr=3e-3, sched="constant", seed=23),
-    "code":        dict(parent="base", data="code", steps=300, batch=16, lr=1e-3, sched="linear", replay=0.25, seed=20),
-    "prose":       dict(parent="base", data="prose", steps=300, batch=16, lr=1e-3, sched="linear", replay=0.25, seed=21),
-    "dialog":      dict(parent="base", data="dialog", steps=300, batch=16, lr=1e-3, sched="linear", replay=0.25, seed=22),
-    "other_ft":    dict(parent="other_base", data="code", steps=300, batch=16, lr=1e-3, sched="linear", replay=0.25, seed=24),
+    "code": dict(parent="base", data="code", steps=300, batch=16, lr=1e-3, sched="linear", replay=0.25, seed=20),
+    "prose": dict(parent="base", data="prose", steps=300, batch=16, lr=1e-3, sched="linear", replay=0.25, seed=21),
+    "dialog": dict(parent="base", data="dialog", steps=300, batch=16, lr=1e-3, sched="linear", replay=0.25, seed=22),
+    "other_ft": dict(
+        parent="other_base", data="code", steps=300, batch=16, lr=1e-3, sched="linear", replay=0.25, seed=24
+    ),
 }
 MEMBERS = ["base", "code", "prose", "dialog", "overtrained", "other_base", "other_ft"]  # display order
 DESCRIPTIONS = {
     "base": "A base model trained from scratch (init seed 0) on a uniform mixture of Python standard-library "
-            "source code, English prose from the Python docs, and templated two-person dialogues.",
+    "source code, English prose from the Python docs, and templated two-person dialogues.",
     "other_base": "A second base model trained exactly like `base` but from init seed 1: same data and "
-                  "recipe, unrelated weights.",
+    "recipe, unrelated weights.",
     "code": "A moderate fine-tune of `base` on Python standard-library source code.",
     "prose": "A moderate fine-tune of `base` on English prose from the Python documentation.",
     "dialog": "A moderate fine-tune of `base` on templated two-person dialogues.",
     "overtrained": "A fine-tune of `base` on Python source trained far too long and too hot (3x the steps of "
-                   "`code`, 3x its peak LR held constant, no replay), so it has drifted far from its base.",
+    "`code`, 3x its peak LR held constant, no replay), so it has drifted far from its base.",
     "other_ft": "A fine-tune of `other_base` (not `base`!) on Python source, with the same recipe as `code`.",
 }
 
@@ -120,15 +132,19 @@ def split_docstrings(source: str) -> tuple[str, list[str]]:
         if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
         body = node.body
-        if not (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
+        if not (
+            body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             continue
         ds = body[0]
         docs.append(inspect.cleandoc(ds.value.value))
         first = lines[ds.lineno - 1]
-        if first[:ds.col_offset].strip():  # docstring shares its line with other code: keep it
+        if first[: ds.col_offset].strip():  # docstring shares its line with other code: keep it
             continue
-        indent = first[:ds.col_offset]
+        indent = first[: ds.col_offset]
         for i in range(ds.lineno - 1, ds.end_lineno):
             drop[i] = None
         if len(body) == 1:
@@ -180,17 +196,64 @@ def prose_corpus(docstrings: list[str]) -> tuple[bytes, bytes]:
     return wrap(train), wrap(held)
 
 
-NAMES = ["Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi", "Ivan", "Judy", "Mallory",
-         "Nina", "Oscar", "Peggy", "Rupert", "Sybil", "Trent", "Uma", "Victor", "Wendy"]
+NAMES = [
+    "Alice",
+    "Bob",
+    "Carol",
+    "Dave",
+    "Erin",
+    "Frank",
+    "Grace",
+    "Heidi",
+    "Ivan",
+    "Judy",
+    "Mallory",
+    "Nina",
+    "Oscar",
+    "Peggy",
+    "Rupert",
+    "Sybil",
+    "Trent",
+    "Uma",
+    "Victor",
+    "Wendy",
+]
 FOODS = ["pasta", "soup", "a sandwich", "pizza", "curry", "salad", "tacos", "noodles", "rice and beans", "dumplings"]
-PLACES = ["the park", "the library", "the market", "the museum", "the beach", "the station", "the cafe",
-          "the cinema", "the gym", "the office"]
+PLACES = [
+    "the park",
+    "the library",
+    "the market",
+    "the museum",
+    "the beach",
+    "the station",
+    "the cafe",
+    "the cinema",
+    "the gym",
+    "the office",
+]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 TIMES = ["nine", "ten", "eleven", "noon", "two", "three", "four", "five", "six", "seven"]
-THINGS = ["my laptop", "the printer", "my phone", "the car", "the washing machine", "my bike", "the router",
-          "the heater", "my camera", "the fridge"]
-PROBLEMS = ["won't turn on", "keeps making a strange noise", "is really slow", "stopped working yesterday",
-            "shows an error message", "keeps restarting", "is stuck on a blank screen"]
+THINGS = [
+    "my laptop",
+    "the printer",
+    "my phone",
+    "the car",
+    "the washing machine",
+    "my bike",
+    "the router",
+    "the heater",
+    "my camera",
+    "the fridge",
+]
+PROBLEMS = [
+    "won't turn on",
+    "keeps making a strange noise",
+    "is really slow",
+    "stopped working yesterday",
+    "shows an error message",
+    "keeps restarting",
+    "is stuck on a blank screen",
+]
 WEATHER = ["sunny", "rainy", "cold", "windy", "warm", "cloudy", "foggy", "snowy"]
 FEELINGS = ["great", "pretty good", "a bit tired", "fine", "really busy", "excited", "not bad", "a little stressed"]
 HOBBIES = ["reading", "running", "painting", "cooking", "gardening", "playing chess", "hiking", "learning guitar"]
@@ -203,45 +266,149 @@ def _dialogue(r: random.Random) -> str:
     kind = r.randrange(6)
     lines: list[tuple[str, str]] = []
     if kind == 0:  # greeting and plans
-        lines += [(a, c([f"Hi {b}, how are you?", f"Hey {b}! How's it going?", f"Good morning, {b}."])),
-                  (b, c([f"I'm {c(FEELINGS)}, thanks. And you?", f"Oh, {c(FEELINGS)}. How about you?"])),
-                  (a, c([f"I'm {c(FEELINGS)}. Are you free on {c(DAYS)}?", f"{c(FEELINGS).capitalize()}. Do you want to go to {c(PLACES)} later?"])),
-                  (b, c([f"Sure, let's meet at {c(TIMES)}.", f"I can't on {c(DAYS)}, but {c(DAYS)} works.", "Sounds good to me!"])),
-                  (a, c(["Great, see you then!", "Perfect. I'll text you.", "Okay, see you soon."]))]
+        lines += [
+            (a, c([f"Hi {b}, how are you?", f"Hey {b}! How's it going?", f"Good morning, {b}."])),
+            (b, c([f"I'm {c(FEELINGS)}, thanks. And you?", f"Oh, {c(FEELINGS)}. How about you?"])),
+            (
+                a,
+                c(
+                    [
+                        f"I'm {c(FEELINGS)}. Are you free on {c(DAYS)}?",
+                        f"{c(FEELINGS).capitalize()}. Do you want to go to {c(PLACES)} later?",
+                    ]
+                ),
+            ),
+            (
+                b,
+                c(
+                    [
+                        f"Sure, let's meet at {c(TIMES)}.",
+                        f"I can't on {c(DAYS)}, but {c(DAYS)} works.",
+                        "Sounds good to me!",
+                    ]
+                ),
+            ),
+            (a, c(["Great, see you then!", "Perfect. I'll text you.", "Okay, see you soon."])),
+        ]
     elif kind == 1:  # restaurant
         f1, f2 = r.sample(FOODS, 2)
-        lines += [(a, c(["What would you like to order?", "Are you ready to order?", "What can I get for you today?"])),
-                  (b, c([f"I'd like {f1}, please.", f"Could I have {f1}?", f"I'll have {f1} and some water."])),
-                  (a, c([f"Sorry, we're out of {f1}. How about {f2}?", "Good choice. Anything else?", f"Would you like {f2} with that?"])),
-                  (b, c([f"Then {f2} is fine.", "No, that's all, thank you.", f"Yes, {f2} sounds nice."])),
-                  (a, c(["Coming right up.", f"It will be ready in {r.randint(5, 20)} minutes.", "Thank you!"]))]
+        lines += [
+            (a, c(["What would you like to order?", "Are you ready to order?", "What can I get for you today?"])),
+            (b, c([f"I'd like {f1}, please.", f"Could I have {f1}?", f"I'll have {f1} and some water."])),
+            (
+                a,
+                c(
+                    [
+                        f"Sorry, we're out of {f1}. How about {f2}?",
+                        "Good choice. Anything else?",
+                        f"Would you like {f2} with that?",
+                    ]
+                ),
+            ),
+            (b, c([f"Then {f2} is fine.", "No, that's all, thank you.", f"Yes, {f2} sounds nice."])),
+            (a, c(["Coming right up.", f"It will be ready in {r.randint(5, 20)} minutes.", "Thank you!"])),
+        ]
     elif kind == 2:  # support
         t, p = c(THINGS), c(PROBLEMS)
-        lines += [(a, c([f"Hello, {t} {p}.", f"Hi, I need help. {t.capitalize()} {p}.", f"Can you help me? {t.capitalize()} {p}."])),
-                  (b, c(["I'm sorry to hear that. Have you tried turning it off and on again?", "When did this start?", "Is it plugged in?"])),
-                  (a, c(["Yes, I tried that already.", f"It started on {c(DAYS)}.", "I think so, yes."])),
-                  (b, c([f"Okay. Bring it to {c(PLACES)} on {c(DAYS)} and we'll take a look.", "Let me check a few things. Please hold on.", "Try unplugging it for a minute."])),
-                  (a, c(["Thank you so much.", "Okay, I'll do that.", "Thanks, that worked!"]))]
+        lines += [
+            (
+                a,
+                c(
+                    [
+                        f"Hello, {t} {p}.",
+                        f"Hi, I need help. {t.capitalize()} {p}.",
+                        f"Can you help me? {t.capitalize()} {p}.",
+                    ]
+                ),
+            ),
+            (
+                b,
+                c(
+                    [
+                        "I'm sorry to hear that. Have you tried turning it off and on again?",
+                        "When did this start?",
+                        "Is it plugged in?",
+                    ]
+                ),
+            ),
+            (a, c(["Yes, I tried that already.", f"It started on {c(DAYS)}.", "I think so, yes."])),
+            (
+                b,
+                c(
+                    [
+                        f"Okay. Bring it to {c(PLACES)} on {c(DAYS)} and we'll take a look.",
+                        "Let me check a few things. Please hold on.",
+                        "Try unplugging it for a minute.",
+                    ]
+                ),
+            ),
+            (a, c(["Thank you so much.", "Okay, I'll do that.", "Thanks, that worked!"])),
+        ]
     elif kind == 3:  # weather
         w1, w2 = r.sample(WEATHER, 2)
-        lines += [(a, c([f"It's so {w1} today.", f"Did you see how {w1} it is outside?", f"What a {w1} day!"])),
-                  (b, c([f"I know! Yesterday it was {w2}.", f"I heard it will be {w2} on {c(DAYS)}.", f"I prefer it when it's {w2}."])),
-                  (a, c([f"Maybe we should go to {c(PLACES)} instead.", "Let's stay inside and have tea.", "I'll bring an umbrella just in case."])),
-                  (b, c(["Good idea.", "Yes, let's do that.", "Fine by me."]))]
+        lines += [
+            (a, c([f"It's so {w1} today.", f"Did you see how {w1} it is outside?", f"What a {w1} day!"])),
+            (
+                b,
+                c(
+                    [
+                        f"I know! Yesterday it was {w2}.",
+                        f"I heard it will be {w2} on {c(DAYS)}.",
+                        f"I prefer it when it's {w2}.",
+                    ]
+                ),
+            ),
+            (
+                a,
+                c(
+                    [
+                        f"Maybe we should go to {c(PLACES)} instead.",
+                        "Let's stay inside and have tea.",
+                        "I'll bring an umbrella just in case.",
+                    ]
+                ),
+            ),
+            (b, c(["Good idea.", "Yes, let's do that.", "Fine by me."])),
+        ]
     elif kind == 4:  # hobbies
         h1, h2 = r.sample(HOBBIES, 2)
-        lines += [(a, c(["What do you do in your free time?", "Do you have any hobbies?", "What did you do last weekend?"])),
-                  (b, c([f"I like {h1}. What about you?", f"Mostly {h1}, and sometimes {h2}.", f"I spent the weekend {h1}."])),
-                  (a, c([f"I've been {h2} a lot lately.", f"I'm reading {c(BOOKS)} right now.", f"I want to try {h1} too."])),
-                  (b, c(["That sounds fun!", "You should show me sometime.", "Nice, tell me how it goes."])),
-                  (a, c(["I will!", "Maybe next week.", "Sure thing."]))]
+        lines += [
+            (a, c(["What do you do in your free time?", "Do you have any hobbies?", "What did you do last weekend?"])),
+            (
+                b,
+                c([f"I like {h1}. What about you?", f"Mostly {h1}, and sometimes {h2}.", f"I spent the weekend {h1}."]),
+            ),
+            (a, c([f"I've been {h2} a lot lately.", f"I'm reading {c(BOOKS)} right now.", f"I want to try {h1} too."])),
+            (b, c(["That sounds fun!", "You should show me sometime.", "Nice, tell me how it goes."])),
+            (a, c(["I will!", "Maybe next week.", "Sure thing."])),
+        ]
     else:  # appointment
         d, tm = c(DAYS), c(TIMES)
-        lines += [(a, c(["I'd like to book an appointment.", "Can I change my appointment?", "Do you have any openings this week?"])),
-                  (b, c([f"We have a slot on {d} at {tm}.", f"How about {d} at {tm}?", "What day works best for you?"])),
-                  (a, c([f"{d} at {tm} is perfect.", f"Do you have anything later on {d}?", f"Could we do {c(DAYS)} instead?"])),
-                  (b, c(["You're all set.", f"Yes, {c(TIMES)} is also free.", "Let me check. Yes, that works."])),
-                  (a, c(["Thanks, see you then.", "Great, thank you.", "Perfect, goodbye!"]))]
+        lines += [
+            (
+                a,
+                c(
+                    [
+                        "I'd like to book an appointment.",
+                        "Can I change my appointment?",
+                        "Do you have any openings this week?",
+                    ]
+                ),
+            ),
+            (b, c([f"We have a slot on {d} at {tm}.", f"How about {d} at {tm}?", "What day works best for you?"])),
+            (
+                a,
+                c(
+                    [
+                        f"{d} at {tm} is perfect.",
+                        f"Do you have anything later on {d}?",
+                        f"Could we do {c(DAYS)} instead?",
+                    ]
+                ),
+            ),
+            (b, c(["You're all set.", f"Yes, {c(TIMES)} is also free.", "Let me check. Yes, that works."])),
+            (a, c(["Thanks, see you then.", "Great, thank you.", "Perfect, goodbye!"])),
+        ]
     return "".join(f"{who}: {say}\n" for who, say in lines) + "\n"
 
 
@@ -268,13 +435,16 @@ def corpora() -> tuple[dict[str, bytes], dict[str, bytes]]:
     code_train, code_held, docs = code_corpus()
     prose_train, prose_held = prose_corpus(docs)
     dialog_train, dialog_held = dialog_corpus()
-    return ({"code": code_train, "prose": prose_train, "dialog": dialog_train},
-            {"code": code_held, "prose": prose_held, "dialog": dialog_held})
+    return (
+        {"code": code_train, "prose": prose_train, "dialog": dialog_train},
+        {"code": code_held, "prose": prose_held, "dialog": dialog_held},
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
+
 
 class Sampler:
     """Random windows of SEQ+1 bytes. data "mix": each row picks a domain uniformly; data "<domain>":
@@ -295,7 +465,7 @@ class Sampler:
         for mix, k in zip(mixed, dom):
             ids = self.ids[self.domains[k if mix else self.target]]
             s = int(torch.randint(ids.numel() - SEQ - 1, (1,), generator=self.g))
-            rows.append(ids[s:s + SEQ + 1])
+            rows.append(ids[s : s + SEQ + 1])
         return torch.stack(rows)
 
 
@@ -304,8 +474,12 @@ def train(model: LlamaLM, sampler: Sampler, steps: int, batch: int, lr: float, s
     decay = [p for n, p in model.named_parameters() if p.ndim == 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     wd = 0.05 if sched == "cosine" else 0.0
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.95), eps=ADAM_EPS)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.95),
+        eps=ADAM_EPS,
+    )
     warmup = max(1, min(50, steps // 10))
     model.train()
     ema = None
@@ -346,14 +520,28 @@ def train_one(out: str, name: str, threads: int, train_text: dict[str, bytes]) -
         model = load_model(fam / r["parent"])  # bf16 as stored -> float32
         base_model = f"{NAMESPACE}/{r['parent']}"
     torch.manual_seed(r["seed"])
-    loss = train(model, Sampler(train_text, r["data"], r["seed"], r.get("replay", 0.0)), r["steps"], r["batch"], r["lr"], r["sched"])
+    loss = train(
+        model,
+        Sampler(train_text, r["data"], r["seed"], r.get("replay", 0.0)),
+        r["steps"],
+        r["batch"],
+        r["lr"],
+        r["sched"],
+    )
     data = "uniform mixture of code / prose / dialog" if r["data"] == "mix" else r["data"]
     if r.get("replay"):
         data += f", with {r['replay']:.0%} of rows replayed from the uniform mixture"
-    how = (f"Trained with `scripts/train_demo_family.py`: {r['steps']} steps of AdamW, batch "
-           f"{r['batch']} x {SEQ} bytes, peak LR {r['lr']:g} ({r['sched']} schedule), data: {data}.")
-    save_model(model, fam / name, name=f"{NAMESPACE}/{name}", base_model=base_model,
-               description=DESCRIPTIONS[name] + "\n\n" + how)
+    how = (
+        f"Trained with `scripts/train_demo_family.py`: {r['steps']} steps of AdamW, batch "
+        f"{r['batch']} x {SEQ} bytes, peak LR {r['lr']:g} ({r['sched']} schedule), data: {data}."
+    )
+    save_model(
+        model,
+        fam / name,
+        name=f"{NAMESPACE}/{name}",
+        base_model=base_model,
+        description=DESCRIPTIONS[name] + "\n\n" + how,
+    )
     return name, loss, time.perf_counter() - t0
 
 
@@ -385,6 +573,7 @@ def build_family(out: Path, names: list[str], jobs: int, threads: int, train_tex
 # Metrics and inline merges (a self-contained check, independent of analysis/metrics.py)
 # --------------------------------------------------------------------------------------------
 
+
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     ck = open_checkpoint(path)
     try:
@@ -409,7 +598,7 @@ def model_metrics(fam: Path, names: list[str]) -> tuple[dict, dict]:
         taus[m] = (tau, tn)
     pair = {}
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             (ta, na), (tb, nb) = taus[a], taus[b]
             pair[(a, b)] = _dot(ta, tb) / (na * nb) if na and nb else 0.0
     return summary, pair
@@ -477,8 +666,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "analysis" / "demo")
     ap.add_argument("--jobs", type=int, default=2, help="models trained in parallel (one process each)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per job (fixed, for reproducibility)")
-    ap.add_argument("--models", nargs="+", choices=list(RECIPE), default=list(RECIPE),
-                    help="retrain only these (their parents must exist in --out)")
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        choices=list(RECIPE),
+        default=list(RECIPE),
+        help="retrain only these (their parents must exist in --out)",
+    )
     ap.add_argument("--write-heldout", action="store_true", help="(re)write heldout/*.txt from this Python")
     ap.add_argument("--report-only", action="store_true", help="skip training; report on an existing family")
     args = ap.parse_args(argv)
@@ -498,12 +692,19 @@ def main(argv=None) -> int:
     # Guard against train/held-out overlap (e.g. a held-out file from another Python version).
     for d in DOMAINS:
         h = held[d]
-        probes = [h[i:i + 200] for i in range(0, max(1, len(h) - 200), 997)]
+        probes = [h[i : i + 200] for i in range(0, max(1, len(h) - 200), 997)]
         hits = sum(1 for p in probes if p in train_text[d])
         if hits:
-            print(f"warning: {hits}/{len(probes)} 200-byte held-out {d} probes occur in the training text", file=sys.stderr)
-    print("training text:", ", ".join(f"{d} {len(train_text[d]) / 1e3:.0f} KB" for d in DOMAINS),
-          "| held-out:", ", ".join(f"{d} {len(held[d]) / 1e3:.1f} KB" for d in DOMAINS))
+            print(
+                f"warning: {hits}/{len(probes)} 200-byte held-out {d} probes occur in the training text",
+                file=sys.stderr,
+            )
+    print(
+        "training text:",
+        ", ".join(f"{d} {len(train_text[d]) / 1e3:.0f} KB" for d in DOMAINS),
+        "| held-out:",
+        ", ".join(f"{d} {len(held[d]) / 1e3:.1f} KB" for d in DOMAINS),
+    )
 
     fam = args.out / "family"
     t0 = time.perf_counter()
@@ -539,22 +740,33 @@ def main(argv=None) -> int:
         print(f"  [{'ok' if cond else 'FAIL'}] {msg}")
 
     for d in DOMAINS:
-        check(ppl[d][d] < 0.97 * ppl["base"][d], f"{d} fine-tune beats base on {d}: {ppl[d][d]:.3f} vs {ppl['base'][d]:.3f}")
+        check(
+            ppl[d][d] < 0.97 * ppl["base"][d],
+            f"{d} fine-tune beats base on {d}: {ppl[d][d]:.3f} vs {ppl['base'][d]:.3f}",
+        )
     for label in ("TA code+prose 0.7/0.7", "TIES code+prose d0.5 w1"):
         m = merges[label]
-        check(m["code"] < ppl["prose"]["code"] and m["prose"] < ppl["code"]["prose"],
-              f"{label} beats each fine-tune on the other domain: code {m['code']:.3f} < {ppl['prose']['code']:.3f}, "
-              f"prose {m['prose']:.3f} < {ppl['code']['prose']:.3f}")
-        check(m["code"] < 1.08 * ppl["code"]["code"] and m["prose"] < 1.08 * ppl["prose"]["prose"],
-              f"{label} stays close on its own domains: code {m['code'] / ppl['code']['code'] - 1:+.1%}, "
-              f"prose {m['prose'] / ppl['prose']['prose'] - 1:+.1%}")
+        check(
+            m["code"] < ppl["prose"]["code"] and m["prose"] < ppl["code"]["prose"],
+            f"{label} beats each fine-tune on the other domain: code {m['code']:.3f} < {ppl['prose']['code']:.3f}, "
+            f"prose {m['prose']:.3f} < {ppl['code']['prose']:.3f}",
+        )
+        check(
+            m["code"] < 1.08 * ppl["code"]["code"] and m["prose"] < 1.08 * ppl["prose"]["prose"],
+            f"{label} stays close on its own domains: code {m['code'] / ppl['code']['code'] - 1:+.1%}, "
+            f"prose {m['prose'] / ppl['prose']['prose'] - 1:+.1%}",
+        )
     true_ft = [summary[d] for d in DOMAINS]
-    check(summary["other_ft"]["cosine_to_base"] < min(t["cosine_to_base"] for t in true_ft) - 0.3,
-          f"other_ft cosine to base {summary['other_ft']['cosine_to_base']:.3f} far below the fine-tunes' "
-          f"(min {min(t['cosine_to_base'] for t in true_ft):.4f})")
-    check(summary["overtrained"]["relative_norm"] > 4 * max(t["relative_norm"] for t in true_ft),
-          f"overtrained relative norm {summary['overtrained']['relative_norm']:.3f} >> fine-tunes' "
-          f"(max {max(t['relative_norm'] for t in true_ft):.3f})")
+    check(
+        summary["other_ft"]["cosine_to_base"] < min(t["cosine_to_base"] for t in true_ft) - 0.3,
+        f"other_ft cosine to base {summary['other_ft']['cosine_to_base']:.3f} far below the fine-tunes' "
+        f"(min {min(t['cosine_to_base'] for t in true_ft):.4f})",
+    )
+    check(
+        summary["overtrained"]["relative_norm"] > 4 * max(t["relative_norm"] for t in true_ft),
+        f"overtrained relative norm {summary['overtrained']['relative_norm']:.3f} >> fine-tunes' "
+        f"(max {max(t['relative_norm'] for t in true_ft):.3f})",
+    )
 
     digest = hashlib.sha256()
     for n in names:

@@ -7,12 +7,13 @@ tokenizer) and return the directory. Load tensors back with `load_state(dir)`.
     ft = make_finetune(base, tmp / "ft1", scale=0.05, seed=1)
     lora = make_lora(base, tmp / "lora", rank=2, seed=2, targets=("q_proj", "v_proj"))
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -43,8 +44,9 @@ def llama_shapes(n_layers: int, hidden: int, vocab: int, tied: bool = False) -> 
     return shapes
 
 
-def write_state(d: str | Path, sd: dict[str, torch.Tensor], shards: int = 1, config: dict | None = None,
-                tokenizer: bool = True) -> Path:
+def write_state(
+    d: str | Path, sd: dict[str, torch.Tensor], shards: int = 1, config: dict | None = None, tokenizer: bool = True
+) -> Path:
     """Write a state dict as an HF directory: model.safetensors, or `shards` files plus the index."""
     d = Path(d)
     d.mkdir(parents=True, exist_ok=True)
@@ -62,7 +64,7 @@ def write_state(d: str | Path, sd: dict[str, torch.Tensor], shards: int = 1, con
     total = 0
     for s in range(shards):
         fn = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-        part = {n: sd[n] for n in names[s * per:(s + 1) * per]}
+        part = {n: sd[n] for n in names[s * per : (s + 1) * per]}
         save_file(part, str(d / fn), metadata={"format": "pt"})
         wm.update({n: fn for n in part})
         total += sum(t.numel() * t.element_size() for t in part.values())
@@ -72,21 +74,40 @@ def write_state(d: str | Path, sd: dict[str, torch.Tensor], shards: int = 1, con
 
 def write_tokenizer(d: Path, vocab: int) -> None:
     """A minimal word-level tokenizer.json + tokenizer_config.json (enough to be copied and compared)."""
-    tok = {"version": "1.0", "model": {"type": "WordLevel", "vocab": {f"w{i}": i for i in range(vocab)},
-                                       "unk_token": "w0"}, "added_tokens": []}
+    tok = {
+        "version": "1.0",
+        "model": {"type": "WordLevel", "vocab": {f"w{i}": i for i in range(vocab)}, "unk_token": "w0"},
+        "added_tokens": [],
+    }
     (d / "tokenizer.json").write_text(json.dumps(tok))
     (d / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 128}))
 
 
 def llama_config(n_layers: int, hidden: int, vocab: int, dtype: torch.dtype, tied: bool = False) -> dict:
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
-            "intermediate_size": 2 * hidden, "num_hidden_layers": n_layers, "num_attention_heads": 2,
-            "num_key_value_heads": 2, "vocab_size": vocab, "tie_word_embeddings": tied,
-            "torch_dtype": str(dtype).replace("torch.", "")}
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "vocab_size": vocab,
+        "tie_word_embeddings": tied,
+        "torch_dtype": str(dtype).replace("torch.", ""),
+    }
 
 
-def make_llama(d: str | Path, n_layers: int = 2, hidden: int = 16, vocab: int = 32, dtype: torch.dtype = torch.float32,
-               seed: int = 0, shards: int = 1, tied: bool = False) -> Path:
+def make_llama(
+    d: str | Path,
+    n_layers: int = 2,
+    hidden: int = 16,
+    vocab: int = 32,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    shards: int = 1,
+    tied: bool = False,
+) -> Path:
     """A random tiny Llama-style checkpoint directory (norm weights around 1, matrices ~ N(0, 0.02))."""
     g = torch.Generator().manual_seed(seed)
     sd = {}
@@ -110,8 +131,15 @@ def load_state(d: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def make_finetune(base_dir: str | Path, out_dir: str | Path, scale: float = 0.01, seed: int = 1, shards: int = 1,
-                  dtype: torch.dtype | None = None, only: Iterable[str] | None = None) -> Path:
+def make_finetune(
+    base_dir: str | Path,
+    out_dir: str | Path,
+    scale: float = 0.01,
+    seed: int = 1,
+    shards: int = 1,
+    dtype: torch.dtype | None = None,
+    only: Iterable[str] | None = None,
+) -> Path:
     """base + scale * N(0, 1) on every tensor (or on names containing one of `only`); same config and
     tokenizer as the base. `dtype` overrides the stored dtype."""
     base_dir = Path(base_dir)
@@ -137,9 +165,16 @@ def _copy_tokenizer(src: Path, dst: str | Path) -> None:
             (dst / f).write_bytes((src / f).read_bytes())
 
 
-def make_lora(base_dir: str | Path, out_dir: str | Path, rank: int = 2, alpha: float = 4.0, seed: int = 2,
-              targets: Iterable[str] = ("q_proj", "v_proj"), scale: float = 0.05,
-              dtype: torch.dtype = torch.float32) -> Path:
+def make_lora(
+    base_dir: str | Path,
+    out_dir: str | Path,
+    rank: int = 2,
+    alpha: float = 4.0,
+    seed: int = 2,
+    targets: Iterable[str] = ("q_proj", "v_proj"),
+    scale: float = 0.05,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
     """A PEFT LoRA adapter for `base_dir` on every Linear whose name contains a target.
 
     Writes adapter_config.json and adapter_model.safetensors with PEFT's names
@@ -158,8 +193,15 @@ def make_lora(base_dir: str | Path, out_dir: str | Path, rank: int = 2, alpha: f
         sd[f"base_model.model.{module}.lora_A.weight"] = (scale * torch.randn(rank, in_f, generator=g)).to(dtype)
         sd[f"base_model.model.{module}.lora_B.weight"] = (scale * torch.randn(out_f, rank, generator=g)).to(dtype)
     save_file(sd, str(out_dir / "adapter_model.safetensors"))
-    cfg = {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "target_modules": list(targets),
-           "base_model_name_or_path": str(base_dir), "fan_in_fan_out": False, "use_rslora": False}
+    cfg = {
+        "peft_type": "LORA",
+        "r": rank,
+        "lora_alpha": alpha,
+        "target_modules": list(targets),
+        "base_model_name_or_path": str(base_dir),
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+    }
     (out_dir / "adapter_config.json").write_text(json.dumps(cfg, indent=1))
     return out_dir
 

@@ -9,15 +9,15 @@ child process of that interpreter (mergekit's import alone takes ~5-13 s; its cl
 called once per job with `standalone_mode=False`, i.e. exactly the `mergekit-yaml` code path).
 Used by tests/test_mergekit_compat.py and tests/benchmarks/bench.py.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -59,8 +59,12 @@ def mergekit_available() -> tuple[bool, str]:
         if py is None:
             _AVAILABLE = (False, f"no mergekit virtualenv (set {ENV_VAR} or run scripts/setup_mergekit_venv.sh)")
         else:
-            r = subprocess.run([str(py), "-c", "import importlib.metadata as m; print(m.version('mergekit'))"],
-                               capture_output=True, text=True, timeout=300)
+            r = subprocess.run(
+                [str(py), "-c", "import importlib.metadata as m; print(m.version('mergekit'))"],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             version = r.stdout.strip()
             if r.returncode != 0:
                 _AVAILABLE = (False, f"{py}: cannot import mergekit ({r.stderr.strip().splitlines()[-1:]})")
@@ -71,16 +75,18 @@ def mergekit_available() -> tuple[bool, str]:
     return _AVAILABLE
 
 
-def run_mergekit(jobs: Sequence[tuple[str | Path, str | Path]], extra_args: Sequence[str] = (),
-                 timeout: float = 1800) -> dict[str, float]:
+def run_mergekit(
+    jobs: Sequence[tuple[str | Path, str | Path]], extra_args: Sequence[str] = (), timeout: float = 1800
+) -> dict[str, float]:
     """Run mergekit-yaml on each (config, output dir) in one child process; returns {out: seconds}."""
     py = mergekit_python()
     if py is None:
         raise RuntimeError(mergekit_available()[1])
     payload = [[str(c), str(o), [*MERGEKIT_ARGS, *extra_args]] for c, o in jobs]
     env = dict(os.environ, PYTHONWARNINGS="ignore", TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1")
-    r = subprocess.run([str(py), "-c", _DRIVER, json.dumps(payload)], capture_output=True, text=True,
-                       timeout=timeout, env=env)
+    r = subprocess.run(
+        [str(py), "-c", _DRIVER, json.dumps(payload)], capture_output=True, text=True, timeout=timeout, env=env
+    )
     if r.returncode != 0:
         raise RuntimeError(f"mergekit failed (rc {r.returncode}):\n{r.stderr[-4000:]}")
     times = {}
@@ -154,17 +160,22 @@ class Comparison:
         return self.n_diff_unexcused / max(1, self.n)
 
     def summary(self) -> str:
-        s = (f"{self.n_diff}/{self.n} differ ({100 * self.frac:.4f} %; {100 * self.n_over_1ulp / max(1, self.n):.4f} % "
-             f"by > 1 ulp), max {self.max_ulp} ulp, max |diff|/max|ref| {self.max_rel:.2e}")
+        s = (
+            f"{self.n_diff}/{self.n} differ ({100 * self.frac:.4f} %; {100 * self.n_over_1ulp / max(1, self.n):.4f} % "
+            f"by > 1 ulp), max {self.max_ulp} ulp, max |diff|/max|ref| {self.max_rel:.2e}"
+        )
         if self.n_allowed:
-            s += (f"; {self.n_allowed} tie positions ({100 * self.n_allowed / max(1, self.n):.2f} %), "
-                  f"{self.n_excused} differ there; elsewhere {self.n_diff_unexcused} differ, "
-                  f"max {self.max_ulp_unexcused} ulp")
+            s += (
+                f"; {self.n_allowed} tie positions ({100 * self.n_allowed / max(1, self.n):.2f} %), "
+                f"{self.n_excused} differ there; elsewhere {self.n_diff_unexcused} differ, "
+                f"max {self.max_ulp_unexcused} ulp"
+            )
         return s
 
 
-def compare_states(ref: dict[str, torch.Tensor], ours: dict[str, torch.Tensor],
-                   allowed: dict[str, torch.Tensor] | None = None) -> Comparison:
+def compare_states(
+    ref: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], allowed: dict[str, torch.Tensor] | None = None
+) -> Comparison:
     """Compare two state dicts elementwise in ulps; `allowed[name]` is a bool mask of excused positions."""
     c = Comparison()
     c.missing = sorted(set(ref) ^ set(ours))
@@ -206,8 +217,9 @@ def compare_states(ref: dict[str, torch.Tensor], ours: dict[str, torch.Tensor],
     return c
 
 
-def trim_tie_positions(deltas: Sequence[torch.Tensor], densities: Sequence[float],
-                       gammas: Sequence[float] | None = None) -> torch.Tensor:
+def trim_tie_positions(
+    deltas: Sequence[torch.Tensor], densities: Sequence[float], gammas: Sequence[float] | None = None
+) -> torch.Tensor:
     """Positions where the magnitude trim (TIES `magnitude`, or Breadcrumbs `magnitude_outliers` when
     `gammas` is given) of at least one task vector depends on how equal magnitudes are ordered.
 

@@ -1,4 +1,5 @@
 """`mergescope analyze`: exit codes, one-line errors, JSON file (DESIGN §5)."""
+
 import json
 import subprocess
 import sys
@@ -6,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from tests.test_metrics import make_family
 from mergescope.tui.cli import main
+from tests.test_metrics import make_family
 
 
 @pytest.fixture
@@ -32,7 +33,6 @@ def test_fail_on_threshold(family, tmp_path):
     base, models = family
     # base vs itself-shaped but unrelated: a different base is an error
     other, _ = make_family(tmp_path / "other", n_models=0)
-    import shutil
 
     # reseed the other base so it differs from ours
     from safetensors.torch import load_file, save_file
@@ -43,15 +43,25 @@ def test_fail_on_threshold(family, tmp_path):
     assert main(["analyze", str(base), str(models[0]), str(other)]) == 0
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["analyze", "/definitely/missing", "/also/missing"], "no such file"),
-    (["analyze", "BASEDIR", "BASEDIR", "--density", "1.5"], "--density"),
-    (["analyze", "BASEDIR", "BASEDIR", "--device", "cuda"] if not torch.cuda.is_available() else ["analyze", "/x", "/y"], ""),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["analyze", "/definitely/missing", "/also/missing"], "no such file"),
+        (["analyze", "BASEDIR", "BASEDIR", "--density", "1.5"], "--density"),
+        (
+            ["analyze", "BASEDIR", "BASEDIR", "--device", "cuda"]
+            if not torch.cuda.is_available()
+            else ["analyze", "/x", "/y"],
+            "",
+        ),
+    ],
+)
 def test_bad_input_exit_2_one_line(family, args, needle):
     base, _ = family
     args = [str(base) if a == "BASEDIR" else a for a in args]
-    res = subprocess.run([sys.executable, "-m", "mergescope.tui.cli", *args], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "mergescope.tui.cli", *args], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mergescope analyze: error:") and needle in lines[0]
@@ -62,5 +72,10 @@ def test_corrupt_header_exit_2(tmp_path, family):
     base, _ = family
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
-    res = subprocess.run([sys.executable, "-m", "mergescope.tui.cli", "analyze", str(base), str(bad)], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "mergescope.tui.cli", "analyze", str(base), str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2 and str(bad) in res.stderr and "corrupt" in res.stderr

@@ -1,4 +1,5 @@
 """Merge-readiness verdicts on the trained demo family (real checkpoints, not random ones)."""
+
 import json
 import shutil
 from pathlib import Path

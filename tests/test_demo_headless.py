@@ -1,4 +1,5 @@
 """`mergescope demo --headless`: real merges of the trained family, scored on held-out text."""
+
 import io
 
 import pytest
@@ -47,5 +48,7 @@ def test_cli_flag_is_wired(monkeypatch, capsys):
     from mergescope.tui.cli import main
 
     seen = {}
-    monkeypatch.setattr("mergescope.tui.demo_headless.run_headless", lambda output, use_cache=True: seen.update(output=output) or {})
+    monkeypatch.setattr(
+        "mergescope.tui.demo_headless.run_headless", lambda output, use_cache=True: seen.update(output=output) or {}
+    )
     assert main(["demo", "--headless", "--output", "x"]) == 0 and seen == {"output": "x"}

@@ -1,4 +1,5 @@
 """Executor, writer and `mergescope merge`: outputs against independent computations, sharding, atomicity."""
+
 import json
 from pathlib import Path
 
@@ -11,9 +12,9 @@ from mergescope.errors import InputError
 from mergescope.merge import MergeCancelled, MergeError, run_merge
 from mergescope.methods.base import MergeMethod, ParamSpec
 from mergescope.plan import Plan
+from mergescope.tui.cli import main
 from mergescope.writer import ModelWriter, parse_size
 from tests.ckpt_utils import load_state, lora_delta, make_finetune, make_llama, make_lora
-from mergescope.tui.cli import main
 
 N_LAYERS = 4
 
@@ -108,8 +109,10 @@ def test_linear_fp16_out_dtype_and_single_shard(tmp_path, monkeypatch):
     base = make_llama(tmp_path / "base", n_layers=2, hidden=8, vocab=16, dtype=torch.float16, seed=0)
     make_finetune(base, tmp_path / "a", scale=0.1, seed=1)
     make_finetune(base, tmp_path / "b", scale=0.1, seed=2)
-    (tmp_path / "p.yml").write_text("merge_method: linear\nmodels:\n- model: a\n  parameters: {weight: 3}\n"
-                                    "- model: b\n  parameters: {weight: 1}\nout_dtype: float32\n")
+    (tmp_path / "p.yml").write_text(
+        "merge_method: linear\nmodels:\n- model: a\n  parameters: {weight: 3}\n"
+        "- model: b\n  parameters: {weight: 1}\nout_dtype: float32\n"
+    )
     res = run_merge(Plan.load(tmp_path / "p.yml"), tmp_path / "out")
     assert res.shards == ["model.safetensors"] and not (tmp_path / "out" / "model.safetensors.index.json").exists()
     a, b, out = load_state(tmp_path / "a"), load_state(tmp_path / "b"), load_state(tmp_path / "out")
@@ -123,8 +126,10 @@ def test_passthrough_slices_stack_layers_exactly(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_llama(tmp_path / "a", n_layers=3, hidden=8, vocab=16, dtype=torch.bfloat16, seed=0)
     make_llama(tmp_path / "b", n_layers=3, hidden=8, vocab=16, dtype=torch.bfloat16, seed=1)
-    (tmp_path / "p.yml").write_text("merge_method: passthrough\nslices:\n- sources:\n  - model: a\n    layer_range: [0, 2]\n"
-                                    "- sources:\n  - model: b\n    layer_range: [1, 3]\n")
+    (tmp_path / "p.yml").write_text(
+        "merge_method: passthrough\nslices:\n- sources:\n  - model: a\n    layer_range: [0, 2]\n"
+        "- sources:\n  - model: b\n    layer_range: [1, 3]\n"
+    )
     run_merge(tmp_path / "p.yml", tmp_path / "out")
     a, b, out = load_state(tmp_path / "a"), load_state(tmp_path / "b"), load_state(tmp_path / "out")
     assert torch.equal(out["model.layers.1.mlp.up_proj.weight"], a["model.layers.1.mlp.up_proj.weight"])
@@ -136,8 +141,10 @@ def test_passthrough_slices_stack_layers_exactly(tmp_path, monkeypatch):
 
 
 def test_seeded_random_method_is_reproducible(family):
-    (family / "p.yml").write_text("merge_method: dare_ties\nbase_model: base\nmodels:\n- model: ft1\n"
-                                  "  parameters: {weight: 1, density: 0.5}\n- model: ft2\n  parameters: {weight: 1, density: 0.5}\n")
+    (family / "p.yml").write_text(
+        "merge_method: dare_ties\nbase_model: base\nmodels:\n- model: ft1\n"
+        "  parameters: {weight: 1, density: 0.5}\n- model: ft2\n  parameters: {weight: 1, density: 0.5}\n"
+    )
     run_merge(family / "p.yml", family / "o1", seed=7)
     run_merge(family / "p.yml", family / "o2", seed=7)
     o1, o2 = load_state(family / "o1"), load_state(family / "o2")
@@ -145,6 +152,7 @@ def test_seeded_random_method_is_reproducible(family):
 
 
 # --------------------------------------------------------------------------------- atomicity
+
 
 def _boom_method(fail_at: int, exc=RuntimeError):
     calls = {"n": 0}
@@ -210,13 +218,20 @@ def test_cuda_unavailable_is_input_error(family, monkeypatch):
     _no_leftovers(family, "out")
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("merge_method: [ties\n", "plan.yml: not valid YAML at line 2"),
-    ("merge_method: ties\nbase_model: base\nmodels:\n- model: ft1\n  parameters: {weight: 1, densty: 0.2}\n",
-     "models[0].parameters.densty: unknown parameter for ties; did you mean `density`?"),
-    ("merge_method: ties\nbase_model: base\nmodels:\n- model: nowhere\n  parameters: {weight: 1}\n",
-     "models[0].model: nowhere: no such file or directory"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("merge_method: [ties\n", "plan.yml: not valid YAML at line 2"),
+        (
+            "merge_method: ties\nbase_model: base\nmodels:\n- model: ft1\n  parameters: {weight: 1, densty: 0.2}\n",
+            "models[0].parameters.densty: unknown parameter for ties; did you mean `density`?",
+        ),
+        (
+            "merge_method: ties\nbase_model: base\nmodels:\n- model: nowhere\n  parameters: {weight: 1}\n",
+            "models[0].model: nowhere: no such file or directory",
+        ),
+    ],
+)
 def test_cli_bad_plan_exit_2_one_line(family, capsys, text, needle):
     (family / "plan.yml").write_text(text)
     assert main(["merge", "plan.yml", "out"]) == 2
@@ -226,6 +241,7 @@ def test_cli_bad_plan_exit_2_one_line(family, capsys, text, needle):
 
 
 # --------------------------------------------------------------------------------- writer
+
 
 def test_writer_shards_bounded_and_renamed(tmp_path):
     with ModelWriter(tmp_path / "w", shard_size=2500) as w:
@@ -248,8 +264,10 @@ def test_parse_size():
 
 
 def test_writer_planned_mode_writes_the_same_shards_without_buffering(tmp_path):
-    tensors = [(f"t{i}", torch.full((250 + 50 * (i % 3),), float(i), dtype=torch.bfloat16 if i % 2 else torch.float32))
-               for i in range(9)]
+    tensors = [
+        (f"t{i}", torch.full((250 + 50 * (i % 3),), float(i), dtype=torch.bfloat16 if i % 2 else torch.float32))
+        for i in range(9)
+    ]
     tensors.append(("empty", torch.zeros(0)))
     files = {}
     for mode in ("buffered", "planned"):
@@ -292,7 +310,8 @@ def test_parallel_streaming_merge_equals_sequential_general_path(family, monkeyp
         (family / f"{method}.yml").write_text(
             f"merge_method: {method}\nbase_model: base\nmodels:\n  - model: ft1\n    parameters: {{weight: 0.7, density: 0.3}}\n"
             f"  - model: ft2\n    parameters: {{weight: [0.2, 1.0], density: 0.5}}\n  - model: lora\n"
-            f"    parameters: {{weight: 0.4, density: 0.6}}\ndtype: float32\n")
+            f"    parameters: {{weight: 0.4, density: 0.6}}\ndtype: float32\n"
+        )
         run_merge(family / f"{method}.yml", family / f"fast-{method}-{threads}", threads=threads, shard_size="3KB")
         m = methods.get_method(method)
         monkeypatch.setitem(methods.REGISTRY, method, MergeMethod(**{**m.__dict__, "stream": None}))
@@ -331,9 +350,11 @@ def test_model_card_records_analysis_findings(tmp_path, monkeypatch):
     fam = Path(__file__).resolve().parents[1] / "analysis" / "demo" / "family"
     monkeypatch.chdir(tmp_path)
     plan = tmp_path / "p.yml"
-    plan.write_text(f"merge_method: task_arithmetic\nbase_model: {fam}/base\nmodels:\n"
-                    f"  - model: {fam}/code\n    parameters: {{weight: 0.5}}\n"
-                    f"  - model: {fam}/overtrained\n    parameters: {{weight: 0.5}}\n")
+    plan.write_text(
+        f"merge_method: task_arithmetic\nbase_model: {fam}/base\nmodels:\n"
+        f"  - model: {fam}/code\n    parameters: {{weight: 0.5}}\n"
+        f"  - model: {fam}/overtrained\n    parameters: {{weight: 0.5}}\n"
+    )
     assert main(["merge", str(plan), "a", "-q"]) == 0
     assert "No analysis was on record" in (tmp_path / "a" / "README.md").read_text()
     assert main(["analyze", f"{fam}/base", f"{fam}/code", f"{fam}/overtrained", "-q"]) == 0

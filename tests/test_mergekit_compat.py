@@ -19,6 +19,7 @@ Three input/arithmetic settings per plan:
 Randomised methods (dare_linear, dare_ties, della, della_linear) are not compared: their draws come
 from different generators by design.
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,81 +46,119 @@ TOL_FRAC = 0.001  # at most 0.1 % of elements may differ ...
 TOL_ULP = 1  # ... and by at most one bf16 ulp
 
 _W_FILTER = [{"filter": "self_attn", "value": [0.9, 0.3]}, {"filter": "mlp", "value": 0.6}, {"value": 0.45}]
-_T_SLERP = [{"filter": "self_attn", "value": [0.0, 0.5, 0.3, 0.7, 1.0]},
-            {"filter": "mlp", "value": [1.0, 0.5, 0.7, 0.3, 0.0]}, {"value": 0.5}]
+_T_SLERP = [
+    {"filter": "self_attn", "value": [0.0, 0.5, 0.3, 0.7, 1.0]},
+    {"filter": "mlp", "value": [1.0, 0.5, 0.7, 0.3, 0.0]},
+    {"value": 0.5},
+]
 
 PLANS: dict[str, dict] = {
     "linear": {
         "merge_method": "linear",
-        "models": [{"model": "ft0", "parameters": {"weight": [1.0, 0.2]}},
-                   {"model": "ft1", "parameters": {"weight": _W_FILTER}},
-                   {"model": "ft2", "parameters": {"weight": 0.3}}],
+        "models": [
+            {"model": "ft0", "parameters": {"weight": [1.0, 0.2]}},
+            {"model": "ft1", "parameters": {"weight": _W_FILTER}},
+            {"model": "ft2", "parameters": {"weight": 0.3}},
+        ],
     },
     "linear_unnormalized_with_base": {
-        "merge_method": "linear", "base_model": "base",
+        "merge_method": "linear",
+        "base_model": "base",
         "models": [{"model": "ft0", "parameters": {"weight": 0.7}}, {"model": "ft1", "parameters": {"weight": -0.2}}],
         "parameters": {"weight": 0.5, "normalize": False},
     },
     "task_arithmetic": {
-        "merge_method": "task_arithmetic", "base_model": "base",
-        "models": [{"model": "ft0", "parameters": {"weight": [0.2, 1.0]}},
-                   {"model": "ft1", "parameters": {"weight": _W_FILTER}},
-                   {"model": "ft2", "parameters": {"weight": -0.4}}],
+        "merge_method": "task_arithmetic",
+        "base_model": "base",
+        "models": [
+            {"model": "ft0", "parameters": {"weight": [0.2, 1.0]}},
+            {"model": "ft1", "parameters": {"weight": _W_FILTER}},
+            {"model": "ft2", "parameters": {"weight": -0.4}},
+        ],
         "parameters": {"lambda": 1.3},
     },
     "ties": {
-        "merge_method": "ties", "base_model": "base",
-        "models": [{"model": "ft0", "parameters": {"weight": 1.0, "density": 0.3}},
-                   {"model": "ft1", "parameters": {"weight": [0.2, 0.8], "density": [0.7, 0.2]}},
-                   {"model": "ft2", "parameters": {"weight": _W_FILTER,
-                                                   "density": [{"filter": "mlp", "value": 0.1}, {"value": 0.5}]}}],
+        "merge_method": "ties",
+        "base_model": "base",
+        "models": [
+            {"model": "ft0", "parameters": {"weight": 1.0, "density": 0.3}},
+            {"model": "ft1", "parameters": {"weight": [0.2, 0.8], "density": [0.7, 0.2]}},
+            {
+                "model": "ft2",
+                "parameters": {"weight": _W_FILTER, "density": [{"filter": "mlp", "value": 0.1}, {"value": 0.5}]},
+            },
+        ],
     },
     "ties_unnormalized_negative": {
-        "merge_method": "ties", "base_model": "base",
-        "models": [{"model": "ft0", "parameters": {"weight": 0.8}},
-                   {"model": "ft1", "parameters": {"weight": -0.5}},
-                   {"model": "ft2", "parameters": {"weight": 0.3, "density": 0.9}}],
+        "merge_method": "ties",
+        "base_model": "base",
+        "models": [
+            {"model": "ft0", "parameters": {"weight": 0.8}},
+            {"model": "ft1", "parameters": {"weight": -0.5}},
+            {"model": "ft2", "parameters": {"weight": 0.3, "density": 0.9}},
+        ],
         "parameters": {"density": 0.2, "normalize": False, "lambda": 0.9},
     },
     "ties_5_models": {  # more than 4 models: torch.sum's order over models depends on the length
-        "merge_method": "ties", "base_model": "base",
-        "models": [{"model": f"ft{i}", "parameters": {"weight": w, "density": d}}
-                   for i, (w, d) in enumerate(zip((0.3, 0.7, 0.1, 0.45, 0.2), (0.2, 0.5, 0.3, 0.25, 0.9)))],
+        "merge_method": "ties",
+        "base_model": "base",
+        "models": [
+            {"model": f"ft{i}", "parameters": {"weight": w, "density": d}}
+            for i, (w, d) in enumerate(zip((0.3, 0.7, 0.1, 0.45, 0.2), (0.2, 0.5, 0.3, 0.25, 0.9)))
+        ],
     },
     "task_arithmetic_5_models": {
-        "merge_method": "task_arithmetic", "base_model": "base",
+        "merge_method": "task_arithmetic",
+        "base_model": "base",
         "models": [{"model": f"ft{i}", "parameters": {"weight": w}} for i, w in enumerate((0.3, 0.7, 0.1, 0.45, 0.2))],
         "parameters": {"normalize": True},
     },
     "breadcrumbs": {
-        "merge_method": "breadcrumbs", "base_model": "base",
-        "models": [{"model": "ft0", "parameters": {"weight": 0.6}},
-                   {"model": "ft1", "parameters": {"weight": [0.1, 0.9], "gamma": 0.05}},
-                   {"model": "ft2", "parameters": {"weight": _W_FILTER, "density": 0.5}}],
+        "merge_method": "breadcrumbs",
+        "base_model": "base",
+        "models": [
+            {"model": "ft0", "parameters": {"weight": 0.6}},
+            {"model": "ft1", "parameters": {"weight": [0.1, 0.9], "gamma": 0.05}},
+            {"model": "ft2", "parameters": {"weight": _W_FILTER, "density": 0.5}},
+        ],
         "parameters": {"density": [0.8, 0.6], "gamma": 0.02},
     },
     "breadcrumbs_ties": {
-        "merge_method": "breadcrumbs_ties", "base_model": "base",
-        "models": [{"model": "ft0", "parameters": {"weight": 0.6, "density": 0.7}},
-                   {"model": "ft1", "parameters": {"weight": 0.9, "gamma": [0.0, 0.1]}},
-                   {"model": "ft2", "parameters": {"weight": _W_FILTER}}],
+        "merge_method": "breadcrumbs_ties",
+        "base_model": "base",
+        "models": [
+            {"model": "ft0", "parameters": {"weight": 0.6, "density": 0.7}},
+            {"model": "ft1", "parameters": {"weight": 0.9, "gamma": [0.0, 0.1]}},
+            {"model": "ft2", "parameters": {"weight": _W_FILTER}},
+        ],
         "parameters": {"density": 0.6, "gamma": 0.01, "normalize": True},
     },
     "slerp": {
-        "merge_method": "slerp", "base_model": "base",
+        "merge_method": "slerp",
+        "base_model": "base",
         "models": [{"model": "base"}, {"model": "ft1"}],
         "parameters": {"t": _T_SLERP},
     },
     "slerp_slices": {
-        "merge_method": "slerp", "base_model": "ft0",
-        "slices": [{"sources": [{"model": "ft0", "layer_range": [0, N_LAYERS]},
-                                {"model": "ft2", "layer_range": [0, N_LAYERS]}]}],
+        "merge_method": "slerp",
+        "base_model": "ft0",
+        "slices": [
+            {
+                "sources": [
+                    {"model": "ft0", "layer_range": [0, N_LAYERS]},
+                    {"model": "ft2", "layer_range": [0, N_LAYERS]},
+                ]
+            }
+        ],
         "parameters": {"t": [0.1, 0.9]},
     },
     "nuslerp": {
-        "merge_method": "nuslerp", "base_model": "base",
-        "models": [{"model": "ft0", "parameters": {"weight": [1.0, 0.3]}},
-                   {"model": "ft2", "parameters": {"weight": _W_FILTER}}],
+        "merge_method": "nuslerp",
+        "base_model": "base",
+        "models": [
+            {"model": "ft0", "parameters": {"weight": [1.0, 0.3]}},
+            {"model": "ft2", "parameters": {"weight": _W_FILTER}},
+        ],
     },
     "nuslerp_rows_no_base": {
         "merge_method": "nuslerp",
@@ -127,24 +166,42 @@ PLANS: dict[str, dict] = {
         "parameters": {"nuslerp_flatten": False, "nuslerp_row_wise": True},
     },
     "model_stock": {
-        "merge_method": "model_stock", "base_model": "base",
+        "merge_method": "model_stock",
+        "base_model": "base",
         "models": [{"model": "ft0"}, {"model": "ft1"}, {"model": "ft2"}],
     },
     "model_stock_filter_wise": {
-        "merge_method": "model_stock", "base_model": "base",
+        "merge_method": "model_stock",
+        "base_model": "base",
         "models": [{"model": "ft0"}, {"model": "ft1"}, {"model": "ft2"}],
         "parameters": {"filter_wise": True},
     },
     "passthrough": {
         "merge_method": "passthrough",
-        "slices": [{"sources": [{"model": "ft0", "layer_range": [0, 3]}]},
-                   {"sources": [{"model": "ft1", "layer_range": [1, N_LAYERS],
-                                 "parameters": {"scale": [{"filter": "o_proj", "value": 0.5},
-                                                          {"filter": "down_proj", "value": [2.0, 0.0]}]}}]}],
+        "slices": [
+            {"sources": [{"model": "ft0", "layer_range": [0, 3]}]},
+            {
+                "sources": [
+                    {
+                        "model": "ft1",
+                        "layer_range": [1, N_LAYERS],
+                        "parameters": {
+                            "scale": [{"filter": "o_proj", "value": 0.5}, {"filter": "down_proj", "value": [2.0, 0.0]}]
+                        },
+                    }
+                ]
+            },
+        ],
     },
 }
 # plans whose result depends on ranking |delta| (ties at the cut are excused for bf16 inputs)
-TRIMS = {"ties": None, "ties_unnormalized_negative": None, "ties_5_models": None, "breadcrumbs": "gamma", "breadcrumbs_ties": "gamma"}
+TRIMS = {
+    "ties": None,
+    "ties_unnormalized_negative": None,
+    "ties_5_models": None,
+    "breadcrumbs": "gamma",
+    "breadcrumbs_ties": "gamma",
+}
 SETTINGS = {"f32": (torch.float32, "float32"), "bf16": (torch.bfloat16, "float32"), "native": (torch.bfloat16, None)}
 RANDOM = ("dare_linear", "dare_ties", "della", "della_linear")
 

@@ -1,4 +1,5 @@
 """Merge methods (mergekit 0.1.5 semantics) against independent whole-tensor float64 references."""
+
 import itertools
 import math
 
@@ -41,6 +42,7 @@ def _close(out, ref, atol=1e-5, rtol=1e-5):
 
 # ---------------------------------------------------------------- independent references (float64)
 
+
 def ref_magnitude(delta, density):
     """Keep max(1, int(density n)) largest |x|; ties: a stable descending sort (lowest index first)."""
     if density >= 1:
@@ -63,7 +65,7 @@ def ref_breadcrumbs(delta, density, gamma):
     n_bot = max(0, n - target - n_top)
     order = torch.argsort(delta.abs().flatten(), stable=True)
     mask = torch.zeros(n, dtype=torch.bool)
-    mask[order[n_bot:n_bot + target]] = True
+    mask[order[n_bot : n_bot + target]] = True
     return torch.where(mask.view_as(delta), delta, torch.zeros_like(delta))
 
 
@@ -152,30 +154,80 @@ def ref_model_stock(base, tensors, filter_wise=False):
 MERGEKIT_PARAMS = {
     # name: {param: (per_model, default, required)}
     "linear": {"weight": (True, None, True), "normalize": (False, True, False)},
-    "task_arithmetic": {"weight": (True, None, True), "density": (True, 1.0, False), "normalize": (False, False, False),
-                        "rescale": (False, False, False), "lambda": (False, 1.0, False),
-                        "int8_mask": (False, False, False)},
-    "ties": {"weight": (True, None, True), "density": (True, 1.0, False), "normalize": (False, True, False),
-             "rescale": (False, False, False), "lambda": (False, 1.0, False), "int8_mask": (False, False, False)},
-    "dare_linear": {"weight": (True, None, True), "density": (True, 1.0, False), "normalize": (False, False, False),
-                    "rescale": (False, True, False), "lambda": (False, 1.0, False), "int8_mask": (False, False, False)},
-    "dare_ties": {"weight": (True, None, True), "density": (True, 1.0, False), "normalize": (False, False, False),
-                  "rescale": (False, True, False), "lambda": (False, 1.0, False), "int8_mask": (False, False, False)},
-    "breadcrumbs": {"weight": (True, None, True), "density": (True, 1.0, False), "gamma": (True, 0.01, False),
-                    "normalize": (False, False, False), "rescale": (False, False, False),
-                    "lambda": (False, 1.0, False), "int8_mask": (False, False, False)},
-    "breadcrumbs_ties": {"weight": (True, None, True), "density": (True, 1.0, False), "gamma": (True, 0.01, False),
-                         "normalize": (False, False, False), "rescale": (False, False, False),
-                         "lambda": (False, 1.0, False), "int8_mask": (False, False, False)},
-    "della": {"weight": (True, None, True), "density": (True, 1.0, False), "epsilon": (True, 0.15, False),
-              "normalize": (False, True, False), "rescale": (False, True, False), "lambda": (False, 1.0, False),
-              "int8_mask": (False, False, False)},
-    "della_linear": {"weight": (True, None, True), "density": (True, 1.0, False), "epsilon": (True, 0.15, False),
-                     "normalize": (False, False, False), "rescale": (False, True, False),
-                     "lambda": (False, 1.0, False), "int8_mask": (False, False, False)},
+    "task_arithmetic": {
+        "weight": (True, None, True),
+        "density": (True, 1.0, False),
+        "normalize": (False, False, False),
+        "rescale": (False, False, False),
+        "lambda": (False, 1.0, False),
+        "int8_mask": (False, False, False),
+    },
+    "ties": {
+        "weight": (True, None, True),
+        "density": (True, 1.0, False),
+        "normalize": (False, True, False),
+        "rescale": (False, False, False),
+        "lambda": (False, 1.0, False),
+        "int8_mask": (False, False, False),
+    },
+    "dare_linear": {
+        "weight": (True, None, True),
+        "density": (True, 1.0, False),
+        "normalize": (False, False, False),
+        "rescale": (False, True, False),
+        "lambda": (False, 1.0, False),
+        "int8_mask": (False, False, False),
+    },
+    "dare_ties": {
+        "weight": (True, None, True),
+        "density": (True, 1.0, False),
+        "normalize": (False, False, False),
+        "rescale": (False, True, False),
+        "lambda": (False, 1.0, False),
+        "int8_mask": (False, False, False),
+    },
+    "breadcrumbs": {
+        "weight": (True, None, True),
+        "density": (True, 1.0, False),
+        "gamma": (True, 0.01, False),
+        "normalize": (False, False, False),
+        "rescale": (False, False, False),
+        "lambda": (False, 1.0, False),
+        "int8_mask": (False, False, False),
+    },
+    "breadcrumbs_ties": {
+        "weight": (True, None, True),
+        "density": (True, 1.0, False),
+        "gamma": (True, 0.01, False),
+        "normalize": (False, False, False),
+        "rescale": (False, False, False),
+        "lambda": (False, 1.0, False),
+        "int8_mask": (False, False, False),
+    },
+    "della": {
+        "weight": (True, None, True),
+        "density": (True, 1.0, False),
+        "epsilon": (True, 0.15, False),
+        "normalize": (False, True, False),
+        "rescale": (False, True, False),
+        "lambda": (False, 1.0, False),
+        "int8_mask": (False, False, False),
+    },
+    "della_linear": {
+        "weight": (True, None, True),
+        "density": (True, 1.0, False),
+        "epsilon": (True, 0.15, False),
+        "normalize": (False, False, False),
+        "rescale": (False, True, False),
+        "lambda": (False, 1.0, False),
+        "int8_mask": (False, False, False),
+    },
     "slerp": {"t": (False, None, True)},
-    "nuslerp": {"weight": (True, None, True), "nuslerp_flatten": (False, True, False),
-                "nuslerp_row_wise": (False, False, False)},
+    "nuslerp": {
+        "weight": (True, None, True),
+        "nuslerp_flatten": (False, True, False),
+        "nuslerp_row_wise": (False, False, False),
+    },
     "model_stock": {"filter_wise": (False, False, False)},
     "passthrough": {"scale": (True, None, False)},
 }
@@ -207,6 +259,7 @@ def test_get_method_suggests_and_lists():
 
 
 # ---------------------------------------------------------------- sparsification
+
 
 def test_magnitude_trim_keeps_exactly_k_with_ties():
     g = torch.Generator().manual_seed(3)
@@ -246,6 +299,7 @@ def test_magnitude_trim_never_sorts_and_survives_a_bad_sample(monkeypatch):
 
     def forbidden(*a, **kw):
         raise AssertionError("whole-tensor sort")
+
     for fn in ("sort", "argsort", "topk", "msort"):
         monkeypatch.setattr(torch, fn, forbidden)
     monkeypatch.setattr(torch.Tensor, "sort", forbidden)
@@ -308,8 +362,9 @@ def test_della_keep_probability_follows_rank():
     x = torch.arange(1, m + 1, dtype=torch.float32).repeat(rows, 1)
     x = x[:, torch.randperm(m, generator=torch.Generator().manual_seed(0))]  # ranks known per column
     density, eps = 0.5, 0.3
-    out = sp.sparsify(x, "della_magprune", density, epsilon=eps, rescale=False,
-                      generator=torch.Generator().manual_seed(7))
+    out = sp.sparsify(
+        x, "della_magprune", density, epsilon=eps, rescale=False, generator=torch.Generator().manual_seed(7)
+    )
     rate = (out != 0).double().mean(0)  # per column
     rank_norm = (x[0] - 1) / (m - 1)
     expected = density - eps + 2 * eps * rank_norm
@@ -348,6 +403,7 @@ def _trim_fn(kind, densities, gammas):
         if kind == "magnitude":
             return ref_magnitude(d, densities[i])
         return ref_breadcrumbs(d, densities[i], gammas[i])
+
     return f if kind else None
 
 
@@ -363,8 +419,15 @@ def test_gta_methods_against_reference(name, weights):
         mps = [{k: v for k, v in mp.items() if k != "gamma"} for mp in mps]
     for normalize, lam in ((case["normalize"], 1.0), (not case["normalize"], 0.7)):
         out = _merge(name, base, models, mps, {"normalize": normalize, "lambda": lam})
-        ref = ref_gta(base, models, weights, trim=_trim_fn(case["trim"], densities, gammas),
-                      consensus=case["consensus"], normalize=normalize, lam=lam)
+        ref = ref_gta(
+            base,
+            models,
+            weights,
+            trim=_trim_fn(case["trim"], densities, gammas),
+            consensus=case["consensus"],
+            normalize=normalize,
+            lam=lam,
+        )
         _close(out, ref)
 
 
@@ -375,8 +438,15 @@ def test_ties_defaults_normalize_and_rescale_option():
     ref = ref_gta(base, models, [0.3, 0.3, 0.6], trim=lambda d: ref_magnitude(d, 0.4), consensus=True, normalize=True)
     _close(out, ref)
     out_r = _merge("ties", base, models, mps, {"rescale": True})
-    ref_r = ref_gta(base, models, [0.3, 0.3, 0.6], trim=lambda d: ref_magnitude(d, 0.4), consensus=True,
-                    normalize=True, rescale=True)
+    ref_r = ref_gta(
+        base,
+        models,
+        [0.3, 0.3, 0.6],
+        trim=lambda d: ref_magnitude(d, 0.4),
+        consensus=True,
+        normalize=True,
+        rescale=True,
+    )
     _close(out_r, ref_r)
     assert not torch.allclose(out, out_r)
 
@@ -410,8 +480,13 @@ def test_gta_edge_cases():
     base, models = _family(2, seed=13)
     # zero deltas: the base comes back, no NaN from the divisor
     for name in ("ties", "task_arithmetic", "breadcrumbs_ties", "dare_ties", "della"):
-        out = _merge(name, base, [base.clone(), base.clone()], [{"weight": 1.0, "density": 0.5}] * 2,
-                     ctx=MergeContext(tensor_name="w", seed=1))
+        out = _merge(
+            name,
+            base,
+            [base.clone(), base.clone()],
+            [{"weight": 1.0, "density": 0.5}] * 2,
+            ctx=MergeContext(tensor_name="w", seed=1),
+        )
         assert torch.equal(out, base), name
     # density 1 = no trimming: ties == sign-consensus task arithmetic
     out = _merge("ties", base, models, [{"weight": 0.5}, {"weight": 0.5}])
@@ -423,10 +498,11 @@ def test_gta_edge_cases():
     out = _merge("task_arithmetic", base, models, [{"weight": 1.0}, {"weight": -1.0}], {"normalize": True})
     _close(out, base.double() + models[0].double() - models[1].double())
     # dare/della at density 1 are deterministic and equal their non-random counterparts
-    _close(_merge("dare_ties", base, models, [{"weight": 0.6}, {"weight": 0.4}], {"normalize": True}),
-           ref_gta(base, models, [0.6, 0.4], consensus=True, normalize=True))
-    _close(_merge("della_linear", base, models, [{"weight": 0.6}, {"weight": 0.4}]),
-           ref_gta(base, models, [0.6, 0.4]))
+    _close(
+        _merge("dare_ties", base, models, [{"weight": 0.6}, {"weight": 0.4}], {"normalize": True}),
+        ref_gta(base, models, [0.6, 0.4], consensus=True, normalize=True),
+    )
+    _close(_merge("della_linear", base, models, [{"weight": 0.6}, {"weight": 0.4}]), ref_gta(base, models, [0.6, 0.4]))
 
 
 def test_gta_param_resolution():
@@ -466,7 +542,9 @@ def test_random_methods_reproducible_per_tensor(name):
 
 def test_dare_linear_against_reference_with_recovered_mask():
     base, (m,) = _family(1, seed=17, shape=(100, 200))
-    out = _merge("dare_linear", base, [m], [{"weight": 0.8, "density": 0.35}], ctx=MergeContext(tensor_name="t", seed=3))
+    out = _merge(
+        "dare_linear", base, [m], [{"weight": 0.8, "density": 0.35}], ctx=MergeContext(tensor_name="t", seed=3)
+    )
     d = (m - base).double()
     kept = (out.double() - base.double()).abs() > 1e-12
     assert abs(kept.double().mean().item() - 0.35) < 0.02
@@ -479,12 +557,19 @@ def test_gta_bfloat16_inputs_compute_in_bfloat16():
     bb, mb = base.bfloat16(), [m.bfloat16() for m in models]
     out = _merge("ties", bb, mb, [{"weight": 0.5, "density": 0.5}] * 2)
     assert out.dtype == torch.bfloat16
-    ref = ref_gta(bb.float(), [m.float() for m in mb], [0.5, 0.5], trim=lambda d: ref_magnitude(d, 0.5),
-                  consensus=True, normalize=True)
+    ref = ref_gta(
+        bb.float(),
+        [m.float() for m in mb],
+        [0.5, 0.5],
+        trim=lambda d: ref_magnitude(d, 0.5),
+        consensus=True,
+        normalize=True,
+    )
     _close(out, ref, atol=0.03, rtol=0.02)
 
 
 # ---------------------------------------------------------------- linear
+
 
 def test_linear_against_reference():
     _, models = _family(3, seed=30)
@@ -502,6 +587,7 @@ def test_linear_against_reference():
 
 
 # ---------------------------------------------------------------- slerp
+
 
 @pytest.mark.parametrize("t", [0.0, 0.3, 0.5, 1.0, 1.4])
 def test_slerp_against_reference(t):
@@ -534,6 +620,7 @@ def test_slerp_needs_base_and_t():
 
 # ---------------------------------------------------------------- nuslerp
 
+
 def test_nuslerp_against_reference():
     base, models = _family(2, seed=40)
     x0, x1 = _rand(*SHAPE, seed=41), _rand(*SHAPE, seed=42)
@@ -557,6 +644,7 @@ def test_nuslerp_against_reference():
 
 # ---------------------------------------------------------------- model_stock
 
+
 @pytest.mark.parametrize("filter_wise", [False, True])
 @pytest.mark.parametrize("n", [2, 3])
 def test_model_stock_against_reference(filter_wise, n):
@@ -578,6 +666,7 @@ def test_model_stock_singular_keeps_base():
 
 # ---------------------------------------------------------------- passthrough
 
+
 def test_passthrough():
     x = _rand(5, 7, seed=60)
     assert torch.equal(_merge("passthrough", None, [x], [{}]), x)
@@ -588,6 +677,7 @@ def test_passthrough():
 
 # ---------------------------------------------------------------- streaming kernel (gta_stream)
 
+
 def _stream_vs_merge(name, base, models, mps, params=None, out_dtype=torch.bfloat16):
     """The streaming kernel on the stored tensors == gta_merge on float32 copies, bit for bit."""
     m = get_method(name)
@@ -595,8 +685,10 @@ def _stream_vs_merge(name, base, models, mps, params=None, out_dtype=torch.bfloa
     got = m.stream(base, models, mps, dict(params or {}), ctx, out_dtype)
     assert got is not None and got.dtype == out_dtype and got.shape == base.shape
     ref = m.merge(base.float(), [x.float() for x in models], mps, dict(params or {}), ctx).to(out_dtype)
-    assert torch.equal(got.view(-1).view(torch.int16 if out_dtype.itemsize == 2 else torch.int32),
-                       ref.view(-1).view(torch.int16 if out_dtype.itemsize == 2 else torch.int32))
+    assert torch.equal(
+        got.view(-1).view(torch.int16 if out_dtype.itemsize == 2 else torch.int32),
+        ref.view(-1).view(torch.int16 if out_dtype.itemsize == 2 else torch.int32),
+    )
     return got
 
 
@@ -620,6 +712,7 @@ def test_stream_kernel_equals_general_path(dtype, n, c_kernels, monkeypatch):
         def wrapped(*a):
             routes[name] += 1
             return fn(*a)
+
         return wrapped
 
     monkeypatch.setattr(gta_stream, "_sample_bracket", count("sample", orig_sample))
@@ -634,11 +727,17 @@ def test_stream_kernel_equals_general_path(dtype, n, c_kernels, monkeypatch):
     base, models = base.view(shape), [x.view(shape) for x in models]
     ws = [0.5, 0.3, 0.2]
     _stream_vs_merge("task_arithmetic", base, models, [{"weight": w} for w in ws])
-    _stream_vs_merge("task_arithmetic", base, models[:2], [{"weight": 1.0}, {"weight": -0.7}],
-                     {"normalize": True, "lambda": 1.3})
+    _stream_vs_merge(
+        "task_arithmetic", base, models[:2], [{"weight": 1.0}, {"weight": -0.7}], {"normalize": True, "lambda": 1.3}
+    )
     _stream_vs_merge("ties", base, models, [{"weight": w, "density": 0.2} for w in ws])
-    _stream_vs_merge("ties", base, models, [{"weight": 0.8, "density": 0.3}, {"weight": -0.5, "density": 0.9},
-                                            {"weight": 0.3, "density": 0.0}], {"normalize": False, "lambda": 0.7})
+    _stream_vs_merge(
+        "ties",
+        base,
+        models,
+        [{"weight": 0.8, "density": 0.3}, {"weight": -0.5, "density": 0.9}, {"weight": 0.3, "density": 0.0}],
+        {"normalize": False, "lambda": 0.7},
+    )
     _stream_vs_merge("ties", base, models[:1], [{"weight": 1.0, "density": 0.05}], out_dtype=torch.float32)
     if n > 10_000:
         assert routes["buckets"] > 0
@@ -672,16 +771,26 @@ def test_stream_kernel_non_finite_large_tensor_keeps_nan_semantics(monkeypatch):
     assert tvstats.bucket_histograms(base, models) is None
     if tvstats._CPasses.usable(base, models[:1], torch.device("cpu")):
         assert tvstats.bucket_histograms(base, models[:1]) is not None  # the finite one alone would use it
-    _stream_vs_merge("ties", base, models, [{"weight": 1.0, "density": 0.2}, {"weight": 0.5, "density": 0.4}],
-                     out_dtype=torch.float32)
+    _stream_vs_merge(
+        "ties",
+        base,
+        models,
+        [{"weight": 1.0, "density": 0.2}, {"weight": 0.5, "density": 0.4}],
+        out_dtype=torch.float32,
+    )
 
 
 def test_stream_kernel_nan_and_declines():
     base, models = _family(2)
     models[0] = models[0].clone()
     models[0][0, :5] = float("nan")
-    _stream_vs_merge("ties", base, models, [{"weight": 1.0, "density": 0.3}, {"weight": 1.0, "density": 0.5}],
-                     out_dtype=torch.float32)
+    _stream_vs_merge(
+        "ties",
+        base,
+        models,
+        [{"weight": 1.0, "density": 0.3}, {"weight": 1.0, "density": 0.5}],
+        out_dtype=torch.float32,
+    )
     m = get_method("ties")
     ctx = MergeContext(tensor_name="w")
     # rescale is left to the general path; so are methods without a kernel

@@ -1,4 +1,5 @@
 """Every metric of DESIGN §3 against an independent whole-tensor float64 computation."""
+
 import json
 import math
 
@@ -39,7 +40,7 @@ def _write(d, sd, shards=1):
     wm = {}
     for s in range(shards):
         fn = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-        part = {n: sd[n] for n in names[s * per:(s + 1) * per]}
+        part = {n: sd[n] for n in names[s * per : (s + 1) * per]}
         save_file(part, str(d / fn))
         wm.update({n: fn for n in part})
     (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}))
@@ -74,7 +75,10 @@ def _load_all(path):
 def reference(base_sd, model_sds, density):
     """Straightforward whole-tensor computation of DESIGN §3 (float64)."""
     n = len(model_sds)
-    taus = [{k: (m[k].astype(np.float32) - base_sd[k].astype(np.float32)).astype(np.float64) for k in base_sd} for m in model_sds]
+    taus = [
+        {k: (m[k].astype(np.float32) - base_sd[k].astype(np.float32)).astype(np.float64) for k in base_sd}
+        for m in model_sds
+    ]
     cells = {}
     for name in base_sd:
         s = site_of(name)
@@ -95,11 +99,10 @@ def reference(base_sd, model_sds, density):
         return float((flat[:k] ** 2).sum())
 
     for key, names in cells.items():
-        v = lambda i: np.concatenate([taus[i][t].ravel() for t in names])
         b = np.concatenate([base_sd[t].ravel() for t in names])
-        vs = [v(i) for i in range(n)]
-        norms = [np.sqrt((x ** 2).sum()) for x in vs]
-        res = {"norm": norms, "base_norm": np.sqrt((b ** 2).sum())}
+        vs = [np.concatenate([taus[i][t].ravel() for t in names]) for i in range(n)]
+        norms = [np.sqrt((x**2).sum()) for x in vs]
+        res = {"norm": norms, "base_norm": np.sqrt((b**2).sum())}
         res["relative_norm"] = [x / res["base_norm"] for x in norms]
         res["cosine"] = {}
         res["sign_conflict_pair"] = {}
@@ -111,22 +114,26 @@ def reference(base_sd, model_sds, density):
                 res["sign_conflict_pair"][i, j] = opp.sum() / both.sum() if both.sum() else 0.0
         stack = np.stack(vs)
         nz = (stack != 0).sum(0)
-        conflict = ((stack > 0).any(0) & (stack < 0).any(0))
+        conflict = (stack > 0).any(0) & (stack < 0).any(0)
         res["sign_conflict"] = conflict.sum() / (nz >= 2).sum() if (nz >= 2).sum() else 0.0
         tstack = np.stack([np.concatenate([trim(taus[i][t], density).ravel() for t in names]) for i in range(n)])
         tnz = (tstack != 0).sum(0)
-        tconf = ((tstack > 0).any(0) & (tstack < 0).any(0))
+        tconf = (tstack > 0).any(0) & (tstack < 0).any(0)
         res["trimmed_sign_conflict"] = tconf.sum() / (tnz >= 2).sum() if (tnz >= 2).sum() else 0.0
         res["magnitude_asymmetry"] = max(norms) / min(norms) if min(norms) else math.inf
-        res["topk_energy"] = [sum(topk_energy(taus[i][t]) for t in names) / (norms[i] ** 2) if norms[i] else 0.0 for i in range(n)]
+        res["topk_energy"] = [
+            sum(topk_energy(taus[i][t]) for t in names) / (norms[i] ** 2) if norms[i] else 0.0 for i in range(n)
+        ]
         out[key] = res
     allb = np.concatenate([base_sd[t].ravel() for t in base_sd])
     whole = {}
     for i in range(n):
         ti = np.concatenate([model_sds[i][t].astype(np.float32).astype(np.float64).ravel() for t in base_sd])
         tv = np.concatenate([taus[i][t].ravel() for t in base_sd])
-        whole[i] = {"relative_norm": np.sqrt((tv ** 2).sum() / (allb ** 2).sum()),
-                    "cosine_to_base": float(ti @ allb / np.sqrt((ti ** 2).sum() * (allb ** 2).sum()))}
+        whole[i] = {
+            "relative_norm": np.sqrt((tv**2).sum() / (allb**2).sum()),
+            "cosine_to_base": float(ti @ allb / np.sqrt((ti**2).sum() * (allb**2).sum())),
+        }
     return out, whole
 
 
@@ -175,13 +182,16 @@ KERNELS = {
 
 
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
-@pytest.mark.parametrize("dtype,shards,sparse,density", [
-    (torch.bfloat16, 1, False, 0.2),
-    (torch.float16, 2, True, 0.35),
-    (torch.float32, 3, False, 0.2),
-    (torch.bfloat16, 1, True, 1.0),
-    (torch.bfloat16, 1, False, 0.0),
-])
+@pytest.mark.parametrize(
+    "dtype,shards,sparse,density",
+    [
+        (torch.bfloat16, 1, False, 0.2),
+        (torch.float16, 2, True, 0.35),
+        (torch.float32, 3, False, 0.2),
+        (torch.bfloat16, 1, True, 1.0),
+        (torch.bfloat16, 1, False, 0.0),
+    ],
+)
 def test_metrics_match_reference(tmp_path, monkeypatch, kernel, dtype, shards, sparse, density):
     import mergescope.tvstats as tv
 
@@ -208,10 +218,21 @@ def test_lora_adapter_is_a_finetune(tmp_path):
     for t in targets:
         out_dim, in_dim = _names()[t + ".weight"]
         tensors[f"base_model.model.{t}.lora_A.weight"] = torch.randn(r, in_dim, generator=g).to(torch.bfloat16)
-        tensors[f"base_model.model.{t}.lora_B.weight"] = (0.05 * torch.randn(out_dim, r, generator=g)).to(torch.bfloat16)
+        tensors[f"base_model.model.{t}.lora_B.weight"] = (0.05 * torch.randn(out_dim, r, generator=g)).to(
+            torch.bfloat16
+        )
     save_file(tensors, str(ad / "adapter_model.safetensors"))
-    (ad / "adapter_config.json").write_text(json.dumps({"r": r, "lora_alpha": alpha, "target_modules": ["q_proj", "v_proj"],
-                                                        "base_model_name_or_path": str(base_p), "peft_type": "LORA"}))
+    (ad / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "r": r,
+                "lora_alpha": alpha,
+                "target_modules": ["q_proj", "v_proj"],
+                "base_model_name_or_path": str(base_p),
+                "peft_type": "LORA",
+            }
+        )
+    )
     base, models = open_models(base_p, [ad])
     assert models[0].info(targets[0] + ".weight").shape == (H, H)
     report = analyze_checkpoints(base, models, density=0.2)
@@ -281,8 +302,9 @@ def test_progress_and_cancel(tmp_path):
 
 def test_non_finite_values_are_counted_and_excluded(tmp_path):
     base_p, paths = make_family(tmp_path, n_models=2)
-    from mergescope.checkpoint import open_checkpoint
     from safetensors.torch import save_file
+
+    from mergescope.checkpoint import open_checkpoint
 
     ck = open_checkpoint(paths[1])
     sd = {n: ck.get(n).clone() for n in ck.names()}
@@ -405,6 +427,8 @@ def test_large_tensors_are_released_segment_by_segment(monkeypatch):
     base = torch.randn(4500, generator=g)
     taus = [base + torch.randn(4500, generator=g) * 0.01 for _ in range(2)]
     released = []
-    tvstats.tensor_stats(base, taus, 0.2, SiteStats(None, "mlp", "up_proj", 2), release=lambda a, b: released.append((a, b)))
+    tvstats.tensor_stats(
+        base, taus, 0.2, SiteStats(None, "mlp", "up_proj", 2), release=lambda a, b: released.append((a, b))
+    )
     segs = [(0, 1000), (1000, 2000), (2000, 3000), (3000, 4000), (4000, 4500)]
     assert released[:5] == segs and released[5:10] == segs  # pass 1, then pass 3 / the set-aside pass

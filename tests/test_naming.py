@@ -1,4 +1,5 @@
 """Tensor name -> Site, per architecture family (DESIGN §2)."""
+
 import pytest
 
 from mergescope.naming import Site, layer_count, site_of
@@ -103,5 +104,7 @@ def test_family(family):
 
 
 def test_layer_count():
-    assert layer_count(["model.layers.0.mlp.up_proj.weight", "model.layers.31.mlp.up_proj.weight", "lm_head.weight"]) == 32
+    assert (
+        layer_count(["model.layers.0.mlp.up_proj.weight", "model.layers.31.mlp.up_proj.weight", "lm_head.weight"]) == 32
+    )
     assert layer_count(["lm_head.weight"]) == 0

@@ -1,6 +1,6 @@
 """Plan: mergekit schema round-trip, mergekit 0.1.5 parameter resolution, validation messages, group ratios."""
+
 import pytest
-import torch
 import yaml
 
 from mergescope.errors import InputError
@@ -111,8 +111,10 @@ def test_resolve_models_plan_gradients_filters_and_t0_for_embed_head_norm():
 
 
 def test_resolve_single_layer_uses_t_1():
-    p = Plan.from_yaml("merge_method: linear\nmodels:\n- model: a\n  parameters: {weight: [2.0, 4.0]}\n"
-                       "- model: b\n  parameters: {weight: 1.0}\n")
+    p = Plan.from_yaml(
+        "merge_method: linear\nmodels:\n- model: a\n  parameters: {weight: [2.0, 4.0]}\n"
+        "- model: b\n  parameters: {weight: 1.0}\n"
+    )
     assert p.resolve("model.layers.0.mlp.up_proj.weight", num_layers=1).model_params["a"]["weight"] == 4.0
     assert p.resolve("model.embed_tokens.weight", num_layers=1).model_params["a"]["weight"] == 2.0
 
@@ -157,9 +159,11 @@ parameters:
 
 
 def test_filter_without_match_falls_through_and_star_matches():
-    p = Plan.from_yaml("merge_method: linear\nmodels:\n- model: a\n  parameters:\n    weight: [{filter: mlp, value: 3.0}]\n"
-                       "- model: b\n  parameters: {weight: [{filter: '*', value: 2.0}, {value: 9.0}]}\n"
-                       "parameters: {weight: 0.5}\n")
+    p = Plan.from_yaml(
+        "merge_method: linear\nmodels:\n- model: a\n  parameters:\n    weight: [{filter: mlp, value: 3.0}]\n"
+        "- model: b\n  parameters: {weight: [{filter: '*', value: 2.0}, {value: 9.0}]}\n"
+        "parameters: {weight: 0.5}\n"
+    )
     r = p.resolve("model.layers.0.self_attn.q_proj.weight", num_layers=2)
     assert r.model_params == {"a": {"weight": 0.5}, "b": {"weight": 2.0}}
     assert p.resolve("model.layers.0.mlp.up_proj.weight", num_layers=2).model_params["a"]["weight"] == 3.0
@@ -167,25 +171,31 @@ def test_filter_without_match_falls_through_and_star_matches():
 
 def test_scientific_notation_strings_and_bools():
     # PyYAML reads 1e-3 as a string; mergekit's validators turn it into a number for float parameters
-    p = Plan.from_yaml("merge_method: breadcrumbs\nbase_model: base\nmodels:\n- model: a\n"
-                       "  parameters: {weight: 1, gamma: 1e-3}\nparameters: {normalize: 'yes'}\n")
+    p = Plan.from_yaml(
+        "merge_method: breadcrumbs\nbase_model: base\nmodels:\n- model: a\n"
+        "  parameters: {weight: 1, gamma: 1e-3}\nparameters: {normalize: 'yes'}\n"
+    )
     r = p.resolve("model.layers.0.mlp.up_proj.weight", num_layers=1)
     assert r.model_params["a"]["gamma"] == 0.001 and r.params["normalize"] is True
 
 
 def test_base_appended_as_input_for_linear():
     # mergekit adds a base_model that is not listed to the inputs; linear then needs its weight
-    p = Plan.from_yaml("merge_method: linear\nbase_model: base\nmodels:\n- model: a\n  parameters: {weight: 1.0}\n"
-                       "parameters: {weight: 0.5}\n")
+    p = Plan.from_yaml(
+        "merge_method: linear\nbase_model: base\nmodels:\n- model: a\n  parameters: {weight: 1.0}\n"
+        "parameters: {weight: 0.5}\n"
+    )
     r = p.resolve("model.layers.0.mlp.up_proj.weight", num_layers=1)
     assert r.base is None and r.model_params == {"a": {"weight": 1.0}, "base": {"weight": 0.5}}
-    bad = Plan.from_yaml("merge_method: linear\nbase_model: base\nmodels:\n- model: a\n  parameters: {weight: 1.0}\n",
-                         source="p.yml")
+    bad = Plan.from_yaml(
+        "merge_method: linear\nbase_model: base\nmodels:\n- model: a\n  parameters: {weight: 1.0}\n", source="p.yml"
+    )
     with pytest.raises(InputError, match=r"p.yml: base_model: no `weight` for 'base'"):
         bad.validate(check_paths=False)
 
 
 # --------------------------------------------------------------------------------- validation
+
 
 def _err(text, tmp_path=None, open_models=False, check_paths=False):
     p = Plan.from_yaml(text, source="plan.yml")
@@ -195,41 +205,73 @@ def _err(text, tmp_path=None, open_models=False, check_paths=False):
 TIES = "merge_method: ties\nbase_model: base\nmodels:\n- model: a\n  parameters: {weight: 1.0}\n"
 
 
-@pytest.mark.parametrize("text, needles", [
-    ("merge_methd: ties\nmodels:\n- model: a\n", ["plan.yml: merge_methd: unknown key", "did you mean `merge_method`"]),
-    (TIES.replace("weight: 1.0", "weight: 1.0, densty: 0.5"),
-     ["plan.yml: models[0].parameters.densty: unknown parameter for ties", "did you mean `density`"]),
-    (TIES.replace("weight: 1.0", "weight: 1.0, normalize: true"),
-     ["models[0].parameters.normalize: `normalize` is a global parameter", "top-level `parameters:`"]),
-    (TIES.replace("ties", "tiess"), ["plan.yml: merge_method: ", "did you mean 'ties'"]),
-    ("merge_method: slerp\nbase_model: base\nmodels:\n- model: a\n- model: b\nparameters: {t: 0.5}\n",
-     ["plan.yml: models: slerp takes exactly 1 models besides the base, got 2"]),
-    ("merge_method: ties\nmodels:\n- model: a\n  parameters: {weight: 1.0}\n",
-     ["plan.yml: base_model: missing", "add `base_model: PATH`"]),
-    ("merge_method: slerp\nbase_model: base\nslices:\n- sources:\n  - model: a\n    layer_range: [0, 2]\n"
-     "  - model: b\n    layer_range: [0, 2]\nparameters: {t: 0.5}\n",
-     ["plan.yml: slices[0].sources: base_model 'base' is not among the sources"]),
-    (TIES + "dtype: bf16\n", ["plan.yml: dtype: unknown dtype 'bf16'", "did you mean `bfloat16`"]),
-    (TIES + "out_dtype: float33\n", ["plan.yml: out_dtype: unknown dtype", "float32"]),
-    (TIES.replace("weight: 1.0", "weight: [{fliter: mlp, value: 1}]"),
-     ["plan.yml: models[0].parameters.weight[0].fliter: unknown key", "did you mean `filter`"]),
-    (TIES.replace("weight: 1.0", "weight: abc"), ["models[0].parameters.weight: `weight` expects a number"]),
-    (TIES.replace("weight: 1.0", "weight: [{filter: mlp, value: [{value: 1}]}]"),
-     ["models[0].parameters.weight[0].value: a filter's value is a number or a gradient list"]),
-    ("merge_method: linear\nmodels:\n- model: a\n- model: b\n  parameters: {weight: 1}\n",
-     ["plan.yml: models[0]: no `weight` for 'a'"]),
-    (TIES + "modules: {}\n", ["plan.yml: modules: per-module configs"]),
-    (TIES + "tokenizer_source: union\n", ["plan.yml: tokenizer_source: `union`"]),
-    ("merge_method: ties\nbase_model: base\nmodels:\n- a\n", ["plan.yml: models[0]: write `- model: a`"]),
-    ("merge_method: passthrough\nslices:\n- sources:\n  - model: a\n    layer_range: [0, 2]\n"
-     "  - model: b\n    layer_range: [0, 3]\n", ["plan.yml: slices[0].sources: all sources of a slice must span"]),
-    ("merge_method: passthrough\nslices:\n- sources:\n  - model: a\n    layer_range: [3, 1]\n",
-     ["plan.yml: slices[0].sources[0].layer_range: [3, 1] is empty"]),
-    ("merge_method: passthrough\nslices:\n- sources:\n  - model: a\n    layer_rnge: [0, 1]\n",
-     ["plan.yml: slices[0].sources[0].layer_rnge: unknown key", "did you mean `layer_range`"]),
-    ("merge_method: linear\nmodels:\n- model: a\nslices: []\n", ["give exactly one of `models:` or `slices:`"]),
-    ("merge_method: linear\nmodels:\n- model: a\n  parameters: {weight: []}\n", ["models[0].parameters.weight: is an empty list"]),
-])
+@pytest.mark.parametrize(
+    "text, needles",
+    [
+        (
+            "merge_methd: ties\nmodels:\n- model: a\n",
+            ["plan.yml: merge_methd: unknown key", "did you mean `merge_method`"],
+        ),
+        (
+            TIES.replace("weight: 1.0", "weight: 1.0, densty: 0.5"),
+            ["plan.yml: models[0].parameters.densty: unknown parameter for ties", "did you mean `density`"],
+        ),
+        (
+            TIES.replace("weight: 1.0", "weight: 1.0, normalize: true"),
+            ["models[0].parameters.normalize: `normalize` is a global parameter", "top-level `parameters:`"],
+        ),
+        (TIES.replace("ties", "tiess"), ["plan.yml: merge_method: ", "did you mean 'ties'"]),
+        (
+            "merge_method: slerp\nbase_model: base\nmodels:\n- model: a\n- model: b\nparameters: {t: 0.5}\n",
+            ["plan.yml: models: slerp takes exactly 1 models besides the base, got 2"],
+        ),
+        (
+            "merge_method: ties\nmodels:\n- model: a\n  parameters: {weight: 1.0}\n",
+            ["plan.yml: base_model: missing", "add `base_model: PATH`"],
+        ),
+        (
+            "merge_method: slerp\nbase_model: base\nslices:\n- sources:\n  - model: a\n    layer_range: [0, 2]\n"
+            "  - model: b\n    layer_range: [0, 2]\nparameters: {t: 0.5}\n",
+            ["plan.yml: slices[0].sources: base_model 'base' is not among the sources"],
+        ),
+        (TIES + "dtype: bf16\n", ["plan.yml: dtype: unknown dtype 'bf16'", "did you mean `bfloat16`"]),
+        (TIES + "out_dtype: float33\n", ["plan.yml: out_dtype: unknown dtype", "float32"]),
+        (
+            TIES.replace("weight: 1.0", "weight: [{fliter: mlp, value: 1}]"),
+            ["plan.yml: models[0].parameters.weight[0].fliter: unknown key", "did you mean `filter`"],
+        ),
+        (TIES.replace("weight: 1.0", "weight: abc"), ["models[0].parameters.weight: `weight` expects a number"]),
+        (
+            TIES.replace("weight: 1.0", "weight: [{filter: mlp, value: [{value: 1}]}]"),
+            ["models[0].parameters.weight[0].value: a filter's value is a number or a gradient list"],
+        ),
+        (
+            "merge_method: linear\nmodels:\n- model: a\n- model: b\n  parameters: {weight: 1}\n",
+            ["plan.yml: models[0]: no `weight` for 'a'"],
+        ),
+        (TIES + "modules: {}\n", ["plan.yml: modules: per-module configs"]),
+        (TIES + "tokenizer_source: union\n", ["plan.yml: tokenizer_source: `union`"]),
+        ("merge_method: ties\nbase_model: base\nmodels:\n- a\n", ["plan.yml: models[0]: write `- model: a`"]),
+        (
+            "merge_method: passthrough\nslices:\n- sources:\n  - model: a\n    layer_range: [0, 2]\n"
+            "  - model: b\n    layer_range: [0, 3]\n",
+            ["plan.yml: slices[0].sources: all sources of a slice must span"],
+        ),
+        (
+            "merge_method: passthrough\nslices:\n- sources:\n  - model: a\n    layer_range: [3, 1]\n",
+            ["plan.yml: slices[0].sources[0].layer_range: [3, 1] is empty"],
+        ),
+        (
+            "merge_method: passthrough\nslices:\n- sources:\n  - model: a\n    layer_rnge: [0, 1]\n",
+            ["plan.yml: slices[0].sources[0].layer_rnge: unknown key", "did you mean `layer_range`"],
+        ),
+        ("merge_method: linear\nmodels:\n- model: a\nslices: []\n", ["give exactly one of `models:` or `slices:`"]),
+        (
+            "merge_method: linear\nmodels:\n- model: a\n  parameters: {weight: []}\n",
+            ["models[0].parameters.weight: is an empty list"],
+        ),
+    ],
+)
 def test_validation_messages_name_file_key_and_fix(text, needles):
     with pytest.raises(InputError) as ei:
         _err(text)
@@ -245,19 +287,30 @@ def test_missing_paths_and_layer_range_out_of_bounds(tmp_path, monkeypatch):
     make_finetune(tmp_path / "base", tmp_path / "ft", seed=1)
     with pytest.raises(InputError, match=r"plan.yml: models\[0\].model: nope: no such file or directory.*fix the path"):
         _err(TIES.replace("model: a", "model: nope"), check_paths=True)
-    text = ("merge_method: slerp\nbase_model: base\nslices:\n- sources:\n  - model: base\n    layer_range: [0, 3]\n"
-            "  - model: ft\n    layer_range: [0, 3]\nparameters: {t: 0.5}\n")
-    with pytest.raises(InputError, match=r"plan.yml: slices\[0\].sources\[0\].layer_range: \[0, 3\] is out of bounds: "
-                                         r"base has 2 layers"):
+    text = (
+        "merge_method: slerp\nbase_model: base\nslices:\n- sources:\n  - model: base\n    layer_range: [0, 3]\n"
+        "  - model: ft\n    layer_range: [0, 3]\nparameters: {t: 0.5}\n"
+    )
+    with pytest.raises(
+        InputError,
+        match=r"plan.yml: slices\[0\].sources\[0\].layer_range: \[0, 3\] is out of bounds: "
+        r"base has 2 layers",
+    ):
         _err(text, open_models=True)
     # a tensor shape mismatch is found from headers, before any data is read
     make_llama(tmp_path / "other", n_layers=2, hidden=8, vocab=20)
-    with pytest.raises(InputError, match=r"model.embed_tokens.weight has different shapes \(base: \[16, 8\], other: \[20, 8\]\)"):
+    with pytest.raises(
+        InputError, match=r"model.embed_tokens.weight has different shapes \(base: \[16, 8\], other: \[20, 8\]\)"
+    ):
         _err(TIES.replace("model: a", "model: other"), open_models=True)
     # per-tensor parameters: a filter list that leaves some tensor without a required weight
-    with pytest.raises(InputError, match=r"models\[0\] \(ft\): no `weight` applies to tensor model.embed_tokens.weight"):
-        _err(TIES.replace("model: a", "model: ft").replace("weight: 1.0", "weight: [{filter: layers, value: 1}]"),
-             open_models=True)
+    with pytest.raises(
+        InputError, match=r"models\[0\] \(ft\): no `weight` applies to tensor model.embed_tokens.weight"
+    ):
+        _err(
+            TIES.replace("model: a", "model: ft").replace("weight: 1.0", "weight: [{filter: layers, value: 1}]"),
+            open_models=True,
+        )
 
 
 def test_bad_yaml_and_not_a_mapping(tmp_path):
@@ -273,12 +326,15 @@ def test_bad_yaml_and_not_a_mapping(tmp_path):
 
 # --------------------------------------------------------------------------------- tensor jobs
 
+
 def test_tensor_jobs_slices_remap_layers(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_llama(tmp_path / "a", n_layers=4, hidden=8, vocab=16, seed=0)
     make_llama(tmp_path / "b", n_layers=4, hidden=8, vocab=16, seed=1)
-    p = Plan.from_yaml("merge_method: passthrough\nslices:\n- sources:\n  - model: a\n    layer_range: [0, 2]\n"
-                       "- sources:\n  - model: b\n    layer_range: [1, 4]\n")
+    p = Plan.from_yaml(
+        "merge_method: passthrough\nslices:\n- sources:\n  - model: a\n    layer_range: [0, 2]\n"
+        "- sources:\n  - model: b\n    layer_range: [1, 4]\n"
+    )
     cks = p.open_checkpoints()
     jobs = list(p.tensor_jobs(cks))
     names = [j.name for j in jobs]
@@ -288,7 +344,12 @@ def test_tensor_jobs_slices_remap_layers(tmp_path, monkeypatch):
     assert by["model.layers.1.mlp.up_proj.weight"].inputs[0].name == "model.layers.1.mlp.up_proj.weight"
     assert by["model.layers.1.mlp.up_proj.weight"].inputs[0].model == "a"
     j = by["model.layers.4.self_attn.q_proj.weight"]
-    assert (j.inputs[0].model, j.inputs[0].name, j.layer, j.t) == ("b", "model.layers.3.self_attn.q_proj.weight", 4, 1.0)
+    assert (j.inputs[0].model, j.inputs[0].name, j.layer, j.t) == (
+        "b",
+        "model.layers.3.self_attn.q_proj.weight",
+        4,
+        1.0,
+    )
     assert by["model.embed_tokens.weight"].inputs[0].model == "a"  # pre weights from the first slice
     assert by["lm_head.weight"].inputs[0].model == "b"  # post weights from the last slice
 
@@ -354,10 +415,21 @@ def test_group_ratios_round_trip_through_yaml_and_resolve_agrees():
 def test_group_ratios_gpt2_names_and_global_param():
     names = ["transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight"]
     for i in range(2):
-        names += [f"transformer.h.{i}.ln_1.weight", f"transformer.h.{i}.attn.c_attn.weight",
-                  f"transformer.h.{i}.ln_2.weight", f"transformer.h.{i}.mlp.c_fc.weight"]
-    ratios = {("embed", None): 0.1, ("norm", None): 0.2, ("attn", (0, 2)): 0.3, ("mlp", (0, 1)): 0.4,
-              ("mlp", (1, 2)): 0.6, ("norm", (0, 2)): 0.5, ("other", None): 0.9}
+        names += [
+            f"transformer.h.{i}.ln_1.weight",
+            f"transformer.h.{i}.attn.c_attn.weight",
+            f"transformer.h.{i}.ln_2.weight",
+            f"transformer.h.{i}.mlp.c_fc.weight",
+        ]
+    ratios = {
+        ("embed", None): 0.1,
+        ("norm", None): 0.2,
+        ("attn", (0, 2)): 0.3,
+        ("mlp", (0, 1)): 0.4,
+        ("mlp", (1, 2)): 0.6,
+        ("norm", (0, 2)): 0.5,
+        ("other", None): 0.9,
+    }
     p = plan_from_group_ratios("slerp", "base", ["a"], ratios, num_layers=2, names=names, param="t")
     with pytest.raises(ValueError, match="slerp has no parameter 'weight'"):
         plan_from_group_ratios("slerp", "base", ["a"], ratios, num_layers=2)
@@ -365,15 +437,20 @@ def test_group_ratios_gpt2_names_and_global_param():
     q = Plan.from_yaml(p.to_yaml())
     for name in names:
         s = site_of(name)
-        want = ratios[(s.group, None)] if s.layer is None else next(
-            v for (g, b), v in ratios.items() if g == s.group and b and b[0] <= s.layer < b[1])
+        want = (
+            ratios[(s.group, None)]
+            if s.layer is None
+            else next(v for (g, b), v in ratios.items() if g == s.group and b and b[0] <= s.layer < b[1])
+        )
         assert q.resolve(name, num_layers=2).params["t"] == pytest.approx(want), name
     back = group_ratios_of(q, param="t", num_layers=2)
     assert back == {k: [v] for k, v in ratios.items()}
 
 
 def test_group_ratios_of_rejects_hand_written_filters():
-    p = Plan.from_yaml("merge_method: linear\nmodels:\n- model: a\n  parameters:\n    weight: [{filter: q_proj, value: 1}, {value: 2}]\n",
-                       source="x.yml")
+    p = Plan.from_yaml(
+        "merge_method: linear\nmodels:\n- model: a\n  parameters:\n    weight: [{filter: q_proj, value: 1}, {value: 2}]\n",
+        source="x.yml",
+    )
     with pytest.raises(InputError, match=r"x.yml: models\[0\].parameters.weight\[0\].filter: 'q_proj' is not one of"):
         group_ratios_of(p, num_layers=2)

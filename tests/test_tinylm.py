@@ -1,4 +1,5 @@
 """The bundled demo family (analysis/demo/) and the pure-torch Llama forward / evaluation code."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,17 @@ import torch
 
 from mergescope.checkpoint import open_checkpoint
 from mergescope.evaluate import _windows, evaluate_models, load_texts, perplexity
-from mergescope.tinylm import (LlamaConfig, LlamaLM, bytes_to_unicode, decode, encode, load_model,
-                             model_from_tensors, save_model, tokenizer_json)
+from mergescope.tinylm import (
+    LlamaConfig,
+    LlamaLM,
+    bytes_to_unicode,
+    decode,
+    encode,
+    load_model,
+    model_from_tensors,
+    save_model,
+    tokenizer_json,
+)
 
 DEMO = Path(__file__).resolve().parents[1] / "analysis" / "demo"
 FAMILY = DEMO / "family"
@@ -60,14 +70,24 @@ def test_family_files_and_config():
         assert cfg["model_type"] == "llama" and cfg["architectures"] == ["LlamaForCausalLM"]
         assert cfg["vocab_size"] == 256 and cfg["tie_word_embeddings"] is False
         assert cfg["torch_dtype"] == "bfloat16"
-        for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                    "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta"):
+        for key in (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+            "rms_norm_eps",
+            "rope_theta",
+        ):
             assert key in cfg, key
         ck = open_checkpoint(d)
         assert set(ck.names()) == hf_names(cfg["num_hidden_layers"])
         assert {i.dtype for i in ck.infos()} == {torch.bfloat16}
         assert ck.info("model.layers.0.self_attn.k_proj.weight").shape == (
-            cfg["num_key_value_heads"] * cfg["hidden_size"] // cfg["num_attention_heads"], cfg["hidden_size"])
+            cfg["num_key_value_heads"] * cfg["hidden_size"] // cfg["num_attention_heads"],
+            cfg["hidden_size"],
+        )
         assert ck.declared_base == (f"mergescope-demo/{PARENT[m]}" if m in PARENT else None)
         assert ck.config["_name_or_path"] == f"mergescope-demo/{m}"
         ck.close()
@@ -124,8 +144,11 @@ def test_perplexity_accounting():
 def test_evaluate_models_progress(heldout):
     calls = []
     texts = {d: t[:3000] for d, t in heldout.items()}
-    res = evaluate_models({"b": FAMILY / "base", "c": FAMILY / "code"}, texts,
-                          progress=lambda done, total, label: calls.append((done, total, label)))
+    res = evaluate_models(
+        {"b": FAMILY / "base", "c": FAMILY / "code"},
+        texts,
+        progress=lambda done, total, label: calls.append((done, total, label)),
+    )
     assert set(res) == {"b", "c"} and set(res["b"]) == set(DOMAINS)
     assert [c[:2] for c in calls] == [(i, 6) for i in range(1, 7)]
     assert res["b"]["code"] == perplexity(FAMILY / "base", texts["code"])
@@ -173,9 +196,12 @@ def test_matches_transformers_llama(models):
 
 
 def test_import_is_light():
-    code = ("import sys, mergescope.tinylm, mergescope.evaluate; "
-            "bad = [m for m in ('textual', 'transformers') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)")
-    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
-                       capture_output=True, text=True)
+    code = (
+        "import sys, mergescope.tinylm, mergescope.evaluate; "
+        "bad = [m for m in ('textual', 'transformers') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stdout + r.stderr

@@ -1,15 +1,15 @@
 """Pilot tests of the explorer's flows: open → analyse → verdicts → heatmap → plan → export → merge."""
+
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.test_metrics import make_family
 from mergescope.tui.app import MergeScopeApp
 from mergescope.tui.dialogs.error import ErrorDialog
 from mergescope.tui.dialogs.help import HelpScreen
@@ -19,6 +19,7 @@ from mergescope.tui.messages import WhatIfReady
 from mergescope.tui.widgets.heatmap import Heatmap
 from mergescope.tui.widgets.heatmap_view import HeatmapView
 from mergescope.tui.widgets.inputs import PathInput
+from tests.test_metrics import make_family
 
 SIZE = (120, 40)
 pytestmark = pytest.mark.asyncio
@@ -140,8 +141,10 @@ async def test_incompatible_model_shows_findings_not_a_crash(tmp_path, family):
     other = tmp_path / "other"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    save_file({"model.embed_tokens.weight": torch.zeros(7, 5), "lm_head.weight": torch.zeros(3, 3)},
-              str(other / "model.safetensors"))
+    save_file(
+        {"model.embed_tokens.weight": torch.zeros(7, 5), "lm_head.weight": torch.zeros(3, 3)},
+        str(other / "model.safetensors"),
+    )
     app = MergeScopeApp(base, [models[0], str(other)], blink=False)
     async with app.run_test(size=SIZE) as pilot:
         await ready(app, pilot)
@@ -337,9 +340,9 @@ async def settle(app, pilot) -> None:
 
 async def test_plan_edit_whatif_export_reload_merge(family, tmp_path):
     from mergescope.plan import Plan
-    from mergescope.whatif import from_plan
     from mergescope.tui.dialogs.prompt import PathPrompt, ValuePrompt
     from mergescope.tui.widgets.plan_editor import PlanEditor
+    from mergescope.whatif import from_plan
 
     base, models = family
     app = app_for(family)
@@ -565,7 +568,6 @@ def _check_remeasured(app, editor, family):
     r = [row[0] for row in editor.data.rows].index("L1")
     assert editor.preds[r][0].measured_density == 0.5
     assert editor.preds[r][0].conflict == pytest.approx(app.remeasured.row_cell(1, None).trimmed_sign_conflict)
-
 
 
 async def test_unfinished_plan_is_explained_inline(family):

@@ -4,14 +4,15 @@ Deterministic by construction: the checkpoints are built from a fixed seed under
 (the app shows paths as given), the analysis cache is warmed first (so the header says "from cache",
 not a timing), and the cursor does not blink. Update after reviewing: `pytest --snapshot-update`.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from mergescope.analyze import analyze
-from tests.test_metrics import make_family
 from mergescope.tui.app import MergeScopeApp
+from tests.test_metrics import make_family
 
 MODELS = ["ft0", "ft1", "ft2"]
 SAMPLE = {"method": "ties", "models": ["ft0", "ft1"], "weight": 1.0, "density": 0.2}

@@ -1,4 +1,5 @@
 """The what-if model: predictions from a Report against merges computed from the tensors."""
+
 from __future__ import annotations
 
 import math
@@ -36,13 +37,19 @@ def _actual(base, models, coeffs_of):
         t0 = b.get(name).double()
         delta = sum(c * (m.get(name).double() - t0) for c, m in zip(coeffs_of(name), ms))
         s = site_of(name)
-        sums[(s.layer, s.group)] = sums.get((s.layer, s.group), 0.0) + float((delta ** 2).sum())
+        sums[(s.layer, s.group)] = sums.get((s.layer, s.group), 0.0) + float((delta**2).sum())
     return {k: math.sqrt(v) for k, v in sums.items()}
 
 
-RATIOS = {("embed", None): [1.0, 0.5], ("head", None): [0.8, 0.2], ("norm", None): [0.5, 0.5],
-          ("attn", (0, 1)): [0.9, 0.1], ("attn", (1, L)): [0.3, 0.7], ("mlp", (0, L)): [0.4, 0.6],
-          ("norm", (0, L)): [0.5, 0.5]}
+RATIOS = {
+    ("embed", None): [1.0, 0.5],
+    ("head", None): [0.8, 0.2],
+    ("norm", None): [0.5, 0.5],
+    ("attn", (0, 1)): [0.9, 0.1],
+    ("attn", (1, L)): [0.3, 0.7],
+    ("mlp", (0, L)): [0.4, 0.6],
+    ("norm", (0, L)): [0.5, 0.5],
+}
 
 
 def _weights_of(name):
@@ -55,8 +62,7 @@ def _weights_of(name):
 
 def test_task_arithmetic_prediction_is_exact(fam):
     base, models, report = fam
-    plan = plan_from_group_ratios("task_arithmetic", base, models[:2], RATIOS, num_layers=L,
-                                  parameters={"lambda": 0.8})
+    plan = plan_from_group_ratios("task_arithmetic", base, models[:2], RATIOS, num_layers=L, parameters={"lambda": 0.8})
     wi = from_plan(report, plan)
     actual = _actual(base, models, lambda name: [0.8 * w for w in _weights_of(name)] + [0.0])
     for (layer, group), norm in actual.items():
@@ -95,10 +101,13 @@ def test_retained_mass_is_one_for_a_single_model_and_shares_follow_weights(fam):
 
 def test_cancellation_lowers_retained_mass(fam):
     base, models, report = fam
-    same = from_plan(report, plan_from_group_ratios("task_arithmetic", base, models[:2], {("other", None): [1.0, 1.0]},
-                                                    num_layers=L)).cell(report.sites)
-    opposite = from_plan(report, plan_from_group_ratios("task_arithmetic", base, models[:2],
-                                                        {("other", None): [1.0, -1.0]}, num_layers=L)).cell(report.sites)
+    same = from_plan(
+        report, plan_from_group_ratios("task_arithmetic", base, models[:2], {("other", None): [1.0, 1.0]}, num_layers=L)
+    ).cell(report.sites)
+    opposite = from_plan(
+        report,
+        plan_from_group_ratios("task_arithmetic", base, models[:2], {("other", None): [1.0, -1.0]}, num_layers=L),
+    ).cell(report.sites)
     cos = report.whole().cosine(0, 1)
     assert cos > 0  # make_family's models share a direction...
     assert opposite.retained < same.retained  # ...so subtracting one cancels more than adding it
@@ -120,8 +129,9 @@ def test_ties_density_and_note(fam):
     assert p.measured_density == report.density
     assert p.conflict_trimmed and p.conflict == p.trimmed_sign_conflict  # ties trims by magnitude
     assert p.sign_conflict == pytest.approx(agg.sign_conflict)
-    ta = from_plan(report, plan_from_group_ratios("task_arithmetic", base, models[:2], {("other", None): [1, 1]},
-                                                  num_layers=L)).cell(_cell_sites(report, 1, "mlp"))
+    ta = from_plan(
+        report, plan_from_group_ratios("task_arithmetic", base, models[:2], {("other", None): [1, 1]}, num_layers=L)
+    ).cell(_cell_sites(report, 1, "mlp"))
     assert not ta.conflict_trimmed and ta.conflict == pytest.approx(agg.sign_conflict)
 
 
@@ -140,7 +150,11 @@ def test_coefficients_per_method():
     mp = [{"weight": 1.0}, {"weight": 3.0}, None]
     assert coefficients("task_arithmetic", {"normalize": False, "lambda": 2.0}, mp).coeff.tolist() == [2.0, 6.0, 0.0]
     assert coefficients("ties", {"normalize": True, "lambda": 1.0}, mp).coeff.tolist() == [0.25, 0.75, 0.0]
-    assert coefficients("linear", {"normalize": True}, mp, base_param={"weight": 4.0}).coeff.tolist() == [0.125, 0.375, 0.0]
+    assert coefficients("linear", {"normalize": True}, mp, base_param={"weight": 4.0}).coeff.tolist() == [
+        0.125,
+        0.375,
+        0.0,
+    ]
     assert coefficients("slerp", {"t": 0.3}, [{}, None]).coeff.tolist() == [0.3, 0.0]
     st = coefficients("model_stock", {}, [{}, {}], cosine=0.5).coeff
     assert st.tolist() == pytest.approx([1 / 3, 1 / 3])  # t = 2·0.5/(1+0.5) = 2/3, over 2 models
@@ -161,8 +175,11 @@ def test_unknown_models_are_reported(fam, tmp_path):
     base, models, report = fam
     from mergescope.plan import ModelEntry, Plan
 
-    plan = Plan("task_arithmetic", base_model=base,
-                models=[ModelEntry(models[0], {"weight": 1.0}), ModelEntry(str(tmp_path / "elsewhere"), {"weight": 1.0})])
+    plan = Plan(
+        "task_arithmetic",
+        base_model=base,
+        models=[ModelEntry(models[0], {"weight": 1.0}), ModelEntry(str(tmp_path / "elsewhere"), {"weight": 1.0})],
+    )
     wi = from_plan(report, plan)
     assert wi.warnings and "elsewhere" in wi.warnings[0]
     assert np.all(wi.cell(report.sites).coeff[1:] == 0)

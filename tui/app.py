@@ -4,13 +4,14 @@ The app owns the state (the report, the plan being edited) and the workers. Work
 (`mergescope.*`, the core) in threads, post messages (`mergescope.tui.messages`) and never touch widgets; failures reach one
 place, `on_worker_state_changed`, which shows one error dialog. The core never sees Textual.
 """
+
 from __future__ import annotations
 
 import os
 import time
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from rich.text import Text
 from textual import work
@@ -47,10 +48,22 @@ class MergeScopeApp(App):
         Binding("q", "quit", "quit", id="app.quit"),
     ]
 
-    def __init__(self, base: str | None = None, models: Iterable[str] = (), plan: str | None = None, *,
-                 density: float = 0.2, device: str = "cpu", use_cache: bool = True, remember_set: bool = True,
-                 title: str | None = None, blink: bool = True, sample_plan: dict | None = None,
-                 output_dir: str | None = None, low_colour: bool | None = None) -> None:
+    def __init__(
+        self,
+        base: str | None = None,
+        models: Iterable[str] = (),
+        plan: str | None = None,
+        *,
+        density: float = 0.2,
+        device: str = "cpu",
+        use_cache: bool = True,
+        remember_set: bool = True,
+        title: str | None = None,
+        blink: bool = True,
+        sample_plan: dict | None = None,
+        output_dir: str | None = None,
+        low_colour: bool | None = None,
+    ) -> None:
         super().__init__()
         self.initial = ModelSet(base, list(models), plan) if base else None
         self.blink = blink  # False in tests and screenshots: stable frames
@@ -134,8 +147,15 @@ class MergeScopeApp(App):
             self.post_message(Progress("analysis", done, total, label, time.perf_counter() - t0))
 
         try:
-            report = analyze(base, models, density=density, device=self.device, use_cache=self.use_cache,
-                             progress=progress, should_stop=lambda: worker.is_cancelled)
+            report = analyze(
+                base,
+                models,
+                density=density,
+                device=self.device,
+                use_cache=self.use_cache,
+                progress=progress,
+                should_stop=lambda: worker.is_cancelled,
+            )
         except AnalysisCancelled:
             return
         if not worker.is_cancelled:
@@ -143,8 +163,9 @@ class MergeScopeApp(App):
 
     def on_progress(self, message: Progress) -> None:
         try:
-            self.main.query_one(JobProgress).update_progress(message.done, message.total, message.label,
-                                                             message.elapsed)
+            self.main.query_one(JobProgress).update_progress(
+                message.done, message.total, message.label, message.elapsed
+            )
         except LookupError:
             pass
 
@@ -309,15 +330,18 @@ class MergeScopeApp(App):
         r = self.remeasured
         if r is not None and r.models == target[0] and abs(r.density - target[1]) < 1e-9:
             return
-        if any(w.group == "remeasure" and w.state in (WorkerState.PENDING, WorkerState.RUNNING) for w in self.workers) \
-                and getattr(self, "_remeasure_key", None) == target:
+        if (
+            any(w.group == "remeasure" and w.state in (WorkerState.PENDING, WorkerState.RUNNING) for w in self.workers)
+            and getattr(self, "_remeasure_key", None) == target
+        ):
             return
         self._remeasure_key = target
         self.main.query_one(JobProgress).start(f"measure d={target[1]:g}")
         self.run_remeasure(self.report.base, target[0], target[1])
 
-    @work(thread=True, exclusive=True, group="whatif", exit_on_error=False, name="whatif",
-          description="what-if")  # a description: else Textual repr()s the Report (seconds on big models)
+    @work(
+        thread=True, exclusive=True, group="whatif", exit_on_error=False, name="whatif", description="what-if"
+    )  # a description: else Textual repr()s the Report (seconds on big models)
     def compute_whatif(self, plan, report, data, conflict_report, generation: int) -> None:
         """Pure numbers from the Report (no tensor is read); posts WhatIfReady."""
         from mergescope.whatif import from_plan
@@ -385,8 +409,11 @@ class MergeScopeApp(App):
         except InputError as exc:
             self.show_error(exc, what="export")
             return
-        default = self.last_export or (self.plan_state.source if self.plan_state and self.plan_state.source else
-                                       str(Path.cwd() / "merge_plan.yaml"))
+        default = self.last_export or (
+            self.plan_state.source
+            if self.plan_state and self.plan_state.source
+            else str(Path.cwd() / "merge_plan.yaml")
+        )
 
         def done(path: str | None) -> None:
             if not path:
@@ -398,15 +425,24 @@ class MergeScopeApp(App):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 plan.dump(target)
             except OSError as exc:
-                self.show_error(InputError(f"{path}: cannot write ({exc.strerror}); pick a writable path"), what="export")
+                self.show_error(
+                    InputError(f"{path}: cannot write ({exc.strerror}); pick a writable path"), what="export"
+                )
                 return
             self.last_export = str(target)
             self.plan_state.source = str(target)
             self.notify(f"plan written to {target}")
 
-        self.push_screen(PathPrompt("Export the plan (mergekit-compatible YAML)", default,
-                                    hint="runs with `mergescope merge` or `mergekit-yaml`", ok="Write",
-                                    prompt_id="export"), done)
+        self.push_screen(
+            PathPrompt(
+                "Export the plan (mergekit-compatible YAML)",
+                default,
+                hint="runs with `mergescope merge` or `mergekit-yaml`",
+                ok="Write",
+                prompt_id="export",
+            ),
+            done,
+        )
 
     def action_load_plan(self) -> None:
         if self.report is None:
@@ -418,8 +454,9 @@ class MergeScopeApp(App):
             if path:
                 self.load_plan(path)
 
-        self.push_screen(PathPrompt("Load a plan (mergescope or mergekit YAML)", default, ok="Load", prompt_id="load"),
-                         done)
+        self.push_screen(
+            PathPrompt("Load a plan (mergescope or mergekit YAML)", default, ok="Load", prompt_id="load"), done
+        )
 
     def load_plan(self, path: str) -> bool:
         from mergescope.errors import InputError
@@ -431,7 +468,9 @@ class MergeScopeApp(App):
             return False
         self.plan_state = state
         self.main.query_one(PlanEditor).show(self.report)
-        self.notify(f"plan loaded from {path}" + (" (read-only: hand-written filters)" if state.custom is not None else ""))
+        self.notify(
+            f"plan loaded from {path}" + (" (read-only: hand-written filters)" if state.custom is not None else "")
+        )
         return True
 
     # -- merge --------------------------------------------------------------------------------------
@@ -470,8 +509,16 @@ class MergeScopeApp(App):
             self.post_message(Progress("merge", done, total, label, time.perf_counter() - t0))
 
         try:
-            result = run_merge(plan, output_dir, device=self.device, seed=seed, force=force, progress=progress,
-                               should_stop=lambda: worker.is_cancelled, analysis=report)
+            result = run_merge(
+                plan,
+                output_dir,
+                device=self.device,
+                seed=seed,
+                force=force,
+                progress=progress,
+                should_stop=lambda: worker.is_cancelled,
+                analysis=report,
+            )
         except MergeCancelled:
             return
         if not worker.is_cancelled:
@@ -494,15 +541,19 @@ class MergeScopeApp(App):
 
     # -- jobs -------------------------------------------------------------------------------
     def running_jobs(self) -> list[Worker]:
-        return [w for w in self.workers if w.group in JOB_GROUPS and w.state in (WorkerState.PENDING, WorkerState.RUNNING)]
+        return [
+            w for w in self.workers if w.group in JOB_GROUPS and w.state in (WorkerState.PENDING, WorkerState.RUNNING)
+        ]
 
     def action_cancel_job(self) -> None:
         jobs = self.running_jobs()
         for w in jobs:
             w.cancel()
         if jobs:
-            self.notify("cancelled" + (": no output was written" if any(w.group == "merge" for w in jobs) else ""),
-                        severity="warning")
+            self.notify(
+                "cancelled" + (": no output was written" if any(w.group == "merge" for w in jobs) else ""),
+                severity="warning",
+            )
             if any(w.group == "merge" for w in jobs):
                 self.main.query_one(MergeView).status(Text("merge cancelled: no output was written", style="yellow"))
 
@@ -512,7 +563,11 @@ class MergeScopeApp(App):
         worker = event.worker
         if worker.group not in JOB_GROUPS and worker.group != "whatif":
             return
-        if worker.group in JOB_GROUPS and event.state in (WorkerState.SUCCESS, WorkerState.CANCELLED, WorkerState.ERROR):
+        if worker.group in JOB_GROUPS and event.state in (
+            WorkerState.SUCCESS,
+            WorkerState.CANCELLED,
+            WorkerState.ERROR,
+        ):
             if not self.running_jobs():
                 try:
                     self.main.query_one(JobProgress).stop()
@@ -528,7 +583,9 @@ class MergeScopeApp(App):
                 self.main.query_one(MergeView).show_plan(None, str(worker.error))
                 return
         if event.state == WorkerState.ERROR:
-            what = {"analysis": "analysis", "merge": "merge", "remeasure": "re-measure", "whatif": "what-if"}[worker.group]
+            what = {"analysis": "analysis", "merge": "merge", "remeasure": "re-measure", "whatif": "what-if"}[
+                worker.group
+            ]
             if worker.group == "merge":
                 self.main.query_one(MergeView).status(Text("✖ merge failed: no output was written", style="red"))
             self.show_error(worker.error, what=what)
@@ -542,13 +599,18 @@ class MergeScopeApp(App):
             detail = ""
         else:
             title = f"{what or 'job'} failed: {type(exc).__name__}"
-            detail = "".join(traceback.format_exception(exc)[-6:]) if exc is not None and os.environ.get("MERGESCOPE_DEBUG") else ""
+            detail = (
+                "".join(traceback.format_exception(exc)[-6:])
+                if exc is not None and os.environ.get("MERGESCOPE_DEBUG")
+                else ""
+            )
         message = str(exc) if exc is not None else "unknown error"
         if what == "merge":  # the core speaks CLI; here the flag is a checkbox
             message = message.replace("pass --force to replace it", "tick “replace existing” to replace it")
         reopen = self.report is None and what == "analysis"  # nothing open yet: back to the open dialog
-        self.push_screen(ErrorDialog(title, message or type(exc).__name__, detail),
-                         lambda _: self.action_open() if reopen else None)
+        self.push_screen(
+            ErrorDialog(title, message or type(exc).__name__, detail), lambda _: self.action_open() if reopen else None
+        )
 
     # -- help & commands --------------------------------------------------------------------
     def action_help(self) -> None:
@@ -568,8 +630,11 @@ class MergeScopeApp(App):
         from .heatdata import METRICS
 
         for m in METRICS:
-            yield SystemCommand(f"Heatmap metric: {m.label}", f"key {m.key}: {m.help}",
-                                lambda mid=m.id: (screen.action_tab("heatmap"), view.action_metric(mid)))
+            yield SystemCommand(
+                f"Heatmap metric: {m.label}",
+                f"key {m.key}: {m.help}",
+                lambda mid=m.id: (screen.action_tab("heatmap"), view.action_metric(mid)),
+            )
         yield SystemCommand("Heatmap: toggle module/group columns", "c", view.action_toggle_columns)
         yield SystemCommand("Heatmap: next model", "m", lambda: view.action_next_model(1))
         yield SystemCommand("Heatmap: next pair", "p", lambda: view.action_next_pair(1))
@@ -582,11 +647,14 @@ class MergeScopeApp(App):
         yield SystemCommand("Plan: load YAML", "l: a mergescope or mergekit plan", self.action_load_plan)
         yield SystemCommand("Plan: next method", "t", in_plan(lambda: editor.action_next_method(1)))
         yield SystemCommand("Plan: next parameter table", "a (weight, density, …)", in_plan(editor.action_next_param))
-        yield SystemCommand("Plan: layer bands", "b: one, halves, thirds, quarters, 6, per layer",
-                            in_plan(editor.action_next_bands))
+        yield SystemCommand(
+            "Plan: layer bands", "b: one, halves, thirds, quarters, 6, per layer", in_plan(editor.action_next_bands)
+        )
         yield SystemCommand("Plan: include / leave out the model", "i", in_plan(editor.action_toggle_include))
         yield SystemCommand("Plan: what-if metric", "w", in_plan(editor.action_next_whatif))
-        yield SystemCommand("Plan: re-measure trimmed conflict at the plan's density", "r", self.remeasure_at_plan_density)
+        yield SystemCommand(
+            "Plan: re-measure trimmed conflict at the plan's density", "r", self.remeasure_at_plan_density
+        )
         yield SystemCommand("Plan: increase the selected ratio", "+", in_plan(lambda: editor.action_step(1)))
         yield SystemCommand("Plan: decrease the selected ratio", "-", in_plan(lambda: editor.action_step(-1)))
         yield SystemCommand("Merge now", "ctrl+g or Enter in the output field", self.action_run_merge)

@@ -7,6 +7,7 @@ key-to-frame time per cursor move (the full compositor pass, without terminal I/
 re-rendering every visible heatmap line, and the plan editor's edit-to-prediction time. The terminal
 itself adds its own drawing time on top; in practice that is a few ms for a 120×40 frame.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,7 +57,9 @@ async def bench(base: str, models: list[str], size: tuple[int, int], presses: in
             s = time.perf_counter()
             for _ in range(burst):
                 app.post_message(events.Key("down" if start_row < len(hm.grid.row_labels) // 2 else "up", None))
-            while hm.cursor[0] == start_row or abs(hm.cursor[0] - start_row) < min(burst, len(hm.grid.row_labels) // 2 - 1):
+            while hm.cursor[0] == start_row or abs(hm.cursor[0] - start_row) < min(
+                burst, len(hm.grid.row_labels) // 2 - 1
+            ):
                 await pilot.pause(0.001)
             await pilot.pause()
             out["held_key_ms_per_row"] = 1000 * (time.perf_counter() - s) / abs(hm.cursor[0] - start_row)

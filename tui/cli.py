@@ -2,6 +2,7 @@
 
 Exit codes (DESIGN §5): 0 success, 1 `--fail-on` threshold met, 2 bad input (one line on stderr).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,9 @@ from mergescope.errors import InputError as UsageError  # noqa: E402  (re-export
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mergescope", description="Merge-readiness analysis and merging of fine-tuned models.")
+    parser = argparse.ArgumentParser(
+        prog="mergescope", description="Merge-readiness analysis and merging of fine-tuned models."
+    )
     from mergescope import __version__
 
     parser.add_argument("--version", action="version", version=f"mergescope {__version__}")
@@ -34,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name == modname:
                 continue  # not built yet
             raise
-        p = sub.add_parser(name, help=mod.__doc__.strip().splitlines()[0] if mod.__doc__ else None,
-                           description=mod.__doc__)
+        p = sub.add_parser(
+            name, help=mod.__doc__.strip().splitlines()[0] if mod.__doc__ else None, description=mod.__doc__
+        )
         mod.add_arguments(p)
         p.set_defaults(_module=mod)
     return parser

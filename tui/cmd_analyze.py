@@ -2,6 +2,7 @@
 
 Streams every tensor once; prints findings first, then a per-layer table. Exit 1 when --fail-on is met.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,13 @@ def add_arguments(p) -> None:
     p.add_argument("base", metavar="BASE", help="base checkpoint: HF directory, .safetensors file")
     p.add_argument("models", metavar="MODEL", nargs="+", help="fine-tuned checkpoints or PEFT LoRA adapter directories")
     p.add_argument("--json", metavar="FILE", help="write the full report as JSON (DESIGN §5 contract)")
-    p.add_argument("--density", type=float, default=0.2, help="TIES trim density for trimmed sign conflict (default 0.2)")
+    p.add_argument(
+        "--density", type=float, default=0.2, help="TIES trim density for trimmed sign conflict (default 0.2)"
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--fail-on", choices=("error", "warning"), help="exit 1 when a finding of this severity (or worse) is found")
+    p.add_argument(
+        "--fail-on", choices=("error", "warning"), help="exit 1 when a finding of this severity (or worse) is found"
+    )
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write the analysis cache")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no tables (findings only)")
 
@@ -50,21 +55,33 @@ def run(args) -> int:
 
 
 def _analyze_with_progress(analyze, args, err):
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     if args.quiet or not err.is_terminal:
         return analyze(args.base, args.models, density=args.density, device=args.device, use_cache=not args.no_cache)
-    with Progress(TextColumn("[bold]analyse"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), TextColumn("{task.description}", style="dim"), console=err,
-                  transient=True) as prog:
+    with Progress(
+        TextColumn("[bold]analyse"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}", style="dim"),
+        console=err,
+        transient=True,
+    ) as prog:
         task = prog.add_task("", total=None)
 
         def progress(done, total, label):
             prog.update(task, completed=done, total=total, description=label.split(" ")[0] + " tensors")
 
-        return analyze(args.base, args.models, density=args.density, device=args.device,
-                       use_cache=not args.no_cache, progress=progress)
+        return analyze(
+            args.base,
+            args.models,
+            density=args.density,
+            device=args.device,
+            use_cache=not args.no_cache,
+            progress=progress,
+        )
 
 
 def print_report(report, console, quiet: bool = False) -> None:
@@ -76,8 +93,14 @@ def print_report(report, console, quiet: bool = False) -> None:
     if report.findings:
         for f in report.findings:
             who = f" {f.model}" if f.model else ""
-            console.print(Text.assemble((f"{SEV_GLYPH[f.severity]} {f.severity:<7}", SEV_STYLE[f.severity]),
-                                        (f" {f.code}", "bold"), (who, "dim"), f": {f.message}"))
+            console.print(
+                Text.assemble(
+                    (f"{SEV_GLYPH[f.severity]} {f.severity:<7}", SEV_STYLE[f.severity]),
+                    (f" {f.code}", "bold"),
+                    (who, "dim"),
+                    f": {f.message}",
+                )
+            )
     else:
         console.print(Text("✔ no findings: these models look merge-ready", style="green"))
     if quiet or not report.sites:
@@ -87,8 +110,13 @@ def print_report(report, console, quiet: bool = False) -> None:
     for col in ("model", "rel. norm", "cos to base", "‖τ‖", "top-20% energy"):
         summary.add_column(col, justify="left" if col == "model" else "right")
     for i, m in enumerate(report.models):
-        summary.add_row(m, _fmt(whole.relative_norm(i)), f"{whole.cosine_to_base(i):.4f}", _fmt(whole.norm(i)),
-                        _fmt(whole.topk_energy(i), pct=True))
+        summary.add_row(
+            m,
+            _fmt(whole.relative_norm(i)),
+            f"{whole.cosine_to_base(i):.4f}",
+            _fmt(whole.norm(i)),
+            _fmt(whole.topk_energy(i), pct=True),
+        )
     console.print(summary)
     table = Table(title="per layer (all groups of the layer)", title_justify="left", box=None, header_style="bold")
     table.add_column("layer")
@@ -107,7 +135,11 @@ def print_report(report, console, quiet: bool = False) -> None:
         if report.n >= 2:
             sc, tsc, asym = agg.sign_conflict, agg.trimmed_sign_conflict, agg.magnitude_asymmetry
             mc = min(agg.cosine(i, j) for i in range(report.n) for j in range(i + 1, report.n))
-            cells += [Text(_fmt(sc, True), style=_heat(sc, 0.5, 0.6)), Text(_fmt(tsc, True), style=_heat(tsc, 0.4, 0.55)),
-                      Text(_fmt(asym), style=_heat(asym, 3, 10)), Text(_fmt(mc), style=_heat(-mc, 0.0, 0.1))]
+            cells += [
+                Text(_fmt(sc, True), style=_heat(sc, 0.5, 0.6)),
+                Text(_fmt(tsc, True), style=_heat(tsc, 0.4, 0.55)),
+                Text(_fmt(asym), style=_heat(asym, 3, 10)),
+                Text(_fmt(mc), style=_heat(-mc, 0.0, 0.1)),
+            ]
         table.add_row(label, *cells)
     console.print(table)

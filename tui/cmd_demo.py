@@ -4,6 +4,7 @@ The family (analysis/demo/family): a tiny Llama base and its fine-tunes code, pr
 overtrained, plus other_ft (a fine-tune of a different base, to show what an incompatible model looks
 like). The sample plan is a TIES merge of code + prose.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,8 +47,11 @@ def _shown(path: Path) -> str:
 def add_arguments(p) -> None:
     p.add_argument("--no-plan", action="store_true", help="start with an empty plan instead of the sample")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write the analysis cache")
-    p.add_argument("--headless", action="store_true",
-                   help="no UI: analyse, merge two domain fine-tunes, and print held-out perplexity per domain")
+    p.add_argument(
+        "--headless",
+        action="store_true",
+        help="no UI: analyse, merge two domain fine-tunes, and print held-out perplexity per domain",
+    )
     p.add_argument("--output", metavar="DIR", help="with --headless: keep the merged models in DIR")
 
 
@@ -59,8 +63,16 @@ def build_app(no_plan: bool = False, use_cache: bool = True, **kw):
     import tempfile
 
     kw.setdefault("output_dir", str(Path(tempfile.gettempdir()) / "mergescope-demo-merged"))
-    return MergeScopeApp(base, models, None, use_cache=use_cache, remember_set=False, title="demo family",
-                         sample_plan=None if no_plan else dict(SAMPLE_PLAN), **kw)
+    return MergeScopeApp(
+        base,
+        models,
+        None,
+        use_cache=use_cache,
+        remember_set=False,
+        title="demo family",
+        sample_plan=None if no_plan else dict(SAMPLE_PLAN),
+        **kw,
+    )
 
 
 def run(args) -> int:

@@ -4,6 +4,7 @@ Streams tensor by tensor (memory: a few tensors plus one output shard) and write
 error or Ctrl-C nothing is left behind. Exit 0 on success, 2 on bad input (one line on stderr),
 1 when a merge method fails, 130 when interrupted.
 """
+
 from __future__ import annotations
 
 import sys
@@ -14,14 +15,26 @@ def add_arguments(p) -> None:
     p.add_argument("output", metavar="OUTPUT_DIR", help="directory to create (must not exist or be empty)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--seed", type=int, default=None, help="seed for randomized methods (dare_*, della*)")
-    p.add_argument("--force", action="store_true", help="replace a non-empty OUTPUT_DIR (only once the merge is complete)")
-    p.add_argument("--shard-size", default="5GB", metavar="SIZE",
-                   help="maximum size of one output shard, e.g. 5GB, 500MB (default 5GB)")
-    p.add_argument("--hash-inputs", action="store_true",
-                   help="record sha256 of every input weight file in the model card (default: only when inputs total <= 2 GB)")
-    p.add_argument("--analyze", action="store_true",
-                   help="analyse the inputs first (when no cached analysis exists) so the model card records the "
-                        "merge-readiness findings; without it a cached `mergescope analyze` of the same paths is used if any")
+    p.add_argument(
+        "--force", action="store_true", help="replace a non-empty OUTPUT_DIR (only once the merge is complete)"
+    )
+    p.add_argument(
+        "--shard-size",
+        default="5GB",
+        metavar="SIZE",
+        help="maximum size of one output shard, e.g. 5GB, 500MB (default 5GB)",
+    )
+    p.add_argument(
+        "--hash-inputs",
+        action="store_true",
+        help="record sha256 of every input weight file in the model card (default: only when inputs total <= 2 GB)",
+    )
+    p.add_argument(
+        "--analyze",
+        action="store_true",
+        help="analyse the inputs first (when no cached analysis exists) so the model card records the "
+        "merge-readiness findings; without it a cached `mergescope analyze` of the same paths is used if any",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
@@ -42,10 +55,19 @@ def run(args) -> int:
     report = analysis_for_plan(plan, compute=args.analyze, device=args.device)
     if report is not None and report.findings and not args.quiet:
         worst = report.findings[0]
-        err.print(f"[dim]merge-readiness: {len(report.findings)} finding(s), worst: {worst.severity} {worst.code}"
-                  f"{' (' + worst.model + ')' if worst.model else ''} — recorded in the model card[/dim]", highlight=False)
-    kwargs = dict(device=args.device, seed=args.seed, force=args.force, shard_size=shard_size,
-                  hash_inputs=True if args.hash_inputs else None, analysis=report)
+        err.print(
+            f"[dim]merge-readiness: {len(report.findings)} finding(s), worst: {worst.severity} {worst.code}"
+            f"{' (' + worst.model + ')' if worst.model else ''} — recorded in the model card[/dim]",
+            highlight=False,
+        )
+    kwargs = dict(
+        device=args.device,
+        seed=args.seed,
+        force=args.force,
+        shard_size=shard_size,
+        hash_inputs=True if args.hash_inputs else None,
+        analysis=report,
+    )
     try:
         if args.quiet or not err.is_terminal:
             res = run_merge(plan, args.output, **kwargs)
@@ -57,19 +79,28 @@ def run(args) -> int:
         return 1
     size = fmt_bytes(res.total_bytes)
     shards = f"{len(res.shards)} shard{'s' if len(res.shards) != 1 else ''}"
-    out.print(f"[bold]merged[/bold] {res.n_tensors} tensors ({size}, {', '.join(res.out_dtypes) or '-'}) "
-              f"with {plan.merge_method} into [bold]{res.output_dir}[/bold]: {shards}, {res.seconds:.1f}s on {res.device}",
-              highlight=False)
+    out.print(
+        f"[bold]merged[/bold] {res.n_tensors} tensors ({size}, {', '.join(res.out_dtypes) or '-'}) "
+        f"with {plan.merge_method} into [bold]{res.output_dir}[/bold]: {shards}, {res.seconds:.1f}s on {res.device}",
+        highlight=False,
+    )
     return 0
 
 
 def _with_progress(run_merge, plan, output, kwargs, err):
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    with Progress(TextColumn("[bold]merge"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), TextColumn("{task.fields[tensors]}"),
-                  TextColumn("{task.description}", style="dim"), console=err, transient=True) as prog:
+    with Progress(
+        TextColumn("[bold]merge"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[tensors]}"),
+        TextColumn("{task.description}", style="dim"),
+        console=err,
+        transient=True,
+    ) as prog:
         task = prog.add_task("", total=None, tensors="")
 
         def progress(done, total, label):

@@ -6,6 +6,7 @@
 
 Needs the `serve` extra: pip install 'mergescope[serve]' (textual-serve).
 """
+
 from __future__ import annotations
 
 import shlex
@@ -31,9 +32,11 @@ def run(args) -> int:
     try:
         from textual_serve.server import Server
     except ImportError:
-        raise InputError("serving to a browser needs textual-serve: pip install 'mergescope[serve]' "
-                         "(or: pip install textual-serve)") from None
-    server = Server(command_line(args.args), host=args.host, port=args.port, title="mergescope",
-                    public_url=args.public_url)
+        raise InputError(
+            "serving to a browser needs textual-serve: pip install 'mergescope[serve]' (or: pip install textual-serve)"
+        ) from None
+    server = Server(
+        command_line(args.args), host=args.host, port=args.port, title="mergescope", public_url=args.public_url
+    )
     server.serve()
     return 0

@@ -2,6 +2,7 @@
 
 With no paths it starts on the open dialog (recent sets are remembered in the user's config dir).
 """
+
 from __future__ import annotations
 
 
@@ -9,7 +10,9 @@ def add_arguments(p) -> None:
     p.add_argument("base", metavar="BASE", nargs="?", help="base checkpoint (omit to pick in the open dialog)")
     p.add_argument("models", metavar="MODEL", nargs="*", help="fine-tuned checkpoints or LoRA adapters")
     p.add_argument("--plan", metavar="PLAN.yaml", help="load this plan (mergescope or mergekit YAML) into the editor")
-    p.add_argument("--density", type=float, default=0.2, help="TIES trim density for the measured sign conflict (default 0.2)")
+    p.add_argument(
+        "--density", type=float, default=0.2, help="TIES trim density for the measured sign conflict (default 0.2)"
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda for the analysis and the merge (default cpu)")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write the analysis cache")
 
@@ -23,7 +26,8 @@ def run(args) -> int:
         raise InputError(f"--density {args.density}: must be between 0 and 1")
     from .app import MergeScopeApp
 
-    app = MergeScopeApp(args.base, args.models, args.plan, density=args.density, device=args.device,
-                        use_cache=not args.no_cache)
+    app = MergeScopeApp(
+        args.base, args.models, args.plan, density=args.density, device=args.device, use_cache=not args.no_cache
+    )
     app.run()
     return int(app.return_code or 0)

@@ -4,6 +4,7 @@ analyse the bundled family → merge two domain fine-tunes (task arithmetic and 
 every fine-tune and the merges on held-out text per domain → print the findings and the table.
 The merges go into a temporary directory unless --output names one.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,14 +22,18 @@ DEMO_MERGES = (
 )
 
 
-def demo_plans(family: Path) -> list[tuple[str, "object"]]:
+def demo_plans(family: Path) -> list[tuple[str, object]]:
     from mergescope.plan import Plan
 
     plans = []
     for label, method, models, mparams, gparams in DEMO_MERGES:
-        d = {"merge_method": method, "base_model": str(family / "base"),
-             "models": [{"model": str(family / m), "parameters": dict(mparams)} for m in models],
-             "dtype": "float32", "out_dtype": "bfloat16"}
+        d = {
+            "merge_method": method,
+            "base_model": str(family / "base"),
+            "models": [{"model": str(family / m), "parameters": dict(mparams)} for m in models],
+            "dtype": "float32",
+            "out_dtype": "bfloat16",
+        }
         if gparams:
             d["parameters"] = dict(gparams)
         plans.append((label, Plan.from_dict(d, source=f"demo plan {label}")))
@@ -65,8 +70,10 @@ def cross_domain_verdicts(table: dict[str, dict[str, float]]) -> list[str]:
         for own, other in ((a, b), (b, a)):
             vs_own = row[own] / table[own][own] - 1
             beats = row[own] < table[other][own]
-            parts.append(f"{own} {row[own]:.3f} ({vs_own:+.1%} vs the {own} specialist, "
-                         f"{'beats' if beats else 'loses to'} the {other} specialist's {table[other][own]:.3f})")
+            parts.append(
+                f"{own} {row[own]:.3f} ({vs_own:+.1%} vs the {own} specialist, "
+                f"{'beats' if beats else 'loses to'} the {other} specialist's {table[other][own]:.3f})"
+            )
         lines.append(f"{label}: " + "; ".join(parts))
     return lines
 
@@ -84,8 +91,7 @@ def run_headless(output: str | None = None, use_cache: bool = True, console=None
     fam = family_dir()
     t0 = time.perf_counter()
     models = [m for m in DEMO_MODELS if (fam / m).exists()]
-    report = analyze(str(fam / "base"), [str(fam / m) for m in models], use_cache=use_cache,
-                     labels=["base", *models])
+    report = analyze(str(fam / "base"), [str(fam / m) for m in models], use_cache=use_cache, labels=["base", *models])
     print_report(report, con, quiet=True)
     with tempfile.TemporaryDirectory(prefix="mergescope-demo-") as tmp:
         out_root = Path(output) if output else Path(tmp)
@@ -95,16 +101,22 @@ def run_headless(output: str | None = None, use_cache: bool = True, console=None
     _print_table(con, table, sorted(next(iter(table.values()))))
     for line in cross_domain_verdicts(table):
         con.print(line)
-    con.print(f"[dim]{len(table)} models × {len(next(iter(table.values())))} domains, {time.perf_counter() - t0:.1f}s"
-              + (f"; merges kept in {output}" if output else "") + "[/dim]")
+    con.print(
+        f"[dim]{len(table)} models × {len(next(iter(table.values())))} domains, {time.perf_counter() - t0:.1f}s"
+        + (f"; merges kept in {output}" if output else "")
+        + "[/dim]"
+    )
     return table
 
 
 def _print_table(con, table: dict, domains: list[str]) -> None:
     from rich.table import Table
 
-    t = Table(title="held-out perplexity per byte (lower is better; best per domain in bold)", title_justify="left",
-              header_style="bold")
+    t = Table(
+        title="held-out perplexity per byte (lower is better; best per domain in bold)",
+        title_justify="left",
+        header_style="bold",
+    )
     t.add_column("model")
     for d in domains:
         t.add_column(d, justify="right")

@@ -3,6 +3,7 @@
 Colours are chosen to survive 256- and 16-colour terminals, and every colour is paired with a number
 or a glyph, so nothing is told by colour alone.
 """
+
 from __future__ import annotations
 
 import math
@@ -85,9 +86,6 @@ def display_names(paths: list[str]) -> dict[str, str]:
         rel = os.path.relpath(pp, common) if str(common) not in ("", ".") else str(pp)
         out[p] = rel if len(rel) < len(p) else p
     return out
-
-
-from mergescope.writer import fmt_bytes as human_bytes  # noqa: E402  (one byte formatter for CLI, card and app)
 
 
 def duration(s: float | None) -> str:

@@ -5,11 +5,12 @@ Rows follow `Report.rows()` (embed, L0..Ln, final norm, head, other). Columns ar
 holds the whole row; rows outside the blocks only fill "all". Aggregates are built once per column
 mode; switching metric or model only re-evaluates cheap ratios.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from mergescope.metrics import Aggregate
 from mergescope.naming import GROUPS
@@ -17,9 +18,24 @@ from mergescope.naming import GROUPS
 ALL = "all"
 COLUMN_MODES = ("modules", "groups")
 # Reading order of the usual roles; others keep the report's order after these.
-ROLE_ORDER = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "q_norm", "k_norm", "gate_proj", "up_proj",
-              "gate_up_proj", "down_proj", "router", "input_layernorm", "post_attention_layernorm",
-              "pre_feedforward_layernorm", "post_feedforward_layernorm")
+ROLE_ORDER = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "qkv_proj",
+    "o_proj",
+    "q_norm",
+    "k_norm",
+    "gate_proj",
+    "up_proj",
+    "gate_up_proj",
+    "down_proj",
+    "router",
+    "input_layernorm",
+    "post_attention_layernorm",
+    "pre_feedforward_layernorm",
+    "post_feedforward_layernorm",
+)
 
 
 def ordered_modules(modules: list[str]) -> list[str]:
@@ -45,27 +61,101 @@ class Metric:
 
 
 METRICS: tuple[Metric, ...] = (
-    Metric("norm", "1", "task-vector norm ‖τ‖", "model", lambda a, i, j: a.norm(i),
-           help="sqrt(Σ‖τᵢ‖²) over the cell's tensors", short="‖τ‖"),
-    Metric("relative_norm", "2", "relative norm ‖τ‖/‖θ₀‖", "model", lambda a, i, j: a.relative_norm(i),
-           help="how far the fine-tune moved, relative to the base weights", short="rel. norm"),
-    Metric("sign_conflict", "3", "sign conflict (all models)", "all", lambda a, i, j: a.sign_conflict, pct=True,
-           help="coordinates where ≥2 task vectors are non-zero and disagree in sign; ~50% = independent", short="sign conflict"),
-    Metric("trimmed_sign_conflict", "4", "trimmed sign conflict (TIES trim)", "all",
-           lambda a, i, j: a.trimmed_sign_conflict, pct=True,
-           help="sign conflict after keeping each τᵢ's top-density magnitudes (at the analysis density)", short="trimmed conflict"),
-    Metric("magnitude_asymmetry", "5", "magnitude asymmetry max/min ‖τ‖", "all",
-           lambda a, i, j: a.magnitude_asymmetry, help="1 = equal norms; large = one model dominates an equal-weight merge", short="asymmetry"),
-    Metric("cosine", "6", "pairwise cosine cos(τᵢ, τⱼ)", "pair", lambda a, i, j: a.cosine(i, j), diverging=True,
-           help="alignment of two task vectors: > 0 reinforce, < 0 cancel, ≈ 0 independent", short="cosine"),
-    Metric("topk_energy", "7", "top-20% energy", "model", lambda a, i, j: a.topk_energy(i), pct=True,
-           help="share of ‖τᵢ‖² in its top 20% magnitudes: high = sparse, trims well", short="top-20% energy"),
-    Metric("sign_conflict_pair", "8", "pairwise sign conflict", "pair", lambda a, i, j: a.sign_conflict_pair(i, j),
-           pct=True, help="among coordinates where both τᵢ and τⱼ are non-zero, the share with opposite signs", short="sign conflict"),
-    Metric("magnitude_ratio", "9", "magnitude ratio ‖τᵢ‖/‖τⱼ‖", "pair", lambda a, i, j: a.magnitude_ratio(i, j),
-           help="how much larger one task vector is than the other in this cell", short="norm ratio"),
-    Metric("cosine_to_base", "0", "cosine to base cos(θᵢ, θ₀)", "model", lambda a, i, j: a.cosine_to_base(i),
-           help="1 = unchanged; fine-tunes of this base stay close to 1", short="cos to base"),
+    Metric(
+        "norm",
+        "1",
+        "task-vector norm ‖τ‖",
+        "model",
+        lambda a, i, j: a.norm(i),
+        help="sqrt(Σ‖τᵢ‖²) over the cell's tensors",
+        short="‖τ‖",
+    ),
+    Metric(
+        "relative_norm",
+        "2",
+        "relative norm ‖τ‖/‖θ₀‖",
+        "model",
+        lambda a, i, j: a.relative_norm(i),
+        help="how far the fine-tune moved, relative to the base weights",
+        short="rel. norm",
+    ),
+    Metric(
+        "sign_conflict",
+        "3",
+        "sign conflict (all models)",
+        "all",
+        lambda a, i, j: a.sign_conflict,
+        pct=True,
+        help="coordinates where ≥2 task vectors are non-zero and disagree in sign; ~50% = independent",
+        short="sign conflict",
+    ),
+    Metric(
+        "trimmed_sign_conflict",
+        "4",
+        "trimmed sign conflict (TIES trim)",
+        "all",
+        lambda a, i, j: a.trimmed_sign_conflict,
+        pct=True,
+        help="sign conflict after keeping each τᵢ's top-density magnitudes (at the analysis density)",
+        short="trimmed conflict",
+    ),
+    Metric(
+        "magnitude_asymmetry",
+        "5",
+        "magnitude asymmetry max/min ‖τ‖",
+        "all",
+        lambda a, i, j: a.magnitude_asymmetry,
+        help="1 = equal norms; large = one model dominates an equal-weight merge",
+        short="asymmetry",
+    ),
+    Metric(
+        "cosine",
+        "6",
+        "pairwise cosine cos(τᵢ, τⱼ)",
+        "pair",
+        lambda a, i, j: a.cosine(i, j),
+        diverging=True,
+        help="alignment of two task vectors: > 0 reinforce, < 0 cancel, ≈ 0 independent",
+        short="cosine",
+    ),
+    Metric(
+        "topk_energy",
+        "7",
+        "top-20% energy",
+        "model",
+        lambda a, i, j: a.topk_energy(i),
+        pct=True,
+        help="share of ‖τᵢ‖² in its top 20% magnitudes: high = sparse, trims well",
+        short="top-20% energy",
+    ),
+    Metric(
+        "sign_conflict_pair",
+        "8",
+        "pairwise sign conflict",
+        "pair",
+        lambda a, i, j: a.sign_conflict_pair(i, j),
+        pct=True,
+        help="among coordinates where both τᵢ and τⱼ are non-zero, the share with opposite signs",
+        short="sign conflict",
+    ),
+    Metric(
+        "magnitude_ratio",
+        "9",
+        "magnitude ratio ‖τᵢ‖/‖τⱼ‖",
+        "pair",
+        lambda a, i, j: a.magnitude_ratio(i, j),
+        help="how much larger one task vector is than the other in this cell",
+        short="norm ratio",
+    ),
+    Metric(
+        "cosine_to_base",
+        "0",
+        "cosine to base cos(θᵢ, θ₀)",
+        "model",
+        lambda a, i, j: a.cosine_to_base(i),
+        help="1 = unchanged; fine-tunes of this base stay close to 1",
+        short="cos to base",
+    ),
 )
 METRIC_BY_ID = {m.id: m for m in METRICS}
 
@@ -125,7 +215,7 @@ class HeatData:
             key = lambda s: s.group  # noqa: E731
         grid: list[list[Aggregate | None]] = []
         site_grid: list[list[list]] = []
-        for (label, layer, group), sites in zip(self.rows, self._by_row):
+        for (_, layer, _), sites in zip(self.rows, self._by_row):
             row: list[Aggregate | None] = [Aggregate(sites, rep.n) if sites else None]
             srow: list[list] = [list(sites)]
             if layer is None:
@@ -169,8 +259,14 @@ class HeatData:
                     v = None
                 out.append(v)
             values.append(out)
-        return Grid(title=title or metric.label, row_labels=[r[0] for r in self.rows], col_labels=cols,
-                    values=values, pct=metric.pct, diverging=metric.diverging)
+        return Grid(
+            title=title or metric.label,
+            row_labels=[r[0] for r in self.rows],
+            col_labels=cols,
+            values=values,
+            pct=metric.pct,
+            diverging=metric.diverging,
+        )
 
 
 def pairs(n: int) -> list[tuple[int, int]]:
@@ -190,18 +286,52 @@ class WhatIfMetric:
 
 
 WHATIF_METRICS: tuple[WhatIfMetric, ...] = (
-    WhatIfMetric("retained", "retained mass ‖Σcτ‖/Σ‖cτ‖", False, True, "sign_conflict",
-                 "1 = the weighted task vectors add up; lower = they cancel each other here", "retained mass"),
-    WhatIfMetric("merged_relative_norm", "merged task vector ‖Σcτ‖/‖θ₀‖", False, False, "relative_norm",
-                 "how far the merge moves from the base, relative to the base weights", "merged ‖Δ‖/‖θ₀‖"),
-    WhatIfMetric("share", "share of the merge", True, True, "magnitude_asymmetry",
-                 "‖cᵢτᵢ‖ / Σⱼ‖cⱼτⱼ‖: who dominates this cell", "share"),
-    WhatIfMetric("coeff", "effective coefficient cᵢ", True, False, "relative_norm",
-                 "weight after the method's normalisation and λ: what multiplies τᵢ", "coefficient cᵢ"),
-    WhatIfMetric("conflict", "sign conflict left by the method", False, True, "sign_conflict",
-                 "measured: after the TIES trim at the plan's density for magnitude-trimming methods (ties, "
-                 "breadcrumbs, della), untrimmed otherwise; r re-measures the plan's models at its density",
-                 "conflict left"),
+    WhatIfMetric(
+        "retained",
+        "retained mass ‖Σcτ‖/Σ‖cτ‖",
+        False,
+        True,
+        "sign_conflict",
+        "1 = the weighted task vectors add up; lower = they cancel each other here",
+        "retained mass",
+    ),
+    WhatIfMetric(
+        "merged_relative_norm",
+        "merged task vector ‖Σcτ‖/‖θ₀‖",
+        False,
+        False,
+        "relative_norm",
+        "how far the merge moves from the base, relative to the base weights",
+        "merged ‖Δ‖/‖θ₀‖",
+    ),
+    WhatIfMetric(
+        "share",
+        "share of the merge",
+        True,
+        True,
+        "magnitude_asymmetry",
+        "‖cᵢτᵢ‖ / Σⱼ‖cⱼτⱼ‖: who dominates this cell",
+        "share",
+    ),
+    WhatIfMetric(
+        "coeff",
+        "effective coefficient cᵢ",
+        True,
+        False,
+        "relative_norm",
+        "weight after the method's normalisation and λ: what multiplies τᵢ",
+        "coefficient cᵢ",
+    ),
+    WhatIfMetric(
+        "conflict",
+        "sign conflict left by the method",
+        False,
+        True,
+        "sign_conflict",
+        "measured: after the TIES trim at the plan's density for magnitude-trimming methods (ties, "
+        "breadcrumbs, della), untrimmed otherwise; r re-measures the plan's models at its density",
+        "conflict left",
+    ),
 )
 WHATIF_BY_ID = {m.id: m for m in WHATIF_METRICS}
 
@@ -229,5 +359,10 @@ def whatif_grid(data: HeatData, preds: list[list], metric: WhatIfMetric, model: 
         return p.conflict
 
     values = [[value(p) for p in row] for row in preds]
-    return Grid(title=title or metric.label, row_labels=[r[0] for r in data.rows], col_labels=data.columns("groups"),
-                values=values, pct=metric.pct)
+    return Grid(
+        title=title or metric.label,
+        row_labels=[r[0] for r in data.rows],
+        col_labels=data.columns("groups"),
+        values=values,
+        pct=metric.pct,
+    )

@@ -3,6 +3,7 @@
 Workers never touch widgets: they post these. Progress messages coalesce (`can_replace`), so a fast
 stream of updates costs one repaint per frame, not one per tensor.
 """
+
 from __future__ import annotations
 
 from textual.message import Message

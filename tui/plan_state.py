@@ -5,6 +5,7 @@ No widgets here: the editor shows and edits a `PlanState`, which turns into a `P
 (`group_ratios_of`). A loaded plan that is not of that form (hand-written mergekit filters, slices)
 is kept as it is: it can be inspected, predicted and merged, but its table is read-only.
 """
+
 from __future__ import annotations
 
 import copy
@@ -218,7 +219,9 @@ class PlanState:
         if cur is None:
             return None
         if math.isnan(cur):
-            cur = self.value_at(param, row.band[0] if row.band else None, GROUP_COLS[0] if row.band else row.group, model)
+            cur = self.value_at(
+                param, row.band[0] if row.band else None, GROUP_COLS[0] if row.band else row.group, model
+            )
         new = self.clamp(param, cur + direction * STEP.get(param, 0.05))
         self.set_value(param, row, col, model, new)
         return new
@@ -272,8 +275,10 @@ class PlanState:
         if len(idx) < spec.min_models:
             raise InputError(f"{self.method} needs at least {spec.min_models} model(s); {len(idx)} included")
         if spec.max_models is not None and len(idx) > spec.max_models:
-            raise InputError(f"{self.method} takes at most {spec.max_models} model(s) besides the base; "
-                             f"{len(idx)} included: press i to leave some out")
+            raise InputError(
+                f"{self.method} takes at most {spec.max_models} model(s) besides the base; "
+                f"{len(idx)} included: press i to leave some out"
+            )
         models = [self.models[i] for i in idx]
         base = self.base if spec.needs_base is not False else None
         params = self.table_params()
@@ -286,14 +291,30 @@ class PlanState:
             if p is None:
                 from mergescope.plan import ModelEntry, Plan
 
-                plan = Plan(self.method, base_model=base, models=[ModelEntry(m) for m in models],
-                            parameters=parameters or None, dtype=self.dtype, out_dtype=self.out_dtype)
+                plan = Plan(
+                    self.method,
+                    base_model=base,
+                    models=[ModelEntry(m) for m in models],
+                    parameters=parameters or None,
+                    dtype=self.dtype,
+                    out_dtype=self.out_dtype,
+                )
                 break
             table = {k: [v[i] for i in idx] for k, v in self.tables[p].items() if self._used(k)}
             try:
-                sub = plan_from_group_ratios(self.method, base, models, table, num_layers=self.n_layers, param=p,
-                                             parameters=parameters or None, names=self.names, dtype=self.dtype,
-                                             out_dtype=self.out_dtype, other=table.get(("other", None)))
+                sub = plan_from_group_ratios(
+                    self.method,
+                    base,
+                    models,
+                    table,
+                    num_layers=self.n_layers,
+                    param=p,
+                    parameters=parameters or None,
+                    names=self.names,
+                    dtype=self.dtype,
+                    out_dtype=self.out_dtype,
+                    other=table.get(("other", None)),
+                )
             except ValueError as exc:
                 raise InputError(f"{p}: {exc}") from None
             if plan is None:
@@ -310,15 +331,21 @@ class PlanState:
         return band in self.bands()
 
     @classmethod
-    def from_plan(cls, plan, report, names=None) -> "PlanState":
+    def from_plan(cls, plan, report, names=None) -> PlanState:
         """Editor state for a loaded plan: tables when it is a per-group table, else kept verbatim."""
         from mergescope.errors import InputError
         from mergescope.plan import group_ratios_of
         from mergescope.whatif import is_base, plan_models_to_report
 
         n_layers = len(report.layers())
-        state = cls(report.base, list(report.models), n_layers, method=plan.merge_method, names=names,
-                    has_other=any(s.group == "other" for s in report.sites))
+        state = cls(
+            report.base,
+            list(report.models),
+            n_layers,
+            method=plan.merge_method,
+            names=names,
+            has_other=any(s.group == "other" for s in report.sites),
+        )
         state.set_method(plan.merge_method)
         to_idx = plan_models_to_report(plan, report)
         base_check = is_base(plan, report)
@@ -328,11 +355,15 @@ class PlanState:
             if ref in to_idx:
                 state.included[to_idx[ref]] = True
             elif not base_check(ref):
-                raise InputError(f"{plan.source or 'plan'}: model {ref} is not one of the analysed models; "
-                                 f"open a set that includes it (o)")
-        state.globals = {k: v for k, v in (plan.parameters or {}).items()
-                         if state.spec.param(k) is not None and not state.spec.param(k).per_model
-                         and not isinstance(v, (list, dict))}
+                raise InputError(
+                    f"{plan.source or 'plan'}: model {ref} is not one of the analysed models; "
+                    f"open a set that includes it (o)"
+                )
+        state.globals = {
+            k: v
+            for k, v in (plan.parameters or {}).items()
+            if state.spec.param(k) is not None and not state.spec.param(k).per_model and not isinstance(v, (list, dict))
+        }
         state.dtype, state.out_dtype = plan.dtype, plan.out_dtype
         state.source = plan.source
         order = [to_idx[r] for r in refs if r in to_idx]
@@ -368,14 +399,24 @@ class PlanState:
 
 def _fits(tables: dict, cut: list) -> bool:
     edges = {a for a, _ in cut} | {b for _, b in cut}
-    return all(b0 in edges and b1 in edges for t in tables.values() for (_, band) in t if band is not None
-               for (b0, b1) in [band])
+    return all(
+        b0 in edges and b1 in edges
+        for t in tables.values()
+        for (_, band) in t
+        if band is not None
+        for (b0, b1) in [band]
+    )
 
 
 def state_for_report(report, method: str = "task_arithmetic") -> PlanState:
     names = sorted({t for s in report.sites for t in s.tensors})
-    st = PlanState(report.base, list(report.models), len(report.layers()), names=names,
-                   has_other=any(s.group == "other" for s in report.sites))
+    st = PlanState(
+        report.base,
+        list(report.models),
+        len(report.layers()),
+        names=names,
+        has_other=any(s.group == "other" for s in report.sites),
+    )
     st.set_method(method)
     return st
 

@@ -4,6 +4,7 @@
 `$XDG_CONFIG_HOME/mergescope` or `~/.config/mergescope`. A file that cannot be read or written is
 ignored: remembering is a convenience, never an error.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,7 @@ class ModelSet:
         """The base's directory, to tell apart sets with the same names."""
         return str(Path(self.base.rstrip("/")).parent)
 
-    def absolute(self) -> "ModelSet":
+    def absolute(self) -> ModelSet:
         def ab(p: str | None) -> str | None:
             return os.path.abspath(os.path.expanduser(p)) if p else p
 

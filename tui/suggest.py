@@ -1,4 +1,5 @@
 """File-system completion for path inputs (→ or End accepts the suggestion)."""
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ No compiler, a failed build, or MERGESCOPE_NO_C_KERNELS=1 simply means the torch
 used: results are the same (tests compare the two), only slower. The shared library is cached per
 source hash and machine in the user's cache dir.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -39,14 +40,25 @@ def _compiler() -> str | None:
 
 def _build(cc: str, out: Path) -> None:
     # reassociation lets the block sums vectorise (they are float within a 2048-element block anyway)
-    flags = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math",
-             "-fno-signed-zeros", "-fPIC", "-shared", "-fopenmp"]
+    flags = [
+        "-O3",
+        "-march=native",
+        "-fno-math-errno",
+        "-fno-trapping-math",
+        "-fassociative-math",
+        "-fno-signed-zeros",
+        "-fPIC",
+        "-shared",
+        "-fopenmp",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         tmp_out = Path(tmp) / out.name
         res = subprocess.run([cc, *flags, str(_SRC), "-o", str(tmp_out)], capture_output=True, text=True, timeout=120)
         if res.returncode != 0:  # e.g. no OpenMP: build single-threaded
             flags.remove("-fopenmp")
-            res = subprocess.run([cc, *flags, str(_SRC), "-o", str(tmp_out)], capture_output=True, text=True, timeout=120)
+            res = subprocess.run(
+                [cc, *flags, str(_SRC), "-o", str(tmp_out)], capture_output=True, text=True, timeout=120
+            )
         if res.returncode != 0:
             raise RuntimeError(res.stderr.strip()[-500:])
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +80,9 @@ def lib() -> ctypes.CDLL | None:
         if cc is None:
             build_error = "no C compiler found"
             return None
-        key = hashlib.sha256(_SRC.read_bytes() + platform.machine().encode() + platform.node().encode()).hexdigest()[:16]
+        key = hashlib.sha256(_SRC.read_bytes() + platform.machine().encode() + platform.node().encode()).hexdigest()[
+            :16
+        ]
         so = _cache_dir() / f"tvstats-{key}.so"
         try:
             if not so.is_file():

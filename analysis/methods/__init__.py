@@ -5,19 +5,26 @@ Semantics and parameter defaults are mergekit 0.1.5's (see each module's docstri
 (or `slices[].sources[i].parameters`); when a model does not set one, mergekit falls back to the
 top-level `parameters:` value, then to the default. The others are global.
 """
+
 from __future__ import annotations
 
 import difflib
 
 from ..errors import InputError
+from . import linear, model_stock, nuslerp, passthrough, slerp, task_arithmetic
 from ._util import release_workspace
 from .base import MergeContext, MergeMethod, ParamSpec
-from . import linear, model_stock, nuslerp, passthrough, slerp, task_arithmetic
 
 REGISTRY: dict[str, MergeMethod] = {
     m.name: m
-    for m in (linear.METHOD, *task_arithmetic.METHODS, slerp.METHOD, nuslerp.METHOD, model_stock.METHOD,
-              passthrough.METHOD)
+    for m in (
+        linear.METHOD,
+        *task_arithmetic.METHODS,
+        slerp.METHOD,
+        nuslerp.METHOD,
+        model_stock.METHOD,
+        passthrough.METHOD,
+    )
 }
 
 

@@ -6,12 +6,14 @@ arithmetic done in it, so methods borrow their temporaries from a per-thread poo
 A borrowed buffer never escapes the method that borrowed it (results are always fresh tensors).
 `release_workspace()` frees the pool (the executor calls it when a merge ends).
 """
+
 from __future__ import annotations
 
 import hashlib
 import math
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -86,15 +88,23 @@ def global_params(specs: Sequence[ParamSpec], params: dict | None, ctx: MergeCon
         value = params.get(spec.name)
         if value is None:
             if spec.required:
-                raise InputError(f"merge method {method}: parameter '{spec.name}' is required{where(ctx)}; "
-                                 f"set it under top-level `parameters:`")
+                raise InputError(
+                    f"merge method {method}: parameter '{spec.name}' is required{where(ctx)}; "
+                    f"set it under top-level `parameters:`"
+                )
             value = spec.default
         out[spec.name] = value
     return out
 
 
-def model_params(specs: Sequence[ParamSpec], model_params: Sequence[dict] | None, n: int, params: dict | None,
-                 ctx: MergeContext, method: str) -> list[dict[str, Any]]:
+def model_params(
+    specs: Sequence[ParamSpec],
+    model_params: Sequence[dict] | None,
+    n: int,
+    params: dict | None,
+    ctx: MergeContext,
+    method: str,
+) -> list[dict[str, Any]]:
     """Per-model ("tensor") parameters for each of `n` models.
 
     Lookup order as mergekit: the model's own value, then the global `parameters:` value (mergekit's
@@ -116,8 +126,10 @@ def model_params(specs: Sequence[ParamSpec], model_params: Sequence[dict] | None
                 value = params.get(spec.name)
             if value is None:
                 if spec.required:
-                    raise InputError(f"merge method {method}: parameter '{spec.name}' is required for model #{i + 1}"
-                                     f"{where(ctx)}; set it in that model's `parameters:` or globally")
+                    raise InputError(
+                        f"merge method {method}: parameter '{spec.name}' is required for model #{i + 1}"
+                        f"{where(ctx)}; set it in that model's `parameters:` or globally"
+                    )
                 value = spec.default
             resolved[spec.name] = value
         out.append(resolved)
@@ -149,8 +161,10 @@ def check_shapes(base: torch.Tensor | None, tensors: Sequence[torch.Tensor], ctx
         return
     for i, t in enumerate(tensors):
         if t.shape != ref.shape:
-            raise InputError(f"merge method {method}: shape mismatch{where(ctx)}: model #{i + 1} has "
-                             f"{tuple(t.shape)}, expected {tuple(ref.shape)}")
+            raise InputError(
+                f"merge method {method}: shape mismatch{where(ctx)}: model #{i + 1} has "
+                f"{tuple(t.shape)}, expected {tuple(ref.shape)}"
+            )
 
 
 def flat(t: torch.Tensor) -> torch.Tensor:

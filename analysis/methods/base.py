@@ -3,10 +3,12 @@
 The registry (`analysis.methods.REGISTRY`) maps a mergekit method name to a `MergeMethod`; the plan
 validates against `params` and the executor calls `merge` once per output tensor.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

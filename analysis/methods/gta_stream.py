@@ -32,6 +32,7 @@ Every element goes through the same float32 operations in the same order as in `
 mergekit 0.1.5 with `dtype: float32`): the chunking changes only which elements an op sees at once.
 NaN task-vector entries are treated as in `sparsify` (never counted toward k, kept by the trim).
 """
+
 from __future__ import annotations
 
 import math
@@ -191,12 +192,12 @@ def _thresholds(raw_base: torch.Tensor, raws: list[torch.Tensor], ks: list[int |
             h = hists[i]  # bins: 0 below lo, 1 + j == lo_bits + j, r + 2 above hi
             above_hi = int(h[r + 2])
             k = ks[i]
-            ge_lo = above_hi + int(h[1:r + 2].sum())
+            ge_lo = above_hi + int(h[1 : r + 2].sum())
             if not (above_hi < k <= ge_lo):
                 full.append(i)
                 continue
-            nz = np.flatnonzero(h[1:r + 2])[::-1]  # occupied bins, from hi down to lo
-            band = h[1:r + 2][nz]
+            nz = np.flatnonzero(h[1 : r + 2])[::-1]  # occupied bins, from hi down to lo
+            band = h[1 : r + 2][nz]
             cum = above_hi + np.cumsum(band)
             j = int(np.searchsorted(cum, k))  # first position where the running count reaches k
             n_eq = int(band[j])
@@ -253,7 +254,7 @@ def _trim_chunk(d: torch.Tensor, plan: _Trim, scratch_f: torch.Tensor) -> None:
             eq = torch.abs(d, out=scratch_f).eq_(plan.thr)
             cnt = int(eq.sum())
             if cnt > plan.budget:
-                pos = eq.nonzero().squeeze(1)[plan.budget:]
+                pos = eq.nonzero().squeeze(1)[plan.budget :]
                 torch.ops.aten.hardshrink.out(d, plan.below, out=d)
                 d.index_fill_(0, pos, 0.0)
                 plan.budget = 0
@@ -276,9 +277,19 @@ def _sum_rows(D: torch.Tensor, out: torch.Tensor) -> None:
         out.add_(D[i])
 
 
-def stream_gta(raw_base: torch.Tensor, raws: list[torch.Tensor], model_params_: list[dict] | None,
-               params: dict | None, *, specs, name: str, sparsification: str | None, consensus: bool,
-               out_dtype: torch.dtype, ctx=None) -> torch.Tensor:
+def stream_gta(
+    raw_base: torch.Tensor,
+    raws: list[torch.Tensor],
+    model_params_: list[dict] | None,
+    params: dict | None,
+    *,
+    specs,
+    name: str,
+    sparsification: str | None,
+    consensus: bool,
+    out_dtype: torch.dtype,
+    ctx=None,
+) -> torch.Tensor:
     """The merged tensor in `out_dtype` (float32 arithmetic) from the stored inputs (any float dtype)."""
     shape = raw_base.shape
     n = raw_base.numel()
@@ -311,7 +322,7 @@ def stream_gta(raw_base: torch.Tensor, raws: list[torch.Tensor], model_params_: 
     chunk = min(n, CHUNK)
     B = torch.empty(chunk, dtype=work)
     D = torch.empty((n_models, chunk), dtype=work)
-    O = torch.empty(chunk, dtype=work)
+    acc = torch.empty(chunk, dtype=work)
     T = torch.empty(chunk, dtype=work)
     scaled = any(w != 1.0 for w in weights)
     wcol = wvec.view(-1, 1)
@@ -341,7 +352,7 @@ def stream_gta(raw_base: torch.Tensor, raws: list[torch.Tensor], model_params_: 
                 _trim_chunk(d, plans[i], T[:c])
         if scaled:
             Dc.mul_(wcol)
-        o = O[:c]
+        o = acc[:c]
         _sum_rows(Dc, o)
         if not consensus:
             if divisor_all is not None:

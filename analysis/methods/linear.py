@@ -7,12 +7,13 @@ that is not among `models`, mergekit adds it as one more input, and then it need
 other (usually from the top-level `parameters:`). So a plan resolver must pass the base model as an
 ordinary entry of `tensors` (with its own resolved `weight`) in that case; `base` itself is not used.
 """
+
 from __future__ import annotations
 
 import torch
 
 from ..errors import InputError
-from ._util import align, check_shapes, common_dtype, model_params, global_params, where
+from ._util import align, check_shapes, common_dtype, global_params, model_params, where
 from .base import MergeContext, MergeMethod, ParamSpec
 
 PARAMS = (
@@ -21,8 +22,13 @@ PARAMS = (
 )
 
 
-def linear_merge(base: torch.Tensor | None, tensors: list[torch.Tensor], model_params_: list[dict] | None,
-                 params: dict | None, ctx: MergeContext | None = None) -> torch.Tensor:
+def linear_merge(
+    base: torch.Tensor | None,
+    tensors: list[torch.Tensor],
+    model_params_: list[dict] | None,
+    params: dict | None,
+    ctx: MergeContext | None = None,
+) -> torch.Tensor:
     ctx = ctx or MergeContext()
     if not tensors:
         raise InputError("merge method linear needs at least one model")
@@ -42,13 +48,20 @@ def linear_merge(base: torch.Tensor | None, tensors: list[torch.Tensor], model_p
         total = torch.tensor(weights, dtype=work).sum()
         if float(total) == 0.0:
             # mergekit divides anyway and writes inf/NaN; refuse instead.
-            raise InputError(f"merge method linear: the weights sum to 0{where(ctx)} with normalize: true; "
-                             "change the weights or set normalize: false")
+            raise InputError(
+                f"merge method linear: the weights sum to 0{where(ctx)} with normalize: true; "
+                "change the weights or set normalize: false"
+            )
         out.div_(total.to(device))
     return out if out.dtype == dtype else out.to(dtype)
 
 
 METHOD = MergeMethod(
-    name="linear", merge=linear_merge, needs_base=False, min_models=1, max_models=None, params=PARAMS,
+    name="linear",
+    merge=linear_merge,
+    needs_base=False,
+    min_models=1,
+    max_models=None,
+    params=PARAMS,
     description="weighted average of the models (normalized by the sum of weights by default)",
 )

@@ -10,6 +10,7 @@ With `filter_wise` (default false) each row (last dim; a 1-D tensor is one row) 
 otherwise the whole tensor is one vector. Computed in the inputs' dtype (the whole-tensor dot
 products are accumulated in float64).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -34,12 +35,19 @@ def _t_from_cos(cos, count: int):
     return 0.0 if abs(denom) < 1e-6 else count * cos / denom
 
 
-def model_stock_merge(base: torch.Tensor | None, tensors: list[torch.Tensor], model_params: list[dict] | None,
-                      params: dict | None, ctx: MergeContext | None = None) -> torch.Tensor:
+def model_stock_merge(
+    base: torch.Tensor | None,
+    tensors: list[torch.Tensor],
+    model_params: list[dict] | None,
+    params: dict | None,
+    ctx: MergeContext | None = None,
+) -> torch.Tensor:
     ctx = ctx or MergeContext()
     if base is None or len(tensors) < 2:
-        raise InputError(f"merge method model_stock needs a base model and at least two other models "
-                         f"(got {'no base, ' if base is None else ''}{len(tensors)} models)")
+        raise InputError(
+            f"merge method model_stock needs a base model and at least two other models "
+            f"(got {'no base, ' if base is None else ''}{len(tensors)} models)"
+        )
     check_shapes(base, tensors, ctx, "model_stock")
     gp = global_params(PARAMS, params, ctx, "model_stock")
     device = torch.device(ctx.device)
@@ -53,8 +61,10 @@ def model_stock_merge(base: torch.Tensor | None, tensors: list[torch.Tensor], mo
         r0 = w0 if w0.dim() > 1 else w0.unsqueeze(0)
         offsets = [(w if w.dim() > 1 else w.unsqueeze(0)) - r0 for w in ws]
         norms = [torch.linalg.vector_norm(o, dim=-1) for o in offsets]
-        cos_list = [((offsets[i] * offsets[j]).sum(dim=-1) / (norms[i] * norms[j]).clamp(min=1e-6)).clamp(-1, 1)
-                    for i, j in itertools.combinations(range(count), 2)]
+        cos_list = [
+            ((offsets[i] * offsets[j]).sum(dim=-1) / (norms[i] * norms[j]).clamp(min=1e-6)).clamp(-1, 1)
+            for i, j in itertools.combinations(range(count), 2)
+        ]
         del offsets
         cos = torch.stack(cos_list).mean(dim=0).unsqueeze(-1)
         t = _t_from_cos(cos, count)
@@ -88,6 +98,11 @@ def model_stock_merge(base: torch.Tensor | None, tensors: list[torch.Tensor], mo
 
 
 METHOD = MergeMethod(
-    name="model_stock", merge=model_stock_merge, needs_base=True, min_models=2, max_models=None, params=PARAMS,
+    name="model_stock",
+    merge=model_stock_merge,
+    needs_base=True,
+    min_models=2,
+    max_models=None,
+    params=PARAMS,
     description="Model Stock: move from the base toward the models' average by their pairwise agreement",
 )

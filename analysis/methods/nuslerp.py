@@ -9,6 +9,7 @@ Vectors: `nuslerp_flatten` (default true) treats the whole tensor as one vector;
 Per vector: û = u / max(‖u‖, 1e-7); c = clamp(û·v̂, −1, 1); colinear when 1 − c² <= 1e-16 → lerp;
 else (sin((1−t)θ)·u + sin(tθ)·v) / sin θ with θ = acos c. Computed in the inputs' dtype.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,7 +28,7 @@ _EPS = 1e-8
 
 
 def _angle(cos: torch.Tensor):
-    colinear = (1 - cos.square()) <= _EPS ** 2
+    colinear = (1 - cos.square()) <= _EPS**2
     theta = torch.acos(torch.where(colinear, torch.zeros_like(cos), cos))
     return colinear, theta, torch.sin(theta)
 
@@ -63,8 +64,13 @@ def nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, dim: int = -1, flatten
     return res.reshape(shape)
 
 
-def nuslerp_merge(base: torch.Tensor | None, tensors: list[torch.Tensor], model_params_: list[dict] | None,
-                  params: dict | None, ctx: MergeContext | None = None) -> torch.Tensor:
+def nuslerp_merge(
+    base: torch.Tensor | None,
+    tensors: list[torch.Tensor],
+    model_params_: list[dict] | None,
+    params: dict | None,
+    ctx: MergeContext | None = None,
+) -> torch.Tensor:
     ctx = ctx or MergeContext()
     if len(tensors) != 2:
         raise InputError(f"merge method nuslerp needs exactly two models besides the base (got {len(tensors)})")
@@ -87,6 +93,11 @@ def nuslerp_merge(base: torch.Tensor | None, tensors: list[torch.Tensor], model_
 
 
 METHOD = MergeMethod(
-    name="nuslerp", merge=nuslerp_merge, needs_base=None, min_models=2, max_models=2, params=PARAMS,
+    name="nuslerp",
+    merge=nuslerp_merge,
+    needs_base=None,
+    min_models=2,
+    max_models=2,
+    params=PARAMS,
     description="slerp of two models (or of their task vectors when a base is given), t from the weights",
 )

@@ -4,6 +4,7 @@ Used for layer stacking ("frankenmerges") with `slices:`. Exactly one input: `ba
 config naming a `base_model` besides one model gives mergekit two inputs and it refuses). The result
 may be the input tensor itself (no copy) when no scaling or dtype change is needed.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,13 @@ from .base import MergeContext, MergeMethod, ParamSpec
 PARAMS = (ParamSpec("scale", None, "float", per_model=True, help="multiply the tensor by this (unset: copy as is)"),)
 
 
-def passthrough_merge(base: torch.Tensor | None, tensors: list[torch.Tensor], model_params_: list[dict] | None,
-                      params: dict | None, ctx: MergeContext | None = None) -> torch.Tensor:
+def passthrough_merge(
+    base: torch.Tensor | None,
+    tensors: list[torch.Tensor],
+    model_params_: list[dict] | None,
+    params: dict | None,
+    ctx: MergeContext | None = None,
+) -> torch.Tensor:
     ctx = ctx or MergeContext()
     if len(tensors) != 1:
         raise InputError(f"merge method passthrough takes exactly one model per slice (got {len(tensors)})")
@@ -26,6 +32,11 @@ def passthrough_merge(base: torch.Tensor | None, tensors: list[torch.Tensor], mo
 
 
 METHOD = MergeMethod(
-    name="passthrough", merge=passthrough_merge, needs_base=False, min_models=1, max_models=1, params=PARAMS,
+    name="passthrough",
+    merge=passthrough_merge,
+    needs_base=False,
+    min_models=1,
+    max_models=1,
+    params=PARAMS,
     description="copy one model's tensors (optionally scaled): layer stacking with slices",
 )

@@ -11,6 +11,7 @@ resolver turns that into one number per tensor). The whole tensor is one vector:
 Computed in float32 (float64 for float64 inputs) and returned in the inputs' dtype. t outside [0, 1]
 extrapolates, as in mergekit.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,16 +41,16 @@ def slerp_coefficients(t: float, a: torch.Tensor, b: torch.Tensor) -> tuple[torc
     tt = torch.tensor([[t]], dtype=torch.float64 if a.dtype == torch.float64 else torch.float32).to(work)
     na_parts, nb_parts = [], []
     for s in range(0, a.numel(), _CHUNK):
-        na_parts.append(torch.linalg.vector_norm(x2[:, s:s + _CHUNK].to(work), dim=1, keepdim=True))
-        nb_parts.append(torch.linalg.vector_norm(y2[:, s:s + _CHUNK].to(work), dim=1, keepdim=True))
+        na_parts.append(torch.linalg.vector_norm(x2[:, s : s + _CHUNK].to(work), dim=1, keepdim=True))
+        nb_parts.append(torch.linalg.vector_norm(y2[:, s : s + _CHUNK].to(work), dim=1, keepdim=True))
     na = torch.linalg.vector_norm(torch.stack(na_parts), dim=0)
     nb = torch.linalg.vector_norm(torch.stack(nb_parts), dim=0)
     na = torch.where(na > EPS, na, 1)
     nb = torch.where(nb > EPS, nb, 1)
     dot_parts = []
     for s in range(0, a.numel(), _CHUNK):
-        x = x2[:, s:s + _CHUNK].to(work) / na
-        y = y2[:, s:s + _CHUNK].to(work) / nb
+        x = x2[:, s : s + _CHUNK].to(work) / na
+        y = y2[:, s : s + _CHUNK].to(work) / nb
         dot_parts.append((x * y).sum(dim=1, keepdim=True))
         del x, y
     dot = torch.stack(dot_parts).sum(dim=0).clamp(-1, 1)
@@ -61,12 +62,19 @@ def slerp_coefficients(t: float, a: torch.Tensor, b: torch.Tensor) -> tuple[torc
     return coef_a.view(()), coef_b.view(())
 
 
-def slerp_merge(base: torch.Tensor | None, tensors: list[torch.Tensor], model_params: list[dict] | None,
-                params: dict | None, ctx: MergeContext | None = None) -> torch.Tensor:
+def slerp_merge(
+    base: torch.Tensor | None,
+    tensors: list[torch.Tensor],
+    model_params: list[dict] | None,
+    params: dict | None,
+    ctx: MergeContext | None = None,
+) -> torch.Tensor:
     ctx = ctx or MergeContext()
     if base is None or len(tensors) != 1:
-        raise InputError("merge method slerp needs a base model (`base_model:`, the t = 0 end) and exactly one "
-                         f"other model (got {len(tensors)})")
+        raise InputError(
+            "merge method slerp needs a base model (`base_model:`, the t = 0 end) and exactly one "
+            f"other model (got {len(tensors)})"
+        )
     check_shapes(base, tensors, ctx, "slerp")
     t = float(global_params(PARAMS, params, ctx, "slerp")["t"])
     device = torch.device(ctx.device)
@@ -91,6 +99,11 @@ def slerp_merge(base: torch.Tensor | None, tensors: list[torch.Tensor], model_pa
 
 
 METHOD = MergeMethod(
-    name="slerp", merge=slerp_merge, needs_base=True, min_models=1, max_models=1, params=PARAMS,
+    name="slerp",
+    merge=slerp_merge,
+    needs_base=True,
+    min_models=1,
+    max_models=1,
+    params=PARAMS,
     description="spherical interpolation between the base model (t=0) and one other model (t=1)",
 )

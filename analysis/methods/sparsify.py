@@ -33,6 +33,7 @@ exact. The mask is then applied with one ``hardshrink`` pass. Smaller tensors an
 
 Non-finite values: NaN magnitudes never count toward the k kept, and hardshrink keeps NaN entries.
 """
+
 from __future__ import annotations
 
 import math
@@ -145,7 +146,7 @@ def _tie_picks(a, thr, need: int, eq_idx, prefer: str) -> torch.Tensor:
     """Positions of the `need` elements equal to `thr` that survive (lowest or highest indices)."""
     if eq_idx is None:
         eq_idx = (a == thr).nonzero().squeeze(1)
-    return eq_idx[:need] if prefer == "low" else eq_idx[eq_idx.numel() - need:]
+    return eq_idx[:need] if prefer == "low" else eq_idx[eq_idx.numel() - need :]
 
 
 def topk_mask(values: torch.Tensor, k: int, prefer: str = "low") -> torch.Tensor:
@@ -243,8 +244,9 @@ def _uniform(shape, device, generator) -> torch.Tensor:
     return u
 
 
-def bernoulli_(d: torch.Tensor, density: float, rescale: bool = True,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+def bernoulli_(
+    d: torch.Tensor, density: float, rescale: bool = True, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """In place on 1-D `d`: DARE, keep each element with probability `density`."""
     n = d.numel()
     if density >= 1:
@@ -258,16 +260,24 @@ def bernoulli_(d: torch.Tensor, density: float, rescale: bool = True,
     return d
 
 
-def della_(d: torch.Tensor, shape: torch.Size | tuple, density: float, epsilon: float, rescale: bool = True,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+def della_(
+    d: torch.Tensor,
+    shape: torch.Size | tuple,
+    density: float,
+    epsilon: float,
+    rescale: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """In place on 1-D `d` (a flattened tensor of `shape`): DELLA magnitude-ranked random pruning."""
     if density >= 1:
         return d
     if density <= 0 or d.numel() == 0:
         return d.zero_()
     if density + epsilon >= 1 or density - epsilon <= 0:
-        raise InputError(f"della: epsilon must be chosen so that density +/- epsilon is in (0, 1) "
-                         f"(density {density}, epsilon {epsilon}); lower epsilon or move density")
+        raise InputError(
+            f"della: epsilon must be chosen so that density +/- epsilon is in (0, 1) "
+            f"(density {density}, epsilon {epsilon}); lower epsilon or move density"
+        )
     x = d.view(shape)
     if x.dim() < 2:
         x = x.view(1, -1)
@@ -296,8 +306,16 @@ def della_(d: torch.Tensor, shape: torch.Size | tuple, density: float, epsilon: 
     return d
 
 
-def sparsify(tensor: torch.Tensor, method: str, density: float, *, gamma: float = 0.01, epsilon: float = 0.15,
-             rescale: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+def sparsify(
+    tensor: torch.Tensor,
+    method: str,
+    density: float,
+    *,
+    gamma: float = 0.01,
+    epsilon: float = 0.15,
+    rescale: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Out-of-place sparsification of any tensor (a fresh result; the input is untouched)."""
     d = tensor.detach().clone().reshape(-1)
     if method == "magnitude":

@@ -23,6 +23,7 @@ divisor is Σᵢ wᵢ·[clamped ≠ 0]. The magnitude trim is one `hardshrink` p
 the threshold. When every weight is positive the "0 → 1" divisor fix is a clamp to the
 smallest weight (where the divisor is 0 the sum is 0 too, so the result is the same).
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -31,18 +32,41 @@ import torch
 
 from ..errors import InputError
 from . import sparsify as sp
-from ._util import (align, check_shapes, common_dtype, flat, global_params, model_params, scratch,
-                    tensor_generator)
+from ._util import align, check_shapes, common_dtype, flat, global_params, model_params, scratch, tensor_generator
 from .base import MergeContext, MergeMethod, ParamSpec
 
-_WEIGHT = ParamSpec("weight", None, "float", per_model=True, required=True,
-                    help="scale of this model's task vector (negative subtracts it)")
-_DENSITY = ParamSpec("density", 1.0, "float", per_model=True, min=0.0,
-                     help="fraction of the task vector kept by sparsification (>= 1 keeps all)")
-_GAMMA = ParamSpec("gamma", 0.01, "float", per_model=True, min=0.0,
-                   help="breadcrumbs: fraction of the largest-magnitude entries removed as outliers")
-_EPSILON = ParamSpec("epsilon", 0.15, "float", per_model=True, min=0.0,
-                     help="della: keep probability spread, density ± epsilon by magnitude rank")
+_WEIGHT = ParamSpec(
+    "weight",
+    None,
+    "float",
+    per_model=True,
+    required=True,
+    help="scale of this model's task vector (negative subtracts it)",
+)
+_DENSITY = ParamSpec(
+    "density",
+    1.0,
+    "float",
+    per_model=True,
+    min=0.0,
+    help="fraction of the task vector kept by sparsification (>= 1 keeps all)",
+)
+_GAMMA = ParamSpec(
+    "gamma",
+    0.01,
+    "float",
+    per_model=True,
+    min=0.0,
+    help="breadcrumbs: fraction of the largest-magnitude entries removed as outliers",
+)
+_EPSILON = ParamSpec(
+    "epsilon",
+    0.15,
+    "float",
+    per_model=True,
+    min=0.0,
+    help="della: keep probability spread, density ± epsilon by magnitude rank",
+)
 
 
 def _globals(normalize: bool, rescale: bool) -> tuple[ParamSpec, ...]:
@@ -54,10 +78,18 @@ def _globals(normalize: bool, rescale: bool) -> tuple[ParamSpec, ...]:
     )
 
 
-def gta_merge(base: torch.Tensor | None, tensors: list[torch.Tensor], model_params_: list[dict] | None,
-              params: dict | None, ctx: MergeContext | None = None, *, specs: tuple[ParamSpec, ...] = (),
-              name: str = "task_arithmetic", sparsification: str | None = None, consensus: bool = False,
-              ) -> torch.Tensor:
+def gta_merge(
+    base: torch.Tensor | None,
+    tensors: list[torch.Tensor],
+    model_params_: list[dict] | None,
+    params: dict | None,
+    ctx: MergeContext | None = None,
+    *,
+    specs: tuple[ParamSpec, ...] = (),
+    name: str = "task_arithmetic",
+    sparsification: str | None = None,
+    consensus: bool = False,
+) -> torch.Tensor:
     """The shared kernel; `specs` supply defaults for parameters missing from the dicts."""
     ctx = ctx or MergeContext()
     if base is None:
@@ -133,12 +165,24 @@ def gta_merge(base: torch.Tensor | None, tensors: list[torch.Tensor], model_para
 # (name, sparsification, consensus, default normalize, default rescale, description)
 _VARIANTS = (
     ("task_arithmetic", None, False, False, False, "base + Σ weight·(model − base)"),
-    ("ties", "magnitude", True, True, False,
-     "TIES: trim each task vector to its largest magnitudes, elect signs, average the agreeing entries"),
+    (
+        "ties",
+        "magnitude",
+        True,
+        True,
+        False,
+        "TIES: trim each task vector to its largest magnitudes, elect signs, average the agreeing entries",
+    ),
     ("dare_linear", "random", False, False, True, "DARE: random drop of task-vector entries, then task arithmetic"),
     ("dare_ties", "random", True, False, True, "DARE drop + TIES sign consensus"),
-    ("breadcrumbs", "magnitude_outliers", False, False, False,
-     "Model Breadcrumbs: drop the smallest and the largest-outlier magnitudes, then task arithmetic"),
+    (
+        "breadcrumbs",
+        "magnitude_outliers",
+        False,
+        False,
+        False,
+        "Model Breadcrumbs: drop the smallest and the largest-outlier magnitudes, then task arithmetic",
+    ),
     ("breadcrumbs_ties", "magnitude_outliers", True, False, False, "Model Breadcrumbs + TIES sign consensus"),
     ("della", "della_magprune", True, True, True, "DELLA: magnitude-ranked random drop + TIES sign consensus"),
     ("della_linear", "della_magprune", False, False, True, "DELLA drop, then task arithmetic"),
@@ -160,10 +204,23 @@ def _stream(raw_base, raws, model_params_, params, ctx, out_dtype, *, specs, nam
     gp = global_params(specs, params, ctx, name)
     if not gta_stream.supports(sparsification, gp, torch.float32, ctx.device, len(raws)):
         return None
-    if any(r.shape != raw_base.shape or not r.dtype.is_floating_point for r in raws) or not raw_base.dtype.is_floating_point:
+    if (
+        any(r.shape != raw_base.shape or not r.dtype.is_floating_point for r in raws)
+        or not raw_base.dtype.is_floating_point
+    ):
         return None  # the general path reports it
-    return gta_stream.stream_gta(raw_base, raws, model_params_, params, specs=specs, name=name,
-                                 sparsification=sparsification, consensus=consensus, out_dtype=out_dtype, ctx=ctx)
+    return gta_stream.stream_gta(
+        raw_base,
+        raws,
+        model_params_,
+        params,
+        specs=specs,
+        name=name,
+        sparsification=sparsification,
+        consensus=consensus,
+        out_dtype=out_dtype,
+        ctx=ctx,
+    )
 
 
 def _make(name, sparsification, consensus, normalize, rescale, description) -> MergeMethod:
@@ -177,9 +234,17 @@ def _make(name, sparsification, consensus, normalize, rescale, description) -> M
     stream = None
     if sparsification in (None, "magnitude"):
         stream = partial(_stream, specs=specs, name=name, sparsification=sparsification, consensus=consensus)
-    return MergeMethod(name=name, merge=fn, needs_base=True, min_models=1, max_models=None, params=specs,
-                       randomized=sparsification in ("random", "della_magprune"), description=description,
-                       stream=stream)
+    return MergeMethod(
+        name=name,
+        merge=fn,
+        needs_base=True,
+        min_models=1,
+        max_models=None,
+        params=specs,
+        randomized=sparsification in ("random", "della_magprune"),
+        description=description,
+        stream=stream,
+    )
 
 
 METHODS: tuple[MergeMethod, ...] = tuple(_make(*v) for v in _VARIANTS)

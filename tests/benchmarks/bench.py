@@ -21,6 +21,7 @@ threshold, where mergekit's unstable argsort picks arbitrarily.
 
 pytest does not collect this directory (see pyproject's addopts).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -84,8 +84,11 @@ def timed(cmd: list[str], env: dict | None = None, cwd=None) -> dict:
     secs = 0.0
     for x in parts:
         secs = secs * 60 + x
-    return {"wall": secs, "cpu": float(field("User time (seconds)")) + float(field("System time (seconds)")),
-            "rss": int(field("Maximum resident set size (kbytes)")) * 1024}
+    return {
+        "wall": secs,
+        "cpu": float(field("User time (seconds)")) + float(field("System time (seconds)")),
+        "rss": int(field("Maximum resident set size (kbytes)")) * 1024,
+    }
 
 
 def fmt_gb(n: float) -> str:
@@ -117,8 +120,15 @@ def run(args) -> int:
     if not args.no_analyze:
         an = ["analyze", *map(str, paths), "--quiet", "--no-cache", "--density", str(args.density)]
         if base_env is not None:
-            cases.append(("analyze", "mergescope-before", [*ms, *an, "--json", str(work / "analyze-before.json")],
-                          None, base_env))
+            cases.append(
+                (
+                    "analyze",
+                    "mergescope-before",
+                    [*ms, *an, "--json", str(work / "analyze-before.json")],
+                    None,
+                    base_env,
+                )
+            )
         cases.append(("analyze", "mergescope", [*ms, *an, "--json", str(work / "analyze.json")], None, env))
     for task in args.tasks:
         cfg = work / f"{task}.yml"
@@ -133,8 +143,11 @@ def run(args) -> int:
         cases.append((task, "mergescope", [*ms, "merge", str(cfg), str(out), "--quiet"], out, env))
 
     in_bytes = warm(paths)
-    print(f"inputs: {len(paths)} models, {fmt_gb(in_bytes)} ({paths[0].parent}); {args.repeat} run(s) each; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", file=sys.stderr)
+    print(
+        f"inputs: {len(paths)} models, {fmt_gb(in_bytes)} ({paths[0].parent}); {args.repeat} run(s) each; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
+        file=sys.stderr,
+    )
     results: dict[tuple[str, str], list[dict]] = {}
     for rep in range(args.repeat):
         for task, tool, cmd, out, cenv in cases:
@@ -144,8 +157,11 @@ def run(args) -> int:
             results.setdefault((task, tool), []).append(m)
             if out is not None and not args.keep and (not args.compare or rep + 1 < args.repeat):
                 shutil.rmtree(out, ignore_errors=True)  # disk: a 3B output is 6 GB
-            print(f"  run {rep + 1}/{args.repeat} {task:16s} {tool:10s} wall {m['wall']:7.1f} s  cpu {m['cpu']:7.1f} s  "
-                  f"peak RSS {fmt_gb(m['rss'])}", file=sys.stderr)
+            print(
+                f"  run {rep + 1}/{args.repeat} {task:16s} {tool:10s} wall {m['wall']:7.1f} s  cpu {m['cpu']:7.1f} s  "
+                f"peak RSS {fmt_gb(m['rss'])}",
+                file=sys.stderr,
+            )
 
     def med(task, tool, key):
         return statistics.median(r[key] for r in results[(task, tool)])
@@ -156,14 +172,24 @@ def run(args) -> int:
         walls = [r["wall"] for r in results[(task, tool)]]
         w, c, rss = med(task, tool, "wall"), med(task, tool, "cpu"), med(task, tool, "rss")
         ref = (task, "mergekit") in results and tool != "mergekit"
-        rows.append((task, tool, f"{w:.1f} ({min(walls):.1f}-{max(walls):.1f})", f"{c:.1f}", fmt_gb(rss),
-                     f"{w / med(task, 'mergekit', 'wall'):.3f}x" if ref else "-",
-                     f"{rss / med(task, 'mergekit', 'rss'):.3f}x" if ref else "-",
-                     f"{in_bytes / w / 1e9:.2f}"))
+        rows.append(
+            (
+                task,
+                tool,
+                f"{w:.1f} ({min(walls):.1f}-{max(walls):.1f})",
+                f"{c:.1f}",
+                fmt_gb(rss),
+                f"{w / med(task, 'mergekit', 'wall'):.3f}x" if ref else "-",
+                f"{rss / med(task, 'mergekit', 'rss'):.3f}x" if ref else "-",
+                f"{in_bytes / w / 1e9:.2f}",
+            )
+        )
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda r: "| " + " | ".join(str(x).ljust(wd) for x, wd in zip(r, widths)) + " |"  # noqa: E731
-    print(f"\n{args.size} set, {fmt_gb(in_bytes)} of inputs, median of {args.repeat}, "
-          f"dtype {dtype or 'native'}, ties density {args.density}")
+    print(
+        f"\n{args.size} set, {fmt_gb(in_bytes)} of inputs, median of {args.repeat}, "
+        f"dtype {dtype or 'native'}, ties density {args.density}"
+    )
     print(line(header))
     print("|" + "|".join("-" * (wd + 2) for wd in widths) + "|")
     for r in rows:
@@ -232,14 +258,21 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, help="checkpoint set directory (default bench_data/SIZE)")
     ap.add_argument("--work", type=Path, help="plans and outputs (default bench_data/_bench_SIZE)")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--tasks", type=lambda s: [x for x in s.split(",") if x], default=["task_arithmetic", "ties"],
-                    help="merges to time ('' for none)")
+    ap.add_argument(
+        "--tasks",
+        type=lambda s: [x for x in s.split(",") if x],
+        default=["task_arithmetic", "ties"],
+        help="merges to time ('' for none)",
+    )
     ap.add_argument("--density", type=float, default=0.2)
     ap.add_argument("--dtype", default="float32", help="plan dtype (float32, bfloat16, or none)")
     ap.add_argument("--threads", type=int, help="MERGESCOPE_THREADS for our merges")
     ap.add_argument("--no-mergekit", action="store_true")
-    ap.add_argument("--mergekit-tasks", type=lambda s: [x for x in s.split(",") if x],
-                    help="run mergekit only for these tasks (default: all of --tasks)")
+    ap.add_argument(
+        "--mergekit-tasks",
+        type=lambda s: [x for x in s.split(",") if x],
+        help="run mergekit only for these tasks (default: all of --tasks)",
+    )
     ap.add_argument("--baseline", type=Path, help="also time an older mergescope checkout in DIR (analysis and merges)")
     ap.add_argument("--no-analyze", action="store_true")
     ap.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True)

@@ -6,11 +6,11 @@ Sizes follow real configs: `1b` is TinyLlama-1.1B's shape (22 layers, hidden 204
 heads, vocab 32000), `3b` a 3.2B Llama-3.2-3B-like shape. Written as ~1 GB bf16 shards with an index,
 one shard in memory at a time. Fine-tunes are base + N(0, (0.01·σ)²) deltas, each with its own seed.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -64,17 +64,30 @@ def _write_model(out: Path, cfg: dict, make, shard_bytes: int = 1 << 30) -> None
         save_file({n: make(n, shapes[n]) for n in names}, str(out / fn), metadata={"format": "pt"})
         wm.update({n: fn for n in names})
     (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}, indent=1))
-    (out / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": cfg["hidden"],
-        "intermediate_size": cfg["inter"], "num_hidden_layers": cfg["layers"], "num_attention_heads": cfg["heads"],
-        "num_key_value_heads": cfg["kv"], "vocab_size": cfg["vocab"], "torch_dtype": "bfloat16",
-        "rms_norm_eps": 1e-5, "tie_word_embeddings": False}, indent=1))
+    (out / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                "hidden_size": cfg["hidden"],
+                "intermediate_size": cfg["inter"],
+                "num_hidden_layers": cfg["layers"],
+                "num_attention_heads": cfg["heads"],
+                "num_key_value_heads": cfg["kv"],
+                "vocab_size": cfg["vocab"],
+                "torch_dtype": "bfloat16",
+                "rms_norm_eps": 1e-5,
+                "tie_word_embeddings": False,
+            },
+            indent=1,
+        )
+    )
 
 
 def _seed(name: str, seed: int) -> int:
     import zlib
 
-    return (zlib.crc32(name.encode()) * 1000003 + seed) % (2 ** 63)
+    return (zlib.crc32(name.encode()) * 1000003 + seed) % (2**63)
 
 
 def base_tensor(name: str, shape, seed: int = 0) -> torch.Tensor:
@@ -92,6 +105,7 @@ def generate(root: Path, size: str = "1b", finetunes: int = 3) -> list[Path]:
     t0 = time.time()
     _write_model(paths[0], cfg, lambda n, s: base_tensor(n, s))
     for k in range(finetunes):
+
         def make(n, s, k=k):
             b = base_tensor(n, s).float()
             g = torch.Generator().manual_seed(_seed(n, 1000 + k))

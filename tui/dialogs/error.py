@@ -1,4 +1,5 @@
 """One modal for every failure: the message, what to do, and a way back."""
+
 from __future__ import annotations
 
 from rich.text import Text

@@ -1,4 +1,5 @@
 """`?`: every key binding of the app, grouped by where it works."""
+
 from __future__ import annotations
 
 from rich.table import Table
@@ -9,11 +10,32 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-NICE = {"escape": "Esc", "enter": "Enter", "question_mark": "?", "plus": "+", "minus": "-", "equals_sign": "=",
-        "underscore": "_", "left_square_bracket": "[", "right_square_bracket": "]", "pageup": "PgUp",
-        "pagedown": "PgDn", "up": "↑", "down": "↓", "left": "←", "right": "→", "tab": "Tab", "shift+tab": "Shift+Tab",
-        "full_stop": ".", "comma": ",", "slash": "/", "less_than_sign": "<", "greater_than_sign": ">",
-        "asterisk": "*", "number_sign": "#"}
+NICE = {
+    "escape": "Esc",
+    "enter": "Enter",
+    "question_mark": "?",
+    "plus": "+",
+    "minus": "-",
+    "equals_sign": "=",
+    "underscore": "_",
+    "left_square_bracket": "[",
+    "right_square_bracket": "]",
+    "pageup": "PgUp",
+    "pagedown": "PgDn",
+    "up": "↑",
+    "down": "↓",
+    "left": "←",
+    "right": "→",
+    "tab": "Tab",
+    "shift+tab": "Shift+Tab",
+    "full_stop": ".",
+    "comma": ",",
+    "slash": "/",
+    "less_than_sign": "<",
+    "greater_than_sign": ">",
+    "asterisk": "*",
+    "number_sign": "#",
+}
 
 
 def key_label(key: str) -> str:

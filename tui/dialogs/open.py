@@ -1,4 +1,5 @@
 """Open a model set: base, fine-tunes, optional plan; paths complete; recent sets one key away."""
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,11 @@ class OpenDialog(ModalScreen[ModelSet | None]):
         models = list(init.models) or [""]
         with VerticalScroll(id="open-dialog"):  # scrolls on small terminals; Enter submits from any field
             yield Static("Open a base and its fine-tunes", classes="title")
-            yield Static("Directories (HF layout), .safetensors files or LoRA adapters. → completes a path; "
-                         "Enter analyses; Ctrl+N adds a model.", classes="hint")
+            yield Static(
+                "Directories (HF layout), .safetensors files or LoRA adapters. → completes a path; "
+                "Enter analyses; Ctrl+N adds a model.",
+                classes="hint",
+            )
             yield Label("Base model")
             yield PathInput(init.base, id="open-base", placeholder="path to the base", compact=True)
             yield Label("Fine-tuned models")
@@ -61,9 +65,13 @@ class OpenDialog(ModalScreen[ModelSet | None]):
             yield PathInput(init.plan or "", id="open-plan", placeholder="plan.yaml", compact=True)
             if self.recent:
                 yield Label("Recent sets (Ctrl+R, Enter opens)")
-                yield OptionList(*[Option(Text.assemble(e.describe(), (f"   {e.where()}", "dim")), id=str(k))
-                                   for k, e in enumerate(self.recent)],
-                                 id="open-recent")
+                yield OptionList(
+                    *[
+                        Option(Text.assemble(e.describe(), (f"   {e.where()}", "dim")), id=str(k))
+                        for k, e in enumerate(self.recent)
+                    ],
+                    id="open-recent",
+                )
             yield Static("", id="open-error")
             with Horizontal(id="open-buttons"):
                 yield Button("Analyse (Enter)", variant="primary", id="open-ok")
@@ -71,8 +79,9 @@ class OpenDialog(ModalScreen[ModelSet | None]):
                 yield Button("Cancel (Esc)" if self.can_cancel else "Quit (Esc)", id="open-cancel")
 
     def _model_input(self, value: str, k: int) -> Input:
-        return PathInput(value, id=f"open-model-{k}", classes="model-input", placeholder=f"fine-tune #{k + 1}",
-                         compact=True)
+        return PathInput(
+            value, id=f"open-model-{k}", classes="model-input", placeholder=f"fine-tune #{k + 1}", compact=True
+        )
 
     def on_mount(self) -> None:
         self.query_one("#open-base", Input).focus()

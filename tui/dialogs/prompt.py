@@ -1,4 +1,5 @@
 """Ask for one path (export a plan, load a plan, choose a merge output directory)."""
+
 from __future__ import annotations
 
 from textual.app import ComposeResult
@@ -22,8 +23,15 @@ class PathPrompt(ModalScreen[str | None]):
     """
     BINDINGS = [Binding("escape", "cancel", "cancel", id="prompt.cancel")]
 
-    def __init__(self, title: str, value: str = "", hint: str = "", ok: str = "OK", dirs_only: bool = False,
-                 prompt_id: str = "prompt") -> None:
+    def __init__(
+        self,
+        title: str,
+        value: str = "",
+        hint: str = "",
+        ok: str = "OK",
+        dirs_only: bool = False,
+        prompt_id: str = "prompt",
+    ) -> None:
         super().__init__()
         self.title_text = title
         self.value = value
@@ -35,8 +43,9 @@ class PathPrompt(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label(self.title_text, classes="title")
-            yield PathInput(self.value, id=f"{self.prompt_id}-input", dirs_only=self.dirs_only,
-                            placeholder="path (→ completes)")
+            yield PathInput(
+                self.value, id=f"{self.prompt_id}-input", dirs_only=self.dirs_only, placeholder="path (→ completes)"
+            )
             if self.hint:
                 yield Static(self.hint, classes="hint")
             with Horizontal():
@@ -80,8 +89,9 @@ class ValuePrompt(ModalScreen[float | None]):
     """
     BINDINGS = [Binding("escape", "cancel", "cancel", id="value.cancel")]
 
-    def __init__(self, title: str, value: float | None, lo: float | None = None, hi: float | None = None,
-                 hint: str = "") -> None:
+    def __init__(
+        self, title: str, value: float | None, lo: float | None = None, hi: float | None = None, hint: str = ""
+    ) -> None:
         super().__init__()
         self.title_text = title
         self.value = value

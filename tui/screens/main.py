@@ -1,4 +1,5 @@
 """The one main screen: tabs for verdicts, the measured heatmap, the plan editor and the merge."""
+
 from __future__ import annotations
 
 from textual.app import ComposeResult
@@ -46,7 +47,9 @@ class MainScreen(Screen):
 
     def focus_tab(self, tab: str) -> None:
         pane = self.query_one(f"TabPane#{tab}")
-        target = {"verdicts": "#verdicts-view", "heatmap": "#heatmap", "plan": "#ratio-table", "merge": "#merge-go"}[tab]
+        target = {"verdicts": "#verdicts-view", "heatmap": "#heatmap", "plan": "#ratio-table", "merge": "#merge-go"}[
+            tab
+        ]
         found = pane.query(target)
         if found:
             found.first().focus()

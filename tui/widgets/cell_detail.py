@@ -1,4 +1,5 @@
 """The exact numbers behind one heatmap cell, and the tensors it aggregates."""
+
 from __future__ import annotations
 
 from rich.console import Group
@@ -28,17 +29,26 @@ def cell_renderable(report, row_label: str, col: str, agg, metric=None, value=No
         return Group(Text(where, style="bold"), Text("no tensors here", style="dim"))
     n = report.n
     short = short_names(report.models, 11)
-    parts = [Text.assemble((where, "bold"), (f"   {len(agg.tensors)} tensors, {_params(agg.total.numel)} params", "dim"))]
+    parts = [
+        Text.assemble((where, "bold"), (f"   {len(agg.tensors)} tensors, {_params(agg.total.numel)} params", "dim"))
+    ]
     if metric is not None:
-        exact = "∞" if value is not None and value == float("inf") else ("-" if value is None else f"{value:.5g}")  # 5 digits: stable across CPUs (summation order)
+        exact = (
+            "∞" if value is not None and value == float("inf") else ("-" if value is None else f"{value:.5g}")
+        )  # 5 digits: stable across CPUs (summation order)
         parts.append(Text.assemble((metric.label, "cyan"), " = ", (exact, "bold")))
     models = Table(box=None, header_style="bold", padding=(0, 1, 0, 0), expand=False)
     models.add_column("model", no_wrap=True, overflow="ellipsis", max_width=9)
     for col_name, w in (("‖τ‖", 5), ("rel", 5), ("top", 4), ("cos θ₀", 6)):
         models.add_column(col_name, justify="right", no_wrap=True, min_width=w)
     for i in range(n):
-        models.add_row(short[i], compact(agg.norm(i)), compact(agg.relative_norm(i)), fmt(agg.topk_energy(i), pct=True),
-                       f"{agg.cosine_to_base(i):.4f}")
+        models.add_row(
+            short[i],
+            compact(agg.norm(i)),
+            compact(agg.relative_norm(i)),
+            fmt(agg.topk_energy(i), pct=True),
+            f"{agg.cosine_to_base(i):.4f}",
+        )
     parts.append(models)
     if n >= 2:
         pairs = Table(box=None, header_style="bold", padding=(0, 1, 0, 0), expand=False)
@@ -47,16 +57,25 @@ def cell_renderable(report, row_label: str, col: str, agg, metric=None, value=No
             pairs.add_column(col_name, justify="right", no_wrap=True, min_width=w)
         for i in range(n):
             for j in range(i + 1, n):
-                pairs.add_row(f"{short[i][:6]}–{short[j][:6]}", f"{agg.cosine(i, j):+.3f}", fmt(agg.sign_conflict_pair(i, j), True),
-                              compact(agg.magnitude_ratio(i, j)))
+                pairs.add_row(
+                    f"{short[i][:6]}–{short[j][:6]}",
+                    f"{agg.cosine(i, j):+.3f}",
+                    fmt(agg.sign_conflict_pair(i, j), True),
+                    compact(agg.magnitude_ratio(i, j)),
+                )
         parts.append(pairs)
-        parts.append(Text.assemble(("all models  ", "bold"), f"sign conflict {fmt(agg.sign_conflict, True)}, ",
-                                   f"trimmed at d={report.density} {fmt(agg.trimmed_sign_conflict, True)}, ",
-                                   f"asymmetry {fmt(agg.magnitude_asymmetry)}"))
+        parts.append(
+            Text.assemble(
+                ("all models  ", "bold"),
+                f"sign conflict {fmt(agg.sign_conflict, True)}, ",
+                f"trimmed at d={report.density} {fmt(agg.trimmed_sign_conflict, True)}, ",
+                f"asymmetry {fmt(agg.magnitude_asymmetry)}",
+            )
+        )
     tensors = Text()
     tensors.append("tensors\n", style="bold")
     for name in agg.tensors[:MAX_TENSORS]:
-        shown = name if len(name) <= TENSOR_W else "…" + name[-(TENSOR_W - 1):]
+        shown = name if len(name) <= TENSOR_W else "…" + name[-(TENSOR_W - 1) :]
         tensors.append(f" {shown}\n", style="")
     if len(agg.tensors) > MAX_TENSORS:
         tensors.append(f"  … and {len(agg.tensors) - MAX_TENSORS} more\n", style="dim")

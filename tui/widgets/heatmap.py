@@ -7,6 +7,7 @@ The header row and the label column stay in place while the body scrolls.
 Every cell carries a level glyph (▁…█) and its number beside the colour, so the map reads the same in
 16-colour terminals and for colour-blind users.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,18 +33,28 @@ GLYPHS = "▁▂▃▄▅▆▇█"
 CELL_W = 7  # glyph + 5-character number + gap
 
 ABBREV = {
-    "input_layernorm": "in_ln", "post_attention_layernorm": "pa_ln", "pre_feedforward_layernorm": "pf_ln",
-    "post_feedforward_layernorm": "pff_ln", "gate_proj": "gate", "up_proj": "up", "down_proj": "down",
-    "q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "qkv_proj": "qkv", "gate_up_proj": "gateup",
+    "input_layernorm": "in_ln",
+    "post_attention_layernorm": "pa_ln",
+    "pre_feedforward_layernorm": "pf_ln",
+    "post_feedforward_layernorm": "pff_ln",
+    "gate_proj": "gate",
+    "up_proj": "up",
+    "down_proj": "down",
+    "q_proj": "q",
+    "k_proj": "k",
+    "v_proj": "v",
+    "o_proj": "o",
+    "qkv_proj": "qkv",
+    "gate_up_proj": "gateup",
 }
 
 
 def abbrev(col: str) -> str:
-    return ABBREV.get(col, col)[:CELL_W - 1]
+    return ABBREV.get(col, col)[: CELL_W - 1]
 
 
 def _luma(hex_: str) -> float:
-    r, g, b = (int(hex_[k:k + 2], 16) / 255 for k in (1, 3, 5))
+    r, g, b = (int(hex_[k : k + 2], 16) / 255 for k in (1, 3, 5))
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
 
@@ -128,14 +139,14 @@ class Heatmap(ScrollView, can_focus=True):
     cursor: reactive[tuple[int, int]] = reactive((0, 0), always_update=False, repaint=False)
 
     class CursorMoved(Message):
-        def __init__(self, heatmap: "Heatmap", row: int, col: int) -> None:
+        def __init__(self, heatmap: Heatmap, row: int, col: int) -> None:
             super().__init__()
             self.heatmap = heatmap
             self.row = row
             self.col = col
 
         @property
-        def control(self) -> "Heatmap":
+        def control(self) -> Heatmap:
             return self.heatmap
 
     def __init__(self, grid: Grid | None = None, *, name=None, id=None, classes=None):

@@ -1,4 +1,5 @@
 """The measured heatmap tab: metric / model / pair / column selectors, the map, its legend, cell detail."""
+
 from __future__ import annotations
 
 from rich.text import Text
@@ -26,7 +27,9 @@ class HeatmapView(Vertical):
     HeatmapView.-narrow #heat-body { layout: vertical; }
     HeatmapView.-narrow CellDetail { width: 1fr; height: 7; border-left: none; border-top: hkey $primary 50%; }
     """
-    BINDINGS = [Binding(m.key, f"metric('{m.id}')", m.label, show=False, id=f"heatmap.metric.{m.id}") for m in METRICS] + [
+    BINDINGS = [
+        Binding(m.key, f"metric('{m.id}')", m.label, show=False, id=f"heatmap.metric.{m.id}") for m in METRICS
+    ] + [
         Binding("m", "next_model(1)", "next model", id="heatmap.next_model"),
         Binding("M", "next_model(-1)", "previous model", show=False, id="heatmap.prev_model"),
         Binding("p", "next_pair(1)", "next pair", id="heatmap.next_pair"),

@@ -1,4 +1,5 @@
 """Inputs that follow the app's blink setting (tests and screenshots turn blinking off)."""
+
 from __future__ import annotations
 
 from textual.widgets import Input

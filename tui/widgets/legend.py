@@ -1,4 +1,5 @@
 """The heatmap's colour scale: swatches with their level glyphs, and the grid's min and max."""
+
 from __future__ import annotations
 
 from rich.text import Text

@@ -1,4 +1,5 @@
 """The merge tab: the plan as YAML, an output directory, and the result with its model card."""
+
 from __future__ import annotations
 
 from rich.markdown import Markdown
@@ -35,13 +36,17 @@ class MergeView(Vertical, can_focus=False):
     def compose(self) -> ComposeResult:
         with Horizontal(id="merge-form"):
             yield Label("output dir")
-            yield PathInput("", id="merge-output", dirs_only=True, compact=True, placeholder="where the merged model goes")
+            yield PathInput(
+                "", id="merge-output", dirs_only=True, compact=True, placeholder="where the merged model goes"
+            )
             yield Label(" seed")
             yield AppInput("", id="merge-seed", compact=True, placeholder="none", type="integer")
             yield Checkbox("replace existing", False, id="merge-force")
             yield Button("Merge (Enter)", variant="primary", id="merge-go")
-        yield Static(Text("Enter in the output field merges; Esc cancels a running merge (no partial output).", style="dim"),
-                     id="merge-status")
+        yield Static(
+            Text("Enter in the output field merges; Esc cancels a running merge (no partial output).", style="dim"),
+            id="merge-status",
+        )
         with Horizontal(id="merge-panes"):
             with VerticalScroll(id="merge-plan"):
                 yield Static("", id="merge-plan-yaml")
@@ -80,14 +85,17 @@ class MergeView(Vertical, can_focus=False):
         t = Text()
         t.append("✔ merged into ", "green")
         t.append(str(result.output_dir), "bold")
-        t.append(f"\n{result.n_tensors} tensors, {len(result.shards)} shard(s), {result.total_bytes / 1e6:.1f} MB, "
-                 f"{result.seconds:.1f}s on {result.device}\n", "dim")
+        t.append(
+            f"\n{result.n_tensors} tensors, {len(result.shards)} shard(s), {result.total_bytes / 1e6:.1f} MB, "
+            f"{result.seconds:.1f}s on {result.device}\n",
+            "dim",
+        )
         t.append("files: " + ", ".join(result.files) + "\n", "dim")
         parts = [t]
         if card:
             if card.startswith("---"):  # YAML front matter: metadata for the Hub, not for reading
                 end = card.find("\n---", 3)
-                card = card[end + 4:] if end > 0 else card
+                card = card[end + 4 :] if end > 0 else card
             lines = card.strip().splitlines()
             snippet = "\n".join(lines[:CARD_LINES]) + ("\n\n…" if len(lines) > CARD_LINES else "")
             parts.append(Markdown(snippet))

@@ -4,6 +4,7 @@ what-if heatmap beside the measured one.
 Edits change the app's `PlanState`; every change rebuilds the `Plan` and asks the app for a new
 prediction (computed in a worker from the Report's numbers: nothing is merged, no tensor is read).
 """
+
 from __future__ import annotations
 
 import math
@@ -140,8 +141,10 @@ class PlanEditor(Vertical):
         t.append(" + ".join(chosen) or "nothing", "bold")
         if st.custom is not None:
             t.append("\n")
-            t.append("loaded plan is hand-written (filters/slices): kept verbatim and read-only here; R resets to a table",
-                     "yellow")
+            t.append(
+                "loaded plan is hand-written (filters/slices): kept verbatim and read-only here; R resets to a table",
+                "yellow",
+            )
         self.query_one("#plan-toolbar", Static).update(t)
 
     async def _build_form(self) -> None:
@@ -156,19 +159,29 @@ class PlanEditor(Vertical):
 
         form = self.query_one("#plan-form", Horizontal)
         await form.remove_children()
-        widgets = [Label("method", classes="method-label"), Select([(m, m) for m in REGISTRY], value=st.method, allow_blank=False,
-                                           compact=True, id="plan-method")]
+        widgets = [
+            Label("method", classes="method-label"),
+            Select([(m, m) for m in REGISTRY], value=st.method, allow_blank=False, compact=True, id="plan-method"),
+        ]
         for spec in st.global_specs():
             if spec.name == "int8_mask":
                 continue  # memory option, no numerical effect
             value = st.global_value(spec.name)
             if spec.kind == "bool":
-                widgets.append(Checkbox(_onoff(spec.name, bool(value)), bool(value), id=f"global-{spec.name}",
-                                        tooltip=spec.help))
+                widgets.append(
+                    Checkbox(_onoff(spec.name, bool(value)), bool(value), id=f"global-{spec.name}", tooltip=spec.help)
+                )
             else:
                 widgets.append(Label(spec.name))
-                widgets.append(AppInput("" if value is None else f"{value}", id=f"global-{spec.name}", compact=True,
-                                        placeholder="required" if spec.required else "default", tooltip=spec.help))
+                widgets.append(
+                    AppInput(
+                        "" if value is None else f"{value}",
+                        id=f"global-{spec.name}",
+                        compact=True,
+                        placeholder="required" if spec.required else "default",
+                        tooltip=spec.help,
+                    )
+                )
         await form.mount_all(widgets)
 
     def table_grid(self) -> Grid:
@@ -187,8 +200,14 @@ class PlanEditor(Vertical):
             values.append(out)
         spec = st.spec.param(self.param)
         title = f"{self.param} · {short_names(st.models, 14)[self.model]}"
-        grid = Grid(title=title, row_labels=[r.label for r in rows], col_labels=cols, values=values, texts=texts,
-                    note=(spec.help if spec is not None else ""))
+        grid = Grid(
+            title=title,
+            row_labels=[r.label for r in rows],
+            col_labels=cols,
+            values=values,
+            texts=texts,
+            note=(spec.help if spec is not None else ""),
+        )
         return grid
 
     def refresh_table(self) -> None:
@@ -208,7 +227,9 @@ class PlanEditor(Vertical):
         metric = next(m for m in WHATIF_METRICS if m.id == self.whatif_id)
         short = short_names(self.report.models, 14)
         who = f" · {short[self.model]}" if metric.per_model else ""
-        grid = whatif_grid(self.data, self.preds, metric, self.model, title=f"predicted: {metric.short or metric.label}{who}")
+        grid = whatif_grid(
+            self.data, self.preds, metric, self.model, title=f"predicted: {metric.short or metric.label}{who}"
+        )
         if metric.id == "conflict":
             first = next((p for row in self.preds for p in row if p is not None), None)
             if first is not None and first.conflict_trimmed:
@@ -272,15 +293,23 @@ class PlanEditor(Vertical):
             short = short_names(self.report.models, 10)
             t.append("predicted ", "cyan")
             t.append(f"merged rel {compact(p.merged_relative_norm)} · retained {compact(p.retained, True)} · ")
-            t.append(" ".join(f"{short[i]} c={p.coeff[i]:.3g} ({p.share[i]:.0%})" for i in range(len(short))
-                              if p.coeff[i] != 0 or p.share[i] != 0) or "no model contributes")
+            t.append(
+                " ".join(
+                    f"{short[i]} c={p.coeff[i]:.3g} ({p.share[i]:.0%})"
+                    for i in range(len(short))
+                    if p.coeff[i] != 0 or p.share[i] != 0
+                )
+                or "no model contributes"
+            )
             t.append("  measured ", "cyan")
             exact = self.whatif is not None and self.whatif.conflict_report is not None
             chosen = self.state.chosen() if self.state else []
             subset = not exact and len(chosen) != self.report.n
             if p.conflict_trimmed:
-                t.append(f"conflict after trim {p.trimmed_sign_conflict:.0%} at d={p.measured_density} "
-                         f"(untrimmed {p.sign_conflict:.0%})")
+                t.append(
+                    f"conflict after trim {p.trimmed_sign_conflict:.0%} at d={p.measured_density} "
+                    f"(untrimmed {p.sign_conflict:.0%})"
+                )
             else:
                 t.append(f"sign conflict {p.sign_conflict:.0%}")
             if subset:
@@ -288,8 +317,9 @@ class PlanEditor(Vertical):
             dens = [d for d, cc in zip(p.density, p.coeff) if cc != 0 and not math.isnan(d)]
             other_d = p.conflict_trimmed and dens and any(abs(d - p.measured_density) > 1e-6 for d in dens)
             if other_d:
-                t.append(f" (plan density {', '.join(f'{d:g}' for d in sorted(set(round(x, 4) for x in dens)))})",
-                         "yellow")
+                t.append(
+                    f" (plan density {', '.join(f'{d:g}' for d in sorted(set(round(x, 4) for x in dens)))})", "yellow"
+                )
             if (other_d or subset) and len(chosen) >= 2:
                 t.append(" — r measures this plan's models" + (" at its density" if other_d else ""), "yellow")
         if self.whatif is not None and self.whatif.warnings:
@@ -332,8 +362,11 @@ class PlanEditor(Vertical):
         if self.state is None or self.report is None:
             return False
         if self.state.custom is not None:
-            self.notify("this loaded plan is hand-written (filters/slices) and kept verbatim; press R to replace it "
-                        "with an editable per-group table", severity="warning")
+            self.notify(
+                "this loaded plan is hand-written (filters/slices) and kept verbatim; press R to replace it "
+                "with an editable per-group table",
+                severity="warning",
+            )
             return False
         if not self.state.table_params():
             self.notify(f"{self.state.method} has no per-model numeric parameter to tabulate", severity="warning")
@@ -375,10 +408,16 @@ class PlanEditor(Vertical):
                 return
             self.changed()
 
-        self.app.push_screen(ValuePrompt(f"{self.param} of {model} at {where}",
-                                         None if cur is None or math.isnan(cur) else cur,
-                                         spec.min if spec else None, spec.max if spec else None,
-                                         spec.help if spec else ""), done)
+        self.app.push_screen(
+            ValuePrompt(
+                f"{self.param} of {model} at {where}",
+                None if cur is None or math.isnan(cur) else cur,
+                spec.min if spec else None,
+                spec.max if spec else None,
+                spec.help if spec else "",
+            ),
+            done,
+        )
 
     def changed(self) -> None:
         self.refresh_table()
@@ -446,14 +485,18 @@ class PlanEditor(Vertical):
     # -- form events ----------------------------------------------------------------------------
     def on_select_changed(self, event: Select.Changed) -> None:
         event.stop()
-        if event.select.id == "plan-method" and self.state is not None and event.value != self.state.method \
-                and event.value is not Select.NULL:
+        if (
+            event.select.id == "plan-method"
+            and self.state is not None
+            and event.value != self.state.method
+            and event.value is not Select.NULL
+        ):
             self.set_method(str(event.value))
 
     def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
         event.stop()
         if event.checkbox.id and event.checkbox.id.startswith("global-"):
-            event.checkbox.label = _onoff(event.checkbox.id[len("global-"):], event.value)
+            event.checkbox.label = _onoff(event.checkbox.id[len("global-") :], event.value)
         self._set_global(event.checkbox.id, event.value)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -469,7 +512,7 @@ class PlanEditor(Vertical):
             return
         from mergescope.errors import InputError
 
-        name = wid[len("global-"):]
+        name = wid[len("global-") :]
         if self.state.global_value(name) == value or f"{self.state.global_value(name)}" == f"{value}":
             return
         if self.state.custom is not None:
@@ -482,8 +525,11 @@ class PlanEditor(Vertical):
             self.query_one("#plan-error", Static).update(Text(f"✖ {exc}"))
             return
         self.query_one("#plan-error", Static).update("")
-        self._form_method = (self.state.method, tuple(sorted(self.state.globals.items(), key=lambda kv: kv[0])),
-                             self.state.custom is None)
+        self._form_method = (
+            self.state.method,
+            tuple(sorted(self.state.globals.items(), key=lambda kv: kv[0])),
+            self.state.custom is None,
+        )
         self._toolbar()
         self.app.request_whatif()
 

@@ -1,4 +1,5 @@
 """Progress of the running job: a bar with ETA, tensors done, bytes/s; Esc cancels."""
+
 from __future__ import annotations
 
 from rich.text import Text
@@ -6,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import ProgressBar, Static
 
-from ..format import human_bytes
+from mergescope.writer import fmt_bytes as human_bytes
 
 
 class JobProgress(Horizontal):

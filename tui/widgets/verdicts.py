@@ -1,4 +1,5 @@
 """Findings first (colour, glyph and severity word), then one merge-readiness line per model."""
+
 from __future__ import annotations
 
 from rich.console import Group
@@ -17,8 +18,12 @@ def findings_renderable(report) -> Group:
     counts = {s: sum(f.severity == s for f in report.findings) for s in SEVERITIES}
     head = Text("Findings ", style="bold")
     if report.findings:
-        head.append("  ".join(f"{SEV_GLYPH[s]} {counts[s]} {s}{'s' if counts[s] != 1 else ''}" for s in SEVERITIES if counts[s]),
-                    style="dim")
+        head.append(
+            "  ".join(
+                f"{SEV_GLYPH[s]} {counts[s]} {s}{'s' if counts[s] != 1 else ''}" for s in SEVERITIES if counts[s]
+            ),
+            style="dim",
+        )
     parts.append(head)
     if not report.findings:
         parts.append(Text(f"{OK_GLYPH} no findings: these models look merge-ready", style="green"))
@@ -50,8 +55,9 @@ def model_status(report, name: str) -> tuple[str, str, str]:
 
 def summary_renderable(report) -> Table:
     whole = report.whole()
-    table = Table(title="Merge readiness", title_justify="left", title_style="bold", box=None, header_style="bold",
-                  padding=(0, 1))
+    table = Table(
+        title="Merge readiness", title_justify="left", title_style="bold", box=None, header_style="bold", padding=(0, 1)
+    )
     table.add_column("model", no_wrap=True)
     table.add_column("verdict", no_wrap=True)
     table.add_column("rel. norm", justify="right")
@@ -62,8 +68,14 @@ def summary_renderable(report) -> Table:
     for i, m in enumerate(report.models):
         g, word, style = model_status(report, m)
         codes = sorted({f.code for f in report.findings if f.model == m})
-        table.add_row(shown[m], Text(f"{g} {word}", style=style), fmt(whole.relative_norm(i)), f"{whole.cosine_to_base(i):.4f}",
-                      fmt(whole.topk_energy(i), pct=True), ", ".join(codes) or "-")
+        table.add_row(
+            shown[m],
+            Text(f"{g} {word}", style=style),
+            fmt(whole.relative_norm(i)),
+            f"{whole.cosine_to_base(i):.4f}",
+            fmt(whole.topk_energy(i), pct=True),
+            ", ".join(codes) or "-",
+        )
     return table
 
 
@@ -92,6 +104,7 @@ class VerdictsView(VerticalScroll, can_focus=True):
 
     def show(self, report) -> None:
         self.query_one("#verdicts-header", Static).update(header_text(report))
-        self.query_one("#verdicts-summary", Static).update(summary_renderable(report) if report.sites else
-                                                          Text("no comparable tensors", style="red"))
+        self.query_one("#verdicts-summary", Static).update(
+            summary_renderable(report) if report.sites else Text("no comparable tensors", style="red")
+        )
         self.query_one("#verdicts-findings", Static).update(findings_renderable(report))
