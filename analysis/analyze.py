@@ -9,16 +9,17 @@ from collections.abc import Sequence
 
 from . import cache
 from .checkpoint import open_models
-from .compat import collect_meta, findings_for
 from .device import resolve_device
-from .metrics import Progress, Report, ShouldStop, analyze_checkpoints
+from .findings import collect_meta, findings_for
+from .report import DEFAULT_DENSITY, Report
+from .scan import Progress, ShouldStop, analyze_checkpoints
 
 
 def analyze(
     base_path: str,
     model_paths: Sequence[str],
     *,
-    density: float = 0.2,
+    density: float = DEFAULT_DENSITY,
     device: str = "cpu",
     use_cache: bool = True,
     progress: Progress | None = None,
@@ -55,7 +56,12 @@ def analyze(
 
 
 def analysis_for_plan(
-    plan, *, compute: bool = False, density: float = 0.2, device: str = "cpu", progress: Progress | None = None
+    plan,
+    *,
+    compute: bool = False,
+    density: float = DEFAULT_DENSITY,
+    device: str = "cpu",
+    progress: Progress | None = None,
 ) -> Report | None:
     """The merge-readiness report of a plan's base and models, labelled by the plan's references:
     from the cache (as `mergescope analyze` with the same paths left it), or computed when asked.

@@ -29,7 +29,7 @@ from functools import cache
 import numpy as np
 import torch
 
-from .metrics import TOPK_FRACTION  # one definition, beside the metric docs
+from .report import TOPK_FRACTION
 
 CHUNK_CPU = 1 << 18
 CHUNK_GPU = 1 << 24

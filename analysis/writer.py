@@ -576,9 +576,7 @@ def _analysis_section(report) -> list[str]:
             "No analysis was on record for these inputs. Run `mergescope analyze BASE MODEL...` before "
             "merging (the merge then finds it in the cache) to record the merge-readiness findings here."
         ]
-    from .compat import weight_aggregate
-
-    whole, weights = report.whole(), weight_aggregate(report)
+    whole, weights = report.whole(), report.weights()
     out = [
         f"Analysed by mergescope (trim density {report.density}); base `{report.base}`.",
         "",

@@ -167,7 +167,7 @@ async def shoot(out: Path, family: Path, base: str, models: list[str], sample: d
 
 
 def main() -> int:
-    from mergescope.tui.cmd_demo import DEMO_MODELS, SAMPLE_PLAN, family_dir
+    from mergescope.demo import DEMO_MODELS, SAMPLE_PLAN, family_dir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", type=Path, default=family_dir(), help="directory holding the checkpoints")

@@ -219,3 +219,57 @@ def lora_delta(adapter_dir: str | Path) -> dict[str, torch.Tensor]:
             target = k.replace("base_model.model.", "").replace(".lora_A.weight", ".weight")
             out[target] = (b.float() @ a.float()) * s
     return out
+
+
+# make_family: a 3-layer Llama-named model (hidden 24, vocab 40), a base and N fine-tunes of it
+H, V, L = 24, 40, 3
+
+
+def family_shapes() -> dict[str, tuple[int, ...]]:
+    shapes = {"model.embed_tokens.weight": (V, H), "lm_head.weight": (V, H), "model.norm.weight": (H,)}
+    for i in range(L):
+        for p in "qkvo":
+            shapes[f"model.layers.{i}.self_attn.{p}_proj.weight"] = (H, H)
+        shapes[f"model.layers.{i}.mlp.gate_proj.weight"] = (2 * H, H)
+        shapes[f"model.layers.{i}.mlp.up_proj.weight"] = (2 * H, H)
+        shapes[f"model.layers.{i}.mlp.down_proj.weight"] = (H, 2 * H)
+        shapes[f"model.layers.{i}.input_layernorm.weight"] = (H,)
+        shapes[f"model.layers.{i}.post_attention_layernorm.weight"] = (H,)
+    return shapes
+
+
+def _write_family_model(d, sd, shards=1):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": L, "vocab_size": V}))
+    if shards == 1:
+        save_file(sd, str(d / "model.safetensors"))
+        return d
+    names = list(sd)
+    per = math.ceil(len(names) / shards)
+    wm = {}
+    for s in range(shards):
+        fn = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: sd[n] for n in names[s * per : (s + 1) * per]}
+        save_file(part, str(d / fn))
+        wm.update({n: fn for n in part})
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}))
+    return d
+
+
+def make_family(tmp, dtype=torch.bfloat16, shards=1, n_models=3, sparse=False):
+    """base + n_models fine-tunes (deltas 0.02·(k+1)·N(0,1)) under tmp; returns (base dir, [model dirs])."""
+    g = torch.Generator().manual_seed(0)
+    base = {n: torch.randn(s, generator=g).to(dtype) for n, s in family_shapes().items()}
+    _write_family_model(tmp / "base", base, shards)
+    paths = []
+    for k in range(n_models):
+        sd = {}
+        for n, t in base.items():
+            delta = torch.randn(t.shape, generator=g) * (0.02 * (k + 1))
+            if sparse:  # exact zeros and shared coordinates exercise the "non-zero" conditions
+                delta = delta * (torch.rand(t.shape, generator=g) < 0.5)
+            sd[n] = (t.float() + delta).to(dtype)
+        # an untouched tensor: τ = 0 there
+        sd["model.layers.0.input_layernorm.weight"] = base["model.layers.0.input_layernorm.weight"].clone()
+        paths.append(_write_family_model(tmp / f"ft{k}", sd, shards))
+    return tmp / "base", paths

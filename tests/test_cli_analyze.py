@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from mergescope.tui.cli import main
-from tests.test_metrics import make_family
+from tests.ckpt_utils import make_family
 
 
 @pytest.fixture
-def family(tmp_path, monkeypatch):
-    monkeypatch.setenv("MERGESCOPE_CACHE_DIR", str(tmp_path / "cache"))
+def family(tmp_path):
     return make_family(tmp_path / "m", dtype=torch.bfloat16, n_models=2)
 
 

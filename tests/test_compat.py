@@ -9,14 +9,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mergescope.analyze import analyze
-from mergescope.compat import DIFFERENT_BASE_COSINE, DRIFT_COSINE, DRIFT_RELATIVE_NORM, weight_aggregate
+from mergescope.findings import DIFFERENT_BASE_COSINE, DRIFT_COSINE, DRIFT_RELATIVE_NORM
 
 FAMILY = Path(__file__).resolve().parents[1] / "analysis" / "demo" / "family"
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MERGESCOPE_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def codes(report, model):
@@ -53,7 +48,7 @@ def test_other_base_is_an_error(family_report):
 
 def test_thresholds_have_margins(family_report):
     """The verdicts are not on a knife edge: each group sits well clear of each threshold."""
-    w = weight_aggregate(family_report)
+    w = family_report.weights()
     idx = {m: i for i, m in enumerate(family_report.models)}
     for m in ("code", "prose", "dialog"):
         assert w.relative_norm(idx[m]) < DRIFT_RELATIVE_NORM / 2

@@ -1,4 +1,4 @@
-"""Every metric of DESIGN §3 against an independent whole-tensor float64 computation."""
+"""Every metric of the README's analysis table against an independent whole-tensor float64 computation."""
 
 import json
 import math
@@ -10,59 +10,9 @@ from safetensors.torch import save_file
 
 from mergescope.analyze import analyze
 from mergescope.checkpoint import open_models
-from mergescope.metrics import analyze_checkpoints
 from mergescope.naming import site_of
-
-H, V, L = 24, 40, 3
-
-
-def _names():
-    shapes = {"model.embed_tokens.weight": (V, H), "lm_head.weight": (V, H), "model.norm.weight": (H,)}
-    for i in range(L):
-        for p in "qkvo":
-            shapes[f"model.layers.{i}.self_attn.{p}_proj.weight"] = (H, H)
-        shapes[f"model.layers.{i}.mlp.gate_proj.weight"] = (2 * H, H)
-        shapes[f"model.layers.{i}.mlp.up_proj.weight"] = (2 * H, H)
-        shapes[f"model.layers.{i}.mlp.down_proj.weight"] = (H, 2 * H)
-        shapes[f"model.layers.{i}.input_layernorm.weight"] = (H,)
-        shapes[f"model.layers.{i}.post_attention_layernorm.weight"] = (H,)
-    return shapes
-
-
-def _write(d, sd, shards=1):
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": L, "vocab_size": V}))
-    if shards == 1:
-        save_file(sd, str(d / "model.safetensors"))
-        return d
-    names = list(sd)
-    per = math.ceil(len(names) / shards)
-    wm = {}
-    for s in range(shards):
-        fn = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-        part = {n: sd[n] for n in names[s * per : (s + 1) * per]}
-        save_file(part, str(d / fn))
-        wm.update({n: fn for n in part})
-    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}))
-    return d
-
-
-def make_family(tmp, dtype=torch.bfloat16, shards=1, n_models=3, sparse=False):
-    g = torch.Generator().manual_seed(0)
-    base = {n: torch.randn(s, generator=g).to(dtype) for n, s in _names().items()}
-    _write(tmp / "base", base, shards)
-    paths = []
-    for k in range(n_models):
-        sd = {}
-        for n, t in base.items():
-            delta = torch.randn(t.shape, generator=g) * (0.02 * (k + 1))
-            if sparse:  # exact zeros and shared coordinates exercise the "non-zero" conditions
-                delta = delta * (torch.rand(t.shape, generator=g) < 0.5)
-            sd[n] = (t.float() + delta).to(dtype)
-        # an untouched tensor: τ = 0 there
-        sd["model.layers.0.input_layernorm.weight"] = base["model.layers.0.input_layernorm.weight"].clone()
-        paths.append(_write(tmp / f"ft{k}", sd, shards))
-    return tmp / "base", paths
+from mergescope.scan import analyze_checkpoints
+from tests.ckpt_utils import H, L, family_shapes, make_family
 
 
 def _load_all(path):
@@ -216,7 +166,7 @@ def test_lora_adapter_is_a_finetune(tmp_path):
     tensors = {}
     targets = [f"model.layers.{i}.self_attn.{p}_proj" for i in range(L) for p in "qv"]
     for t in targets:
-        out_dim, in_dim = _names()[t + ".weight"]
+        out_dim, in_dim = family_shapes()[t + ".weight"]
         tensors[f"base_model.model.{t}.lora_A.weight"] = torch.randn(r, in_dim, generator=g).to(torch.bfloat16)
         tensors[f"base_model.model.{t}.lora_B.weight"] = (0.05 * torch.randn(out_dim, r, generator=g)).to(
             torch.bfloat16
@@ -271,7 +221,7 @@ def test_json_contract_round_trip(tmp_path, monkeypatch):
     assert any(c["layer"] is None for c in data["cells"])
     ms = data["model_summary"][0]
     assert set(ms) >= {"model", "relative_norm", "cosine_to_base"}
-    from mergescope.metrics import Report
+    from mergescope.report import Report
 
     again = Report.from_json(data).to_json()
     for key in ("cells", "pair_cells", "group_cells", "model_summary"):
@@ -288,7 +238,7 @@ def test_json_contract_round_trip(tmp_path, monkeypatch):
 
 
 def test_progress_and_cancel(tmp_path):
-    from mergescope.metrics import AnalysisCancelled
+    from mergescope.scan import AnalysisCancelled
 
     base_p, paths = make_family(tmp_path, n_models=2)
     base, models = open_models(base_p, paths)
@@ -335,7 +285,7 @@ def test_c_kernel_builds_and_is_used(tmp_path, monkeypatch):
 
 def _stats(base, taus, density, monkeypatch, c: bool):
     from mergescope import tvstats
-    from mergescope.metrics import SiteStats
+    from mergescope.report import SiteStats
 
     if not c:
         monkeypatch.setenv("MERGESCOPE_NO_C_KERNELS", "1")
@@ -420,7 +370,7 @@ def test_two_pass_route_equals_three_pass_torch(monkeypatch, case, segment):
 def test_large_tensors_are_released_segment_by_segment(monkeypatch):
     """Resident memory stays at a segment per input: every pass releases each segment after it."""
     from mergescope import tvstats
-    from mergescope.metrics import SiteStats
+    from mergescope.report import SiteStats
 
     monkeypatch.setattr(tvstats, "SEGMENT", 1000)
     g = torch.Generator().manual_seed(3)

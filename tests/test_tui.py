@@ -19,23 +19,14 @@ from mergescope.tui.messages import WhatIfReady
 from mergescope.tui.widgets.heatmap import Heatmap
 from mergescope.tui.widgets.heatmap_view import HeatmapView
 from mergescope.tui.widgets.inputs import PathInput
-from tests.test_metrics import make_family
 
 SIZE = (120, 40)
 pytestmark = pytest.mark.asyncio
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("MERGESCOPE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("MERGESCOPE_CONFIG_DIR", str(tmp_path / "config"))
-
-
-@pytest.fixture(scope="module")
-def family(tmp_path_factory):
-    root = tmp_path_factory.mktemp("family")
-    base, models = make_family(root, dtype=torch.float32, n_models=3)
-    return str(base), [str(m) for m in models]
+@pytest.fixture
+def family(small_family):
+    return small_family
 
 
 def app_for(family, **kw) -> MergeScopeApp:
@@ -156,7 +147,7 @@ async def test_incompatible_model_shows_findings_not_a_crash(tmp_path, family):
 
 async def test_analysis_can_be_cancelled(family, monkeypatch):
     import mergescope.analyze as analyze_mod
-    from mergescope.metrics import AnalysisCancelled
+    from mergescope.scan import AnalysisCancelled
 
     started = []
 

@@ -27,10 +27,11 @@ def test_ui_refuses_a_base_without_models(capsys):
 
 
 def test_demo_paths_come_from_the_bundled_family(monkeypatch, tmp_path):
+    import mergescope.demo as family
     import mergescope.tui.cmd_demo as demo
     from mergescope.errors import InputError
 
-    monkeypatch.setattr(demo, "family_dir", lambda: tmp_path)
+    monkeypatch.setattr(family, "family_dir", lambda: tmp_path)
     try:
         demo.demo_paths()
     except InputError as exc:

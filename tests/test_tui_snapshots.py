@@ -12,7 +12,7 @@ import torch
 
 from mergescope.analyze import analyze
 from mergescope.tui.app import MergeScopeApp
-from tests.test_metrics import make_family
+from tests.ckpt_utils import make_family
 
 MODELS = ["ft0", "ft1", "ft2"]
 SAMPLE = {"method": "ties", "models": ["ft0", "ft1"], "weight": 1.0, "density": 0.2}
@@ -20,8 +20,6 @@ SAMPLE = {"method": "ties", "models": ["ft0", "ft1"], "weight": 1.0, "density": 
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
-    monkeypatch.setenv("MERGESCOPE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("MERGESCOPE_CONFIG_DIR", str(tmp_path / "config"))
     make_family(tmp_path, dtype=torch.float32, n_models=3)
     monkeypatch.chdir(tmp_path)
     analyze("base", MODELS)  # warm cache: no timings on screen

@@ -13,7 +13,7 @@ from mergescope.checkpoint import open_checkpoint
 from mergescope.naming import site_of
 from mergescope.plan import plan_from_group_ratios
 from mergescope.whatif import coefficients, from_plan, method_note, uniform_density
-from tests.test_metrics import L, make_family
+from tests.ckpt_utils import L, make_family
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from mergescope.report import DEFAULT_DENSITY
+
 from .dialogs.error import ErrorDialog
 from .dialogs.help import HelpScreen
 from .dialogs.open import OpenDialog
@@ -54,7 +56,7 @@ class MergeScopeApp(App):
         models: Iterable[str] = (),
         plan: str | None = None,
         *,
-        density: float = 0.2,
+        density: float = DEFAULT_DENSITY,
         device: str = "cpu",
         use_cache: bool = True,
         remember_set: bool = True,
@@ -138,7 +140,7 @@ class MergeScopeApp(App):
 
     def _analyse(self, base: str, models: list[str], density: float, purpose: str) -> None:
         from mergescope.analyze import analyze
-        from mergescope.metrics import AnalysisCancelled
+        from mergescope.scan import AnalysisCancelled
 
         worker = get_current_worker()
         t0 = time.perf_counter()

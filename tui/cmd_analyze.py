@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mergescope.report import DEFAULT_DENSITY
+
 from .format import SEV_GLYPH, SEV_STYLE  # shared with the Textual app
 from .format import fmt as _fmt
 from .format import heat as _heat
@@ -19,7 +21,10 @@ def add_arguments(p) -> None:
     p.add_argument("models", metavar="MODEL", nargs="+", help="fine-tuned checkpoints or PEFT LoRA adapter directories")
     p.add_argument("--json", metavar="FILE", help="write the full report as JSON (DESIGN §5 contract)")
     p.add_argument(
-        "--density", type=float, default=0.2, help="TIES trim density for trimmed sign conflict (default 0.2)"
+        "--density",
+        type=float,
+        default=DEFAULT_DENSITY,
+        help=f"TIES trim density for trimmed sign conflict (default {DEFAULT_DENSITY})",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument(
@@ -33,7 +38,7 @@ def run(args) -> int:
     from rich.console import Console
 
     from mergescope.analyze import analyze
-    from mergescope.compat import SEVERITIES
+    from mergescope.report import SEVERITIES
 
     err = Console(stderr=True)
     out = Console()

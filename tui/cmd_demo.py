@@ -1,35 +1,20 @@
 """Open the explorer on the bundled trained demo family with a sample plan preloaded.
 
-The family (analysis/demo/family): a tiny Llama base and its fine-tunes code, prose, dialog,
-overtrained, plus other_ft (a fine-tune of a different base, to show what an incompatible model looks
-like). The sample plan is a TIES merge of code + prose.
+The family is `mergescope.demo`'s: a tiny trained Llama base, four fine-tunes and a fine-tune of another
+base. The sample plan is a TIES merge of code + prose.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-DEMO_MODELS = ("code", "prose", "dialog", "overtrained", "other_ft")
-# The sample plan: TIES of code + prose, equal weights, trimmed at the analysis density (0.2), so the
-# what-if's trimmed sign conflict is measured, not guessed.
-SAMPLE_PLAN = {"method": "ties", "models": ["code", "prose"], "weight": 1.0, "density": 0.2}
-
-
-def family_dir() -> Path:
-    import mergescope
-
-    return Path(mergescope.__file__).resolve().parent / "demo" / "family"
+from mergescope import demo
+from mergescope.demo import SAMPLE_PLAN
 
 
 def demo_paths() -> tuple[str, list[str]]:
-    """(base, models) of the bundled family; an InputError when it is missing."""
-    from mergescope.errors import InputError
-
-    root = family_dir()
-    base = root / "base"
-    models = [root / m for m in DEMO_MODELS if (root / m).exists()]
-    if not base.exists() or not models:
-        raise InputError(f"the demo family is missing under {root}; reinstall mergescope (it ships with the package)")
+    """(base, models) of the bundled family as the demo shows them; an InputError when it is missing."""
+    base, models = demo.demo_paths()
     return _shown(base), [_shown(m) for m in models]
 
 

@@ -5,13 +5,18 @@ With no paths it starts on the open dialog (recent sets are remembered in the us
 
 from __future__ import annotations
 
+from mergescope.report import DEFAULT_DENSITY
+
 
 def add_arguments(p) -> None:
     p.add_argument("base", metavar="BASE", nargs="?", help="base checkpoint (omit to pick in the open dialog)")
     p.add_argument("models", metavar="MODEL", nargs="*", help="fine-tuned checkpoints or LoRA adapters")
     p.add_argument("--plan", metavar="PLAN.yaml", help="load this plan (mergescope or mergekit YAML) into the editor")
     p.add_argument(
-        "--density", type=float, default=0.2, help="TIES trim density for the measured sign conflict (default 0.2)"
+        "--density",
+        type=float,
+        default=DEFAULT_DENSITY,
+        help=f"TIES trim density for the measured sign conflict (default {DEFAULT_DENSITY})",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda for the analysis and the merge (default cpu)")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write the analysis cache")

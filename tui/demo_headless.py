@@ -42,10 +42,9 @@ def demo_plans(family: Path) -> list[tuple[str, object]]:
 
 def merge_and_score(out_root: Path, progress=None) -> dict[str, dict[str, float]]:
     """Run the demo merges into `out_root` and score base, fine-tunes and merges on held-out text."""
+    from mergescope.demo import family_dir, heldout_dir
     from mergescope.evaluate import evaluate_models, load_texts
     from mergescope.merge import run_merge
-
-    from .cmd_demo import family_dir
 
     fam = family_dir()
     merged = {}
@@ -54,7 +53,7 @@ def merge_and_score(out_root: Path, progress=None) -> dict[str, dict[str, float]
         run_merge(plan, dest, force=True)
         merged[label] = dest
     paths = {"base": fam / "base", **{m: fam / m for m in ("code", "prose", "dialog")}, **merged}
-    texts = load_texts(fam.parent / "heldout")
+    texts = load_texts(heldout_dir())
     return evaluate_models({k: str(v) for k, v in paths.items()}, texts, progress)
 
 
@@ -83,9 +82,9 @@ def run_headless(output: str | None = None, use_cache: bool = True, console=None
     from rich.console import Console
 
     from mergescope.analyze import analyze
+    from mergescope.demo import DEMO_MODELS, family_dir
 
     from .cmd_analyze import print_report
-    from .cmd_demo import DEMO_MODELS, family_dir
 
     con = console or Console()
     fam = family_dir()

@@ -12,8 +12,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mergescope.metrics import Aggregate
 from mergescope.naming import GROUPS
+from mergescope.report import Aggregate
 
 ALL = "all"
 COLUMN_MODES = ("modules", "groups")

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from mergescope.compat import SEVERITIES
+from mergescope.report import SEVERITIES
 
 from ..format import OK_GLYPH, SEV_GLYPH, SEV_STYLE, display_names, fmt
 

@@ -1,11 +1,11 @@
-"""Streaming task-vector statistics (DESIGN §3) in one pass over the tensors.
+"""The analysis' data model: raw sums per site, their aggregates, findings, and the JSON contract.
 
 Every metric is a ratio of additive sums (squared norms, dot products, coordinate counts), so the
-pass keeps only raw sums per *site* (layer, group, module) and derives any grouping afterwards: per
-cell (layer, group) for the JSON contract, per module role for the heatmap's module columns, and the
-whole model. Each tensor of each model is read once; memory holds one tensor per model at a time.
+analysis keeps only raw sums per *site* (layer, group, module) and derives any grouping afterwards:
+per cell (layer, group) for the JSON contract, per module role for the heatmap's module columns, and
+the whole model. Everyone imports this module; it imports nothing heavier than numpy.
 
-Definitions that DESIGN leaves open, fixed here:
+Definitions the metric table leaves open, fixed here:
 - magnitude trims keep |τ| ≥ the k-th largest magnitude, k = ⌊density·n⌋ per tensor (ties at the
   threshold are kept; k = 0 keeps nothing);
 - `topk_energy` takes the top 20 % per tensor (as TIES trims) and sums the energies over the cell:
@@ -15,25 +15,35 @@ Definitions that DESIGN leaves open, fixed here:
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .naming import GROUPS, site_of
+from .naming import GROUPS
 
 TOPK_FRACTION = 0.2
-# Elements per chunk in the per-tensor passes: small enough that the several passes over one chunk
-# run from cache, large enough to amortise the per-op overhead.
-CHUNK = 1 << 20
-
-Progress = Callable[[int, int, str], None]
-ShouldStop = Callable[[], bool]
+DEFAULT_DENSITY = 0.2  # the TIES trim density the analysis measures at unless told otherwise
+SEVERITIES = ("error", "warning", "info")
+# The projection matrices: where independent inits are uncorrelated, so where a different base shows.
+WEIGHT_GROUPS = ("attn", "mlp")
 
 
-class AnalysisCancelled(Exception):
-    """Raised when `should_stop()` returned True; nothing is cached."""
+@dataclass(frozen=True)
+class Finding:
+    """A merge-readiness verdict: what was seen, with numbers, and what to do."""
+
+    severity: str  # error | warning | info
+    code: str
+    model: str | None
+    message: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Finding:
+        return cls(d["severity"], d["code"], d.get("model"), d["message"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,7 +190,7 @@ class Aggregate:
 # ----------------------------------------------------------------------------------------------
 # The report
 # ----------------------------------------------------------------------------------------------
-def _layer_sort_key(layer: int | None, group: str) -> tuple:
+def layer_sort_key(layer: int | None, group: str) -> tuple:
     # embeddings first, blocks in order, then final norm / head / other
     if layer is None:
         return (0 if group == "embed" else 2, GROUPS.index(group) if group in GROUPS else 9, -1)
@@ -195,7 +205,7 @@ class Report:
     models: list[str]
     density: float
     sites: list[SiteStats]
-    findings: list = field(default_factory=list)  # list[compat.Finding]
+    findings: list[Finding] = field(default_factory=list)
     structure: dict = field(default_factory=dict)  # missing/shape/dtype facts gathered during the pass
     elapsed_s: float = 0.0
     bytes_read: int = 0
@@ -207,7 +217,7 @@ class Report:
     # -- groupings --------------------------------------------------------------------------
     def cell_keys(self) -> list[tuple[int | None, str]]:
         keys = {(s.layer, s.group) for s in self.sites}
-        return sorted(keys, key=lambda k: _layer_sort_key(*k))
+        return sorted(keys, key=lambda k: layer_sort_key(*k))
 
     def cell(self, layer: int | None, group: str) -> Aggregate:
         return Aggregate((s for s in self.sites if s.layer == layer and s.group == group), self.n)
@@ -219,7 +229,7 @@ class Report:
         """Heatmap/table rows: (label, layer, group). Block rows have group None (all groups of the
         layer); embed sits first, final norm / head / other last."""
         out: list[tuple[str, int | None, str | None]] = []
-        globals_ = sorted({s.group for s in self.sites if s.layer is None}, key=lambda g: _layer_sort_key(None, g))
+        globals_ = sorted({s.group for s in self.sites if s.layer is None}, key=lambda g: layer_sort_key(None, g))
         for g in globals_:
             if g == "embed":
                 out.append(("embed", None, g))
@@ -244,6 +254,13 @@ class Report:
     def whole(self) -> Aggregate:
         return Aggregate(self.sites, self.n)
 
+    def weights(self) -> Aggregate:
+        """The projection matrices (attention + MLP); all non-norm tensors when a model has none."""
+        sites = [s for s in self.sites if s.group in WEIGHT_GROUPS]
+        if not sites:
+            sites = [s for s in self.sites if s.group != "norm"] or self.sites
+        return Aggregate(sites, self.n)
+
     def layers(self) -> list[int]:
         return sorted({s.layer for s in self.sites if s.layer is not None})
 
@@ -255,12 +272,10 @@ class Report:
             seen.setdefault(s.module, (order.get(s.group, 9), idx))
         return sorted(seen, key=lambda m: seen[m])
 
-    # -- JSON (DESIGN §5) -------------------------------------------------------------------
+    # -- JSON (the contract in docs/json.md) -------------------------------------------------------------------
     def to_json(self) -> dict:
-        from .compat import weight_aggregate
-
         whole = self.whole()
-        weights = weight_aggregate(self)
+        weights = self.weights()
         out = {
             "base": self.base,
             "models": list(self.models),
@@ -336,8 +351,6 @@ class Report:
 
     @classmethod
     def from_json(cls, data: dict) -> Report:
-        from .compat import Finding
-
         n = len(data["models"])
         return cls(
             base=data["base"],
@@ -354,199 +367,3 @@ class Report:
 def _finite(x: float) -> float | None:
     """JSON has no Infinity: an infinite ratio (one model did not move) is written as null."""
     return x if math.isfinite(x) else None
-
-
-# ----------------------------------------------------------------------------------------------
-# The streaming pass
-# ----------------------------------------------------------------------------------------------
-def kth_largest_abs(x, k: int):
-    """The k-th largest |x| (1-based) as a 0-d tensor: the merge methods' exact linear-time selection."""
-    from .methods.sparsify import kth_largest
-
-    return kth_largest(x.reshape(-1).abs(), k)[0]
-
-
-def _tensor_stats_pairwise(base, models, nm: str, density: float, st: SiteStats, dev) -> dict:
-    """Fallback for more models than the sign-code histogram holds: pair by pair, whole tensors."""
-    import torch
-
-    bad: dict = {}
-    base_t = base.get(nm).to(dev, dtype=torch.float32)
-    if not bool(torch.isfinite(base_t).all()):
-        bad["base"] = int((~torch.isfinite(base_t)).sum())
-        base_t = torch.nan_to_num(base_t, nan=0.0, posinf=0.0, neginf=0.0)
-    taus = [m.get(nm).to(dev, dtype=torch.float32) - base_t for m in models]
-    before = st.nonfinite.copy()
-    _tensor_stats(base_t, taus, density, st)
-    for i in range(len(models)):
-        if st.nonfinite[i] > before[i]:
-            bad[i] = int(st.nonfinite[i] - before[i])
-    return bad
-
-
-def _tensor_stats(base_t, taus: list, density: float, st: SiteStats) -> None:
-    """Add one tensor's contribution (all models) to `st`. `taus` are float32 task vectors."""
-    import torch
-
-    n_models = len(taus)
-    numel = base_t.numel()
-    st.numel += numel
-    st.base_sq += float(torch.dot(base_t.reshape(-1), base_t.reshape(-1)))
-    k_trim = int(math.floor(density * numel))
-    k_top = int(math.floor(TOPK_FRACTION * numel))
-    trim_thr: list = []
-    for i, tau in enumerate(taus):
-        flat = tau.reshape(-1)
-        sq = float(torch.dot(flat, flat))
-        if not math.isfinite(sq):
-            bad = int((~torch.isfinite(flat)).sum())
-            st.nonfinite[i] += bad
-            flat = torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0)
-            taus[i] = flat.view_as(tau)
-            sq = float(torch.dot(flat, flat))
-        st.sq[i] += sq
-        st.dot_base[i] += float(torch.dot(flat, base_t.reshape(-1)))
-        # top-20 % energy, exact k even when the threshold ties
-        if k_top > 0 and sq > 0:
-            thr = kth_largest_abs(flat, k_top)
-            a = flat.abs()
-            above = a > thr
-            cnt = int(above.sum())
-            st.topk_energy[i] += float((flat[above] ** 2).sum(dtype=torch.float64)) + (k_top - cnt) * float(thr) ** 2
-        if density >= 1.0:
-            trim_thr.append(None)
-        elif k_trim <= 0:
-            trim_thr.append(math.inf)
-        else:
-            trim_thr.append(float(kth_largest_abs(flat, k_trim)))
-    for i in range(n_models):
-        for j in range(i + 1, n_models):
-            d = float(torch.dot(taus[i].reshape(-1), taus[j].reshape(-1)))
-            st.dot[i, j] += d
-            st.dot[j, i] += d
-    # sign statistics, chunked so the passes over one chunk stay in cache
-    flats = [t.reshape(-1) for t in taus]
-    for start in range(0, numel, CHUNK):
-        end = min(numel, start + CHUNK)
-        signs = [torch.sign(f[start:end]).to(torch.int8) for f in flats]
-        pos = torch.zeros(end - start, dtype=torch.int8)
-        neg = torch.zeros(end - start, dtype=torch.int8)
-        tpos = torch.zeros(end - start, dtype=torch.int8)
-        tneg = torch.zeros(end - start, dtype=torch.int8)
-        for i, s in enumerate(signs):
-            st.nonzero[i] += int(torch.count_nonzero(s))
-            pos += s > 0
-            neg += s < 0
-            thr = trim_thr[i]
-            if thr is None:
-                ts = s
-            elif thr == math.inf:
-                ts = None  # k = 0: the trim keeps nothing
-            else:
-                ts = s * (flats[i][start:end].abs() >= thr)
-            if ts is not None:
-                tpos += ts > 0
-                tneg += ts < 0
-            for j in range(i):
-                prod = s * signs[j]
-                both = int(torch.count_nonzero(prod))
-                opp = int((prod < 0).sum())
-                st.pair_both[i, j] += both
-                st.pair_both[j, i] += both
-                st.pair_opp[i, j] += opp
-                st.pair_opp[j, i] += opp
-        nz = pos + neg
-        st.multi_nz += int((nz >= 2).sum())
-        st.multi_conflict += int(((pos > 0) & (neg > 0)).sum())
-        tnz = tpos + tneg
-        st.trim_multi_nz += int((tnz >= 2).sum())
-        st.trim_multi_conflict += int(((tpos > 0) & (tneg > 0)).sum())
-
-
-def analyze_checkpoints(
-    base,
-    models: Sequence,
-    *,
-    density: float = 0.2,
-    device: str = "cpu",
-    progress: Progress | None = None,
-    should_stop: ShouldStop | None = None,
-) -> Report:
-    """One streaming pass over base + fine-tunes. Returns a Report (findings filled by compat)."""
-    import torch
-
-    from .tvstats import MAX_HIST_MODELS, tensor_stats
-
-    if not 0.0 <= density <= 1.0:
-        from .errors import InputError
-
-        raise InputError(f"--density {density}: must be between 0 and 1 (TIES trims to this fraction; 0.2 is typical)")
-    t0 = time.perf_counter()
-    n = len(models)
-    sites: dict[tuple, SiteStats] = {}
-    structure = {"missing": {}, "extra": {}, "shape_mismatch": {}, "dtypes": {}, "base_dtypes": {}}
-    names = [nm for nm in base.names() if base.info(nm).dtype.is_floating_point]
-    for m in models:
-        mnames = set(m.names())
-        structure["missing"][m.label] = [nm for nm in base.names() if nm not in mnames]
-        bset = set(base.names())
-        structure["extra"][m.label] = sorted(nm for nm in mnames if nm not in bset)
-        structure["shape_mismatch"][m.label] = [
-            [nm, list(base.info(nm).shape), list(m.info(nm).shape)]
-            for nm in base.names()
-            if nm in mnames and tuple(base.info(nm).shape) != tuple(m.info(nm).shape)
-        ]
-        structure["dtypes"][m.label] = _dtype_counts(m)
-    structure["base_dtypes"] = _dtype_counts(base)
-    skip = {nm for m in models for nm, *_ in structure["shape_mismatch"][m.label]}
-    usable = [nm for nm in names if nm not in skip and all(nm in m for m in models)]
-    total_bytes = sum(base.info(nm).nbytes + sum(m.info(nm).nbytes for m in models) for nm in usable)
-    done = 0
-    dev = torch.device(device)
-    for ti, nm in enumerate(usable):
-        if should_stop is not None and should_stop():
-            raise AnalysisCancelled()
-        site = site_of(nm)
-        st = sites.get((site.layer, site.group, site.module))
-        if st is None:
-            st = sites[(site.layer, site.group, site.module)] = SiteStats(site.layer, site.group, site.module, n)
-        st.tensors.append(nm)
-        if n <= MAX_HIST_MODELS:
-
-            def release(start, stop, nm=nm):
-                for ck in (base, *models):
-                    ck.release_range(nm, start, stop)
-
-            bad = tensor_stats(base.get(nm), [m.get(nm) for m in models], density, st, dev, release)
-        else:
-            bad = _tensor_stats_pairwise(base, models, nm, density, st, dev)
-        if bad.get("base"):
-            structure.setdefault("base_nonfinite", {})[nm] = bad["base"]
-        for i in range(n):
-            if bad.get(i):
-                label = models[i].label
-                structure.setdefault("nonfinite", {})[label] = structure.get("nonfinite", {}).get(label, 0) + bad[i]
-                structure.setdefault("nonfinite_where", {}).setdefault(label, nm)
-        base.release(nm)
-        for m in models:
-            m.release(nm)
-        done += base.info(nm).nbytes + sum(m.info(nm).nbytes for m in models)
-        if progress is not None:
-            progress(done, total_bytes, f"{ti + 1}/{len(usable)} {nm}")
-    report = Report(
-        base=base.label,
-        models=[m.label for m in models],
-        density=density,
-        sites=sorted(sites.values(), key=lambda s: (_layer_sort_key(s.layer, s.group), s.module)),
-        structure=structure,
-    )
-    report.elapsed_s = time.perf_counter() - t0
-    report.bytes_read = done
-    return report
-
-
-def _dtype_counts(ck) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for info in ck.infos():
-        out[info.dtype_name] = out.get(info.dtype_name, 0) + 1
-    return out

@@ -1,4 +1,4 @@
-"""Merge-readiness verdicts (DESIGN §4): what was seen, with numbers, and what to do.
+"""Merge-readiness verdicts: what was seen, with numbers, and what to do.
 
 Structural checks read only metadata (names, shapes, dtypes, config, tokenizer, model card);
 metric checks read a `Report`. Both run from a cached report too, because the metadata they need is
@@ -11,26 +11,9 @@ scripts/train_demo_family.py); the evidence is quoted beside each rule.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-SEVERITIES = ("error", "warning", "info")
-
-
-@dataclass(frozen=True)
-class Finding:
-    severity: str  # error | warning | info
-    code: str
-    model: str | None
-    message: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Finding:
-        return cls(d["severity"], d["code"], d.get("model"), d["message"])
-
+from .report import SEVERITIES, Finding
 
 # ---- thresholds ---------------------------------------------------------------------------------
 # Measured on the trained demo family (analysis/demo/family; recipe: scripts/train_demo_family.py),
@@ -52,17 +35,6 @@ MAGNITUDE_ASYMMETRY_WARN = 5.0  # overtrained vs code: 9.6x; the three domain fi
 # each against the other base's fine-tune: 53-57 %.
 PAIR_SIGN_CONFLICT_WARN = 0.52
 CELL_TRIMMED_CONFLICT_NOTE = 0.5
-WEIGHT_GROUPS = ("attn", "mlp")
-
-
-def weight_aggregate(report):
-    """The projection matrices (attention + MLP); all non-norm tensors when a model has none."""
-    from .metrics import Aggregate
-
-    sites = [s for s in report.sites if s.group in WEIGHT_GROUPS]
-    if not sites:
-        sites = [s for s in report.sites if s.group != "norm"] or report.sites
-    return Aggregate(sites, report.n)
 
 
 def collect_meta(ck) -> dict:
@@ -233,7 +205,7 @@ def metric_findings(report) -> list[Finding]:
     if not report.sites:
         return out
     whole = report.whole()
-    weights = weight_aggregate(report)
+    weights = report.weights()
     n = report.n
     nonfinite_models = {f.model for f in structural_findings(report) if f.code == "non-finite"}
     flagged_base = set()
