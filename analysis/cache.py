@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from . import __version__
+from .checkpoint.files import METADATA_FILES
 
 CACHE_FORMAT = 1
 
@@ -32,17 +33,7 @@ def _file_ids(ck) -> list:
     files = list(ck.weight_files)
     root = getattr(ck, "root", None)
     if root is not None:
-        for extra in (
-            "config.json",
-            "README.md",
-            "adapter_config.json",
-            "tokenizer.json",
-            "tokenizer.model",
-            "vocab.json",
-            "merges.txt",
-            "vocab.txt",
-            "spiece.model",
-        ):
+        for extra in METADATA_FILES:
             if (Path(root) / extra).is_file():
                 files.append(Path(root) / extra)
     ids = []

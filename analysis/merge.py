@@ -37,8 +37,8 @@ from pathlib import Path
 
 from .device import resolve_device
 from .errors import InputError
+from .output import DEFAULT_SHARD_SIZE, InputRecord, ModelWriter, check_output, model_card, provenance
 from .plan import Plan, close_all, torch_dtype
-from .writer import DEFAULT_SHARD_SIZE, InputRecord, ModelWriter, check_output, model_card, provenance
 
 
 class MergeCancelled(Exception):
@@ -344,7 +344,7 @@ def _tokenizer_dir(plan: Plan, cks) -> Path | None:
 
     mergekit rebuilds embeddings when `tokenizer_source` names a model with another vocabulary; we do
     not, so that case is refused."""
-    from .checkpoint import TOKENIZER_FILES, open_checkpoint
+    from .checkpoint import open_checkpoint
 
     ref = plan.tokenizer_donor()
     opened = None
@@ -354,8 +354,7 @@ def _tokenizer_dir(plan: Plan, cks) -> Path | None:
         p, _ = plan._ref_parts(ref)
         ck = opened = plan._open(open_checkpoint, p, ref)
     try:
-        roots = [ck.root, getattr(getattr(ck, "base", None), "root", None)]
-        root = next((r for r in roots if r is not None and any((r / f).is_file() for f in TOKENIZER_FILES)), None)
+        root = ck.tokenizer_dir
         if plan.tokenizer_source and plan.tokenizer_source != "base":
             other = cks[plan.config_donor()]
             a, b = ck.tokenizer_fingerprint(), other.tokenizer_fingerprint()

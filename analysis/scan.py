@@ -153,7 +153,7 @@ def analyze_checkpoints(
     n = len(models)
     sites: dict[tuple, SiteStats] = {}
     structure = {"missing": {}, "extra": {}, "shape_mismatch": {}, "dtypes": {}, "base_dtypes": {}}
-    names = [nm for nm in base.names() if base.info(nm).dtype.is_floating_point]
+    names = [nm for nm in base.names() if base.info(nm).is_float]
     for m in models:
         mnames = set(m.names())
         structure["missing"][m.label] = [nm for nm in base.names() if nm not in mnames]

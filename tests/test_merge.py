@@ -11,9 +11,10 @@ from mergescope import methods
 from mergescope.errors import InputError
 from mergescope.merge import MergeCancelled, MergeError, run_merge
 from mergescope.methods.base import MergeMethod, ParamSpec
+from mergescope.output import ModelWriter
 from mergescope.plan import Plan
 from mergescope.tui.cli import main
-from mergescope.writer import ModelWriter, parse_size
+from mergescope.units import parse_size
 from tests.ckpt_utils import load_state, lora_delta, make_finetune, make_llama, make_lora
 
 N_LAYERS = 4

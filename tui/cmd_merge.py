@@ -43,7 +43,7 @@ def run(args) -> int:
 
     from mergescope.merge import MergeError, run_merge
     from mergescope.plan import Plan
-    from mergescope.writer import fmt_bytes, parse_size
+    from mergescope.units import fmt_bytes, parse_size
 
     err = Console(stderr=True)
     out = Console()

@@ -1,0 +1,17 @@
+"""Writing a merged model: atomic sharded safetensors (shards.py) and its model card (card.py)."""
+
+from .card import AUTO_HASH_LIMIT, InputRecord, model_card, provenance, sha256_file
+from .shards import DEFAULT_SHARD_SIZE, ModelWriter, WriteResult, check_output, write_safetensors
+
+__all__ = [
+    "AUTO_HASH_LIMIT",
+    "DEFAULT_SHARD_SIZE",
+    "InputRecord",
+    "ModelWriter",
+    "WriteResult",
+    "check_output",
+    "model_card",
+    "provenance",
+    "sha256_file",
+    "write_safetensors",
+]
