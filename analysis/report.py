@@ -272,7 +272,7 @@ class Report:
             seen.setdefault(s.module, (order.get(s.group, 9), idx))
         return sorted(seen, key=lambda m: seen[m])
 
-    # -- JSON (the contract in docs/json.md) -------------------------------------------------------------------
+    # -- JSON (the contract in the README, section JSON) -------------------------------------------------------------------
     def to_json(self) -> dict:
         whole = self.whole()
         weights = self.weights()

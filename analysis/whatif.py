@@ -36,40 +36,38 @@ from pathlib import Path
 
 import numpy as np
 
-TASK_ARITHMETIC_FAMILY = (
-    "task_arithmetic",
-    "ties",
-    "dare_linear",
-    "dare_ties",
-    "breadcrumbs",
-    "breadcrumbs_ties",
-    "della",
-    "della_linear",
-)
-SPARSIFYING = ("ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear")
-CONSENSUS = ("ties", "dare_ties", "breadcrumbs_ties", "della")
-# Magnitude-based sparsification: the TIES-trimmed sign conflict is the relevant interference. A random
-# drop (DARE) keeps the conflicting fraction of the surviving overlap unchanged in expectation, so
-# for it (and for methods that do not sparsify) the untrimmed sign conflict is.
-MAGNITUDE_TRIM = ("ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear")
-EXACT = ("linear", "task_arithmetic")
+
+def _method(name: str):
+    from .methods import REGISTRY
+
+    return REGISTRY.get(name)
+
+
+def conflict_is_trimmed(method: str) -> bool:
+    """Whether the interference `method` leaves is the trimmed sign conflict (it trims by magnitude)."""
+    m = _method(method)
+    return m is not None and m.trim.by_magnitude
 
 
 def method_note(method: str) -> str:
-    """One line saying how far to trust the prediction for `method`."""
-    if method in EXACT:
+    """One line saying how far to trust the prediction for `method` (from its registry traits)."""
+    from .methods.base import Linear, Trim
+
+    m = _method(method)
+    if m is None:
+        return f"{method}: not modelled"
+    if m.trim is Trim.NONE and not m.elects_signs and m.linear in (Linear.TASK_SUM, Linear.WEIGHTED_MEAN):
         return f"{method}: exact (a weighted sum of task vectors)"
-    if method in ("dare_linear", "della_linear"):
+    if m.trim in (Trim.RANDOM, Trim.MAGNITUDE_RANDOM) and not m.elects_signs:
         return f"{method}: exact in expectation (random drop, rescaled); trimming noise not shown"
-    if method in CONSENSUS or method in SPARSIFYING:
+    if m.trim is not Trim.NONE or m.elects_signs:
         return f"{method}: trim/drop and sign election not modelled — see the measured trimmed sign conflict"
-    if method in ("slerp", "nuslerp"):
-        return f"{method}: linearised (≈ lerp for small angles)"
-    if method == "model_stock":
-        return "model_stock: ratio from the measured mean pairwise cosine per site"
-    if method == "passthrough":
-        return "passthrough: the model's tensors, scaled"
-    return f"{method}: not modelled"
+    return {
+        Linear.INTERPOLATION: f"{method}: linearised (≈ lerp for small angles)",
+        Linear.WEIGHT_SHARES: f"{method}: linearised (≈ lerp for small angles)",
+        Linear.STOCK_RATIO: f"{method}: ratio from the measured mean pairwise cosine per site",
+        Linear.SCALE: f"{method}: the model's tensors, scaled",
+    }.get(m.linear, f"{method}: not modelled")
 
 
 @dataclass
@@ -89,10 +87,14 @@ def coefficients(
     base_param: dict | None = None,
     cosine: float | None = None,
 ) -> SiteCoefficients:
-    """Effective coefficients for one tensor. `model_params[i]` holds model i's resolved per-model
-    parameters, or None when model i is not in the plan (coefficient 0). `base_param`: the base's own
-    per-model parameters when the method takes the base as a plain input (linear). `cosine`: the mean
-    pairwise task-vector cosine (model_stock)."""
+    """Effective coefficients for one tensor, by the method's linearisation (its registry trait).
+    `model_params[i]` holds model i's resolved per-model parameters, or None when model i is not in the
+    plan (coefficient 0). `base_param`: the base's own per-model parameters when the method takes the
+    base as a plain input (linear). `cosine`: the mean pairwise task-vector cosine (model_stock)."""
+    from .methods.base import Linear
+
+    m = _method(method)
+    kind = m.linear if m is not None else None
     n = len(model_params)
     w = np.array([_num((mp or {}).get("weight"), 0.0 if mp is None else 1.0) for mp in model_params], dtype=np.float64)
     dens = np.array(
@@ -101,33 +103,33 @@ def coefficients(
     )
     present = np.array([mp is not None for mp in model_params])
     c = np.zeros(n, dtype=np.float64)
-    if method in TASK_ARITHMETIC_FAMILY:
+    if kind is Linear.TASK_SUM:
         c = w.copy()
         if params.get("normalize"):
             s = w[present].sum()
             if abs(s) >= 1e-8:
                 c = c / s
         c = c * float(params.get("lambda", 1.0) if params.get("lambda") is not None else 1.0)
-    elif method == "linear":
+    elif kind is Linear.WEIGHTED_MEAN:
         c = w.copy()
         total = w[present].sum() + (_num((base_param or {}).get("weight"), 0.0) if base_param is not None else 0.0)
         if params.get("normalize", True) and abs(total) >= 1e-8:
             c = c / total
-    elif method == "slerp":
+    elif kind is Linear.INTERPOLATION:
         t = _num(params.get("t"), 0.5)
         c = np.where(present, t, 0.0)
         w = c.copy()
-    elif method == "nuslerp":
+    elif kind is Linear.WEIGHT_SHARES:
         s = w[present].sum()
         c = w / s if abs(s) >= 1e-8 else w
-    elif method == "model_stock":
+    elif kind is Linear.STOCK_RATIO:
         k = int(present.sum())
         cos = 0.0 if cosine is None or not math.isfinite(cosine) else cosine
         denom = 1 + (k - 1) * cos
         t = (k * cos / denom) if k and abs(denom) > 1e-12 else 0.0
         c = np.where(present, t / max(k, 1), 0.0)
         w = c.copy()
-    elif method == "passthrough":
+    elif kind is Linear.SCALE:
         c = np.array([_num((mp or {}).get("scale"), 1.0) if mp is not None else 0.0 for mp in model_params])
         w = c.copy()
     c = np.where(present, c, 0.0)
@@ -253,7 +255,7 @@ class WhatIf:
             measured_density=dens,
             numel=numel,
             sign_conflict=sc,
-            conflict_trimmed=self.method in MAGNITUDE_TRIM,
+            conflict_trimmed=conflict_is_trimmed(self.method),
         )
 
     def _trimmed(self, keys) -> tuple[float, float, float]:
@@ -310,7 +312,11 @@ def from_plan(report, plan, *, conflict_report=None) -> WhatIf:
     """Resolve the plan's parameters at one tensor of every site of the report and build a WhatIf.
 
     Raises the plan's InputError when it cannot be resolved (e.g. a required weight matches nothing)."""
+    from .methods.base import Linear
+
     method = plan.merge_method
+    m = _method(method)
+    method_linear = m.linear if m is not None else None
     n_layers = len(report.layers())
     to_idx = plan_models_to_report(plan, report)
     base_check = is_base(plan, report)
@@ -337,7 +343,7 @@ def from_plan(report, plan, *, conflict_report=None) -> WhatIf:
             elif base_check(ref):
                 base_param = mp
         cos = None
-        if method == "model_stock":
+        if method_linear is Linear.STOCK_RATIO:
             live = [i for i in range(report.n) if mps[i] is not None]
             vals = []
             for a in live:

@@ -1,4 +1,4 @@
-"""`mergescope analyze`: exit codes, one-line errors, JSON file (DESIGN §5)."""
+"""`mergescope analyze`: exit codes, one-line errors, JSON file (the contract in the README, section JSON)."""
 
 import json
 import subprocess

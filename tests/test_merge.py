@@ -10,7 +10,7 @@ import yaml
 from mergescope import methods
 from mergescope.errors import InputError
 from mergescope.merge import MergeCancelled, MergeError, run_merge
-from mergescope.methods.base import MergeMethod, ParamSpec
+from mergescope.methods.base import BaseUse, Linear, MergeMethod, ParamSpec
 from mergescope.output import ModelWriter
 from mergescope.plan import Plan
 from mergescope.tui.cli import main
@@ -164,7 +164,13 @@ def _boom_method(fail_at: int, exc=RuntimeError):
             raise exc("boom")
         return tensors[0].clone()
 
-    return MergeMethod(name="boom", merge=merge, needs_base=False, params=(ParamSpec("weight", 1.0, per_model=True),))
+    return MergeMethod(
+        name="boom",
+        merge=merge,
+        base=BaseUse.INPUT,
+        linear=Linear.WEIGHTED_MEAN,
+        params=(ParamSpec("weight", 1.0, per_model=True),),
+    )
 
 
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])

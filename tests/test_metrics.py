@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mergescope.analyze import analyze
 from mergescope.checkpoint import open_models
 from mergescope.naming import site_of
+from mergescope.readiness import analyze
 from mergescope.scan import analyze_checkpoints
 from tests.ckpt_utils import H, L, family_shapes, make_family
 
@@ -23,7 +23,7 @@ def _load_all(path):
 
 
 def reference(base_sd, model_sds, density):
-    """Straightforward whole-tensor computation of DESIGN §3 (float64)."""
+    """Straightforward whole-tensor computation of the README metric table (float64)."""
     n = len(model_sds)
     taus = [
         {k: (m[k].astype(np.float32) - base_sd[k].astype(np.float32)).astype(np.float64) for k in base_sd}

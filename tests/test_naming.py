@@ -1,4 +1,4 @@
-"""Tensor name -> Site, per architecture family (DESIGN §2)."""
+"""Tensor name -> Site, per architecture family (README: the analysis)."""
 
 import pytest
 

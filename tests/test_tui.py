@@ -146,7 +146,7 @@ async def test_incompatible_model_shows_findings_not_a_crash(tmp_path, family):
 
 
 async def test_analysis_can_be_cancelled(family, monkeypatch):
-    import mergescope.analyze as analyze_mod
+    import mergescope.readiness as analyze_mod
     from mergescope.scan import AnalysisCancelled
 
     started = []

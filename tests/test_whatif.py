@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from mergescope.analyze import analyze
 from mergescope.checkpoint import open_checkpoint
 from mergescope.naming import site_of
 from mergescope.plan import plan_from_group_ratios
+from mergescope.readiness import analyze
 from mergescope.whatif import coefficients, from_plan, method_note, uniform_density
 from tests.ckpt_utils import L, make_family
 

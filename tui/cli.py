@@ -1,6 +1,6 @@
 """`mergescope` console script: argparse front door; each subcommand lives in its own `cmd_*` module.
 
-Exit codes (DESIGN §5): 0 success, 1 `--fail-on` threshold met, 2 bad input (one line on stderr).
+Exit codes (README, Usage): 0 success, 1 `--fail-on` threshold met, 2 bad input (one line on stderr).
 """
 
 from __future__ import annotations

@@ -19,7 +19,11 @@ from .format import short_names as _short_names
 def add_arguments(p) -> None:
     p.add_argument("base", metavar="BASE", help="base checkpoint: HF directory, .safetensors file")
     p.add_argument("models", metavar="MODEL", nargs="+", help="fine-tuned checkpoints or PEFT LoRA adapter directories")
-    p.add_argument("--json", metavar="FILE", help="write the full report as JSON (DESIGN §5 contract)")
+    p.add_argument(
+        "--json",
+        metavar="FILE",
+        help="write the full report as JSON (every field is described in the README, section JSON)",
+    )
     p.add_argument(
         "--density",
         type=float,
@@ -37,7 +41,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from rich.console import Console
 
-    from mergescope.analyze import analyze
+    from mergescope.readiness import analyze
     from mergescope.report import SEVERITIES
 
     err = Console(stderr=True)

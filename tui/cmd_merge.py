@@ -50,7 +50,7 @@ def run(args) -> int:
     shard_size = parse_size(args.shard_size)
     plan = Plan.load(args.config)
     plan.validate(check_paths=True)
-    from mergescope.analyze import analysis_for_plan
+    from mergescope.readiness import analysis_for_plan
 
     report = analysis_for_plan(plan, compute=args.analyze, device=args.device)
     if report is not None and report.findings and not args.quiet:

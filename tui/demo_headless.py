@@ -81,8 +81,8 @@ def run_headless(output: str | None = None, use_cache: bool = True, console=None
     """Print the demo's findings, table and verdicts; return the perplexity table."""
     from rich.console import Console
 
-    from mergescope.analyze import analyze
     from mergescope.demo import DEMO_MODELS, family_dir
+    from mergescope.readiness import analyze
 
     from .cmd_analyze import print_report
 

@@ -1,16 +1,21 @@
-"""What a merge method declares: its inputs, its parameters, and a pure tensor function.
+"""What a merge method declares: its inputs, its parameters, its traits, and a pure tensor function.
 
-The registry (`analysis.methods.REGISTRY`) maps a mergekit method name to a `MergeMethod`; the plan
-validates against `params` and the executor calls `merge` once per output tensor.
+The registry (`mergescope.methods.REGISTRY`) maps a mergekit method name to a `MergeMethod`; the plan
+validates against `params`, the executor calls `merge` once per output tensor, and the what-if and the
+plan editor read the traits. A method's facts live in its entry and nowhere else, so adding a method is
+one file. Declaring a method needs no torch: the registry is read (plan checks, the app's plan editor)
+long before any tensor is touched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,41 @@ class MergeContext:
     release: Callable[[int, int], None] | None = None
 
 
+class BaseUse(Enum):
+    """What a method does with `base_model`."""
+
+    REQUIRED = "required"  # merges task vectors relative to it
+    OPTIONAL = "optional"  # task vectors when one is given, the models themselves otherwise
+    INPUT = "input"  # ignores the role: mergekit merges base_model as one more input
+
+
+class Linear(Enum):
+    """How the method reads, to first order, as θ₀ + Σᵢ cᵢ·τᵢ (what the what-if computes cᵢ from)."""
+
+    TASK_SUM = "task_sum"  # cᵢ = wᵢ (÷ Σw when normalize) · lambda
+    WEIGHTED_MEAN = "weighted_mean"  # cᵢ = wᵢ / Σw over the inputs, the base's own weight included
+    INTERPOLATION = "interpolation"  # cᵢ = t (slerp, linearised)
+    WEIGHT_SHARES = "weight_shares"  # cᵢ = wᵢ / Σw (nuslerp, linearised)
+    STOCK_RATIO = "stock_ratio"  # Model Stock's ratio from the mean pairwise cosine, shared by the models
+    SCALE = "scale"  # cᵢ = the model's `scale` (passthrough)
+
+
+class Trim(Enum):
+    """How a method sparsifies each task vector before combining them."""
+
+    NONE = "none"
+    MAGNITUDE = "magnitude"  # keep the largest |δ| (TIES)
+    MAGNITUDE_OUTLIERS = "magnitude_outliers"  # drop the smallest and the largest outliers (Breadcrumbs)
+    RANDOM = "random"  # keep each entry with probability density (DARE)
+    MAGNITUDE_RANDOM = "magnitude_random"  # keep with a probability ranked by |δ| (DELLA)
+
+    @property
+    def by_magnitude(self) -> bool:
+        """Keeps or drops by |δ|, so the interference left is the *trimmed* sign conflict. A plain random
+        drop keeps the conflicting fraction of the overlap unchanged in expectation."""
+        return self in (Trim.MAGNITUDE, Trim.MAGNITUDE_OUTLIERS, Trim.MAGNITUDE_RANDOM)
+
+
 @dataclass(frozen=True)
 class MergeMethod:
     name: str
@@ -49,10 +89,13 @@ class MergeMethod:
     #   base: the base model's tensor (float32) or None; tensors: the fine-tunes' tensors (float32),
     #   same order as model_params (one dict of resolved per-model params each); params: global params.
     merge: Callable[..., torch.Tensor]
-    needs_base: bool | None  # True: required; False: not used; None: optional
+    base: BaseUse
+    linear: Linear
     min_models: int = 1  # number of non-base models
     max_models: int | None = None
     params: tuple[ParamSpec, ...] = field(default_factory=tuple)
+    trim: Trim = Trim.NONE
+    elects_signs: bool = False  # TIES sign consensus: entries disagreeing with the elected sign drop out
     randomized: bool = False
     description: str = ""
     # Optional streaming CPU kernel: stream(raw_base, raw_tensors, model_params, params, ctx, out_dtype)
@@ -63,3 +106,8 @@ class MergeMethod:
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)
+
+    @property
+    def needs_base(self) -> bool | None:
+        """The base use as mergekit's tri-state (True required, None optional, False an input)."""
+        return {BaseUse.REQUIRED: True, BaseUse.OPTIONAL: None, BaseUse.INPUT: False}[self.base]

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import InputError
 from ._util import align, check_shapes, common_dtype, global_params, model_params, where
-from .base import MergeContext, MergeMethod, ParamSpec
+from .base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec
 
 PARAMS = (
     ParamSpec("weight", None, "float", per_model=True, required=True, help="this model's share"),
@@ -59,7 +59,8 @@ def linear_merge(
 METHOD = MergeMethod(
     name="linear",
     merge=linear_merge,
-    needs_base=False,
+    base=BaseUse.INPUT,
+    linear=Linear.WEIGHTED_MEAN,
     min_models=1,
     max_models=None,
     params=PARAMS,

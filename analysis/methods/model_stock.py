@@ -19,7 +19,7 @@ import torch
 
 from ..errors import InputError
 from ._util import align, check_shapes, common_dtype, flat, global_params, scratch
-from .base import MergeContext, MergeMethod, ParamSpec
+from .base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec
 
 PARAMS = (ParamSpec("filter_wise", False, "bool", help="one interpolation factor per row instead of per tensor"),)
 
@@ -100,7 +100,8 @@ def model_stock_merge(
 METHOD = MergeMethod(
     name="model_stock",
     merge=model_stock_merge,
-    needs_base=True,
+    base=BaseUse.REQUIRED,
+    linear=Linear.STOCK_RATIO,
     min_models=2,
     max_models=None,
     params=PARAMS,

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import InputError
 from ._util import align, check_shapes, common_dtype, flat, global_params, model_params
-from .base import MergeContext, MergeMethod, ParamSpec
+from .base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec
 
 PARAMS = (
     ParamSpec("weight", None, "float", per_model=True, required=True, help="relative weight of this model"),
@@ -95,7 +95,8 @@ def nuslerp_merge(
 METHOD = MergeMethod(
     name="nuslerp",
     merge=nuslerp_merge,
-    needs_base=None,
+    base=BaseUse.OPTIONAL,
+    linear=Linear.WEIGHT_SHARES,
     min_models=2,
     max_models=2,
     params=PARAMS,

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import InputError
 from ._util import align, common_dtype, model_params
-from .base import MergeContext, MergeMethod, ParamSpec
+from .base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec
 
 PARAMS = (ParamSpec("scale", None, "float", per_model=True, help="multiply the tensor by this (unset: copy as is)"),)
 
@@ -34,7 +34,8 @@ def passthrough_merge(
 METHOD = MergeMethod(
     name="passthrough",
     merge=passthrough_merge,
-    needs_base=False,
+    base=BaseUse.INPUT,
+    linear=Linear.SCALE,
     min_models=1,
     max_models=1,
     params=PARAMS,

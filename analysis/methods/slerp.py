@@ -18,7 +18,7 @@ import torch
 
 from ..errors import InputError
 from ._util import align, check_shapes, common_dtype, flat, global_params, scratch
-from .base import MergeContext, MergeMethod, ParamSpec
+from .base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec
 
 PARAMS = (
     ParamSpec("t", None, "float", required=True, help="interpolation factor: 0 = base model, 1 = the other model"),
@@ -101,7 +101,8 @@ def slerp_merge(
 METHOD = MergeMethod(
     name="slerp",
     merge=slerp_merge,
-    needs_base=True,
+    base=BaseUse.REQUIRED,
+    linear=Linear.INTERPOLATION,
     min_models=1,
     max_models=1,
     params=PARAMS,

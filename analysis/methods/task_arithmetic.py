@@ -33,7 +33,7 @@ import torch
 from ..errors import InputError
 from . import sparsify as sp
 from ._util import align, check_shapes, common_dtype, flat, global_params, model_params, scratch, tensor_generator
-from .base import MergeContext, MergeMethod, ParamSpec
+from .base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec, Trim
 
 _WEIGHT = ParamSpec(
     "weight",
@@ -223,6 +223,15 @@ def _stream(raw_base, raws, model_params_, params, ctx, out_dtype, *, specs, nam
     )
 
 
+_TRIMS = {
+    None: Trim.NONE,
+    "magnitude": Trim.MAGNITUDE,
+    "magnitude_outliers": Trim.MAGNITUDE_OUTLIERS,
+    "random": Trim.RANDOM,
+    "della_magprune": Trim.MAGNITUDE_RANDOM,
+}
+
+
 def _make(name, sparsification, consensus, normalize, rescale, description) -> MergeMethod:
     per_model = [_WEIGHT, _DENSITY]
     if sparsification == "magnitude_outliers":
@@ -237,10 +246,13 @@ def _make(name, sparsification, consensus, normalize, rescale, description) -> M
     return MergeMethod(
         name=name,
         merge=fn,
-        needs_base=True,
+        base=BaseUse.REQUIRED,
+        linear=Linear.TASK_SUM,
         min_models=1,
         max_models=None,
         params=specs,
+        trim=_TRIMS[sparsification],
+        elects_signs=consensus,
         randomized=sparsification in ("random", "della_magprune"),
         description=description,
         stream=stream,
