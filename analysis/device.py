@@ -6,12 +6,12 @@ from .errors import InputError
 
 
 def resolve_device(device: str | None) -> str:
-    import torch
-
     device = (device or "cpu").strip().lower()
     if device == "cpu":
-        return "cpu"
+        return "cpu"  # no torch import: a cached analysis never needs it
     if device == "cuda" or device.startswith("cuda:"):
+        import torch
+
         if not torch.cuda.is_available():
             raise InputError(
                 f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); "

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import json
 import mmap
+import pickle
 import struct
 from pathlib import Path
 
 from ..dtypes import BY_CODE, TABLE, of_torch
 from .model import CheckpointError
 
+MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+
 
 class SafetensorsFile:
-    """One memory-mapped .safetensors file; tensors are views into the mapping."""
+    """One memory-mapped .safetensors file; tensors are views into the mapping.
+
+    The header is checked completely before anything is mapped: every entry's dtype, shape and byte
+    range (inside the file, the size its shape says, no two tensors overlapping), so a truncated or
+    corrupt file is a `CheckpointError` naming the file, never a crash later in a merge."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -26,41 +33,37 @@ class SafetensorsFile:
                 head = fh.read(8)
                 if len(head) < 8:
                     raise CheckpointError(f"{path}: file is too short to be safetensors ({size} bytes); re-download it")
-                (hlen,) = struct.unpack("<Q", head)
-                if hlen <= 0 or hlen > min(size - 8, 100_000_000):
+                (hlen,) = struct.unpack("<q", head)  # signed: a huge value reads as negative, like safetensors
+                if hlen <= 0 or hlen > min(size - 8, MAX_HEADER):
                     raise CheckpointError(
                         f"{path}: corrupt safetensors header (declared length {hlen}, file {size} bytes); re-download the file"
                     )
-                header = json.loads(fh.read(hlen))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raw = fh.read(hlen)
+            header = json.loads(raw, object_pairs_hook=_no_duplicates)
+        except (UnicodeDecodeError, json.JSONDecodeError, _Duplicate) as exc:
             raise CheckpointError(
-                f"{path}: corrupt safetensors header ({exc.__class__.__name__}); re-download the file"
+                f"{path}: corrupt safetensors header ({exc.__class__.__name__.lstrip('_')}: {str(exc)[:80]}); "
+                "re-download the file"
             ) from None
         except OSError as exc:
             raise CheckpointError(f"{path}: cannot read ({exc.strerror}); check the path and permissions") from None
-        self.metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object); re-download the file")
+        meta = header.pop("__metadata__", None)
+        if meta is not None and not isinstance(meta, dict):
+            raise CheckpointError(f"{path}: corrupt safetensors header (__metadata__ is not an object); re-download it")
+        self.metadata = meta or {}
         self.data_start = 8 + hlen
         self.entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}  # name -> (code, shape, start, end)
-        for name, meta in header.items():
-            code = meta.get("dtype") if isinstance(meta, dict) else None
-            if isinstance(code, str) and code not in BY_CODE:
+        for name, entry in header.items():
+            self.entries[name] = _entry(path, name, entry, size - self.data_start)
+        spans = sorted((s, e, n) for n, (_, _, s, e) in self.entries.items() if e > s)
+        for (_, e0, n0), (s1, _, n1) in zip(spans, spans[1:]):
+            if s1 < e0:
                 raise CheckpointError(
-                    f"{path}: tensor {name!r} has dtype {code}, which mergescope cannot read "
-                    f"(supported: {', '.join(d.code for d in TABLE)}); convert the checkpoint"
+                    f"{path}: tensors {n0!r} and {n1!r} overlap in the file (bytes {s1}..{e0}); the header is "
+                    "corrupt, re-download the file"
                 )
-            try:
-                dtype = code
-                start, end = meta["data_offsets"]
-                shape = tuple(int(s) for s in meta["shape"])
-            except (KeyError, TypeError, ValueError):
-                raise CheckpointError(
-                    f"{path}: tensor {name!r} has an unreadable header entry ({meta!r}); re-download the file"
-                ) from None
-            if self.data_start + end > size:
-                raise CheckpointError(
-                    f"{path}: tensor {name!r} extends past the end of the file (truncated download?); re-download the file"
-                )
-            self.entries[name] = (dtype, shape, start, end)
         self._mm: mmap.mmap | None = None
 
     def _map(self) -> mmap.mmap:
@@ -120,6 +123,53 @@ class SafetensorsFile:
         self._mm = None
 
 
+class _Duplicate(ValueError):
+    pass
+
+
+def _no_duplicates(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise _Duplicate(f"{next(k for k in keys if keys.count(k) > 1)!r} appears twice")
+    return dict(pairs)
+
+
+def _entry(path: Path, name: str, entry, data_size: int) -> tuple[str, tuple[int, ...], int, int]:
+    """(code, shape, start, end) of one header entry, or the CheckpointError that says what is wrong."""
+
+    def bad(what: str):
+        return CheckpointError(f"{path}: tensor {name!r}: {what}; the file is corrupt, re-download it")
+
+    if not isinstance(entry, dict):
+        raise bad(f"header entry is {type(entry).__name__}, not an object")
+    code, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(code, str):
+        raise bad(f"dtype is {code!r}")
+    if code not in BY_CODE:
+        raise CheckpointError(
+            f"{path}: tensor {name!r} has dtype {code}, which mergescope cannot read "
+            f"(supported: {', '.join(d.code for d in TABLE)}); convert the checkpoint"
+        )
+    if not isinstance(shape, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in shape):
+        raise bad(f"shape {shape!r} is not a list of non-negative integers")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in offsets)
+        or not 0 <= offsets[0] <= offsets[1]
+    ):
+        raise bad(f"data_offsets {offsets!r} are not [start, end] with 0 <= start <= end")
+    start, end = offsets
+    if end > data_size:
+        raise bad(f"data extends past the end of the file (byte {end} of {data_size}: truncated download?)")
+    numel = 1
+    for x in shape:
+        numel *= x
+    if (end - start) != numel * BY_CODE[code].itemsize:
+        raise bad(f"holds {end - start} bytes but shape {shape} of {code} needs {numel * BY_CODE[code].itemsize}")
+    return code, tuple(shape), start, end
+
+
 class TorchBinFile:
     """A torch `.bin` state dict, loaded with weights_only and mmap."""
 
@@ -128,10 +178,25 @@ class TorchBinFile:
 
         self.path = path
         try:
-            self.state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as exc:  # torch raises many types for bad pickles
+            try:
+                self.state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                # the legacy (pre-zip) format cannot be memory-mapped: read it whole
+                self.state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            why = next((ln for ln in lines if "unsupported" in ln.lower()), lines[-1] if lines else "")[:120].rstrip(".")
             raise CheckpointError(
-                f"{path}: not a loadable PyTorch state dict ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})"
+                f"{path}: refused: this pickle asks to run code or to build objects other than tensors "
+                f"({why}); mergescope loads .bin files only with weights_only=True — if you trust the file, "
+                "convert it to safetensors"
+            ) from None
+        except Exception as exc:  # torch raises many types for files that are not state dicts
+            first = (str(exc).splitlines() or [""])[0][:120]
+            raise CheckpointError(
+                f"{path}: not a loadable PyTorch state dict ({exc.__class__.__name__}: {first}); re-download it"
             ) from None
         if isinstance(self.state, dict) and "state_dict" in self.state and isinstance(self.state["state_dict"], dict):
             self.state = self.state["state_dict"]

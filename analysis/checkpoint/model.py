@@ -53,13 +53,33 @@ class TensorInfo:
         return getattr(torch, BY_CODE[self.dtype_name].name)
 
 
-def read_json(path: Path) -> dict | None:
+def read_json(path: Path, unique_keys: bool = False) -> dict | None:
+    """The JSON file's content (None when absent); `unique_keys`: a key given twice is an error (an
+    index naming a tensor twice would otherwise keep the last silently)."""
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        hook = _unique if unique_keys else None
+        return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=hook)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror}); check the permissions") from None
+    except _Twice as exc:
+        raise CheckpointError(f"{path}: names {exc} twice; re-download or fix the file") from None
+    except ValueError as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc}); fix or remove the file") from None
+
+
+class _Twice(ValueError):
+    pass
+
+
+def _unique(pairs):
+    seen: set = set()
+    for k, _ in pairs:
+        if k in seen:
+            raise _Twice(repr(k))
+        seen.add(k)
+    return dict(pairs)
 
 
 def front_matter(readme: Path) -> dict:

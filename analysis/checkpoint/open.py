@@ -13,7 +13,7 @@ from .model import Checkpoint, CheckpointError, read_json
 def _open_safetensors_dir(path: Path, label: str) -> Checkpoint:
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        idx = read_json(index)
+        idx = read_json(index, unique_keys=True)
         wm = idx.get("weight_map") if isinstance(idx, dict) else None
         if not isinstance(wm, dict) or not wm:
             raise CheckpointError(f"{index}: no 'weight_map' in the index; re-download it")
@@ -51,7 +51,7 @@ def _open_safetensors_dir(path: Path, label: str) -> Checkpoint:
 def _open_bin_dir(path: Path, label: str) -> Checkpoint:
     index = path / "pytorch_model.bin.index.json"
     if index.is_file():
-        idx = read_json(index) or {}
+        idx = read_json(index, unique_keys=True) or {}
         shard_names = sorted(set((idx.get("weight_map") or {}).values()))
     else:
         shard_names = ["pytorch_model.bin"]
@@ -69,7 +69,14 @@ def open_checkpoint(path: str | os.PathLike, label: str | None = None) -> Checkp
     p = Path(path).expanduser()
     label = label if label is not None else str(path)
     if not p.exists():
-        raise CheckpointError(f"{path}: no such file or directory")
+        raise CheckpointError(f"{path}: no such file or directory; check the path")
+    try:
+        return _open(p, path, label)
+    except PermissionError as exc:
+        raise CheckpointError(f"{exc.filename or path}: permission denied; make it readable or copy it") from None
+
+
+def _open(p: Path, path, label: str) -> Checkpoint:
     if p.is_file():
         if p.suffix == ".safetensors":
             f = SafetensorsFile(p)
@@ -79,15 +86,22 @@ def open_checkpoint(path: str | os.PathLike, label: str | None = None) -> Checkp
             f = TorchBinFile(p)
             root = p.parent if (p.parent / "config.json").is_file() else None
             return Checkpoint(p, label, [f], {n: 0 for n in f.entries}, root)
-        raise CheckpointError(f"{path}: not a checkpoint (expected a directory, .safetensors or .bin file)")
+        raise CheckpointError(
+            f"{path}: not a checkpoint (expected a model directory, a .safetensors or a .bin file); point at one"
+        )
     if (p / "adapter_config.json").is_file():
         return LoraCheckpoint(p, label)
     if (p / "model.safetensors.index.json").is_file() or any(p.glob("*.safetensors")):
         return _open_safetensors_dir(p, label)
     if (p / "pytorch_model.bin").is_file() or (p / "pytorch_model.bin.index.json").is_file():
         return _open_bin_dir(p, label)
+    entries = sorted(x.name for x in p.iterdir())
+    if not entries:
+        raise CheckpointError(f"{path}: no model weights found: the directory is empty; point at a model directory")
+    seen = f"holds only {', '.join(entries[:4])}{' …' if len(entries) > 4 else ''}"
     raise CheckpointError(
-        f"{path}: no model weights found (expected model.safetensors, a sharded index, pytorch_model.bin, or a PEFT adapter)"
+        f"{path}: no model weights found ({seen}; expected model.safetensors, a sharded index, "
+        "pytorch_model.bin, or a PEFT adapter); download the weights or point at the model directory"
     )
 
 

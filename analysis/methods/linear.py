@@ -10,7 +10,10 @@ ordinary entry of `tensors` (with its own resolved `weight`) in that case; `base
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 from ..errors import InputError
 from ._util import align, check_shapes, common_dtype, global_params, model_params, where
@@ -29,6 +32,8 @@ def linear_merge(
     params: dict | None,
     ctx: MergeContext | None = None,
 ) -> torch.Tensor:
+    import torch
+
     ctx = ctx or MergeContext()
     if not tensors:
         raise InputError("merge method linear needs at least one model")

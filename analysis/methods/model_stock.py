@@ -14,8 +14,10 @@ products are accumulated in float64).
 from __future__ import annotations
 
 import itertools
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from ..errors import InputError
 from ._util import align, check_shapes, common_dtype, flat, global_params, scratch
@@ -27,6 +29,8 @@ _CHUNK = 1 << 20
 
 
 def _t_from_cos(cos, count: int):
+    import torch
+
     denom = 1 + (count - 1) * cos
     if isinstance(cos, torch.Tensor):
         singular = denom.abs() < 1e-6
@@ -42,6 +46,8 @@ def model_stock_merge(
     params: dict | None,
     ctx: MergeContext | None = None,
 ) -> torch.Tensor:
+    import torch
+
     ctx = ctx or MergeContext()
     if base is None or len(tensors) < 2:
         raise InputError(

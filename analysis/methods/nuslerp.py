@@ -12,7 +12,10 @@ else (sin((1−t)θ)·u + sin(tθ)·v) / sin θ with θ = acos c. Computed in th
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 from ..errors import InputError
 from ._util import align, check_shapes, common_dtype, flat, global_params, model_params
@@ -28,6 +31,8 @@ _EPS = 1e-8
 
 
 def _angle(cos: torch.Tensor):
+    import torch
+
     colinear = (1 - cos.square()) <= _EPS**2
     theta = torch.acos(torch.where(colinear, torch.zeros_like(cos), cos))
     return colinear, theta, torch.sin(theta)
@@ -35,6 +40,8 @@ def _angle(cos: torch.Tensor):
 
 def nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, dim: int = -1, flatten: bool = False) -> torch.Tensor:
     """mergekit's nuslerp on two same-shape tensors (a fresh result)."""
+    import torch
+
     shape = v0.shape
     if flatten or v0.dim() <= 1:
         a, b = flat(v0), flat(v1)
@@ -71,6 +78,8 @@ def nuslerp_merge(
     params: dict | None,
     ctx: MergeContext | None = None,
 ) -> torch.Tensor:
+    import torch
+
     ctx = ctx or MergeContext()
     if len(tensors) != 2:
         raise InputError(f"merge method nuslerp needs exactly two models besides the base (got {len(tensors)})")

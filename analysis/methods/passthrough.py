@@ -7,7 +7,10 @@ may be the input tensor itself (no copy) when no scaling or dtype change is need
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 from ..errors import InputError
 from ._util import align, common_dtype, model_params
@@ -23,6 +26,8 @@ def passthrough_merge(
     params: dict | None,
     ctx: MergeContext | None = None,
 ) -> torch.Tensor:
+    import torch
+
     ctx = ctx or MergeContext()
     if len(tensors) != 1:
         raise InputError(f"merge method passthrough takes exactly one model per slice (got {len(tensors)})")

@@ -14,7 +14,10 @@ extrapolates, as in mergekit.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 from ..errors import InputError
 from ._util import align, check_shapes, common_dtype, flat, global_params, scratch
@@ -36,6 +39,8 @@ def slerp_coefficients(t: float, a: torch.Tensor, b: torch.Tensor) -> tuple[torc
     norms are the norm of the per-chunk norms, the dot is the sum of per-chunk dots of the
     *normalised* chunks, all in the working dtype. (Accumulating in float64 instead moves elements
     whose merged value is near zero by many bf16 ulps, so we keep mergekit's order.)"""
+    import torch
+
     work = torch.float64 if a.dtype == torch.float64 else torch.float32
     x2, y2 = a.view(1, -1), b.view(1, -1)  # mergekit's [outputs, weights] layout, one output
     tt = torch.tensor([[t]], dtype=torch.float64 if a.dtype == torch.float64 else torch.float32).to(work)
@@ -69,6 +74,8 @@ def slerp_merge(
     params: dict | None,
     ctx: MergeContext | None = None,
 ) -> torch.Tensor:
+    import torch
+
     ctx = ctx or MergeContext()
     if base is None or len(tensors) != 1:
         raise InputError(
