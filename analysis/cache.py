@@ -15,7 +15,7 @@ from pathlib import Path
 from . import __version__
 from .checkpoint.files import METADATA_FILES
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # entries are {key, format, data}
 
 
 def user_cache_root() -> Path:
@@ -55,11 +55,17 @@ def cache_key(base, models, **options) -> str:
 
 
 def load(key: str) -> dict | None:
+    """The entry stored under `key`, or None when there is none or it is not one we wrote for this key
+    (truncated, corrupt, another format): the caller then recomputes and overwrites it."""
     path = cache_dir() / f"{key}.json"
     try:
-        return json.loads(path.read_text())
+        entry = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(entry, dict) or entry.get("key") != key or entry.get("format") != CACHE_FORMAT:
+        return None
+    data = entry.get("data")
+    return data if isinstance(data, dict) else None
 
 
 def store(key: str, data: dict) -> None:
@@ -69,7 +75,7 @@ def store(key: str, data: dict) -> None:
         d.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
         with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
+            json.dump({"key": key, "format": CACHE_FORMAT, "data": data}, fh)
         os.replace(tmp, d / f"{key}.json")
     except OSError:
         pass

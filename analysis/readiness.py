@@ -37,10 +37,8 @@ def analyze(
     base, models = open_models(base_path, model_paths, labels)
     key = cache.cache_key(base, models, density=density) if use_cache else None
     if key:
-        data = cache.load(key)
-        if data is not None:
-            report = Report.from_json(data)
-            report.structure["from_cache"] = True
+        report = _from_cache(key)
+        if report is not None:
             return report
     if cache_only:
         return None
@@ -52,6 +50,20 @@ def analyze(
     if key:
         cache.store(key, report.to_json())
     report.structure["from_cache"] = False
+    return report
+
+
+def _from_cache(key: str) -> Report | None:
+    """The cached report, or None when the entry is missing or does not read back as one (then it is
+    recomputed and overwritten: a cache entry is never trusted beyond what it proves)."""
+    data = cache.load(key)
+    if data is None:
+        return None
+    try:
+        report = Report.from_json(data)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        return None
+    report.structure["from_cache"] = True
     return report
 
 
