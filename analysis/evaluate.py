@@ -1,31 +1,179 @@
-"""Held-out perplexity of small Llama checkpoints (the demo family and merges of it), on CPU.
+"""Scores on held-out text: bits per byte for any causal LM checkpoint, LoRA adapter or in-memory merge.
 
-`perplexity()` scores a text with sliding windows: windows of `context` tokens start every `stride`
-tokens and each token is scored once, by the first window that covers it with the most left context
-(HF's "strided perplexity" recipe; the very first token, having no context, is not scored). All
-windows have the same length, so they run as a few fixed-size batches; results are deterministic.
-Tokens are bytes (see `analysis.tinylm`), so this is perplexity per byte.
+**bits per byte** = Σ negative log-likelihood (bits) of the predicted tokens ÷ the UTF-8 bytes those
+tokens cover. It does not depend on the tokenizer, so models with different vocabularies compare; lower
+is better. Windows: `context` tokens (the model's context length unless told), starting every `stride`
+tokens; each token is scored once, by the first window that holds it with the most left context (the
+strided-perplexity recipe); the first token has no context and is not scored (a BOS the tokenizer
+prepends is; it covers no bytes). All windows of a text have one length, so they run in fixed batches
+and results are deterministic. Perplexity per token (e^(nats / tokens)) is reported beside it when the
+model has a tokenizer.
+
+Backends (`auto` picks the first that runs the model): `builtin`, the pure-torch Llama-family forward in
+llama.py (weights cast one at a time from the memory-mapped files, so memory stays near the stored
+model); `transformers` (the `eval` extra) for every other causal LM; `command`, a user command whose
+last line on stdout is the score (scorers.py).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+from .errors import InputError
+from .tokens import Encoded
 
-from .tinylm import LlamaLM, encode, load_model
+BATCH_TOKENS = 16384  # tokens per forward batch (windows x context)
+BACKENDS = ("auto", "builtin", "transformers")
 
-DEFAULT_CONTEXT = 128
-DEFAULT_STRIDE = 128  # = context: each byte scored once, no overlap (fast; fine for comparisons)
-BATCH = 64  # windows per forward pass
+Progress = Callable[[int, int, str], None]
 
 
-def _windows(n: int, context: int, stride: int) -> list[tuple[int, int]]:
-    """(start, first scored target index) per window; targets scored are [first, start + len)."""
+class EvalCancelled(Exception):
+    """`should_stop()` returned true."""
+
+
+@dataclass(frozen=True)
+class Score:
+    """One model on one text. `value` is what is compared: bits per byte, or a command's number."""
+
+    value: float
+    higher_is_better: bool = False
+    nll_nats: float | None = None
+    tokens: int | None = None
+    n_bytes: int | None = None
+    token_perplexity: float | None = None
+
+    def better(self, other: Score) -> bool:
+        """Strictly better than `other`."""
+        return self.value > other.value if self.higher_is_better else self.value < other.value
+
+    def to_dict(self) -> dict:
+        if self.nll_nats is None:
+            return {"score": self.value, "higher_is_better": self.higher_is_better}
+        return {
+            "bits_per_byte": self.value,
+            "token_perplexity": self.token_perplexity,
+            "tokens": self.tokens,
+            "bytes": self.n_bytes,
+            "nll_bits": self.nll_nats / math.log(2),
+        }
+
+
+def bits_per_byte(nll_nats: float, tokens: int, enc: Encoded, has_tokens: bool) -> Score:
+    n_bytes = enc.scored_bytes
+    if n_bytes <= 0 or tokens <= 0:
+        raise InputError("the text is too short to score (it needs at least two tokens)")
+    bpb = nll_nats / math.log(2) / n_bytes
+    ppl = math.exp(nll_nats / tokens) if has_tokens else None
+    return Score(bpb, False, nll_nats, tokens, n_bytes, ppl)
+
+
+# ---------------------------------------------------------------------------------------------- texts
+def read_text(path: str | os.PathLike, max_bytes: int | None = None, what: str = "--text") -> bytes:
+    """A held-out text file as UTF-8 bytes (cut at a character boundary to `max_bytes`)."""
+    p = Path(path).expanduser()
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{what} {path}: no such file; give a text file of held-out text") from None
+    except IsADirectoryError:
+        raise InputError(f"{what} {path}: is a directory; give the text files in it") from None
+    except OSError as exc:
+        raise InputError(f"{what} {path}: cannot read ({exc.strerror}); check the permissions") from None
+    if not data.strip():
+        raise InputError(f"{what} {path}: is empty; give a file with held-out text")
+    if max_bytes is not None and len(data) > max_bytes:
+        cut = max(0, int(max_bytes))
+        while 0 < cut < len(data) and (data[cut] & 0xC0) == 0x80:  # not inside a UTF-8 character
+            cut -= 1
+        data = data[:cut]
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{what} {path}: not UTF-8 text (byte {exc.start}); convert it to UTF-8") from None
+    return data
+
+
+def read_texts(paths: Sequence[str | os.PathLike], max_bytes: int | None = None, what: str = "--text") -> dict:
+    """{name: bytes} for the files (names are the file stems, made unique)."""
+    out: dict[str, bytes] = {}
+    for p in paths:
+        name = Path(p).stem or str(p)
+        k, i = name, 2
+        while k in out:
+            k, i = f"{name}-{i}", i + 1
+        out[k] = read_text(p, max_bytes, what)
+    if not out:
+        raise InputError(f"{what}: give at least one text file")
+    return out
+
+
+def load_texts(directory: str | os.PathLike) -> dict[str, bytes]:
+    """`{domain: bytes}` from the `*.txt` files of a directory (e.g. the demo's held-out texts)."""
+    return {p.stem: p.read_bytes() for p in sorted(Path(directory).glob("*.txt"))}
+
+
+# ---------------------------------------------------------------------------------------------- models
+@dataclass
+class Model:
+    """What a backend scores: tensors by name, the config, where the tokenizer lives, and (for backends
+    that read files) a directory holding the model."""
+
+    label: str
+    tensors: Mapping
+    config: dict
+    tokenizer_dir: Path | None
+    path: Path | None = None
+    closer: Callable[[], None] | None = None
+
+    def close(self) -> None:
+        if self.closer is not None:
+            self.closer()
+            self.closer = None
+
+
+def open_model(ref: str | os.PathLike, label: str | None = None) -> Model:
+    """A checkpoint path, `BASE+ADAPTER`, or a LoRA adapter whose base_model_name_or_path is local."""
+    from .checkpoint import LoraCheckpoint, open_checkpoint
+
+    ref = str(ref)
+    label = label or ref
+    base_path = None
+    if not Path(ref).expanduser().exists() and "+" in ref:
+        base_path, ref = ref.rsplit("+", 1)
+    ck = open_checkpoint(ref, label)
+    if isinstance(ck, LoraCheckpoint):
+        base_path = base_path or ck.declared_base
+        if not base_path or not Path(base_path).expanduser().exists():
+            ck.close()
+            raise InputError(
+                f"{ref}: is a LoRA adapter and its base {base_path!r} is not a local path; score it as BASE+{ref}"
+            )
+        ck = ck.with_base(open_checkpoint(base_path))
+    elif base_path is not None:
+        ck.close()
+        raise InputError(f"{label}: `A+B` means base A with LoRA adapter B, and {ref} is not an adapter")
+    root = ck.tokenizer_dir or getattr(ck, "root", None)
+    path = ck.root if getattr(ck, "lora", None) is None and ck.root is not None else None
+    return Model(label, ck, dict(ck.config or {}), root, path, closer=_close_all(ck))
+
+
+def _close_all(ck):
+    def close():
+        for c in (ck, getattr(ck, "base", None), getattr(ck, "lora", None)):
+            if c is not None:
+                c.close()
+
+    return close
+
+
+# ---------------------------------------------------------------------------------------------- windows
+def windows(n: int, context: int, stride: int) -> list[tuple[int, int]]:
+    """(start, first scored target) per window of length min(context, n); targets [first, start + len)."""
     if n <= context:
         return [(0, 1)]
     starts = list(range(0, n - context + 1, stride))
@@ -38,95 +186,41 @@ def _windows(n: int, context: int, stride: int) -> list[tuple[int, int]]:
     return out
 
 
-def _as_model(model_or_path) -> LlamaLM:
-    if isinstance(model_or_path, LlamaLM):
-        return model_or_path
-    return load_model(model_or_path)
+def window_nll(logits_fn, ids: list[int], context: int, stride: int, should_stop=None, tick=None) -> tuple[float, int]:
+    """(Σ nats, tokens scored) of `ids` under `logits_fn(ids [B, T]) -> logits [B, T, V]`."""
+    import torch
+    import torch.nn.functional as F
 
-
-@torch.no_grad()
-def nll(
-    model_or_path: LlamaLM | str | os.PathLike,
-    text: bytes | str,
-    context: int = DEFAULT_CONTEXT,
-    stride: int = DEFAULT_STRIDE,
-    batch_size: int = BATCH,
-) -> tuple[float, int]:
-    """(summed negative log-likelihood in nats, number of scored tokens) of `text`."""
-    model = _as_model(model_or_path)
     if not 0 < stride <= context:
-        raise ValueError(f"stride must be in 1..context ({context}), got {stride}")
-    limit = model.config.max_position_embeddings
-    if context > limit:
-        raise ValueError(f"context {context} exceeds the model's max_position_embeddings ({limit})")
-    ids = encode(text)
-    n = ids.numel()
+        raise InputError(f"--stride {stride}: must be between 1 and the context length ({context})")
+    x_all = torch.tensor(ids, dtype=torch.long)
+    n = x_all.numel()
     if n < 2:
-        raise ValueError("text must have at least 2 bytes to score")
-    wins = _windows(n, context, stride)
+        raise InputError("the text is too short to score (it needs at least two tokens)")
+    wins = windows(n, context, stride)
     length = min(context, n)
-    was_training = model.training
-    model.eval()
+    per_batch = max(1, BATCH_TOKENS // length)
     total = torch.zeros((), dtype=torch.float64)
     count = 0
-    try:
-        for b0 in range(0, len(wins), batch_size):
-            chunk = wins[b0 : b0 + batch_size]
-            x = torch.stack([ids[s : s + length] for s, _ in chunk])
-            logits = model(x)[:, :-1].float()
-            tok_nll = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none"
-            ).view(len(chunk), length - 1)
-            # Position p of the window predicts target s + p + 1; keep targets >= first.
+    with torch.no_grad():
+        for b0 in range(0, len(wins), per_batch):
+            if should_stop is not None and should_stop():
+                raise EvalCancelled()
+            chunk = wins[b0 : b0 + per_batch]
+            x = torch.stack([x_all[s : s + length] for s, _ in chunk])
+            logits = logits_fn(x)[:, :-1].float()
+            tok = (
+                F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1).to(logits.device), reduction="none"
+                )
+                .view(len(chunk), length - 1)
+                .cpu()
+            )
             pos = torch.arange(length - 1)
             first = torch.tensor([f - s - 1 for s, f in chunk])
-            mask = pos[None, :] >= first[:, None]
-            total += tok_nll.masked_select(mask).double().sum()
+            mask = pos[None, :] >= first[:, None]  # position p predicts target s + p + 1
+            total += tok.masked_select(mask).double().sum()
             count += int(mask.sum())
-    finally:
-        model.train(was_training)
+            if tick is not None:
+                tick(int(mask.sum()))
     return float(total), count
-
-
-def perplexity(
-    model_or_path: LlamaLM | str | os.PathLike,
-    text: bytes | str,
-    context: int = DEFAULT_CONTEXT,
-    stride: int = DEFAULT_STRIDE,
-    batch_size: int = BATCH,
-) -> float:
-    """Per-byte perplexity of `text` under a model (or a checkpoint path, loaded in float32)."""
-    total, count = nll(model_or_path, text, context=context, stride=stride, batch_size=batch_size)
-    return math.exp(total / count)
-
-
-def load_texts(directory: str | os.PathLike) -> dict[str, bytes]:
-    """`{domain: bytes}` from the `*.txt` files of a directory (e.g. `analysis/demo/heldout`)."""
-    return {p.stem: p.read_bytes() for p in sorted(Path(directory).glob("*.txt"))}
-
-
-def evaluate_models(
-    paths: Mapping[str, LlamaLM | str | os.PathLike],
-    texts: Mapping[str, bytes | str],
-    progress: Callable[[int, int, str], None] | None = None,
-    *,
-    context: int = DEFAULT_CONTEXT,
-    stride: int = DEFAULT_STRIDE,
-) -> dict[str, dict[str, float]]:
-    """`{label: {domain: perplexity}}` for each model (path or loaded model) on each text.
-
-    `progress(done, total, label)` is called after each (model, domain) pair, `label` naming both.
-    """
-    total = len(paths) * len(texts)
-    done = 0
-    out: dict[str, dict[str, float]] = {}
-    for label, p in paths.items():
-        model = _as_model(p)
-        row = {}
-        for domain, text in texts.items():
-            row[domain] = perplexity(model, text, context=context, stride=stride)
-            done += 1
-            if progress is not None:
-                progress(done, total, f"{label} / {domain}")
-        out[label] = row
-    return out

@@ -1,15 +1,11 @@
-"""A tiny pure-torch Llama causal LM, numerically matching HF `LlamaForCausalLM`, plus a byte tokenizer.
+"""The demo family's trainable model: a tiny Llama `nn.Module` whose forward is the built-in one
+(llama.py), plus a byte tokenizer and save/load helpers.
 
-Used for the bundled demo family (`analysis/demo/family/`) and for evaluating merges of it without
-`transformers`. Module and parameter names mirror HF Llama exactly, so `state_dict()` keys are
-`model.embed_tokens.weight`, `model.layers.{i}.self_attn.{q,k,v,o}_proj.weight`,
-`model.layers.{i}.mlp.{gate,up,down}_proj.weight`, `model.layers.{i}.{input,post_attention}_layernorm.weight`,
-`model.norm.weight`, `lm_head.weight`.
-
-Numerics follow HF: RMSNorm in float32 then cast back and scaled by the weight; rotary embeddings with
-`inv_freq = 1 / rope_theta ** (arange(0, d, 2) / d)` and the `rotate_half` convention; softmax attention
-with scale `head_dim ** -0.5`; SwiGLU MLP `down(silu(gate(x)) * up(x))`; no biases. Only the default
-("no rope_scaling") rotary variant is supported.
+Used to train the bundled demo family (`mergescope.demo`). Module and parameter names mirror HF Llama
+exactly, so `state_dict()` keys are `model.embed_tokens.weight`,
+`model.layers.{i}.self_attn.{q,k,v,o}_proj.weight`, `model.layers.{i}.mlp.{gate,up,down}_proj.weight`,
+`model.layers.{i}.{input,post_attention}_layernorm.weight`, `model.norm.weight`, `lm_head.weight`, and
+the saved checkpoints load in `transformers.LlamaForCausalLM`. No biases, plain RoPE.
 
 The tokenizer is byte-level: token id == byte value (0..255), no special tokens, vocab_size 256.
 `tokenizer_json()` describes the same mapping as a HF `tokenizers` BPE model with a ByteLevel
@@ -27,8 +23,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .llama import LlamaShape, forward
 
 __all__ = [
     "LlamaConfig",
@@ -148,44 +145,18 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
 
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
-        self.n_heads, self.n_kv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        if self.n_heads % self.n_kv:
+        n_heads, n_kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        if n_heads % n_kv:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
         h = cfg.hidden_size
-        self.q_proj = nn.Linear(h, self.n_heads * self.hd, bias=False)
-        self.k_proj = nn.Linear(h, self.n_kv * self.hd, bias=False)
-        self.v_proj = nn.Linear(h, self.n_kv * self.hd, bias=False)
-        self.o_proj = nn.Linear(self.n_heads * self.hd, h, bias=False)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.hd).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv, self.hd).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv, self.hd).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        if self.n_kv != self.n_heads:  # HF repeat_kv: query head j uses kv head j // n_rep
-            rep = self.n_heads // self.n_kv
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.hd**-0.5)
-        out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.hd)
-        return self.o_proj(out)
+        self.q_proj = nn.Linear(h, n_heads * hd, bias=False)
+        self.k_proj = nn.Linear(h, n_kv * hd, bias=False)
+        self.v_proj = nn.Linear(h, n_kv * hd, bias=False)
+        self.o_proj = nn.Linear(n_heads * hd, h, bias=False)
 
 
 class MLP(nn.Module):
@@ -195,9 +166,6 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
 
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: LlamaConfig):
@@ -206,10 +174,6 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-    def forward(self, x, cos, sin):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class _Backbone(nn.Module):
@@ -230,9 +194,7 @@ class LlamaLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        hd = config.head_dim
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.shape = LlamaShape.from_config(config.to_dict())
 
     def init_weights(self, seed: int, std: float | None = None) -> LlamaLM:
         """HF-style init (normal(0, std) for linears/embeddings, ones for norms) from a fixed seed."""
@@ -246,19 +208,9 @@ class LlamaLM(nn.Module):
                     p.copy_(torch.randn(p.shape, generator=g) * std)
         return self
 
-    def rotary(self, t: int, dtype: torch.dtype, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = torch.arange(t, device=device, dtype=torch.float32)
-        freqs = pos[:, None] * self.inv_freq.to(device)[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
-
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        x = self.model.embed_tokens(input_ids)
-        cos, sin = self.rotary(input_ids.shape[-1], x.dtype, x.device)
-        for layer in self.model.layers:
-            x = layer(x, cos, sin)
-        x = self.model.norm(x)
-        return self.lm_head(x).float()
+        """Logits [B, T, vocab] (float32): the built-in forward (llama.py) on this module's parameters."""
+        return forward(dict(self.named_parameters()), self.shape, input_ids, dtype=self.model.norm.weight.dtype)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """HF-named tensors (lm_head omitted when tied)."""

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from mergescope.checkpoint import open_checkpoint
-from mergescope.evaluate import _windows, evaluate_models, load_texts, perplexity
+from mergescope.evaluate import load_texts
+from mergescope.scorers import score_models
 from mergescope.tinylm import (
     LlamaConfig,
     LlamaLM,
@@ -19,7 +20,6 @@ from mergescope.tinylm import (
     decode,
     encode,
     load_model,
-    model_from_tensors,
     save_model,
     tokenizer_json,
 )
@@ -118,40 +118,13 @@ def test_family_loads_and_forward_is_deterministic(models):
     assert all(torch.equal(p, q) for p, q in zip(again.parameters(), models["code"].parameters()))
 
 
-def test_finetunes_beat_base_on_their_domain(models, heldout):
+def test_finetunes_beat_base_on_their_domain(heldout):
+    texts = {d: heldout[d][:12_000] for d in DOMAINS}
+    res = score_models([str(FAMILY / m) for m in ("base", *DOMAINS)], texts)
+    base = res[str(FAMILY / "base")]
     for d in DOMAINS:
-        text = heldout[d][:12_000]
-        base = perplexity(models["base"], text)
-        ft = perplexity(models[d], text)
-        assert ft < 0.97 * base, f"{d}: fine-tune {ft:.3f} vs base {base:.3f}"
-
-
-def test_perplexity_accounting():
-    # Every target after the first is scored exactly once, whatever the context/stride.
-    for n, ctx, stride in [(300, 128, 64), (256, 128, 64), (1000, 100, 37), (50, 128, 64), (129, 128, 128)]:
-        seen = []
-        for s, first in _windows(n, ctx, stride):
-            seen += list(range(first, min(s + ctx, n)))
-        assert seen == list(range(1, n)), (n, ctx, stride)
-    # A model whose logits are all zero predicts uniformly: perplexity is exactly the vocab size.
-    cfg = LlamaConfig.from_json(FAMILY / "base" / "config.json")
-    tensors = dict(load_model(FAMILY / "base").state_dict())
-    tensors["lm_head.weight"] = torch.zeros_like(tensors["lm_head.weight"])
-    flat = model_from_tensors(cfg, tensors)
-    assert perplexity(flat, "hello world, " * 40, context=64, stride=16) == pytest.approx(256.0, rel=1e-6)
-
-
-def test_evaluate_models_progress(heldout):
-    calls = []
-    texts = {d: t[:3000] for d, t in heldout.items()}
-    res = evaluate_models(
-        {"b": FAMILY / "base", "c": FAMILY / "code"},
-        texts,
-        progress=lambda done, total, label: calls.append((done, total, label)),
-    )
-    assert set(res) == {"b", "c"} and set(res["b"]) == set(DOMAINS)
-    assert [c[:2] for c in calls] == [(i, 6) for i in range(1, 7)]
-    assert res["b"]["code"] == perplexity(FAMILY / "base", texts["code"])
+        ft = res[str(FAMILY / d)][d].value
+        assert ft < 0.985 * base[d].value, f"{d}: fine-tune {ft:.3f} vs base {base[d].value:.3f} bits per byte"
 
 
 def test_save_model_round_trip(tmp_path, models):

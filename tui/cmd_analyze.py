@@ -64,25 +64,9 @@ def run(args) -> int:
 
 
 def _analyze_with_progress(analyze, args, err):
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+    from .progress_bar import cli_progress
 
-    if args.quiet or not err.is_terminal:
-        return analyze(args.base, args.models, density=args.density, device=args.device, use_cache=not args.no_cache)
-    with Progress(
-        TextColumn("[bold]analyse"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.description}", style="dim"),
-        console=err,
-        transient=True,
-    ) as prog:
-        task = prog.add_task("", total=None)
-
-        def progress(done, total, label):
-            prog.update(task, completed=done, total=total, description=label.split(" ")[0] + " tensors")
-
+    with cli_progress("analyse", quiet=args.quiet, console=err) as progress:
         return analyze(
             args.base,
             args.models,

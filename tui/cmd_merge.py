@@ -45,6 +45,8 @@ def run(args) -> int:
     from mergescope.plan import Plan
     from mergescope.units import fmt_bytes, parse_size
 
+    from .progress_bar import cli_progress
+
     err = Console(stderr=True)
     out = Console()
     shard_size = parse_size(args.shard_size)
@@ -69,10 +71,8 @@ def run(args) -> int:
         analysis=report,
     )
     try:
-        if args.quiet or not err.is_terminal:
-            res = run_merge(plan, args.output, **kwargs)
-        else:
-            res = _with_progress(run_merge, plan, args.output, kwargs, err)
+        with cli_progress("merge", quiet=args.quiet, console=err) as progress:
+            res = run_merge(plan, args.output, progress=progress, **kwargs)
     except MergeError as exc:
         print(f"mergescope merge: error: {exc}", file=sys.stderr)
         print("nothing was written", file=sys.stderr)
@@ -85,26 +85,3 @@ def run(args) -> int:
         highlight=False,
     )
     return 0
-
-
-def _with_progress(run_merge, plan, output, kwargs, err):
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
-    with Progress(
-        TextColumn("[bold]merge"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[tensors]}"),
-        TextColumn("{task.description}", style="dim"),
-        console=err,
-        transient=True,
-    ) as prog:
-        task = prog.add_task("", total=None, tensors="")
-
-        def progress(done, total, label):
-            count, _, name = label.partition(" ")
-            prog.update(task, completed=done, total=total, tensors=f"{count} tensors", description=name[-48:])
-
-        return run_merge(plan, output, progress=progress, **kwargs)

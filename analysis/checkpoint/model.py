@@ -141,8 +141,13 @@ class Checkpoint:
         except KeyError:
             raise KeyError(f"{self.label}: no tensor named {name!r}") from None
 
+    def __getitem__(self, name: str):
+        """`ck[name]` is `ck.get(name)`: a checkpoint reads like a mapping of tensors (the forward pass
+        and the merge both take one)."""
+        return self.get(name)
+
     def release(self, name: str) -> None:
-        """Done with this tensor for now: let its memory-mapped pages go (see _SafetensorsFile)."""
+        """Done with this tensor for now: let its memory-mapped pages go (see SafetensorsFile)."""
         idx = self._where.get(name)
         if idx is not None:
             self._files[idx].release(name)
