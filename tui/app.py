@@ -1,15 +1,15 @@
 """The Textual explorer: open → analyse → verdicts → heatmaps → plan → export → merge.
 
-The app owns the state (the report, the plan being edited) and the workers. Workers run the core
-(`mergescope.*`, the core) in threads, post messages (`mergescope.tui.messages`) and never touch widgets; failures reach one
-place, `on_worker_state_changed`, which shows one error dialog. The core never sees Textual.
+The session (`session.py`) holds what is open and planned and decides about it; the app hands it to
+the views, handles their messages, and runs the workers. Workers run the core (`mergescope.*`) in
+threads, post messages (`messages.py`) and never touch widgets; failures reach one place,
+`on_worker_state_changed`, which shows one error dialog. The core never sees Textual.
 """
 
 from __future__ import annotations
 
 import os
 import time
-import traceback
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,17 +17,19 @@ from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.widgets import TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from mergescope.report import DEFAULT_DENSITY
 
 from .dialogs.error import ErrorDialog
-from .dialogs.help import HelpScreen
+from .dialogs.help import HelpScreen, palette_entries
 from .dialogs.open import OpenDialog
-from .dialogs.prompt import PathPrompt
+from .dialogs.prompt import PathPrompt, ValuePrompt
 from .messages import AnalysisDone, MergeDone, Progress, WhatIfReady
 from .recent import ModelSet, remember
-from .screens.main import TABS, MainScreen
+from .screens.main import MainScreen
+from .session import RemeasureTarget, Session
 from .widgets.heatmap_view import HeatmapView
 from .widgets.merge_view import MergeView
 from .widgets.plan_editor import PlanEditor
@@ -35,6 +37,7 @@ from .widgets.progress import JobProgress
 from .widgets.verdicts import VerdictsView
 
 JOB_GROUPS = ("analysis", "merge", "remeasure")
+ACTIVE = (WorkerState.PENDING, WorkerState.RUNNING)
 WHATIF_DEBOUNCE_S = 0.08
 # Below this many bytes read by the analysis, the plan's own models are re-measured at its density
 # automatically (a second or two, then cached); above it the user asks for it with `r`.
@@ -44,9 +47,10 @@ AUTO_REMEASURE_BYTES = 1 << 30
 class MergeScopeApp(App):
     TITLE = "mergescope"
     CSS_PATH = "app.tcss"
+    PALETTE_GROUP = ""
     BINDINGS = [
         Binding("question_mark", "help", "keys", id="app.help"),
-        Binding("o", "open", "open", id="app.open"),
+        Binding("o", "open", "open", tooltip="Open a model set", id="app.open"),
         Binding("q", "quit", "quit", id="app.quit"),
     ]
 
@@ -73,17 +77,14 @@ class MergeScopeApp(App):
         self.device = device
         self.use_cache = use_cache
         self.remember_set = remember_set
-        self.sample_plan = sample_plan  # {"method", "models", "weight", "density"}: the demo's starting plan
-        self.output_dir = output_dir  # the merge tab's starting output directory
         self.low_colour = low_colour  # None: detect (16-colour terminals get the background-free heatmap)
-        self.report = None
-        self.model_set: ModelSet | None = None
-        self.plan_state = None
-        self.remeasured = None  # a report re-measured at the plan's density
-        self.last_export: str | None = None
+        self.session = Session(
+            sample_plan=sample_plan, output_dir=output_dir, auto_remeasure_bytes=AUTO_REMEASURE_BYTES
+        )
         self.last_merge = None
         self._whatif_gen = 0
         self._whatif_timer = None
+        self._remeasure_key: RemeasureTarget | None = None
         self.timings: dict[str, float] = {"start": time.perf_counter()}
         self._fixed_title = title
         if title:
@@ -110,6 +111,15 @@ class MergeScopeApp(App):
                 return screen
         raise LookupError("no main screen")
 
+    # the session's state, read where the app is driven from outside (tests, bench)
+    report = property(lambda self: self.session.report)
+    plan_state = property(lambda self: self.session.plan_state)
+    remeasured = property(lambda self: self.session.remeasured)
+
+    @property
+    def editor(self) -> PlanEditor:
+        return self.main.query_one(PlanEditor)
+
     def _has_main(self) -> bool:
         """False while the app shuts down: late timers and worker messages then have nothing to update."""
         return any(isinstance(screen, MainScreen) for screen in self.screen_stack)
@@ -117,14 +127,14 @@ class MergeScopeApp(App):
     # -- open / analyse ---------------------------------------------------------------------
     def action_open(self) -> None:
         if not isinstance(self.screen, OpenDialog):
-            self.push_screen(OpenDialog(initial=self.model_set, can_cancel=True), self._opened)
+            self.push_screen(OpenDialog(initial=self.session.model_set, can_cancel=True), self._opened)
 
     def _opened(self, entry: ModelSet | None) -> None:
         if entry is not None:
             self.open_set(entry)
 
     def open_set(self, entry: ModelSet) -> None:
-        self.model_set = entry
+        self.session.model_set = entry
         if not self._fixed_title:
             self.sub_title = entry.describe()
         self.main.query_one(JobProgress).start("analyse")
@@ -139,7 +149,7 @@ class MergeScopeApp(App):
         self._analyse(base, models, density, "whatif")
 
     def _analyse(self, base: str, models: list[str], density: float, purpose: str) -> None:
-        from mergescope.analyze import analyze
+        from mergescope.readiness import analyze
         from mergescope.scan import AnalysisCancelled
 
         worker = get_current_worker()
@@ -175,106 +185,47 @@ class MergeScopeApp(App):
         if not self._has_main():
             return
         if message.purpose != "main":
-            self.remeasured = message.report
-            if not self._quiet_remeasure():
+            self.session.remeasured = message.report
+            if not self.session.small():
                 self.notify(f"re-measured at density {message.report.density}: the what-if shows it")
             self.request_whatif()
             return
-        self.report = message.report
-        self.remeasured = None
+        problem = self.session.analysed(message.report)
         self.timings["report"] = time.perf_counter()
         main = self.main
         main.query_one(VerdictsView).show(self.report)
         main.query_one(HeatmapView).show(self.report)
-        self._init_plan(message.report)
-        if self.remember_set and self.model_set is not None:
-            remember(self.model_set)
+        if problem is not None:
+            self.show_error(problem, what="loading the plan")
+        self._show_plan()
+        if not main.query_one(MergeView).output:
+            main.query_one(MergeView).set_output(self.session.default_output())
+        if self.remember_set and self.session.model_set is not None:
+            remember(self.session.model_set)
         self.call_after_refresh(self._first_paint)
 
     def _first_paint(self) -> None:
         self.timings.setdefault("first_paint", time.perf_counter())
 
     # -- the plan ---------------------------------------------------------------------------------
-    def _init_plan(self, report) -> None:
-        from mergescope.errors import InputError
+    def _show_plan(self, keep_selection: bool = False) -> None:
+        """Hand the session's plan to the editor and ask for its prediction."""
+        if keep_selection:
+            self.editor.set_state(self.session.plan_state)
+        else:
+            self.editor.show(self.report, self.session.plan_state)
+        self.request_whatif()
 
-        from .plan_state import state_for_report
+    def on_plan_editor_changed(self, _: PlanEditor.Changed) -> None:
+        self.request_whatif()
 
-        state = None
-        path = self.model_set.plan if self.model_set else None
-        if path:
-            try:
-                state = self._state_from_file(path, report)
-            except InputError as exc:
-                self.show_error(exc, what="loading the plan")
-        if state is None:
-            state = state_for_report(report, "task_arithmetic")
-            if self.sample_plan:
-                self._apply_sample(state, report)
-        self.plan_state = state
-        self.main.query_one(PlanEditor).show(report)
-        if not self.main.query_one(MergeView).output:
-            self.main.query_one(MergeView).set_output(self._default_output(report))
-
-    def _apply_sample(self, state, report) -> None:
-        sample = self.sample_plan
-        state.set_method(sample.get("method", "ties"))
-        from pathlib import Path as P
-
-        names = {P(m).name: i for i, m in enumerate(report.models)}
-        chosen = [names[n] for n in sample.get("models", []) if n in names]
-        state.included = [i in chosen for i in range(len(report.models))]
-        for param, value in (("weight", sample.get("weight")), ("density", sample.get("density"))):
-            if value is not None and param in state.table_params():
-                table = state.table(param)
-                for key in table:
-                    table[key] = [float(value)] * len(report.models)
-
-    def _default_output(self, report) -> str:
-        if self.output_dir:
-            return self.output_dir
-        root = Path(report.base).expanduser()
-        parent = root.parent if root.parent != root else Path.cwd()
-        if not os.access(parent, os.W_OK):
-            parent = Path.cwd()
-        return str(parent / "merged")
-
-    def _state_from_file(self, path: str, report):
-        from mergescope.plan import Plan
-
-        from .plan_state import PlanState
-
-        plan = Plan.load(os.path.expanduser(path))
-        names = sorted({t for s in report.sites for t in s.tensors})
-        state = PlanState.from_plan(plan, report, names=names)
-        state.source = path
-        return state
-
-    def set_plan_method(self, method: str) -> None:
-        st = self.plan_state
-        if st is None:
-            return
-        st.set_method(method)
-        # sparsifying methods start at the analysis density, so the measured trimmed conflict applies as is
-        if "density" in st.table_params() and self.report is not None:
-            if all(v == st.default_value("density") for vals in st.table("density").values() for v in vals):
-                for key in st.table("density"):
-                    st.table("density")[key] = [self.report.density] * len(st.models)
-
-    def reset_plan(self) -> None:
-        from .plan_state import state_for_report
-
+    def on_plan_editor_reset_requested(self, _: PlanEditor.ResetRequested) -> None:
         if self.report is not None and self.plan_state is not None:
-            method = self.plan_state.method
-            self.plan_state = state_for_report(self.report, method)
+            self.session.reset_plan()
+            self._show_plan(keep_selection=True)
 
-    def current_plan(self):
-        """The Plan being edited (InputError when it cannot be built)."""
-        if self.plan_state is None:
-            from mergescope.errors import InputError
-
-            raise InputError("no analysis yet: open a model set first (o)")
-        return self.plan_state.to_plan()
+    def on_plan_editor_value_wanted(self, m: PlanEditor.ValueWanted) -> None:
+        self.push_screen(ValuePrompt(m.prompt, m.value, m.lo, m.hi, m.hint), m.answer)
 
     def request_whatif(self) -> None:
         """Debounced: a burst of +/- presses computes one prediction."""
@@ -285,61 +236,27 @@ class MergeScopeApp(App):
     def _start_whatif(self) -> None:
         if not self._has_main():
             return
-        from mergescope.errors import InputError
-
         self._whatif_timer = None
         if self.report is None or self.plan_state is None:
             return
-        try:
-            plan = self.current_plan()
-            yaml_text = plan.to_yaml()
-            problem = None
-        except (InputError, ValueError) as exc:
-            plan, yaml_text, problem = None, None, str(exc)
+        plan, yaml_text, problem = self.session.plan_or_problem()
         self.main.query_one(MergeView).show_plan(yaml_text, problem)
-        editor = self.main.query_one(PlanEditor)
         if problem:
-            from textual.widgets import Static
-
-            editor.query_one("#plan-error", Static).update(Text(f"✖ {problem}"))
+            self.editor.show_problem(problem)
             return
         self._whatif_gen += 1
-        self.compute_whatif(plan, self.report, editor.data, self._conflict_report(), self._whatif_gen)
-        if self.report.bytes_read and self.report.bytes_read < AUTO_REMEASURE_BYTES:
-            self._auto_remeasure()
+        self.compute_whatif(plan, self.report, self.editor.data, self.session.conflict_report(), self._whatif_gen)
+        target = self.session.auto_remeasure()
+        if target is not None and not (target == self._remeasure_key and self._remeasuring()):
+            self._start_remeasure(target)
 
-    def _remeasure_target(self) -> tuple[list[str], float] | None:
-        """(models, density) that measure exactly this plan's interference, or None when the analysis did."""
-        from mergescope.whatif import MAGNITUDE_TRIM
+    def _remeasuring(self) -> bool:
+        return any(w.group == "remeasure" and w.state in ACTIVE for w in self.workers)
 
-        st = self.plan_state
-        if st is None or self.report is None or st.custom is not None:
-            return None
-        models = [st.models[i] for i in st.chosen()]
-        d = self.report.density
-        if st.method in MAGNITUDE_TRIM:
-            u = st.uniform_value("density")
-            if u is not None:
-                d = min(1.0, u)
-        if len(models) < 2 or (models == list(self.report.models) and abs(d - self.report.density) < 1e-9):
-            return None
-        return models, d
-
-    def _auto_remeasure(self) -> None:
-        target = self._remeasure_target()
-        if target is None:
-            return
-        r = self.remeasured
-        if r is not None and r.models == target[0] and abs(r.density - target[1]) < 1e-9:
-            return
-        if (
-            any(w.group == "remeasure" and w.state in (WorkerState.PENDING, WorkerState.RUNNING) for w in self.workers)
-            and getattr(self, "_remeasure_key", None) == target
-        ):
-            return
+    def _start_remeasure(self, target: RemeasureTarget) -> None:
         self._remeasure_key = target
-        self.main.query_one(JobProgress).start(f"measure d={target[1]:g}")
-        self.run_remeasure(self.report.base, target[0], target[1])
+        self.main.query_one(JobProgress).start(f"measure d={target.density:g}")
+        self.run_remeasure(self.report.base, target.models, target.density)
 
     @work(
         thread=True, exclusive=True, group="whatif", exit_on_error=False, name="whatif", description="what-if"
@@ -355,90 +272,60 @@ class MergeScopeApp(App):
         if not get_current_worker().is_cancelled:
             self.post_message(WhatIfReady(preds, whatif, generation))
 
-    def _conflict_report(self):
-        """The re-measured report, when it measured exactly the plan's models."""
-        r, st = self.remeasured, self.plan_state
-        if r is None or self.report is None or st is None:
-            return None
-        if r.base == self.report.base and r.models == [st.models[i] for i in st.chosen()]:
-            return r
-        return None
-
-    def _quiet_remeasure(self) -> bool:
-        return bool(self.report and self.report.bytes_read and self.report.bytes_read < AUTO_REMEASURE_BYTES)
-
     def on_what_if_ready(self, message: WhatIfReady) -> None:
         if not self._has_main():
             return
         if message.generation == self._whatif_gen:
             self.main.query_one(PlanEditor).show_whatif(message.preds, message.whatif)
 
-    def remeasure_at_plan_density(self) -> None:
+    def on_plan_editor_remeasure_requested(self, _: PlanEditor.RemeasureRequested) -> None:
         """Analyse the plan's models alone, at the plan's density: the what-if's trimmed sign conflict
         is then measured for exactly this merge (cached like any analysis)."""
-        from mergescope.whatif import from_plan, uniform_density
-
         if self.report is None or self.plan_state is None:
             return
         try:
-            wi = from_plan(self.report, self.current_plan())
+            self.session.current_plan()
+            target = self.session.remeasure_target()
         except Exception as exc:  # noqa: BLE001 - shown to the user
             self.show_error(exc, what="re-measure")
             return
-        d = uniform_density(wi)
-        if d is None:
-            d = self.report.density
+        if not target.uniform:
+            d = target.density
             self.notify(f"the plan has no single density; measuring at the analysis density {d}", severity="warning")
-        d = min(1.0, d)
-        models = [self.plan_state.models[i] for i in self.plan_state.chosen()]
-        if len(models) < 2:
+        if len(target.models) < 2:
             self.notify("sign conflict needs at least two models in the plan", severity="warning")
             return
-        if models == list(self.report.models) and abs(d - self.report.density) < 1e-9:
-            self.remeasured = None
-            self.notify(f"the analysis already measured these models at density {d}")
+        if target.measured_by(self.report):
+            self.session.remeasured = None
+            self.notify(f"the analysis already measured these models at density {target.density}")
             self.request_whatif()
             return
-        self.main.query_one(JobProgress).start(f"measure d={d:g}")
-        self.run_remeasure(self.report.base, models, d)
+        self._start_remeasure(target)
 
     # -- export / load ----------------------------------------------------------------------------
     def action_export_plan(self) -> None:
         from mergescope.errors import InputError
 
         try:
-            plan = self.current_plan()
+            plan = self.session.current_plan()
         except InputError as exc:
             self.show_error(exc, what="export")
             return
-        default = self.last_export or (
-            self.plan_state.source
-            if self.plan_state and self.plan_state.source
-            else str(Path.cwd() / "merge_plan.yaml")
-        )
 
         def done(path: str | None) -> None:
             if not path:
                 return
             try:
-                target = Path(os.path.expanduser(path))
-                if target.is_dir():
-                    target = target / "merge_plan.yaml"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                plan.dump(target)
-            except OSError as exc:
-                self.show_error(
-                    InputError(f"{path}: cannot write ({exc.strerror}); pick a writable path"), what="export"
-                )
+                target = self.session.export(plan, path)
+            except InputError as exc:
+                self.show_error(exc, what="export")
                 return
-            self.last_export = str(target)
-            self.plan_state.source = str(target)
             self.notify(f"plan written to {target}")
 
         self.push_screen(
             PathPrompt(
                 "Export the plan (mergekit-compatible YAML)",
-                default,
+                self.session.export_default(),
                 hint="runs with `mergescope merge` or `mergekit-yaml`",
                 ok="Write",
                 prompt_id="export",
@@ -450,7 +337,7 @@ class MergeScopeApp(App):
         if self.report is None:
             self.notify("open a model set first (o)", severity="warning")
             return
-        default = self.last_export or str(Path.cwd()) + "/"
+        default = self.session.last_export or str(Path.cwd()) + "/"
 
         def done(path: str | None) -> None:
             if path:
@@ -464,12 +351,11 @@ class MergeScopeApp(App):
         from mergescope.errors import InputError
 
         try:
-            state = self._state_from_file(path, self.report)
+            state = self.session.load_plan(path)
         except (InputError, OSError) as exc:
             self.show_error(exc, what="loading the plan")
             return False
-        self.plan_state = state
-        self.main.query_one(PlanEditor).show(self.report)
+        self._show_plan()
         self.notify(
             f"plan loaded from {path}" + (" (read-only: hand-written filters)" if state.custom is not None else "")
         )
@@ -484,7 +370,7 @@ class MergeScopeApp(App):
             return
         view = self.main.query_one(MergeView)
         try:
-            plan = self.current_plan()
+            plan = self.session.current_plan()
             out = view.output
             if not out:
                 raise InputError("choose an output directory first")
@@ -543,9 +429,7 @@ class MergeScopeApp(App):
 
     # -- jobs -------------------------------------------------------------------------------
     def running_jobs(self) -> list[Worker]:
-        return [
-            w for w in self.workers if w.group in JOB_GROUPS and w.state in (WorkerState.PENDING, WorkerState.RUNNING)
-        ]
+        return [w for w in self.workers if w.group in JOB_GROUPS and w.state in ACTIVE]
 
     def action_cancel_job(self) -> None:
         jobs = self.running_jobs()
@@ -565,23 +449,13 @@ class MergeScopeApp(App):
         worker = event.worker
         if worker.group not in JOB_GROUPS and worker.group != "whatif":
             return
-        if worker.group in JOB_GROUPS and event.state in (
-            WorkerState.SUCCESS,
-            WorkerState.CANCELLED,
-            WorkerState.ERROR,
-        ):
-            if not self.running_jobs():
-                try:
-                    self.main.query_one(JobProgress).stop()
-                except LookupError:
-                    pass
+        if worker.group in JOB_GROUPS and event.state not in ACTIVE and not self.running_jobs():
+            self.main.query_one(JobProgress).stop()
         if event.state == WorkerState.ERROR and worker.group == "whatif":
             from mergescope.errors import InputError
 
             if isinstance(worker.error, InputError):  # an unfinished plan: say why beside the form, no modal
-                from textual.widgets import Static
-
-                self.main.query_one(PlanEditor).query_one("#plan-error", Static).update(Text(f"✖ {worker.error}"))
+                self.editor.show_problem(str(worker.error))
                 self.main.query_one(MergeView).show_plan(None, str(worker.error))
                 return
         if event.state == WorkerState.ERROR:
@@ -594,25 +468,8 @@ class MergeScopeApp(App):
 
     def show_error(self, exc: BaseException | None, what: str = "") -> None:
         """The one place failures are shown: a modal with the message (and, in debug mode, the trace)."""
-        from mergescope.errors import InputError
-
-        if isinstance(exc, (InputError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)):
-            title = f"{what or 'input'}: bad input"
-            detail = ""
-        else:
-            title = f"{what or 'job'} failed: {type(exc).__name__}"
-            detail = (
-                "".join(traceback.format_exception(exc)[-6:])
-                if exc is not None and os.environ.get("MERGESCOPE_DEBUG")
-                else ""
-            )
-        message = str(exc) if exc is not None else "unknown error"
-        if what == "merge":  # the core speaks CLI; here the flag is a checkbox
-            message = message.replace("pass --force to replace it", "tick “replace existing” to replace it")
         reopen = self.report is None and what == "analysis"  # nothing open yet: back to the open dialog
-        self.push_screen(
-            ErrorDialog(title, message or type(exc).__name__, detail), lambda _: self.action_open() if reopen else None
-        )
+        self.push_screen(ErrorDialog.for_exception(exc, what), lambda _: self.action_open() if reopen else None)
 
     # -- help & commands --------------------------------------------------------------------
     def action_help(self) -> None:
@@ -620,43 +477,22 @@ class MergeScopeApp(App):
             self.push_screen(HelpScreen(self.screen))
 
     def get_system_commands(self, screen):
-        yield from super().get_system_commands(screen)
-        yield SystemCommand("Open a model set", "base + fine-tunes (o)", self.action_open)
-        yield SystemCommand("Keys", "every key binding (?)", self.action_help)
-        yield SystemCommand("Cancel the running job", "analysis or merge (Esc)", self.action_cancel_job)
-        if not isinstance(screen, MainScreen):
-            return
-        for tab in TABS:
-            yield SystemCommand(f"Show {tab}", f"switch to the {tab} tab", lambda t=tab: screen.action_tab(t))
-        view = screen.query_one(HeatmapView)
-        from .heatdata import METRICS
+        """Textual's commands, then one per binding that `?` lists (ours replace Textual's of the same title)."""
+        ours = [
+            SystemCommand(title, help, self._palette_command(screen, node, binding))
+            for title, help, node, binding in palette_entries(screen)
+        ]
+        titles = {c.title for c in ours}
+        yield from (c for c in super().get_system_commands(screen) if c.title not in titles)
+        yield from ours
 
-        for m in METRICS:
-            yield SystemCommand(
-                f"Heatmap metric: {m.label}",
-                f"key {m.key}: {m.help}",
-                lambda mid=m.id: (screen.action_tab("heatmap"), view.action_metric(mid)),
-            )
-        yield SystemCommand("Heatmap: toggle module/group columns", "c", view.action_toggle_columns)
-        yield SystemCommand("Heatmap: next model", "m", lambda: view.action_next_model(1))
-        yield SystemCommand("Heatmap: next pair", "p", lambda: view.action_next_pair(1))
-        editor = screen.query_one(PlanEditor)
+    def _palette_command(self, screen, node, binding: Binding):
+        """Run a binding's action as its key would, after showing the tab its widget lives in."""
+        pane = next((a.id for a in node.ancestors if isinstance(a, TabPane)), None)
 
-        def in_plan(fn):
-            return lambda: (screen.action_tab("plan"), fn())
+        async def run() -> None:
+            if pane is not None and isinstance(screen, MainScreen):
+                screen.action_tab(pane)
+            await node.run_action(binding.action)
 
-        yield SystemCommand("Plan: export YAML", "s: write a mergekit-compatible plan", self.action_export_plan)
-        yield SystemCommand("Plan: load YAML", "l: a mergescope or mergekit plan", self.action_load_plan)
-        yield SystemCommand("Plan: next method", "t", in_plan(lambda: editor.action_next_method(1)))
-        yield SystemCommand("Plan: next parameter table", "a (weight, density, …)", in_plan(editor.action_next_param))
-        yield SystemCommand(
-            "Plan: layer bands", "b: one, halves, thirds, quarters, 6, per layer", in_plan(editor.action_next_bands)
-        )
-        yield SystemCommand("Plan: include / leave out the model", "i", in_plan(editor.action_toggle_include))
-        yield SystemCommand("Plan: what-if metric", "w", in_plan(editor.action_next_whatif))
-        yield SystemCommand(
-            "Plan: re-measure trimmed conflict at the plan's density", "r", self.remeasure_at_plan_density
-        )
-        yield SystemCommand("Plan: increase the selected ratio", "+", in_plan(lambda: editor.action_step(1)))
-        yield SystemCommand("Plan: decrease the selected ratio", "-", in_plan(lambda: editor.action_step(-1)))
-        yield SystemCommand("Merge now", "ctrl+g or Enter in the output field", self.action_run_merge)
+        return run

@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from mergescope.errors import InputError
+
 # subcommand -> module defining `add_arguments(parser)` and `run(args) -> int`
 COMMANDS = {
     "ui": "mergescope.tui.cmd_ui",
@@ -16,10 +18,8 @@ COMMANDS = {
     "serve": "mergescope.tui.cmd_serve",
     "analyze": "mergescope.tui.cmd_analyze",
     "merge": "mergescope.tui.cmd_merge",
+    "eval": "mergescope.tui.cmd_eval",
 }
-
-
-from mergescope.errors import InputError as UsageError  # noqa: E402  (re-exported for cmd_* modules)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,12 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mergescope {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, modname in COMMANDS.items():
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as exc:
-            if exc.name == modname:
-                continue  # not built yet
-            raise
+        mod = importlib.import_module(modname)
         p = sub.add_parser(
             name, help=mod.__doc__.strip().splitlines()[0] if mod.__doc__ else None, description=mod.__doc__
         )
@@ -49,13 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_module", None) is None:
-        if "ui" in COMMANDS:
-            return main(["ui"])
-        parser.print_help()
-        return 0
+        return main(["ui"])
     try:
         return int(args._module.run(args) or 0)
-    except (UsageError, FileNotFoundError) as exc:
+    except (InputError, FileNotFoundError) as exc:
         msg = str(exc).strip().splitlines() or [exc.__class__.__name__]
         print(f"mergescope {args.command}: error: {msg[0]}", file=sys.stderr)
         for line in msg[1:]:

@@ -41,12 +41,6 @@ class MergeDone(Message):
         self.plan = plan
 
 
-class JobCancelled(Message):
-    def __init__(self, kind: str) -> None:
-        super().__init__()
-        self.kind = kind
-
-
 class WhatIfReady(Message):
     """Predictions for the current plan: `preds[r][c]` per cell of the group grid."""
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 GROUP_COLS = ("attn", "mlp", "norm")
 BAND_MODES = (1, 2, 3, 4, 6, 0)  # 0 = per layer
@@ -63,6 +62,7 @@ class PlanState:
     out_dtype: str | None = None
     custom: object = None  # a loaded Plan that is not a per-group table (kept verbatim)
     source: str | None = None  # the file it was loaded from / last written to
+    analysis_density: float | None = None  # the report's density: where sparsifying methods start
 
     def __post_init__(self):
         if not self.included:
@@ -105,6 +105,17 @@ class PlanState:
             if p.required and p.name not in self.tables:
                 self.tables[p.name] = self._uniform(self.default_value(p.name))
         self.custom = None
+
+    def choose_method(self, method: str) -> None:
+        """The user's pick: a sparsifying method starts at the analysis density, so the measured trimmed
+        conflict applies to it as it is."""
+        self.set_method(method)
+        if self.analysis_density is None or "density" not in self.table_params():
+            return
+        table = self.table("density")
+        if all(v == self.default_value("density") for vals in table.values() for v in vals):
+            for key in table:
+                table[key] = [self.analysis_density] * len(self.models)
 
     def reset_tables(self) -> None:
         self.tables = {}
@@ -345,6 +356,7 @@ class PlanState:
             method=plan.merge_method,
             names=names,
             has_other=any(s.group == "other" for s in report.sites),
+            analysis_density=report.density,
         )
         state.set_method(plan.merge_method)
         to_idx = plan_models_to_report(plan, report)
@@ -416,10 +428,7 @@ def state_for_report(report, method: str = "task_arithmetic") -> PlanState:
         len(report.layers()),
         names=names,
         has_other=any(s.group == "other" for s in report.sites),
+        analysis_density=report.density,
     )
     st.set_method(method)
     return st
-
-
-def short(path: str) -> str:
-    return Path(path.rstrip("/")).name or path

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import traceback
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -27,6 +30,27 @@ class ErrorDialog(ModalScreen[None]):
         self.title_text = title
         self.message = message
         self.detail = detail
+
+    @classmethod
+    def for_exception(cls, exc: BaseException | None, what: str = "") -> ErrorDialog:
+        """Bad input says so and what to change; anything else names its type (and, with
+        MERGESCOPE_DEBUG set, the end of its trace)."""
+        from mergescope.errors import InputError
+
+        if isinstance(exc, (InputError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)):
+            title = f"{what or 'input'}: bad input"
+            detail = ""
+        else:
+            title = f"{what or 'job'} failed: {type(exc).__name__}"
+            detail = (
+                "".join(traceback.format_exception(exc)[-6:])
+                if exc is not None and os.environ.get("MERGESCOPE_DEBUG")
+                else ""
+            )
+        message = str(exc) if exc is not None else "unknown error"
+        if what == "merge":  # the core speaks CLI; here the flag is a checkbox
+            message = message.replace("pass --force to replace it", "tick “replace existing” to replace it")
+        return cls(title, message or type(exc).__name__, detail)
 
     def compose(self) -> ComposeResult:
         with Vertical():

@@ -42,12 +42,11 @@ def key_label(key: str) -> str:
     return "/".join(NICE.get(k, k.replace("ctrl+", "Ctrl+")) for k in key.split(","))
 
 
-def binding_sections(screen) -> list[tuple[str, list[Binding]]]:
-    """(section title, bindings) for the app, the screen and each kind of widget on it."""
-    sections: list[tuple[str, list[Binding]]] = []
+def _owners(screen) -> list[tuple[object, list[Binding]]]:
+    """(first node of each of the app's own classes, the bindings that class declares with a description)."""
+    out = []
     seen: set[type] = set()
-    nodes = [screen.app, screen, *screen.walk_children()]
-    for node in nodes:
+    for node in [screen.app, screen, *screen.walk_children()]:
         cls = type(node)
         if cls in seen:
             continue
@@ -55,11 +54,34 @@ def binding_sections(screen) -> list[tuple[str, list[Binding]]]:
         if not cls.__module__.startswith("mergescope.tui."):  # Textual's own widgets: documented by Textual
             continue
         own = [b for b in cls.__dict__.get("BINDINGS", []) if isinstance(b, Binding) and b.description]
-        if not own:
+        if own:
+            out.append((node, own))
+    return out
+
+
+def binding_sections(screen) -> list[tuple[str, list[Binding]]]:
+    """(section title, bindings) for the app, the screen and each kind of widget on it."""
+    return [
+        (getattr(type(node), "HELP_TITLE", None) or ("Everywhere" if node is screen.app else type(node).__name__), own)
+        for node, own in _owners(screen)
+    ]
+
+
+def palette_entries(screen) -> list[tuple[str, str, object, Binding]]:
+    """(title, help, node, binding) for the bindings of every class that names a `PALETTE_GROUP`, so the
+    command palette offers what `?` lists. The title is "group: name", name being the binding's tooltip
+    or its description; a `Binding.Group` names the group of its bindings; "" means no group."""
+    out = []
+    for node, own in _owners(screen):
+        group = getattr(type(node), "PALETTE_GROUP", None)
+        if group is None:  # e.g. cursor keys: nothing to pick from a list
             continue
-        title = getattr(cls, "HELP_TITLE", None) or ("Everywhere" if node is screen.app else cls.__name__)
-        sections.append((title, own))
-    return sections
+        for b in own:
+            name = b.tooltip or b.description
+            where = b.group.description if b.group is not None else group
+            title = f"{where}: {name}" if where else name[:1].upper() + name[1:]
+            out.append((title, f"key {key_label(b.key)}", node, b))
+    return out
 
 
 class HelpScreen(ModalScreen[None]):

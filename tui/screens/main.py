@@ -17,12 +17,20 @@ TABS = ("verdicts", "heatmap", "plan", "merge")
 
 class MainScreen(Screen):
     HELP_TITLE = "Tabs"
+    PALETTE_GROUP = ""
     BINDINGS = [
-        Binding("v", "tab('verdicts')", "verdicts", id="main.verdicts"),
-        Binding("h", "tab('heatmap')", "heatmap", id="main.heatmap"),
-        Binding("e", "tab('plan')", "plan", id="main.plan"),
-        Binding("x", "tab('merge')", "merge", id="main.merge"),
-        Binding("escape", "escape", "cancel job / leave a field", show=False, id="main.cancel"),
+        Binding("v", "tab('verdicts')", "verdicts", tooltip="Show verdicts", id="main.verdicts"),
+        Binding("h", "tab('heatmap')", "heatmap", tooltip="Show heatmap", id="main.heatmap"),
+        Binding("e", "tab('plan')", "plan", tooltip="Show plan", id="main.plan"),
+        Binding("x", "tab('merge')", "merge", tooltip="Show merge", id="main.merge"),
+        Binding(
+            "escape",
+            "escape",
+            "cancel job / leave a field",
+            show=False,
+            tooltip="Cancel the running job",
+            id="main.cancel",
+        ),
     ]
 
     def compose(self) -> ComposeResult:

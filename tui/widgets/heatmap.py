@@ -1,6 +1,6 @@
 """A line-API heatmap: rows × columns of coloured numbers with a cell cursor.
 
-Built on `ScrollView` with one cached `Strip` per row (toolong-style), so a 126-layer × 10-column
+Built on `ScrollView` with a bounded LRU of rendered row `Strip`s (toolong-style), so a 126-layer × 10-column
 grid scrolls as fast as a small one: a key press re-renders only the rows the cursor left and entered.
 The header row and the label column stay in place while the body scrolls.
 
@@ -15,6 +15,7 @@ import math
 from rich.segment import Segment
 from rich.style import Style
 from textual.binding import Binding
+from textual.cache import LRUCache
 from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
@@ -137,6 +138,7 @@ class Heatmap(ScrollView, can_focus=True):
     ]
 
     cursor: reactive[tuple[int, int]] = reactive((0, 0), always_update=False, repaint=False)
+    STRIP_CACHE_ROWS = 256  # rendered rows kept: several screens of a tall terminal
 
     class CursorMoved(Message):
         def __init__(self, heatmap: Heatmap, row: int, col: int) -> None:
@@ -152,7 +154,7 @@ class Heatmap(ScrollView, can_focus=True):
     def __init__(self, grid: Grid | None = None, *, name=None, id=None, classes=None):
         super().__init__(name=name, id=id, classes=classes)
         self.grid: Grid = grid or Grid("", [], [], [])
-        self._cache: dict[int, Strip] = {}
+        self._cache: LRUCache[int, Strip] = LRUCache(self.STRIP_CACHE_ROWS)
         self._header: Strip | None = None
         self._lo, self._hi = 0.0, 0.0
         self._label_w = 6
@@ -202,8 +204,8 @@ class Heatmap(ScrollView, can_focus=True):
 
     # -- cursor -----------------------------------------------------------------------------
     def watch_cursor(self, old: tuple[int, int], new: tuple[int, int]) -> None:
-        self._cache.pop(old[0], None)
-        self._cache.pop(new[0], None)
+        self._cache.discard(old[0])
+        self._cache.discard(new[0])
         self._header = None
         self._scroll_to_cursor()
         self.refresh()
@@ -281,8 +283,6 @@ class Heatmap(ScrollView, can_focus=True):
             for c, v in enumerate(self.grid.values[r]):
                 segs.extend(self._cell_segments(v, r == cur_r and c == cur_c, texts.get((r, c)) if texts else None))
             strip = Strip(segs, CELL_W * len(self.grid.values[r]))
-            if len(self._cache) > 512:
-                self._cache.clear()
             self._cache[r] = strip
         return strip
 

@@ -15,9 +15,12 @@ from .cell_detail import CellDetail, cell_renderable
 from .heatmap import Heatmap
 from .legend import Legend
 
+METRIC_KEYS = Binding.Group("Heatmap metric")
+
 
 class HeatmapView(Vertical):
     HELP_TITLE = "Heatmap"
+    PALETTE_GROUP = "Heatmap"
     DEFAULT_CSS = """
     HeatmapView { height: 1fr; }
     HeatmapView #heat-toolbar { height: auto; padding: 0 1; background: $boost; }
@@ -28,13 +31,14 @@ class HeatmapView(Vertical):
     HeatmapView.-narrow CellDetail { width: 1fr; height: 7; border-left: none; border-top: hkey $primary 50%; }
     """
     BINDINGS = [
-        Binding(m.key, f"metric('{m.id}')", m.label, show=False, id=f"heatmap.metric.{m.id}") for m in METRICS
+        Binding(m.key, f"metric('{m.id}')", m.label, show=False, group=METRIC_KEYS, id=f"heatmap.metric.{m.id}")
+        for m in METRICS
     ] + [
         Binding("m", "next_model(1)", "next model", id="heatmap.next_model"),
         Binding("M", "next_model(-1)", "previous model", show=False, id="heatmap.prev_model"),
         Binding("p", "next_pair(1)", "next pair", id="heatmap.next_pair"),
         Binding("P", "next_pair(-1)", "previous pair", show=False, id="heatmap.prev_pair"),
-        Binding("c", "toggle_columns", "modules/groups", id="heatmap.columns"),
+        Binding("c", "toggle_columns", "modules/groups", tooltip="toggle module/group columns", id="heatmap.columns"),
         Binding("n", "next_metric(1)", "next metric", show=False, id="heatmap.next_metric"),
         Binding("N", "next_metric(-1)", "previous metric", show=False, id="heatmap.prev_metric"),
     ]

@@ -17,6 +17,7 @@ CARD_LINES = 40
 
 class MergeView(Vertical, can_focus=False):
     HELP_TITLE = "Merge"
+    PALETTE_GROUP = ""
     DEFAULT_CSS = """
     MergeView { height: 1fr; padding: 0 1; }
     MergeView #merge-form { height: auto; }

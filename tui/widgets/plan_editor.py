@@ -1,8 +1,10 @@
 """The plan editor: method, global parameters, a per-(group, layer band) table per model, and a live
 what-if heatmap beside the measured one.
 
-Edits change the app's `PlanState`; every change rebuilds the `Plan` and asks the app for a new
-prediction (computed in a worker from the Report's numbers: nothing is merged, no tensor is read).
+The editor is handed a report and a `PlanState` (`show`) and edits that state in place; it posts
+`Changed` after each edit and asks for what only the app can do (re-measure, reset) with messages. The
+app answers with `show_whatif` (a prediction from the Report's numbers: nothing is merged, no tensor is
+read) and `show_problem`.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
-from ..format import compact, short_names
-from ..heatdata import METRIC_BY_ID, WHATIF_METRICS, Grid, HeatData, whatif_grid
-from ..plan_state import BAND_MODES, band_name
+from ..format import short_names
+from ..heatdata import WHATIF_METRICS, HeatData, whatif_grid
+from ..plan_display import measured_grid, prediction_line, table_grid
+from ..plan_state import BAND_MODES, PlanState, band_name
 from .heatmap import Heatmap
 from .inputs import AppInput
 from .legend import Legend
@@ -25,6 +29,7 @@ from .legend import Legend
 
 class PlanEditor(Vertical):
     HELP_TITLE = "Plan editor"
+    PALETTE_GROUP = "Plan"
     DEFAULT_CSS = """
     PlanEditor { height: 1fr; }
     PlanEditor #plan-toolbar { height: auto; padding: 0 1; background: $boost; }
@@ -45,26 +50,49 @@ class PlanEditor(Vertical):
     PlanEditor.-narrow #plan-measured-col { display: none; }
     """
     BINDINGS = [
-        Binding("plus,equals_sign", "step(1)", "+ step", id="plan.inc"),
-        Binding("minus,underscore", "step(-1)", "- step", id="plan.dec"),
+        Binding("plus,equals_sign", "step(1)", "+ step", tooltip="increase the selected ratio", id="plan.inc"),
+        Binding("minus,underscore", "step(-1)", "- step", tooltip="decrease the selected ratio", id="plan.dec"),
         Binding("enter", "edit_value", "type a value", id="plan.edit"),
         Binding("m", "next_model(1)", "next model", id="plan.next_model"),
         Binding("M", "next_model(-1)", "previous model", show=False, id="plan.prev_model"),
-        Binding("i", "toggle_include", "in/out of plan", id="plan.include"),
+        Binding("i", "toggle_include", "in/out of plan", tooltip="include / leave out the model", id="plan.include"),
         Binding("a", "next_param", "next parameter table", id="plan.param"),
         Binding("b", "next_bands", "layer bands", id="plan.bands"),
         Binding("t", "next_method(1)", "next method", id="plan.method"),
         Binding("T", "next_method(-1)", "previous method", show=False, id="plan.prev_method"),
         Binding("w", "next_whatif", "what-if metric", id="plan.whatif"),
-        Binding("r", "remeasure", "re-measure at plan density", id="plan.remeasure"),
+        Binding(
+            "r",
+            "remeasure",
+            "re-measure at plan density",
+            tooltip="re-measure trimmed conflict at the plan's density",
+            id="plan.remeasure",
+        ),
         Binding("R", "reset_plan", "reset to an editable table", show=False, id="plan.reset"),
         Binding("s", "app.export_plan", "export YAML", id="plan.export"),
         Binding("l", "app.load_plan", "load plan", id="plan.load"),
     ]
 
+    class Changed(Message):
+        """The plan state was edited: its prediction is out of date."""
+
+    class RemeasureRequested(Message):
+        """Measure the plan's own models at its density (the analysis measured others)."""
+
+    class ResetRequested(Message):
+        """Replace the plan with an editable default table for its method."""
+
+    class ValueWanted(Message):
+        """Ask the user for one cell's number (the app owns the dialogs); `answer` gets it, or None."""
+
+        def __init__(self, prompt: str, value: float | None, lo: float | None, hi: float | None, hint: str, answer):
+            super().__init__()
+            self.prompt, self.value, self.lo, self.hi, self.hint, self.answer = prompt, value, lo, hi, hint, answer
+
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         self.report = None
+        self.state: PlanState | None = None
         self.data: HeatData | None = None
         self.param = "weight"
         self.model = 0
@@ -96,20 +124,23 @@ class PlanEditor(Vertical):
     def on_resize(self, event) -> None:
         self.set_class(event.size.width < 110, "-narrow")
 
-    @property
-    def state(self):
-        return getattr(self.app, "plan_state", None)
-
     # -- showing --------------------------------------------------------------------------------
-    def show(self, report) -> None:
+    def show(self, report, state: PlanState) -> None:
+        """A report and the plan to edit for it (the first included model is selected)."""
         self.report = report
         self.data = HeatData(report)
-        self.model = next((i for i, inc in enumerate(self.state.included) if inc), 0) if self.state else 0
+        self.state = state
+        self.model = next((i for i, inc in enumerate(state.included) if inc), 0)
         self.preds = None
         self.refresh_all()
 
+    def set_state(self, state: PlanState) -> None:
+        """Another plan for the same report: the selected model and table stay."""
+        self.state = state
+        self.refresh_all()
+
     def refresh_all(self) -> None:
-        """Everything after the state changed: form, table, toolbar, and a new prediction."""
+        """Everything after the state changed: form, table, toolbar."""
         if self.state is None or self.report is None:
             return
         if self.param not in self.state.table_params():
@@ -117,8 +148,11 @@ class PlanEditor(Vertical):
         self.call_later(self._build_form)  # async: old widgets go before new ones (same ids) arrive
         self.refresh_table()
         self._toolbar()
-        self.query_one("#plan-error", Static).update("")
-        self.app.request_whatif()
+        self.show_problem(None)
+
+    def show_problem(self, problem: str | None) -> None:
+        """Why the plan cannot be predicted or merged as it stands (None clears it)."""
+        self.query_one("#plan-error", Static).update(Text(f"✖ {problem}") if problem else "")
 
     def _toolbar(self) -> None:
         st = self.state
@@ -184,34 +218,8 @@ class PlanEditor(Vertical):
                 )
         await form.mount_all(widgets)
 
-    def table_grid(self) -> Grid:
-        st = self.state
-        rows = st.rows()
-        cols = st.columns()
-        values, texts = [], {}
-        for r, row in enumerate(rows):
-            out = []
-            for c, col in enumerate(cols):
-                v = st.cell_value(self.param, row, col, self.model)
-                if v is not None and math.isnan(v):
-                    texts[(r, c)] = "mix"
-                    v = None
-                out.append(v)
-            values.append(out)
-        spec = st.spec.param(self.param)
-        title = f"{self.param} · {short_names(st.models, 14)[self.model]}"
-        grid = Grid(
-            title=title,
-            row_labels=[r.label for r in rows],
-            col_labels=cols,
-            values=values,
-            texts=texts,
-            note=(spec.help if spec is not None else ""),
-        )
-        return grid
-
     def refresh_table(self) -> None:
-        grid = self.table_grid()
+        grid = table_grid(self.state, self.param, self.model)
         self.query_one("#ratio-table", Heatmap).set_grid(grid)
         self.query_one("#ratio-legend", Legend).show(grid, compact=True)
         self.query_one("#ratio-title", Static).update(Text(f"plan: {grid.title}", style="bold"))
@@ -241,89 +249,21 @@ class PlanEditor(Vertical):
         hm.set_grid(grid)
         self.query_one("#whatif-legend", Legend).show(grid, compact=True)
         self.query_one("#whatif-title", Static).update(Text(grid.title, style="bold"))
-        mgrid = self._measured_grid(metric)
+        mgrid = measured_grid(self.data, metric, self.model, self.state.chosen() if self.state else [])
         mm = self.query_one("#measured-map", Heatmap)
         mm.set_grid(mgrid)
         self.query_one("#measured-legend", Legend).show(mgrid, compact=True)
         self.query_one("#measured-title", Static).update(Text(mgrid.title, style="bold"))
         self._detail(*hm.cursor)
 
-    def _measured_grid(self, metric) -> Grid:
-        """The measured counterpart: for a two-model plan, that pair's numbers; else all analysed models."""
-        short = short_names(self.report.models, 14)
-        chosen = self.state.chosen() if self.state else []
-        i = self.model
-        mid = metric.measured
-        pair = chosen if len(chosen) == 2 else None
-        if pair and mid == "sign_conflict":
-            mid = "sign_conflict_pair"
-        if pair and mid == "magnitude_asymmetry":
-            mid = "magnitude_ratio"
-        measured = METRIC_BY_ID[mid]
-        a, b = pair if pair else (i, (i + 1) % max(1, self.report.n))
-        mgrid = self.data.grid(measured, "groups", i if measured.subject == "model" else a, b)
-        if measured.subject == "model":
-            who = f" · {short[i]}"
-        elif measured.subject == "pair":
-            who = f" · {short[a]}×{short[b]}"
-        else:
-            who = f" · all {self.report.n}"
-        mgrid.title = f"measured: {measured.title}{who}"
-        return mgrid
-
-    def preds_density(self):
-        for row in self.preds or []:
-            for p in row:
-                if p is not None:
-                    return p.measured_density
-        return self.report.density if self.report else None
-
     def _detail(self, r: int, c: int) -> None:
         t = Text()
-        if self.preds is None or not (0 <= r < len(self.preds)) or not (0 <= c < len(self.preds[r])):
-            self.query_one("#whatif-detail", Static).update(t)
-            return
-        p = self.preds[r][c]
-        label = self.data.rows[r][0]
-        col = self.data.columns("groups")[c]
-        t.append(f"{label}·{col}  ", "bold")
-        if p is None:
-            t.append("no tensors", "dim")
-        else:
-            short = short_names(self.report.models, 10)
-            t.append("predicted ", "cyan")
-            t.append(f"merged rel {compact(p.merged_relative_norm)} · retained {compact(p.retained, True)} · ")
-            t.append(
-                " ".join(
-                    f"{short[i]} c={p.coeff[i]:.3g} ({p.share[i]:.0%})"
-                    for i in range(len(short))
-                    if p.coeff[i] != 0 or p.share[i] != 0
-                )
-                or "no model contributes"
-            )
-            t.append("  measured ", "cyan")
-            exact = self.whatif is not None and self.whatif.conflict_report is not None
+        if self.preds is not None and 0 <= r < len(self.preds) and 0 <= c < len(self.preds[r]):
+            t.append(f"{self.data.rows[r][0]}·{self.data.columns('groups')[c]}  ", "bold")
             chosen = self.state.chosen() if self.state else []
-            subset = not exact and len(chosen) != self.report.n
-            if p.conflict_trimmed:
-                t.append(
-                    f"conflict after trim {p.trimmed_sign_conflict:.0%} at d={p.measured_density} "
-                    f"(untrimmed {p.sign_conflict:.0%})"
-                )
-            else:
-                t.append(f"sign conflict {p.sign_conflict:.0%}")
-            if subset:
-                t.append(f" over all {self.report.n} analysed models", "yellow")
-            dens = [d for d, cc in zip(p.density, p.coeff) if cc != 0 and not math.isnan(d)]
-            other_d = p.conflict_trimmed and dens and any(abs(d - p.measured_density) > 1e-6 for d in dens)
-            if other_d:
-                t.append(
-                    f" (plan density {', '.join(f'{d:g}' for d in sorted(set(round(x, 4) for x in dens)))})", "yellow"
-                )
-            if (other_d or subset) and len(chosen) >= 2:
-                t.append(" — r measures this plan's models" + (" at its density" if other_d else ""), "yellow")
-        if self.whatif is not None and self.whatif.warnings:
-            t.append("\n" + "; ".join(self.whatif.warnings), "yellow")
+            t.append_text(prediction_line(self.preds[r][c], self.report, self.whatif, chosen))
+            if self.whatif is not None and self.whatif.warnings:
+                t.append("\n" + "; ".join(self.whatif.warnings), "yellow")
         self.query_one("#whatif-detail", Static).update(t)
 
     def on_heatmap_cursor_moved(self, event: Heatmap.CursorMoved) -> None:
@@ -391,8 +331,6 @@ class PlanEditor(Vertical):
             return
         spec = self.state.spec.param(self.param)
         cur = self.state.cell_value(self.param, row, col, self.model)
-        from ..dialogs.prompt import ValuePrompt
-
         model = short_names(self.state.models, 20)[self.model]
         where = row.label if col == "all" else f"{row.label} · {col}"
 
@@ -404,26 +342,27 @@ class PlanEditor(Vertical):
             try:
                 self.state.set_value(self.param, row, col, self.model, value)
             except InputError as exc:
-                self.query_one("#plan-error", Static).update(Text(f"✖ {exc}"))
+                self.show_problem(str(exc))
                 return
             self.changed()
 
-        self.app.push_screen(
-            ValuePrompt(
+        self.post_message(
+            self.ValueWanted(
                 f"{self.param} of {model} at {where}",
                 None if cur is None or math.isnan(cur) else cur,
                 spec.min if spec else None,
                 spec.max if spec else None,
                 spec.help if spec else "",
-            ),
-            done,
+                done,
+            )
         )
 
     def changed(self) -> None:
+        """After an edit: redraw the table and say so (the app asks for a new prediction)."""
         self.refresh_table()
         self._toolbar()
-        self.query_one("#plan-error", Static).update("")
-        self.app.request_whatif()
+        self.show_problem(None)
+        self.post_message(self.Changed())
 
     def action_next_model(self, step: int) -> None:
         if self.state is None:
@@ -466,8 +405,9 @@ class PlanEditor(Vertical):
         self.set_method(names[(cur + step) % len(names)])
 
     def set_method(self, method: str) -> None:
-        self.app.set_plan_method(method)
+        self.state.choose_method(method)
         self.refresh_all()
+        self.post_message(self.Changed())
 
     def action_next_whatif(self) -> None:
         ids = [m.id for m in WHATIF_METRICS]
@@ -475,12 +415,11 @@ class PlanEditor(Vertical):
         self._draw_whatif()
 
     def action_remeasure(self) -> None:
-        self.app.remeasure_at_plan_density()
+        self.post_message(self.RemeasureRequested())
 
     def action_reset_plan(self) -> None:
         if self.state is not None:
-            self.app.reset_plan()
-            self.refresh_all()
+            self.post_message(self.ResetRequested())
 
     # -- form events ----------------------------------------------------------------------------
     def on_select_changed(self, event: Select.Changed) -> None:
@@ -522,16 +461,16 @@ class PlanEditor(Vertical):
         try:
             self.state.set_global(name, value)
         except InputError as exc:
-            self.query_one("#plan-error", Static).update(Text(f"✖ {exc}"))
+            self.show_problem(str(exc))
             return
-        self.query_one("#plan-error", Static).update("")
+        self.show_problem(None)
         self._form_method = (
             self.state.method,
             tuple(sorted(self.state.globals.items(), key=lambda kv: kv[0])),
             self.state.custom is None,
         )
         self._toolbar()
-        self.app.request_whatif()
+        self.post_message(self.Changed())
 
 
 def _onoff(name: str, value: bool) -> str:
