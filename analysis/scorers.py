@@ -113,6 +113,8 @@ def score_models(
             tok, encs = encoded[m.label]
             row = {}
             for t, enc in encs.items():
+                if len(enc.ids) < 2:
+                    raise InputError(f"text {t}: too short to score with {m.label}'s tokenizer; give more text")
 
                 def tick(k, label=f"{m.label} / {t}"):
                     done[0] += k

@@ -106,11 +106,8 @@ def print_scores(con, table: dict, title: str | None = None, mark: dict | None =
     tok = any(s.token_perplexity is not None for row in table.values() for s in row.values())
     what = "bits per byte" if some.nll_nats is not None else "score"
     how = "higher is better" if some.higher_is_better else "lower is better"
-    t = Table(
-        title=title or f"{what} ({how}{'; token perplexity in brackets' if tok else ''}); best in bold",
-        title_justify="left",
-        header_style="bold",
-    )
+    con.print(title or f"[bold]{what}[/bold] ({how}{'; token perplexity in brackets' if tok else ''}); best in bold")
+    t = Table(header_style="bold")
     short = short_names(list(table), 40)
     t.add_column("model")
     cols = list(first)
