@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .device import resolve_device
+from .dtypes import plan_dtype
 from .errors import InputError
 from .output import DEFAULT_SHARD_SIZE, InputRecord, ModelWriter, check_output, model_card, provenance
-from .plan import Plan, close_all, torch_dtype
+from .plan import Plan, close_all
 
 
 class MergeCancelled(Exception):
@@ -63,9 +64,8 @@ class MergeResult:
 
 def _check_not_overwriting_inputs(plan: Plan, out: Path) -> None:
     out_r = out.expanduser().resolve()
-    refs = plan.referenced_models() + ([plan.tokenizer_source] if plan.tokenizer_source not in (None, "base") else [])
-    for ref in refs:
-        for p in plan._ref_parts(ref):
+    for ref in plan.path_refs():
+        for p in plan.ref_paths(ref):
             if p is None or not p.exists():
                 continue
             p_r = p.resolve()
@@ -113,7 +113,7 @@ def run_merge(
     _check_not_overwriting_inputs(plan, out)
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise InputError(f"--seed {seed!r}: expected an integer")
-    compute = torch_dtype(plan.dtype) if plan.dtype else torch.float32
+    compute = plan.compute_dtype() or torch.float32
 
     _trim_malloc()
     cks = plan.open_checkpoints()
@@ -327,7 +327,7 @@ def _output_config(plan: Plan, cks, out_dtypes: list[str]) -> dict | None:
     cfg = copy.deepcopy(donor.config)
     want = plan.out_dtype or plan.dtype
     if want:
-        name = want.replace("torch.", "")
+        name = plan_dtype(want)
         cfg["torch_dtype"] = name
         if "dtype" in cfg:
             cfg["dtype"] = name
@@ -344,15 +344,12 @@ def _tokenizer_dir(plan: Plan, cks) -> Path | None:
 
     mergekit rebuilds embeddings when `tokenizer_source` names a model with another vocabulary; we do
     not, so that case is refused."""
-    from .checkpoint import open_checkpoint
-
     ref = plan.tokenizer_donor()
     opened = None
     if ref in cks:
         ck = cks[ref]
     else:
-        p, _ = plan._ref_parts(ref)
-        ck = opened = plan._open(open_checkpoint, p, ref)
+        ck = opened = plan.open_ref(ref)
     try:
         root = ck.tokenizer_dir
         if plan.tokenizer_source and plan.tokenizer_source != "base":
@@ -360,7 +357,7 @@ def _tokenizer_dir(plan: Plan, cks) -> Path | None:
             a, b = ck.tokenizer_fingerprint(), other.tokenizer_fingerprint()
             if a and b and a != b:
                 raise InputError(
-                    f"{plan.source + ': ' if plan.source else ''}tokenizer_source: {ref} has a different "
+                    f"{plan.where}tokenizer_source: {ref} has a different "
                     f"vocabulary than {plan.config_donor()}; mergekit would rebuild the embeddings for it, "
                     f"mergescope does not; use `tokenizer_source: base` or merge with mergekit"
                 )

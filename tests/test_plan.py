@@ -1,12 +1,14 @@
 """Plan: mergekit schema round-trip, mergekit 0.1.5 parameter resolution, validation messages, group ratios."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from mergescope.errors import InputError
 from mergescope.naming import site_of
 from mergescope.plan import Plan, group_ratios_of, interpolate, plan_from_group_ratios
-from tests.ckpt_utils import llama_shapes, make_finetune, make_llama
+from tests.ckpt_utils import llama_shapes, make_finetune, make_llama, make_lora
 
 FULL = """\
 merge_method: ties
@@ -365,6 +367,46 @@ def test_tied_lm_head_uses_embeddings(tmp_path, monkeypatch):
     make_llama(tmp_path / "tied2", n_layers=1, hidden=8, vocab=16, tied=True, seed=4)
     p = Plan.from_yaml(TIES.replace("model: a", "model: tied").replace("base_model: base", "base_model: tied2"))
     assert "lm_head.weight" not in {j.name for j in p.tensor_jobs(p.open_checkpoints())}
+
+
+def test_ref_paths_and_open_ref_name_the_key_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_llama(tmp_path / "base", n_layers=1, hidden=8, vocab=16)
+    make_lora(tmp_path / "base", tmp_path / "lora", rank=2)
+    (tmp_path / "broken").mkdir()
+    p = Plan.from_yaml(
+        "merge_method: linear\nmodels:\n- model: base+lora\n- model: broken\ntokenizer_source: base\n",
+        source="plan.yml",
+    )
+    assert p.ref_paths("base+lora") == (Path("base"), Path("lora"))  # relative to the working directory
+    assert p.ref_paths("broken") == (Path("broken"), None)
+    assert p.path_refs() == ["base+lora", "broken"]  # tokenizer_source: base names no files
+    ck = p.open_ref("base+lora", Path("base"))
+    try:
+        assert "model.embed_tokens.weight" in ck
+    finally:
+        ck.close()
+    with pytest.raises(InputError, match=r"^plan.yml: models\[1\].model: "):
+        p.open_ref("broken")
+
+
+def test_gradient_position_and_filter_lookup_are_mergekits():
+    from mergescope.plan import gradient_position, matching_filter
+
+    assert [gradient_position(i, 3) for i in range(3)] == [0.0, 0.5, 1.0]
+    assert gradient_position(0, 1) == 1
+    entries = [{"filter": "mlp", "value": 1}, {"filter": "*", "value": 2}, {"value": 3}]
+    assert matching_filter(entries, "model.layers.0.mlp.up_proj.weight") == (0, entries[0])
+    assert matching_filter(entries, "model.norm.weight") == (1, entries[1])
+    assert matching_filter(entries[:1], "lm_head.weight") is None
+
+
+def test_importing_the_plan_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, mergescope.plan; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code], cwd="/", timeout=60).returncode == 0
 
 
 # --------------------------------------------------------------------------------- group ratios

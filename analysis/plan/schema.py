@@ -1,0 +1,492 @@
+"""The `Plan` object: mergekit's config schema parsed strictly, dumped back, and validated per method.
+
+`from_dict` checks structure only (keys, types, value shapes), so a plan can be built and edited
+without a method registry or any file on disk; `validate` adds what depends on the method (parameter
+names, scopes, values, model counts, the base) and, when asked, on the checkpoints. Opening models and
+resolving tensors are delegated to `refs` and `resolve`, which see the plan only through this object.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from ..dtypes import PLAN_DTYPES, plan_dtype
+from ..errors import InputError
+from . import refs, resolve
+from .settings import (
+    check_dtype,
+    check_keys,
+    check_setting_shape,
+    check_setting_values,
+    did_you_mean,
+    fmt_path,
+    is_number,
+    torch_dtype,
+)
+
+TOP_KEYS = ("merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source")
+_UNSUPPORTED_TOP = {
+    "modules": "per-module configs (multimodal models) are not supported by mergescope; use `models:` or `slices:`",
+    "tokenizer": "`tokenizer:` (vocabulary surgery) is not supported by mergescope; use `tokenizer_source: base` or a model path",
+    "chat_template": "`chat_template` is not supported by mergescope; drop it (the donor's tokenizer files are copied as they are)",
+}
+MODEL_KEYS = ("model", "parameters")
+SLICE_KEYS = ("sources", "parameters")
+SOURCE_KEYS = ("model", "layer_range", "parameters")
+_UNSUPPORTED_SLICE = {
+    "base_model": "a per-slice `base_model` is not supported by mergescope; set the top-level base_model",
+    "residual_weight": "`residual_weight` is not supported by mergescope; remove it",
+}
+
+
+@dataclass
+class ModelEntry:
+    model: str
+    parameters: dict | None = None
+
+
+@dataclass
+class SliceSource:
+    model: str
+    layer_range: tuple[int, int]
+    parameters: dict | None = None
+
+
+@dataclass
+class OutputSlice:
+    sources: list[SliceSource]
+    parameters: dict | None = None
+
+
+class _FlowDumper(yaml.SafeDumper):
+    """Lists of numbers in flow style ([0.1, 0.5]), like mergekit's ConfigYamlDumper."""
+
+
+def _represent_list(dumper, data):
+    flow = bool(data) and all(is_number(e) for e in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_FlowDumper.add_representer(list, _represent_list)
+_FlowDumper.add_representer(tuple, _represent_list)
+
+
+class Plan:
+    """One merge, as mergekit's config schema. Build with `load`, `from_dict` or the constructor."""
+
+    def __init__(
+        self,
+        merge_method: str,
+        *,
+        base_model: str | None = None,
+        models: list[ModelEntry] | None = None,
+        slices: list[OutputSlice] | None = None,
+        parameters: dict | None = None,
+        dtype: str | None = None,
+        out_dtype: str | None = None,
+        tokenizer_source: str | None = None,
+        source: str | None = None,
+    ):
+        self.merge_method = merge_method
+        self.base_model = base_model
+        self.models = models
+        self.slices = slices
+        self.parameters = parameters
+        self.dtype = dtype
+        self.out_dtype = out_dtype
+        self.tokenizer_source = tokenizer_source
+        self.source = source  # file the plan came from (for messages and relative paths)
+        self._layer_cache: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ construction / YAML
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Plan:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such plan file; check the path") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(
+                f"{path}: cannot read the plan ({getattr(exc, 'strerror', None) or exc}); check the file"
+            ) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise InputError(f"{path}: not valid YAML{where} ({problem}); fix the syntax") from None
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str | None = None) -> Plan:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise InputError(
+                f"{source or 'plan'}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax"
+            ) from None
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str | None = None) -> Plan:
+        """Parse and check the structure (keys, types, value shapes). Method-aware checks: `validate`."""
+        where = f"{source}: " if source else ""
+
+        def fail(path, msg):
+            raise InputError(f"{where}{fmt_path(path)}: {msg}")
+
+        if not isinstance(d, dict):
+            fail(
+                "",
+                f"a plan is a YAML mapping with at least `merge_method` and `models` or `slices`, got {type(d).__name__}",
+            )
+        for k in d:
+            if k in _UNSUPPORTED_TOP:
+                fail(str(k), _UNSUPPORTED_TOP[k])
+            if k not in TOP_KEYS:
+                hint = did_you_mean(str(k), TOP_KEYS)
+                fail(str(k), f"unknown key; {hint + ' ' if hint else ''}valid keys: {', '.join(TOP_KEYS)}")
+        if "merge_method" not in d or d["merge_method"] in (None, ""):
+            fail("merge_method", "missing; add e.g. `merge_method: ties`")
+        if not isinstance(d["merge_method"], str):
+            fail("merge_method", f"expected a method name, got {d['merge_method']!r}")
+
+        def ref(v, path):
+            if isinstance(v, dict):
+                fail(
+                    path,
+                    "model references as mappings are not supported; write the local path as a string "
+                    "(for a LoRA adapter: `BASE_PATH+ADAPTER_PATH` or the adapter directory)",
+                )
+            if not isinstance(v, str) or not v.strip():
+                fail(path, f"expected a model path, got {v!r}")
+            return v
+
+        def params(v, path):
+            if v is None:
+                return None
+            if not isinstance(v, dict):
+                fail(path, f"expected a mapping of parameter names to values, got {type(v).__name__}")
+            for name, setting in v.items():
+                if not isinstance(name, str):
+                    fail(f"{path}.{name}", "parameter names are strings")
+                check_setting_shape(setting, f"{path}.{name}", fail)
+            return copy.deepcopy(v)
+
+        def source_of(src, q):
+            if not isinstance(src, dict):
+                fail(q, f"expected a mapping with `model` and `layer_range`, got {src!r}")
+            check_keys(src, SOURCE_KEYS, q, fail)
+            if "model" not in src:
+                fail(f"{q}.model", "missing; add the model path")
+            lr = src.get("layer_range")
+            if lr is None:
+                fail(f"{q}.layer_range", "missing; add `layer_range: [start, end]` (end exclusive)")
+            if (
+                not isinstance(lr, (list, tuple))
+                or len(lr) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in lr)
+            ):
+                fail(f"{q}.layer_range", f"expected two integers [start, end], got {lr!r}")
+            if not 0 <= lr[0] < lr[1]:
+                fail(
+                    f"{q}.layer_range",
+                    f"{list(lr)} is empty or negative; use [start, end] with 0 <= start < end (end exclusive)",
+                )
+            return SliceSource(
+                ref(src["model"], f"{q}.model"),
+                (int(lr[0]), int(lr[1])),
+                params(src.get("parameters"), f"{q}.parameters"),
+            )
+
+        def entries(key, form):
+            raw = d[key]
+            if not isinstance(raw, list) or not raw:
+                fail(key, f"expected a non-empty list of `{form}` entries")
+            return [(f"{key}[{i}]", e) for i, e in enumerate(raw)]
+
+        base = ref(d["base_model"], "base_model") if d.get("base_model") is not None else None
+        models = slices = None
+        has_models, has_slices = d.get("models") is not None, d.get("slices") is not None
+        if has_models == has_slices:
+            fail("", "give exactly one of `models:` or `slices:`" + (" (both are present)" if has_models else ""))
+        if has_models:
+            models = []
+            for p, m in entries("models", "- model: PATH"):
+                if isinstance(m, str):
+                    fail(p, f"write `- model: {m}` (each entry is a mapping with `model` and optional `parameters`)")
+                if not isinstance(m, dict):
+                    fail(p, f"expected a mapping with `model` and `parameters`, got {m!r}")
+                check_keys(m, MODEL_KEYS, p, fail)
+                if "model" not in m:
+                    fail(f"{p}.model", "missing; add the model path")
+                models.append(ModelEntry(ref(m["model"], f"{p}.model"), params(m.get("parameters"), f"{p}.parameters")))
+        else:
+            slices = []
+            for p, s in entries("slices", "- sources: [...]"):
+                if not isinstance(s, dict):
+                    fail(p, f"expected a mapping with `sources`, got {s!r}")
+                for k in s:
+                    if k in _UNSUPPORTED_SLICE:
+                        fail(f"{p}.{k}", _UNSUPPORTED_SLICE[k])
+                check_keys(s, SLICE_KEYS, p, fail)
+                srcs = s.get("sources")
+                if not isinstance(srcs, list) or not srcs:
+                    fail(f"{p}.sources", "expected a non-empty list of `- model: PATH, layer_range: [start, end]`")
+                sources = [source_of(src, f"{p}.sources[{j}]") for j, src in enumerate(srcs)]
+                lengths = {sr.layer_range[1] - sr.layer_range[0] for sr in sources}
+                if len(lengths) > 1:
+                    fail(
+                        f"{p}.sources",
+                        "all sources of a slice must span the same number of layers "
+                        f"(got {', '.join(str(list(sr.layer_range)) for sr in sources)}); fix the layer_range values",
+                    )
+                slices.append(OutputSlice(sources, params(s.get("parameters"), f"{p}.parameters")))
+        top_params = params(d.get("parameters"), "parameters")
+        dts = {key: check_dtype(d.get(key), key, fail) for key in ("dtype", "out_dtype")}
+        tok = d.get("tokenizer_source")
+        if tok is not None:
+            if tok == "union":
+                fail(
+                    "tokenizer_source",
+                    "`union` builds a new vocabulary, which mergescope does not do; "
+                    "use `base` or the path of one of the models",
+                )
+            tok = ref(tok, "tokenizer_source")
+        return cls(
+            d["merge_method"],
+            base_model=base,
+            models=models,
+            slices=slices,
+            parameters=top_params,
+            dtype=dts.get("dtype"),
+            out_dtype=dts.get("out_dtype"),
+            tokenizer_source=tok,
+            source=source,
+        )
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"merge_method": self.merge_method}
+        if self.base_model is not None:
+            d["base_model"] = self.base_model
+        if self.models is not None:
+            d["models"] = [_with_params({"model": m.model}, m.parameters) for m in self.models]
+        if self.slices is not None:
+            d["slices"] = []
+            for s in self.slices:
+                srcs = [
+                    _with_params(
+                        {"model": src.model, "layer_range": [int(src.layer_range[0]), int(src.layer_range[1])]},
+                        src.parameters,
+                    )
+                    for src in s.sources
+                ]
+                d["slices"].append(_with_params({"sources": srcs}, s.parameters))
+        if self.parameters is not None:
+            d["parameters"] = copy.deepcopy(self.parameters)
+        for k in ("dtype", "out_dtype", "tokenizer_source"):
+            v = getattr(self, k)
+            if v is not None:
+                d[k] = v
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.dump(
+            self.to_dict(), Dumper=_FlowDumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=120
+        )
+
+    def dump(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+
+    def copy(self) -> Plan:
+        return Plan.from_dict(self.to_dict(), source=self.source)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Plan) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"Plan({self.merge_method!r}, base={self.base_model!r}, inputs={self.input_models()!r})"
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def where(self) -> str:
+        """The message prefix naming the plan file ('' for plans built in memory)."""
+        return f"{self.source}: " if self.source else ""
+
+    def fail(self, path: str, msg: str) -> NoReturn:
+        """Raise the InputError `FILE: KEY PATH: msg`."""
+        raise InputError(f"{self.where}{fmt_path(path)}: {msg}")
+
+    def method(self):
+        """The registry's MergeMethod for `merge_method` (InputError with did-you-mean otherwise)."""
+        from .. import methods
+
+        get = getattr(methods, "get_method", None)
+        reg = getattr(methods, "REGISTRY", None)
+        if get is None and reg is None:
+            self.fail("merge_method", "no merge methods are available (analysis.methods has no registry)")
+        if reg is not None and self.merge_method in reg:
+            return reg[self.merge_method]
+        try:
+            if get is not None:
+                return get(self.merge_method)
+        except InputError as exc:
+            self.fail("merge_method", str(exc))
+        hint = did_you_mean(self.merge_method, list(reg or ()))
+        self.fail(
+            "merge_method",
+            f"unknown method {self.merge_method!r}; {hint + ' ' if hint else ''}"
+            f"available: {', '.join(sorted(reg or ()))}",
+        )
+
+    def referenced_models(self) -> list[str]:
+        """Every model reference, base first, in order of first appearance."""
+        found: list[str] = []
+        if self.base_model:
+            found.append(self.base_model)
+        for m in self.models or []:
+            found.append(m.model)
+        for s in self.slices or []:
+            found.extend(src.model for src in s.sources)
+        return list(dict.fromkeys(found))
+
+    def input_models(self) -> list[str]:
+        """The non-base models, in plan order."""
+        return [r for r in self.referenced_models() if r != self.base_model]
+
+    def _param_sites(self) -> Iterator[tuple[str, dict, str]]:
+        """(key path, params dict, scope) for every parameters block; scope is 'model' or 'shared'."""
+        if self.parameters is not None:
+            yield "parameters", self.parameters, "shared"
+        for i, m in enumerate(self.models or []):
+            if m.parameters is not None:
+                yield f"models[{i}].parameters", m.parameters, "model"
+        for i, s in enumerate(self.slices or []):
+            if s.parameters is not None:
+                yield f"slices[{i}].parameters", s.parameters, "shared"
+            for j, src in enumerate(s.sources):
+                if src.parameters is not None:
+                    yield f"slices[{i}].sources[{j}].parameters", src.parameters, "model"
+
+    def validate(self, open_models: bool = False, check_paths: bool = True) -> None:
+        """Method-aware checks before any tensor is read: parameters (names, scopes, values), method
+        name, model counts, base, required parameters, and (`check_paths`) that model paths exist.
+        With `open_models`, also checkpoint headers, layer ranges, missing tensors, shapes and every
+        tensor's parameters (reads headers only, never tensor data)."""
+        method = self.method()
+        names = [p.name for p in method.params]
+        for path, params, scope in self._param_sites():
+            for pname, setting in params.items():
+                spec = method.param(pname)
+                if spec is None:
+                    hint = did_you_mean(pname, names)
+                    self.fail(
+                        f"{path}.{pname}",
+                        f"unknown parameter for {method.name}; {hint + ' ' if hint else ''}"
+                        f"{method.name} takes: {', '.join(names) or 'no parameters'}",
+                    )
+                if scope == "model" and not spec.per_model:
+                    self.fail(
+                        f"{path}.{pname}",
+                        f"`{pname}` is a global parameter of {method.name}, not a per-model one; "
+                        f"move it to the top-level `parameters:`",
+                    )
+                check_setting_values(setting, spec, f"{path}.{pname}", self.fail)
+        for key in ("dtype", "out_dtype"):
+            v = getattr(self, key)
+            if v is not None and plan_dtype(v) is None:
+                self.fail(key, f"unknown dtype {v!r}; use one of {', '.join(PLAN_DTYPES)}")
+        if method.needs_base is True and not self.base_model:
+            self.fail(
+                "base_model",
+                f"missing: {method.name} merges task vectors relative to a base model; add `base_model: PATH`",
+            )
+        resolve.check_inputs(self, method)
+        resolve.check_required(self, method)
+        if check_paths or open_models:
+            self.check_paths()
+        if open_models:
+            cks = self.open_checkpoints()
+            try:
+                for _ in self.tensor_jobs(cks):
+                    pass
+            finally:
+                refs.close_all(cks)
+
+    # ------------------------------------------------------------------ models on disk (refs)
+    def model_path(self, ref: str) -> Path:
+        """Local path of a model reference (as given, else relative to the plan file's directory)."""
+        return refs.model_path(self, ref)
+
+    def ref_paths(self, ref: str) -> tuple[Path, Path | None]:
+        """(model path, adapter path or None) of a reference; `BASE+ADAPTER` is split."""
+        return refs.ref_paths(self, ref)
+
+    def path_refs(self) -> list[str]:
+        """Every reference that names files: the models, and tokenizer_source when it names a model."""
+        return refs.path_refs(self)
+
+    def check_paths(self) -> None:
+        refs.check_paths(self)
+
+    def open_ref(self, ref: str, path: Path | None = None):
+        """Open one reference's checkpoint (headers only), errors naming its key path."""
+        return refs.open_ref(self, ref, path)
+
+    def open_checkpoints(self) -> dict:
+        """{model reference: Checkpoint} for every referenced model (headers only; LoRA as base+delta)."""
+        return refs.open_checkpoints(self)
+
+    def num_layers(self, checkpoints: Mapping | None = None) -> int:
+        """Number of output layers: the sum of slice lengths, or the models' layer count."""
+        return refs.num_layers(self, checkpoints)
+
+    def layers_of(self, ref: str, checkpoints: Mapping | None = None) -> int:
+        """Layer count of one referenced model (cached per plan)."""
+        return refs.layers_of(self, ref, checkpoints, self._layer_cache)
+
+    # ------------------------------------------------------------------ per tensor (resolve)
+    def resolve(
+        self, tensor_name: str, *, num_layers: int | None = None, checkpoints: Mapping | None = None
+    ) -> resolve.Resolved:
+        """Every parameter of one output tensor: global params + per-model params, defaults filled in.
+
+        Needs the layer count for `models:` plans (taken from `num_layers`, the checkpoints, or the
+        base's config.json)."""
+        return resolve.resolve(self, tensor_name, num_layers=num_layers, checkpoints=checkpoints)
+
+    def tensor_jobs(self, checkpoints, models: Sequence | None = None) -> Iterator[resolve.TensorJob]:
+        """One job per output tensor, in output order (embeddings, layers, final norm/head).
+
+        `checkpoints`: {model reference: Checkpoint} (from `open_checkpoints`), or a base Checkpoint
+        with `models` the other checkpoints in `input_models()` order. Reads headers only; raises
+        InputError for missing tensors, shape mismatches and unresolvable parameters."""
+        return resolve.tensor_jobs(self, checkpoints, models)
+
+    # ------------------------------------------------------------------ output metadata
+    def config_donor(self) -> str:
+        """The model whose config.json the output gets (mergekit: base_model, else the first model)."""
+        return self.base_model or self.referenced_models()[0]
+
+    def tokenizer_donor(self) -> str:
+        if self.tokenizer_source and self.tokenizer_source != "base":
+            return self.tokenizer_source
+        return self.config_donor()
+
+    def compute_dtype(self):
+        return torch_dtype(self.dtype) if self.dtype else None
+
+
+def _with_params(entry: dict, parameters: dict | None) -> dict:
+    if parameters is not None:
+        entry["parameters"] = copy.deepcopy(parameters)
+    return entry
