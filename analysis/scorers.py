@@ -10,7 +10,8 @@ from __future__ import annotations
 import shlex
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
@@ -216,3 +217,56 @@ def write_model(model: Model, out: Path) -> Path:
 def mean(row: Mapping[str, Score]) -> float:
     vals = [s.value for s in row.values()]
     return sum(vals) / len(vals)
+
+
+@dataclass
+class Scorer:
+    """One way of scoring, applied to models or plans: the texts plus the backend or command.
+
+    `plan(p)` merges `p` in memory (executor.py's jobs, nothing written) and scores the result;
+    soups, sweeps and tuning score their candidates this way."""
+
+    texts: Mapping[str, bytes]
+    text_paths: Mapping[str, Path] = field(default_factory=dict)
+    backend: str = "auto"
+    device: str = "cpu"
+    context: int | None = None
+    stride: int | None = None
+    command: str | None = None
+    higher_is_better: bool = False
+    timeout: float | None = None
+    seed: int | None = None
+    progress: Progress | None = None
+    should_stop: Callable[[], bool] | None = None
+
+    def models(self, models: Sequence[Model | str]) -> dict[str, dict[str, Score]]:
+        if self.command:
+            return command_scores(
+                models,
+                self.command,
+                texts=self.text_paths,
+                higher_is_better=self.higher_is_better,
+                progress=self.progress,
+                timeout=self.timeout,
+            )
+        return score_models(
+            models,
+            self.texts,
+            backend=self.backend,
+            device=self.device,
+            context=self.context,
+            stride=self.stride,
+            progress=self.progress,
+            should_stop=self.should_stop,
+        )
+
+    def model(self, ref: Model | str) -> dict[str, Score]:
+        return next(iter(self.models([ref]).values()))
+
+    def plan(self, plan, label: str = "plan") -> dict[str, Score]:
+        from .merge import merge_in_memory
+
+        merged = merge_in_memory(
+            plan, device=self.device, seed=self.seed, progress=self.progress, should_stop=self.should_stop
+        )
+        return self.model(Model(label, merged.tensors, merged.config, merged.tokenizer_dir))

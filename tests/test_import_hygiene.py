@@ -34,3 +34,12 @@ def test_import_mergescope_is_cheap():
     code = "import sys, mergescope, mergescope.naming, mergescope.errors; sys.exit(1 if 'torch' in sys.modules else 0)"
     res = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+def test_import_linter_contract_covers_every_core_module():
+    """The forbidden contract lists modules by name: a new core module must be added to it."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    listed = set(next(c for c in contracts if c["type"] == "forbidden")["source_modules"])
+    top = {f"mergescope.{m.name}" for m in pkgutil.iter_modules(mergescope.__path__) if not m.name.startswith("_")}
+    assert listed == top, f"add to / remove from the contract in pyproject.toml: {sorted(top ^ listed)}"

@@ -19,6 +19,8 @@ COMMANDS = {
     "analyze": "mergescope.tui.cmd_analyze",
     "merge": "mergescope.tui.cmd_merge",
     "eval": "mergescope.tui.cmd_eval",
+    "soup": "mergescope.tui.cmd_soup",
+    "sweep": "mergescope.tui.cmd_sweep",
 }
 
 

@@ -40,44 +40,30 @@ def add_arguments(p) -> None:
     p.add_argument("--json", metavar="FILE", help="write the scores as JSON")
 
 
-def scorer_from_args(args, text_attr: str = "text"):
-    """(texts {name: bytes}, text paths {name: Path}, score(models, progress) -> table) from the options."""
+def scorer_from_args(args, text_attr: str = "text", progress=None):
+    """The Scorer the options describe (texts read and checked now, before any model is opened)."""
+    from mergescope.errors import InputError
     from mergescope.evaluate import read_texts
-    from mergescope.scorers import command_scores, score_models
+    from mergescope.scorers import Scorer
 
+    flag = f"--{text_attr.replace('_', '-')}"
     paths = getattr(args, text_attr) or []
-    texts = read_texts(paths, args.max_bytes, what=f"--{text_attr.replace('_', '-')}") if paths else {}
-    names = dict(zip(texts, [Path(p) for p in paths]))
-    if args.eval_cmd:
-
-        def score(models, progress=None):
-            return command_scores(
-                models,
-                args.eval_cmd,
-                texts=names,
-                higher_is_better=args.higher_is_better,
-                progress=progress,
-                timeout=args.eval_timeout,
-            )
-
-    else:
-        if not texts:
-            from mergescope.errors import InputError
-
-            raise InputError(f"--{text_attr.replace('_', '-')}: give at least one held-out text file (or --eval-cmd)")
-
-        def score(models, progress=None):
-            return score_models(
-                models,
-                texts,
-                backend=args.backend,
-                device=args.device,
-                context=args.context,
-                stride=args.stride,
-                progress=progress,
-            )
-
-    return texts, names, score
+    texts = read_texts(paths, args.max_bytes, what=flag) if paths else {}
+    if not texts and not args.eval_cmd:
+        raise InputError(f"{flag}: give at least one held-out text file (or --eval-cmd)")
+    return Scorer(
+        texts,
+        dict(zip(texts, [Path(p) for p in paths])),
+        backend=args.backend,
+        device=args.device,
+        context=args.context,
+        stride=args.stride,
+        command=args.eval_cmd,
+        higher_is_better=args.higher_is_better,
+        timeout=args.eval_timeout,
+        seed=getattr(args, "seed", None),
+        progress=progress,
+    )
 
 
 def run(args) -> int:
@@ -85,13 +71,14 @@ def run(args) -> int:
 
     from .progress_bar import cli_progress
 
-    texts, names, score = scorer_from_args(args)
+    scorer = scorer_from_args(args)
     con = Console()
-    with cli_progress("scoring") as progress:
-        table = score(list(args.models), progress)
+    with cli_progress("score", unit="tokens" if not args.eval_cmd else "runs") as progress:
+        scorer.progress = progress
+        table = scorer.models(list(args.models))
     print_scores(con, table)
     if args.json:
-        write_json(args.json, table, names)
+        write_json(args.json, table, scorer.text_paths)
     return 0
 
 

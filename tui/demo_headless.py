@@ -1,8 +1,9 @@
 """`mergescope demo --headless`: the whole story without a screen.
 
 analyse the bundled family → merge two domain fine-tunes (task arithmetic and TIES) → score the base,
-every fine-tune and the merges on held-out text per domain → print the findings and the table.
-The merges go into a temporary directory unless --output names one.
+every fine-tune and the merges on held-out text per domain (bits per byte) → a greedy soup of the
+code fine-tunes → a task-arithmetic weight sweep, with its plot. The merges go into a temporary
+directory unless --output names one; the soup and the sweep are scored in memory.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # The merges the demo shows: (label, method, models, per-model params, global params).
@@ -20,6 +22,16 @@ DEMO_MERGES = (
     ("TIES code+prose d=0.5", "ties", ("code", "prose"), {"weight": 1.0, "density": 0.5}, {}),
     ("TA code+prose+dialog ×0.5", "task_arithmetic", ("code", "prose", "dialog"), {"weight": 0.5}, {}),
 )
+SWEEP = ("TA code+prose", "weight", "0:1.5:0.25")  # the first merge's weight, from nothing to overshoot
+EXTRA_BYTES = 8000  # soup and sweep score the first 8 kB of each text: the demo stays a minute long
+
+
+@dataclass
+class DemoRun:
+    table: dict[str, dict[str, float]]  # bits per byte, model -> domain
+    soup: object = None  # SoupResult
+    sweep: object = None  # SweepResult
+    lines: list[str] = field(default_factory=list)
 
 
 def demo_plans(family: Path) -> list[tuple[str, object]]:
@@ -43,8 +55,9 @@ def demo_plans(family: Path) -> list[tuple[str, object]]:
 def merge_and_score(out_root: Path, progress=None) -> dict[str, dict[str, float]]:
     """Run the demo merges into `out_root` and score base, fine-tunes and merges on held-out text."""
     from mergescope.demo import family_dir, heldout_dir
-    from mergescope.evaluate import evaluate_models, load_texts
+    from mergescope.evaluate import load_texts
     from mergescope.merge import run_merge
+    from mergescope.scorers import Scorer
 
     fam = family_dir()
     merged = {}
@@ -53,8 +66,46 @@ def merge_and_score(out_root: Path, progress=None) -> dict[str, dict[str, float]
         run_merge(plan, dest, force=True)
         merged[label] = dest
     paths = {"base": fam / "base", **{m: fam / m for m in ("code", "prose", "dialog")}, **merged}
-    texts = load_texts(heldout_dir())
-    return evaluate_models({k: str(v) for k, v in paths.items()}, texts, progress)
+    scores = Scorer(load_texts(heldout_dir()), progress=progress).models([str(v) for v in paths.values()])
+    return {k: {t: s.value for t, s in scores[str(v)].items()} for k, v in paths.items()}
+
+
+def soup_and_sweep(con) -> tuple[object, object]:
+    """The greedy soup of the code fine-tunes on held-out code, and the weight sweep of the first merge."""
+    from mergescope import demo
+    from mergescope.scorers import Scorer
+    from mergescope.soup import greedy_soup
+    from mergescope.sweep import parse_values, sweep
+
+    from .cmd_sweep import print_sweep, sweep_plot
+
+    fam, held = demo.family_dir(), demo.heldout_dir()
+    texts = {d: (held / f"{d}.txt").read_bytes()[:EXTRA_BYTES] for d in ("code", "prose")}
+    soup = None
+    ingredients = [str(fam / m) for m in getattr(demo, "SOUP_MODELS", ()) if (fam / m).exists()]
+    if len(ingredients) >= 2:
+        code = Scorer({"code": texts["code"]})
+        with con.status("greedy soup of the code fine-tunes…"):
+            soup = greedy_soup(ingredients, code.plan, code.model, dtype="float32")
+        con.print("[bold]greedy soup[/bold] of the code fine-tunes (bits per byte on held-out code):")
+        for st in soup.steps:
+            con.print(
+                f"  {st.action:>8} {Path(st.model).name}: alone {st.own['code'].value:.4f}, "
+                f"soup {st.soup['code'].value:.4f}",
+                highlight=False,
+            )
+        best_single = min(s.own["code"].value for s in soup.steps)
+        con.print(
+            f"  soup of {len(soup.kept)}: {soup.score['code'].value:.4f} vs the best single {best_single:.4f}",
+            highlight=False,
+        )
+    label, param, values = SWEEP
+    plan = dict(demo_plans(fam))["TA code+prose ×0.7"]
+    with con.status(f"sweeping the {param} of {label}…"):
+        result = sweep(plan, param, parse_values(values), Scorer(texts).plan)
+    print_sweep(con, result)
+    con.print(sweep_plot(result, width=min(con.width, 90), height=14), highlight=False, markup=False)
+    return soup, result
 
 
 def cross_domain_verdicts(table: dict[str, dict[str, float]]) -> list[str]:
@@ -77,8 +128,8 @@ def cross_domain_verdicts(table: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
-def run_headless(output: str | None = None, use_cache: bool = True, console=None) -> dict[str, dict[str, float]]:
-    """Print the demo's findings, table and verdicts; return the perplexity table."""
+def run_headless(output: str | None = None, use_cache: bool = True, console=None) -> DemoRun:
+    """Print the demo's findings, table, verdicts, soup and sweep; return what was computed."""
     from rich.console import Console
 
     from mergescope.demo import DEMO_MODELS, family_dir
@@ -98,24 +149,23 @@ def run_headless(output: str | None = None, use_cache: bool = True, console=None
         with con.status("merging and scoring held-out text…"):
             table = merge_and_score(out_root)
     _print_table(con, table, sorted(next(iter(table.values()))))
-    for line in cross_domain_verdicts(table):
+    lines = cross_domain_verdicts(table)
+    for line in lines:
         con.print(line)
+    soup, sweep = soup_and_sweep(con)
     con.print(
         f"[dim]{len(table)} models × {len(next(iter(table.values())))} domains, {time.perf_counter() - t0:.1f}s"
         + (f"; merges kept in {output}" if output else "")
         + "[/dim]"
     )
-    return table
+    return DemoRun(table, soup, sweep, lines)
 
 
 def _print_table(con, table: dict, domains: list[str]) -> None:
     from rich.table import Table
 
-    t = Table(
-        title="held-out perplexity per byte (lower is better; best per domain in bold)",
-        title_justify="left",
-        header_style="bold",
-    )
+    con.print("[bold]held-out bits per byte[/bold] (lower is better; best per domain in bold)")
+    t = Table(header_style="bold")
     t.add_column("model")
     for d in domains:
         t.add_column(d, justify="right")

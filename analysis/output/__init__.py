@@ -1,6 +1,6 @@
 """Writing a merged model: atomic sharded safetensors (shards.py) and its model card (card.py)."""
 
-from .card import AUTO_HASH_LIMIT, InputRecord, model_card, provenance, sha256_file
+from .card import AUTO_HASH_LIMIT, InputRecord, append_to_card, model_card, provenance, sha256_file
 from .shards import DEFAULT_SHARD_SIZE, ModelWriter, WriteResult, check_output, write_safetensors
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "InputRecord",
     "ModelWriter",
     "WriteResult",
+    "append_to_card",
     "check_output",
     "model_card",
     "provenance",

@@ -80,8 +80,11 @@ def model_card(
     total_bytes: int,
     description: str = "",
     analysis=None,
+    notes: str | None = None,
+    seed: int | None = None,
 ) -> str:
-    """README.md with Hugging Face front matter (base_model, tags) and the plan and provenance."""
+    """README.md with Hugging Face front matter (base_model, tags) and the plan and provenance;
+    `notes`: a Markdown section of the caller's (a soup's steps, the seed) before the footer."""
     import yaml
 
     bases = ([base] if base else []) + [m for m in models if m != base]
@@ -99,6 +102,7 @@ def model_card(
         "",
         f"- Method: `{method}`" + (f" ({description})" if description else ""),
         f"- Base model: `{base}`" if base else "- Base model: none",
+        *([f"- Seed: {seed} (randomised methods repeat bit for bit with it)"] if seed is not None else []),
         "- Models merged:",
     ]
     lines += [f"  - `{m}`" for m in models]
@@ -132,6 +136,8 @@ def model_card(
         ]
     lines += ["", "## Merge-readiness at merge time", ""]
     lines += _analysis_section(analysis)
+    if notes:
+        lines += ["", notes.rstrip()]
     lines += ["", f"Tool: mergescope {__version__}", ""]
     return "\n".join(lines)
 
@@ -163,3 +169,19 @@ def _analysis_section(report) -> list[str]:
     else:
         out.append("No findings: the inputs looked merge-ready.")
     return out
+
+
+def append_to_card(output_dir: Path, section: str) -> None:
+    """Add a Markdown section to a written model's README.md (before its footer), atomically."""
+    import os
+    import tempfile
+
+    card = Path(output_dir) / "README.md"
+    text = card.read_text(encoding="utf-8")
+    footer = f"\nTool: mergescope {__version__}\n"
+    head, sep, tail = text.rpartition(footer)
+    new = (head + "\n" + section.rstrip() + "\n" + sep + tail) if sep else text.rstrip() + "\n\n" + section + "\n"
+    fd, tmp = tempfile.mkstemp(dir=card.parent, prefix=".README-", suffix=".md")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(new)
+    os.replace(tmp, card)
