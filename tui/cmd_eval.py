@@ -11,11 +11,12 @@ from pathlib import Path
 from .format import short_names
 
 
-def add_scoring_arguments(p, text_flag: str = "--text", required: bool = True) -> None:
-    """The scoring options shared by eval, soup and sweep (and merge --eval-text)."""
+def add_scoring_arguments(p, text_flag: str = "--text", required: bool = True, device: bool = True) -> None:
+    """The scoring options shared by eval, soup and sweep (and merge --eval-text, which has --device)."""
     p.add_argument(text_flag, nargs="+", metavar="FILE", required=required, help="held-out text files (UTF-8)")
     p.add_argument("--max-bytes", type=int, metavar="N", help="score only the first N bytes of each text")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    if device:
+        p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument(
         "--backend",
         default="auto",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+from .cmd_eval import add_scoring_arguments
+
 
 def add_arguments(p) -> None:
     p.add_argument("config", metavar="CONFIG.yaml", help="merge plan (mergekit config schema)")
@@ -36,6 +38,7 @@ def add_arguments(p) -> None:
         "merge-readiness findings; without it a cached `mergescope analyze` of the same paths is used if any",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_scoring_arguments(p, text_flag="--eval-text", required=False, device=False)
 
 
 def run(args) -> int:
@@ -84,4 +87,34 @@ def run(args) -> int:
         f"with {plan.merge_method} into [bold]{res.output_dir}[/bold]: {shards}, {res.seconds:.1f}s on {res.device}",
         highlight=False,
     )
+    if args.eval_text or args.eval_cmd:
+        _score_after(args, plan, res, out)
     return 0
+
+
+def _score_after(args, plan, res, out) -> None:
+    """Score the written model and its inputs; print the table and add it to the model card."""
+    from mergescope.output import append_to_card
+
+    from .cmd_eval import print_scores, scorer_from_args
+    from .progress_bar import cli_progress
+
+    scorer = scorer_from_args(args, "eval_text")
+    inputs = [str(plan.model_path(r)) for r in plan.referenced_models() if plan.ref_paths(r)[1] is None]
+    with cli_progress("score", unit="tokens", quiet=args.quiet) as progress:
+        scorer.progress = progress
+        table = scorer.models([str(res.output_dir), *inputs])
+    label = {str(res.output_dir): f"{res.output_dir.name} (this merge)"}
+    label.update({str(plan.model_path(r)): r for r in plan.referenced_models()})
+    table = {label.get(k, k): v for k, v in table.items()}
+    print_scores(out, table)
+    cols = list(next(iter(table.values())))
+    rows = ["## Held-out scores", "", "| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    rows += [f"| `{m}` | " + " | ".join(f"{row[c].value:.4f}" for c in cols) + " |" for m, row in table.items()]
+    metric = (
+        "bits per byte, lower is better"
+        if next(iter(table[next(iter(table))].values())).nll_nats is not None
+        else ("the --eval-cmd score")
+    )
+    rows += ["", f"Scored by mergescope after the merge ({metric})."]
+    append_to_card(res.output_dir, "\n".join(rows))

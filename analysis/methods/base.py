@@ -103,6 +103,9 @@ class MergeMethod:
     # like `merge` and returns the result in out_dtype, or None when it does not handle the case
     # (then the executor calls `merge` on float32 copies). Used only on CPU with a float32 compute dtype.
     stream: Callable[..., torch.Tensor | None] | None = None
+    # Optional check(params, model_params) -> problem or None, run on every tensor's resolved parameters
+    # when the plan is resolved (before any tensor is read): constraints one ParamSpec cannot express.
+    check: Callable[[dict, dict], str | None] | None = None
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)

@@ -24,7 +24,15 @@ from ._util import align, check_shapes, common_dtype, flat, global_params, scrat
 from .base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec
 
 PARAMS = (
-    ParamSpec("t", None, "float", required=True, help="interpolation factor: 0 = base model, 1 = the other model"),
+    ParamSpec(
+        "t",
+        None,
+        "float",
+        required=True,
+        min=0.0,
+        max=1.0,
+        help="interpolation factor: 0 = base model, 1 = the other model",
+    ),
 )
 
 DOT_THRESHOLD = 0.9995

@@ -417,6 +417,12 @@ def _job(
             f"tensor by tensor (different architecture or vocabulary; run `mergescope analyze`)",
         )
     params, model_params = _resolve_at(plan, method, sl, out_name, param_names or in_names, t)
+    if method.check is not None:  # constraints across parameters (e.g. della's density ± epsilon)
+        for ref, mp in model_params.items():
+            problem = method.check(params, mp)
+            if problem:
+                src = next(s for s in sl.sources if s.model == ref)
+                plan.fail(f"{src.path}.parameters", f"{problem} (tensor {out_name}); change the parameters")
     dtypes = [i.dtype for i in infos.values()]
     is_float = all(d.is_floating_point for d in dtypes)
     if is_float:

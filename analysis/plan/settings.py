@@ -73,8 +73,8 @@ def coerce_value(value, spec) -> Any:
                 raise _CoerceError(f"expects a number, got {value!r}") from None
         else:
             raise _CoerceError(f"expects a number, got {value!r}")
-        if math.isnan(out):
-            raise _CoerceError("is NaN")
+        if not math.isfinite(out):
+            raise _CoerceError(f"must be a finite number, got {out}")
     elif kind == "int":
         if isinstance(value, bool):
             raise _CoerceError(f"expects an integer, got {value!r}")
@@ -109,8 +109,17 @@ def coerce_value(value, spec) -> Any:
         if spec.min is not None and out < spec.min:
             raise _CoerceError(f"must be >= {spec.min}, got {out}")
         if spec.max is not None and out > spec.max:
-            raise _CoerceError(f"must be <= {spec.max}, got {out}")
+            raise _CoerceError(f"must be <= {spec.max}, got {out}{_likely(out, spec)}")
     return out
+
+
+def _likely(value: float, spec) -> str:
+    """For a fraction in [0, 1] written without its decimal point (1.7 for 0.17, 20 for 0.2): the hint."""
+    if spec.min != 0 or spec.max != 1 or value <= 1:
+        return ""
+    guess = value / 10 ** math.ceil(math.log10(value))
+    guess = guess if guess < 1 else guess / 10
+    return f"; did you mean {guess:g}?"
 
 
 def check_dtype(v, key: str, fail):
