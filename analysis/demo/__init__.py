@@ -13,6 +13,8 @@ from ..errors import InputError
 from ..report import DEFAULT_DENSITY
 
 DEMO_MODELS = ("code", "prose", "dialog", "overtrained", "other_ft")
+# Soup ingredients: three fine-tunes of base on code (other seeds / peak LR); not in DEMO_MODELS.
+SOUP_MODELS = ("code", "code_b", "code_c")
 # The explorer's starting plan: TIES of code + prose, equal weights, trimmed at the analysis density,
 # so the what-if's trimmed sign conflict is measured, not guessed.
 SAMPLE_PLAN = {"method": "ties", "models": ["code", "prose"], "weight": 1.0, "density": DEFAULT_DENSITY}
