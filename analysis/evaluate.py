@@ -3,8 +3,8 @@
 **bits per byte** = Σ negative log-likelihood (bits) of the predicted tokens ÷ the UTF-8 bytes those
 tokens cover. It does not depend on the tokenizer, so models with different vocabularies compare; lower
 is better. Windows: `context` tokens (the model's context length unless told), starting every `stride`
-tokens; each token is scored once, by the first window that holds it with the most left context (the
-strided-perplexity recipe); the first token has no context and is not scored (a BOS the tokenizer
+tokens (at most context − 1, so every token after the first is predicted); each token is scored
+once, by the first window that holds it with the most left context (the strided-perplexity recipe); the first token has no context and is not scored (a BOS the tokenizer
 prepends is; it covers no bytes). All windows of a text have one length, so they run in fixed batches
 and results are deterministic. Perplexity per token (e^(nats / tokens)) is reported beside it when the
 model has a tokenizer.
@@ -176,6 +176,7 @@ def windows(n: int, context: int, stride: int) -> list[tuple[int, int]]:
     """(start, first scored target) per window of length min(context, n); targets [first, start + len)."""
     if n <= context:
         return [(0, 1)]
+    stride = min(stride, context - 1)  # a window's first token has no context: the next one re-reads it
     starts = list(range(0, n - context + 1, stride))
     if starts[-1] + context < n:
         starts.append(n - context)
