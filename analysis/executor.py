@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from .device import resolve_device
 from .errors import InputError
 from .plan import Plan, close_all
+from .preflight import flag_for, run_checks
 
 
 class MergeCancelled(Exception):
@@ -55,6 +56,8 @@ class MergeRun:
     compute: object  # torch dtype
     seed: int | None
     workers: int
+    checks: object = None  # preflight.Checks
+    allow_non_finite: bool = False
 
     @property
     def total_bytes(self) -> int:
@@ -65,7 +68,10 @@ class MergeRun:
 
         def compute_job(job):
             try:
-                return _compute(job, self.cks, self.method, self.device, self.compute, self.seed)
+                out = _compute(job, self.cks, self.method, self.device, self.compute, self.seed)
+                if job.is_float and not self.allow_non_finite:
+                    _check_finite(job, out, self.cks)
+                return out
             finally:
                 for x in job.all_inputs:  # drop the inputs' mapped pages (they stay in the page cache)
                     self.cks[x.model].release(x.name)
@@ -74,9 +80,20 @@ class MergeRun:
 
 
 @contextmanager
-def open_merge(plan: Plan, *, device: str = "cpu", seed: int | None = None, threads: int | None = None):
-    """Validate the plan, open its checkpoints and build every job (headers only); yields a MergeRun and
-    closes everything (and frees the methods' scratch memory) afterwards."""
+def open_merge(
+    plan: Plan,
+    *,
+    device: str = "cpu",
+    seed: int | None = None,
+    threads: int | None = None,
+    analysis=None,
+    allow_non_finite: bool = False,
+    force_incompatible: bool = False,
+):
+    """Validate the plan, open its checkpoints, build every job (headers only) and run the readiness
+    checks (preflight.py; `analysis`: the inputs' cached Report); yields a MergeRun and closes
+    everything (and frees the methods' scratch memory) afterwards. An `error` finding refuses the merge
+    unless its flag says otherwise (`allow_non_finite`, `force_incompatible`)."""
     import torch
 
     from .methods._util import release_workspace
@@ -92,10 +109,17 @@ def open_merge(plan: Plan, *, device: str = "cpu", seed: int | None = None, thre
     prev_threads = torch.get_num_threads()
     try:
         jobs = list(plan.tensor_jobs(cks))  # every name, shape and parameter is checked here
+        checks = run_checks(plan, cks, jobs, analysis)
+        for f in checks.errors:
+            allowed = allow_non_finite if f.code == "non-finite" else force_incompatible
+            if not allowed:
+                raise InputError(
+                    f"{f.model or plan.base_model}: {f.code}: {f.message}. Refusing to merge; pass {flag_for(f)} to merge anyway"
+                )
         workers = _workers(threads, method, dev, compute)
         if workers > 1:
             torch.set_num_threads(1)  # parallel across tensors: each op runs in its worker, no barriers
-        yield MergeRun(plan, cks, jobs, method, dev, compute, seed, workers)
+        yield MergeRun(plan, cks, jobs, method, dev, compute, seed, workers, checks, allow_non_finite)
     finally:
         torch.set_num_threads(prev_threads)
         close_all(cks)
@@ -118,6 +142,23 @@ def _trim_malloc(nbytes: int = 0) -> None:
         ctypes.CDLL(None).mallopt(-1, int(nbytes))  # M_TRIM_THRESHOLD
     except (OSError, AttributeError, TypeError):
         pass
+
+
+def _check_finite(job, out, cks) -> None:
+    """A NaN/Inf in a merged tensor comes from an input: name it (only then are the inputs re-read)."""
+    import torch
+
+    if bool(torch.isfinite(out).all()):
+        return
+    for x in job.all_inputs:
+        t = cks[x.model].get(x.name)
+        bad = int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
+        if bad:
+            raise InputError(
+                f"{x.model}: non-finite: tensor {x.name} holds {bad} NaN/Inf values; the merge would spread them — "
+                "re-export the checkpoint, or pass --allow-non-finite to merge anyway"
+            )
+    raise MergeError(f"the merge of tensor {job.name} overflowed to NaN/Inf (the inputs are finite); check the weights")
 
 
 def _workers(threads: int | None, method, dev: str, compute) -> int:

@@ -63,7 +63,7 @@ def _short(names: list[str], k: int = 3) -> str:
     return s + (f" (+{len(names) - k} more)" if len(names) > k else "")
 
 
-def _same_model_name(declared: str, base_meta: dict) -> bool:
+def same_model_name(declared: str, base_meta: dict) -> bool:
     """Does a declared base (hub id or path) name our base? Compare the last path components."""
 
     def tail(x: str | None) -> str:
@@ -186,7 +186,7 @@ def structural_findings(report) -> list[Finding]:
                 )
             )
         declared = mm.get("declared_base")
-        if declared and not _same_model_name(declared, base_meta):
+        if declared and not same_model_name(declared, base_meta):
             out.append(
                 Finding(
                     "warning",

@@ -62,6 +62,8 @@ def run_merge(
     threads: int | None = None,
     analysis=None,
     notes: str | None = None,
+    allow_non_finite: bool = False,
+    force_incompatible: bool = False,
 ) -> MergeResult:
     """Merge as the plan says into `output_dir`; returns what was written.
 
@@ -81,8 +83,17 @@ def run_merge(
     plan.validate(check_paths=True)  # a bad plan is reported before the output directory
     out = check_output(output_dir, force)
     _check_not_overwriting_inputs(plan, out)
-    with open_merge(plan, device=device, seed=seed, threads=threads) as run:
+    with open_merge(
+        plan,
+        device=device,
+        seed=seed,
+        threads=threads,
+        analysis=analysis,
+        allow_non_finite=allow_non_finite,
+        force_incompatible=force_incompatible,
+    ) as run:
         cks, jobs, method = run.cks, run.jobs, run.method
+        notes = "\n\n".join(x for x in (_checks_section(run.checks), notes) if x) or None
         tok_dir = _tokenizer_dir(plan, cks)
         n = len(jobs)
         with ModelWriter(out, force=force, shard_size=shard_size) as writer:
@@ -161,17 +172,36 @@ def merge_in_memory(
     threads: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    allow_non_finite: bool = False,
+    force_incompatible: bool = False,
 ) -> MergedModel:
     """The plan's output tensors, streamed from the same jobs as `run_merge`; nothing is written."""
     t0 = time.perf_counter()
     if not isinstance(plan, Plan):
         plan = Plan.load(plan)
     tensors: dict = {}
-    with open_merge(plan, device=device, seed=seed, threads=threads) as run:
+    with open_merge(
+        plan,
+        device=device,
+        seed=seed,
+        threads=threads,
+        allow_non_finite=allow_non_finite,
+        force_incompatible=force_incompatible,
+    ) as run:
         out_dtypes = _drain(run, tensors.__setitem__, progress, should_stop)
         config = _output_config(plan, run.cks, out_dtypes) or {}
         tok_dir = _tokenizer_dir(plan, run.cks)
     return MergedModel(tensors, config, tok_dir, out_dtypes, time.perf_counter() - t0)
+
+
+def _checks_section(checks) -> str | None:
+    """The pre-merge checks' warnings (and errors merged anyway) for the model card."""
+    noted = [f for f in checks.findings if f.severity in ("error", "warning")]
+    if not noted or checks.source == "analysis":  # the analysis section lists its own findings
+        return None
+    lines = ["## Pre-merge checks", ""]
+    lines += [f"- **{f.severity}** `{f.code}`" + (f" ({f.model})" if f.model else "") + f": {f.message}" for f in noted]
+    return "\n".join(lines)
 
 
 def _output_config(plan: Plan, cks, out_dtypes: list[str]) -> dict | None:

@@ -108,8 +108,8 @@ def test_cli_task_arithmetic_bf16_sharded_and_lora_matches_independent_computati
 def test_linear_fp16_out_dtype_and_single_shard(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     base = make_llama(tmp_path / "base", n_layers=2, hidden=8, vocab=16, dtype=torch.float16, seed=0)
-    make_finetune(base, tmp_path / "a", scale=0.1, seed=1)
-    make_finetune(base, tmp_path / "b", scale=0.1, seed=2)
+    make_finetune(base, tmp_path / "a", scale=0.005, seed=1)
+    make_finetune(base, tmp_path / "b", scale=0.005, seed=2)
     (tmp_path / "p.yml").write_text(
         "merge_method: linear\nmodels:\n- model: a\n  parameters: {weight: 3}\n"
         "- model: b\n  parameters: {weight: 1}\nout_dtype: float32\n"

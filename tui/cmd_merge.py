@@ -38,6 +38,14 @@ def add_arguments(p) -> None:
         "merge-readiness findings; without it a cached `mergescope analyze` of the same paths is used if any",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--allow-non-finite", action="store_true", help="merge even when an input holds NaN/Inf values (they spread)"
+    )
+    p.add_argument(
+        "--force-incompatible",
+        action="store_true",
+        help="merge even when the readiness checks say the inputs do not share a base (the output is likely garbage)",
+    )
     add_scoring_arguments(p, text_flag="--eval-text", required=False, device=False)
 
 
@@ -72,6 +80,8 @@ def run(args) -> int:
         shard_size=shard_size,
         hash_inputs=True if args.hash_inputs else None,
         analysis=report,
+        allow_non_finite=args.allow_non_finite,
+        force_incompatible=args.force_incompatible,
     )
     try:
         with cli_progress("merge", quiet=args.quiet, console=err) as progress:
