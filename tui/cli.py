@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from mergescope.errors import InputError
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "_module", None) is None:
         return main(["ui"])
+    previous = _on_sigterm()
     try:
         return int(args._module.run(args) or 0)
     except (InputError, FileNotFoundError) as exc:
@@ -56,8 +58,32 @@ def main(argv: list[str] | None = None) -> int:
             print(line, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"mergescope {args.command}: interrupted", file=sys.stderr)
+        print(f"mergescope {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"mergescope {args.command}: terminated; nothing was written", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every `with`/`finally` cleans up (partial outputs
+    are removed) before the process exits with 143."""
+
+
+def _on_sigterm():
+    """Turn SIGTERM into `Terminated` (main thread only); returns the previous handler."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

@@ -233,12 +233,16 @@ class ModelWriter:
         if tensor.device.type != "cpu":
             tensor = tensor.cpu()
         n = tensor.numel() * tensor.element_size()
-        if self._layout is not None:
-            self._add_planned(name, tensor, n)
-            return
-        self._names.add(name)
-        if self._current and self._current_bytes + n > self.shard_size:
-            self._flush()
+        try:
+            if self._layout is not None:
+                self._add_planned(name, tensor, n)
+                return
+            self._names.add(name)
+            if self._current and self._current_bytes + n > self.shard_size:
+                self._flush()
+        except OSError as exc:
+            self.abort()
+            raise self._write_failed(exc) from None
         self._current.append((name, tensor))
         self._current_bytes += n
         self.total_bytes += n
@@ -329,6 +333,9 @@ class ModelWriter:
                 _write_text(self.tmp / fname, text)
                 files.append(fname)
             self._commit()
+        except OSError as exc:
+            self.abort()
+            raise self._write_failed(exc) from None
         except BaseException:
             self.abort()
             raise
@@ -345,12 +352,30 @@ class ModelWriter:
             out.rename(old)
         try:
             self.tmp.rename(out)
+        except OSError as exc:
+            if old is not None:
+                old.rename(out)
+            if out.exists():  # another merge finished into the same directory first
+                raise InputError(
+                    f"{out}: another merge wrote this output while this one ran; it was kept and this merge's "
+                    "output dropped — merge into another directory"
+                ) from None
+            raise exc
         except BaseException:
             if old is not None:
                 old.rename(out)
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+    def _write_failed(self, exc: OSError) -> InputError:
+        import errno
+
+        what = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        return InputError(
+            f"{self.output_dir}: cannot write the merged model ({what}); nothing was written — free space or "
+            "choose another output directory"
+        )
 
     def abort(self) -> None:
         """Drop everything written so far (idempotent)."""
