@@ -50,6 +50,11 @@ class ErrorDialog(ModalScreen[None]):
         message = str(exc) if exc is not None else "unknown error"
         if what == "merge":  # the core speaks CLI; here the flag is a checkbox
             message = message.replace("pass --force to replace it", "tick “replace existing” to replace it")
+            for flag in ("--force-incompatible", "--allow-non-finite"):  # CLI-only overrides
+                message = message.replace(
+                    f"pass {flag} to merge anyway",
+                    f"leave that model out of the plan (i), or merge with the CLI's {flag}",
+                )
         return cls(title, message or type(exc).__name__, detail)
 
     def compose(self) -> ComposeResult:
