@@ -2,9 +2,11 @@
 
     python scripts/screenshots.py                      # the bundled demo family → screenshots/
     python scripts/screenshots.py --family DIR --base base --models code prose dialog
+    python scripts/screenshots.py --only evaluate help  # just these pictures
 
 Drives the real app headless (Textual's pilot) on real checkpoints: analyse, verdicts, heatmaps,
-plan editor with the what-if, a real merge into a temporary directory, help. Paths are shown
+plan editor with the what-if, a real merge into a temporary directory, help, and the Evaluate tab
+(the plan scored and one cell swept on the held-out texts, in memory). Paths are shown
 relative to the family directory so the pictures stay readable. PNGs need `rsvg-convert`
 (Debian/Ubuntu: `apt-get install librsvg2-bin`); without it only the SVGs are written.
 """
@@ -25,6 +27,16 @@ sys.path.insert(0, str(ROOT))
 
 SIZE = (120, 40)
 SMALL = (80, 24)
+MAIN_VIEWS = (
+    "verdicts",
+    "heatmap",
+    "heatmap-pair-cosine",
+    "heatmap-trimmed-conflict",
+    "plan-whatif",
+    "plan-whatif-share",
+    "merge",
+    "help",
+)
 
 
 def to_png(svg: Path) -> Path | None:
@@ -88,81 +100,109 @@ async def settle(app, pilot, t: float = 0.25) -> None:
     await pilot.pause()
 
 
-async def shoot(out: Path, family: Path, base: str, models: list[str], sample: dict) -> list[Path]:
+async def shoot(
+    out: Path, family: Path, base: str, models: list[str], sample: dict, only: set[str] | None = None
+) -> list[Path]:
     from mergescope.tui.app import MergeScopeApp
 
     shots: list[Path] = []
 
+    def want(*names: str) -> bool:
+        return not only or any(n in only for n in names)
+
     def save(app, name: str) -> None:
+        if not want(name):
+            return
         path = out / f"{name}.svg"
         app.save_screenshot(filename=path.name, path=str(out))
         shots.append(path)
 
     os.chdir(family)
     # 1. open dialog (fresh app, no paths)
-    app = MergeScopeApp(blink=False, remember_set=False)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
-        app.screen.query_one("#open-base").value = base
-        for k, m in enumerate(models[:2]):
-            app.screen.query_one(f"#open-model-{k}").value = m
-        await pilot.pause()
-        save(app, "open")
-    # 2.. the main views on one app
-    app = MergeScopeApp(base, models, blink=False, remember_set=False, sample_plan=sample)
-    async with app.run_test(size=SIZE) as pilot:
-        await settle(app, pilot)
-        save(app, "verdicts")
-        await pilot.press("h", "2")
-        await pilot.press(*["down"] * 3, "right", "right")
-        await settle(app, pilot)
-        save(app, "heatmap")
-        await pilot.press("c", "6", "p")
-        await settle(app, pilot)
-        save(app, "heatmap-pair-cosine")
-        await pilot.press("c", "4")
-        await settle(app, pilot)
-        save(app, "heatmap-trimmed-conflict")
-        await pilot.press("e")
-        await settle(app, pilot)
-        await pilot.press("down", "right", "plus", "plus", "plus")
-        await settle(app, pilot)
-        save(app, "plan-whatif")
-        await pilot.press("w", "w")
-        await settle(app, pilot)
-        save(app, "plan-whatif-share")
-        tmp = Path(tempfile.mkdtemp(prefix="mergescope-shot-"))
-        try:
-            await pilot.press("x")
+    if want("open"):
+        app = MergeScopeApp(blink=False, remember_set=False)
+        async with app.run_test(size=SIZE) as pilot:
             await pilot.pause()
-            app.main.query_one("#merge-output").value = str(tmp / "merged")
-            await pilot.press("ctrl+g")
-            await settle(app, pilot, 0.5)
-            save(app, "merge")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        await pilot.press("h", "question_mark")
-        await pilot.pause()
-        save(app, "help")
+            app.screen.query_one("#open-base").value = base
+            for k, m in enumerate(models[:2]):
+                app.screen.query_one(f"#open-model-{k}").value = m
+            await pilot.pause()
+            save(app, "open")
+    # 2.. the main views on one app
+    if want(*MAIN_VIEWS):
+        app = MergeScopeApp(base, models, blink=False, remember_set=False, sample_plan=sample)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            save(app, "verdicts")
+            await pilot.press("h", "2")
+            await pilot.press(*["down"] * 3, "right", "right")
+            await settle(app, pilot)
+            save(app, "heatmap")
+            await pilot.press("c", "6", "p")
+            await settle(app, pilot)
+            save(app, "heatmap-pair-cosine")
+            await pilot.press("c", "4")
+            await settle(app, pilot)
+            save(app, "heatmap-trimmed-conflict")
+            await pilot.press("e")
+            await settle(app, pilot)
+            await pilot.press("down", "right", "plus", "plus", "plus")
+            await settle(app, pilot)
+            save(app, "plan-whatif")
+            await pilot.press("w", "w")
+            await settle(app, pilot)
+            save(app, "plan-whatif-share")
+            tmp = Path(tempfile.mkdtemp(prefix="mergescope-shot-"))
+            try:
+                await pilot.press("x")
+                await pilot.pause()
+                app.main.query_one("#merge-output").value = str(tmp / "merged")
+                await pilot.press("ctrl+g")
+                await settle(app, pilot, 0.5)
+                save(app, "merge")
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            await pilot.press("h", "question_mark")
+            await pilot.pause()
+            save(app, "help")
     # 3. a small terminal
-    app = MergeScopeApp(base, models, blink=False, remember_set=False, sample_plan=sample)
-    async with app.run_test(size=SMALL) as pilot:
-        await settle(app, pilot)
-        await pilot.press("h", "4")
-        await settle(app, pilot)
-        save(app, "heatmap-80x24")
-        await pilot.press("e")
-        await settle(app, pilot)
-        save(app, "plan-80x24")
+    if want("heatmap-80x24", "plan-80x24"):
+        app = MergeScopeApp(base, models, blink=False, remember_set=False, sample_plan=sample)
+        async with app.run_test(size=SMALL) as pilot:
+            await settle(app, pilot)
+            await pilot.press("h", "4")
+            await settle(app, pilot)
+            save(app, "heatmap-80x24")
+            await pilot.press("e")
+            await settle(app, pilot)
+            save(app, "plan-80x24")
     # 4. as a 16-colour terminal (SSH without truecolor) shows it
-    app = MergeScopeApp(base, models, blink=False, remember_set=False, sample_plan=sample, low_colour=True)
-    async with app.run_test(size=SIZE) as pilot:
-        await settle(app, pilot)
-        await pilot.press("h", "4", "down", "right")
-        await settle(app, pilot)
-        path = out / "heatmap-16-colours.svg"
-        save_downgraded(app, path, "standard")
-        shots.append(path)
+    if want("heatmap-16-colours"):
+        app = MergeScopeApp(base, models, blink=False, remember_set=False, sample_plan=sample, low_colour=True)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            await pilot.press("h", "4", "down", "right")
+            await settle(app, pilot)
+            path = out / "heatmap-16-colours.svg"
+            save_downgraded(app, path, "standard")
+            shots.append(path)
+    # 5. the Evaluate tab: the plan scored, then the first sample model's weight over every block swept
+    if want("evaluate"):
+        from mergescope.demo import heldout_dir
+        from mergescope.tui.plan_state import BAND_MODES
+
+        texts = [os.path.relpath(p, family) for p in sorted(heldout_dir().glob("*.txt"))]
+        app = MergeScopeApp(base, models, blink=False, remember_set=False, sample_plan=sample, texts=texts)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            one_band = (BAND_MODES.index(1) - BAND_MODES.index(app.plan_state.band_mode)) % len(BAND_MODES)
+            await pilot.press("e", *["b"] * one_band, "down")  # the row of every block, all groups
+            await settle(app, pilot)
+            await pilot.press("u", "s")
+            await settle(app, pilot, 0.5)
+            await pilot.press("w")
+            await settle(app, pilot, 0.5)
+            save(app, "evaluate")
     return shots
 
 
@@ -175,6 +215,7 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=list(DEMO_MODELS))
     ap.add_argument("--out", type=Path, default=ROOT / "screenshots")
     ap.add_argument("--sample-models", nargs=2, default=SAMPLE_PLAN["models"], help="the two models of the sample plan")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="only these screenshots (e.g. evaluate help)")
     a = ap.parse_args()
     family = a.family.resolve()
     models = [m for m in a.models if (family / m).exists()]
@@ -187,7 +228,7 @@ def main() -> int:
         os.environ.setdefault("MERGESCOPE_CACHE_DIR", str(Path(d) / "cache"))
         os.environ["MERGESCOPE_CONFIG_DIR"] = str(Path(d) / "config")
         sample = dict(SAMPLE_PLAN, models=list(a.sample_models))
-        shots = asyncio.run(shoot(out, family, a.base, models, sample))
+        shots = asyncio.run(shoot(out, family, a.base, models, sample, set(a.only or ())))
     for svg in shots:
         png = to_png(svg)
         print(

@@ -1,4 +1,4 @@
-"""The Textual explorer: open → analyse → verdicts → heatmaps → plan → export → merge.
+"""The Textual explorer: open → analyse → verdicts → heatmaps → plan → export → merge → evaluate.
 
 The session (`session.py`) holds what is open and planned and decides about it; the app hands it to
 the views, handles their messages, and runs the workers. Workers run the core (`mergescope.*`) in
@@ -26,6 +26,7 @@ from .dialogs.error import ErrorDialog
 from .dialogs.help import HelpScreen, palette_entries
 from .dialogs.open import OpenDialog
 from .dialogs.prompt import PathPrompt, ValuePrompt
+from .eval_jobs import EVAL_GROUP, EvalJobs
 from .messages import AnalysisDone, MergeDone, Progress, WhatIfReady
 from .recent import ModelSet, remember
 from .screens.main import MainScreen
@@ -36,7 +37,7 @@ from .widgets.plan_editor import PlanEditor
 from .widgets.progress import JobProgress
 from .widgets.verdicts import VerdictsView
 
-JOB_GROUPS = ("analysis", "merge", "remeasure")
+JOB_GROUPS = ("analysis", "merge", "remeasure", EVAL_GROUP)
 ACTIVE = (WorkerState.PENDING, WorkerState.RUNNING)
 WHATIF_DEBOUNCE_S = 0.08
 # Below this many bytes read by the analysis, the plan's own models are re-measured at its density
@@ -44,7 +45,7 @@ WHATIF_DEBOUNCE_S = 0.08
 AUTO_REMEASURE_BYTES = 1 << 30
 
 
-class MergeScopeApp(App):
+class MergeScopeApp(EvalJobs, App):
     TITLE = "mergescope"
     CSS_PATH = "app.tcss"
     PALETTE_GROUP = ""
@@ -69,6 +70,7 @@ class MergeScopeApp(App):
         sample_plan: dict | None = None,
         output_dir: str | None = None,
         low_colour: bool | None = None,
+        texts: Iterable[str] = (),
     ) -> None:
         super().__init__()
         self.initial = ModelSet(base, list(models), plan) if base else None
@@ -79,7 +81,7 @@ class MergeScopeApp(App):
         self.remember_set = remember_set
         self.low_colour = low_colour  # None: detect (16-colour terminals get the background-free heatmap)
         self.session = Session(
-            sample_plan=sample_plan, output_dir=output_dir, auto_remeasure_bytes=AUTO_REMEASURE_BYTES
+            sample_plan=sample_plan, output_dir=output_dir, auto_remeasure_bytes=AUTO_REMEASURE_BYTES, texts=texts
         )
         self.last_merge = None
         self._whatif_gen = 0
@@ -459,9 +461,7 @@ class MergeScopeApp(App):
                 self.main.query_one(MergeView).show_plan(None, str(worker.error))
                 return
         if event.state == WorkerState.ERROR:
-            what = {"analysis": "analysis", "merge": "merge", "remeasure": "re-measure", "whatif": "what-if"}[
-                worker.group
-            ]
+            what = {"remeasure": "re-measure", "whatif": "what-if"}.get(worker.group, worker.group)
             if worker.group == "merge":
                 self.main.query_one(MergeView).status(Text("✖ merge failed: no output was written", style="red"))
             self.show_error(worker.error, what=what)

@@ -48,6 +48,7 @@ def build_app(no_plan: bool = False, use_cache: bool = True, **kw):
     import tempfile
 
     kw.setdefault("output_dir", str(Path(tempfile.gettempdir()) / "mergescope-demo-merged"))
+    kw.setdefault("texts", [_shown(p) for p in sorted(demo.heldout_dir().glob("*.txt"))])
     return MergeScopeApp(
         base,
         models,

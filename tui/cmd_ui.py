@@ -1,4 +1,4 @@
-"""Open the interactive explorer (the default command): verdicts, heatmaps, plan editor, merge.
+"""Open the interactive explorer (the default command): verdicts, heatmaps, plan editor, merge, evaluate.
 
 With no paths it starts on the open dialog (recent sets are remembered in the user's config dir).
 """
@@ -20,6 +20,9 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda for the analysis and the merge (default cpu)")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write the analysis cache")
+    p.add_argument(
+        "--eval-text", nargs="+", default=[], metavar="FILE", help="held-out text files for the Evaluate tab"
+    )
 
 
 def run(args) -> int:
@@ -32,7 +35,13 @@ def run(args) -> int:
     from .app import MergeScopeApp
 
     app = MergeScopeApp(
-        args.base, args.models, args.plan, density=args.density, device=args.device, use_cache=not args.no_cache
+        args.base,
+        args.models,
+        args.plan,
+        density=args.density,
+        device=args.device,
+        use_cache=not args.no_cache,
+        texts=args.eval_text,
     )
     app.run()
     return int(app.return_code or 0)

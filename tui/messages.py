@@ -49,3 +49,28 @@ class WhatIfReady(Message):
         self.preds = preds
         self.whatif = whatif
         self.generation = generation
+
+
+class EvalProgress(Message):
+    """Progress of an Evaluate job over its phases (merges and scores), not in bytes."""
+
+    def __init__(self, done: float, total: int, label: str, elapsed: float) -> None:
+        super().__init__()
+        self.done, self.total, self.label, self.elapsed = done, total, label, elapsed
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, EvalProgress)
+
+
+class EvalPartial(Message):
+    """An Evaluate job's result so far: the sweep's points or the soup's steps, as they happen."""
+
+    def __init__(self, job, partial) -> None:
+        super().__init__()
+        self.job, self.partial = job, partial
+
+
+class EvalDone(Message):
+    def __init__(self, job, result, seconds: float) -> None:
+        super().__init__()
+        self.job, self.result, self.seconds = job, result, seconds

@@ -7,9 +7,11 @@ No widgets here: the app shows what the session holds and asks it what to do nex
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .evaluation import EvalStore
 from .plan_state import PlanState, state_for_report
 from .recent import ModelSet
 
@@ -31,7 +33,12 @@ class RemeasureTarget:
 
 class Session:
     def __init__(
-        self, *, sample_plan: dict | None = None, output_dir: str | None = None, auto_remeasure_bytes: int = 0
+        self,
+        *,
+        sample_plan: dict | None = None,
+        output_dir: str | None = None,
+        auto_remeasure_bytes: int = 0,
+        texts: Iterable[str] = (),
     ) -> None:
         self.sample_plan = sample_plan  # {"method", "models", "weight", "density"}: the demo's starting plan
         self.output_dir = output_dir  # the merge's starting output directory
@@ -41,6 +48,8 @@ class Session:
         self.plan_state: PlanState | None = None
         self.remeasured = None  # a report re-measured for the plan
         self.last_export: str | None = None
+        self.texts = list(texts)  # held-out text files the Evaluate tab scores on
+        self.evals = EvalStore()
 
     # -- the report and its plan ------------------------------------------------------------
     def analysed(self, report) -> Exception | None:
@@ -49,6 +58,7 @@ class Session:
         from mergescope.errors import InputError
 
         self.report, self.remeasured = report, None
+        self.evals.forget_latest()
         state, problem = None, None
         path = self.model_set.plan if self.model_set else None
         if path:
@@ -111,6 +121,14 @@ class Session:
             return plan, plan.to_yaml(), None
         except (InputError, ValueError) as exc:
             return None, None, str(exc)
+
+    def eval_key(self, kind: str) -> str | None:
+        """What an Evaluate result depends on besides the texts: the plan's YAML, or for a soup the
+        open models (None: nothing to evaluate yet)."""
+        if kind == "soup":
+            r = self.report
+            return None if r is None else "\n".join([r.base, *r.models])
+        return self.plan_or_problem()[1]
 
     # -- where things go --------------------------------------------------------------------
     def default_output(self) -> str:

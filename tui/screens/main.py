@@ -1,4 +1,5 @@
-"""The one main screen: tabs for verdicts, the measured heatmap, the plan editor and the merge."""
+"""The one main screen: tabs for verdicts, the measured heatmap, the plan editor, the merge and the
+evaluation of the plan."""
 
 from __future__ import annotations
 
@@ -8,11 +9,19 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, TabbedContent, TabPane, Tabs
 
+from ..widgets.eval_view import EvalView
 from ..widgets.heatmap_view import HeatmapView
 from ..widgets.progress import JobProgress
 from ..widgets.verdicts import VerdictsView
 
-TABS = ("verdicts", "heatmap", "plan", "merge")
+TABS = ("verdicts", "heatmap", "plan", "merge", "evaluate")
+FOCUS = {
+    "verdicts": "#verdicts-view",
+    "heatmap": "#heatmap",
+    "plan": "#ratio-table",
+    "merge": "#merge-go",
+    "evaluate": "#eval-results",
+}
 
 
 class MainScreen(Screen):
@@ -23,6 +32,7 @@ class MainScreen(Screen):
         Binding("h", "tab('heatmap')", "heatmap", tooltip="Show heatmap", id="main.heatmap"),
         Binding("e", "tab('plan')", "plan", tooltip="Show plan", id="main.plan"),
         Binding("x", "tab('merge')", "merge", tooltip="Show merge", id="main.merge"),
+        Binding("u", "tab('evaluate')", "evaluate", tooltip="Show evaluate", id="main.evaluate"),
         Binding(
             "escape",
             "escape",
@@ -44,6 +54,8 @@ class MainScreen(Screen):
                 yield from self.app.compose_plan_tab()
             with TabPane("Merge x", id="merge"):
                 yield from self.app.compose_merge_tab()
+            with TabPane("Evaluate u", id="evaluate"):
+                yield EvalView(id="eval-view")
         with Vertical(id="bottom-bar"):  # one bottom dock: two docked widgets would overlap
             yield JobProgress(id="job-progress")
             yield Footer()
@@ -55,10 +67,7 @@ class MainScreen(Screen):
 
     def focus_tab(self, tab: str) -> None:
         pane = self.query_one(f"TabPane#{tab}")
-        target = {"verdicts": "#verdicts-view", "heatmap": "#heatmap", "plan": "#ratio-table", "merge": "#merge-go"}[
-            tab
-        ]
-        found = pane.query(target)
+        found = pane.query(FOCUS[tab])
         if found:
             found.first().focus()
 
@@ -72,5 +81,7 @@ class MainScreen(Screen):
             self.focus_tab(self.query_one(TabbedContent).active)
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane is not None and event.pane.id == "evaluate":
+            self.app.show_eval()  # the plan may have changed on another tab
         if event.pane is not None and event.pane.id and not isinstance(self.focused, Tabs):
             self.call_after_refresh(self.focus_tab, event.pane.id)

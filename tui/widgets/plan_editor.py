@@ -18,6 +18,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
+from ..evaluation import SweepTarget
 from ..format import short_names
 from ..heatdata import WHATIF_METRICS, HeatData, whatif_grid
 from ..plan_display import measured_grid, prediction_line, table_grid
@@ -297,6 +298,13 @@ class PlanEditor(Vertical):
         r, c = hm.cursor
         rows = self.state.rows()
         return rows[r], self.state.columns()[c]
+
+    def sweep_target(self) -> SweepTarget | None:
+        """The cell under the cursor, for the selected model and table: what the Evaluate tab sweeps."""
+        if self.state is None or self.param not in self.state.table_params():
+            return None
+        row, col = self._cell()
+        return SweepTarget(self.param, self.model, row, col)
 
     def _editable(self) -> bool:
         if self.state is None or self.report is None:

@@ -31,14 +31,14 @@ class JobProgress(Horizontal):
         bar.update(total=None, progress=0)
         self.add_class("-running")
 
-    def update_progress(self, done: int, total: int, label: str, elapsed: float) -> None:
+    def update_progress(self, done: float, total: int, label: str, elapsed: float, rate: bool = True) -> None:
+        """`rate`: show bytes per second (False when `done` counts steps, not bytes)."""
         bar = self.query_one(ProgressBar)
         bar.update(total=max(total, 1), progress=done)
-        rate = done / elapsed if elapsed > 0 else 0.0
         head = label.split(" ", 1)
         t = Text()
         t.append(head[0], "bold")
-        t.append(f"  {human_bytes(rate)}/s  ")
+        t.append(f"  {human_bytes(done / elapsed if elapsed > 0 else 0.0)}/s  " if rate else "  ")
         if len(head) > 1:
             t.append(head[1], "dim")
         t.append("  Esc cancels", "dim italic")
