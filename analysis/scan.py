@@ -25,13 +25,6 @@ class AnalysisCancelled(Exception):
     """Raised when `should_stop()` returned True; nothing is cached."""
 
 
-def kth_largest_abs(x, k: int):
-    """The k-th largest |x| (1-based) as a 0-d tensor: the merge methods' exact linear-time selection."""
-    from .methods.sparsify import kth_largest
-
-    return kth_largest(x.reshape(-1).abs(), k)[0]
-
-
 def _tensor_stats_pairwise(base, models, nm: str, density: float, st: SiteStats, dev) -> dict:
     """Fallback for more models than the sign-code histogram holds: pair by pair, whole tensors."""
     import torch
@@ -54,6 +47,8 @@ def _tensor_stats(base_t, taus: list, density: float, st: SiteStats) -> None:
     """Add one tensor's contribution (all models) to `st`. `taus` are float32 task vectors."""
     import torch
 
+    from .selection import kth_largest
+
     n_models = len(taus)
     numel = base_t.numel()
     st.numel += numel
@@ -74,8 +69,8 @@ def _tensor_stats(base_t, taus: list, density: float, st: SiteStats) -> None:
         st.dot_base[i] += float(torch.dot(flat, base_t.reshape(-1)))
         # top-20 % energy, exact k even when the threshold ties
         if k_top > 0 and sq > 0:
-            thr = kth_largest_abs(flat, k_top)
             a = flat.abs()
+            thr = kth_largest(a, k_top)[0]
             above = a > thr
             cnt = int(above.sum())
             st.topk_energy[i] += float((flat[above] ** 2).sum(dtype=torch.float64)) + (k_top - cnt) * float(thr) ** 2
@@ -84,7 +79,7 @@ def _tensor_stats(base_t, taus: list, density: float, st: SiteStats) -> None:
         elif k_trim <= 0:
             trim_thr.append(math.inf)
         else:
-            trim_thr.append(float(kth_largest_abs(flat, k_trim)))
+            trim_thr.append(float(kth_largest(flat.abs(), k_trim)[0]))
     for i in range(n_models):
         for j in range(i + 1, n_models):
             d = float(torch.dot(taus[i].reshape(-1), taus[j].reshape(-1)))

@@ -6,17 +6,16 @@ memory-mapped inputs in each pass rather than kept whole, so memory stays at a f
 1. fill τ for every model; accumulate the Gram matrix of [θ₀, τ₁..τ_N] (norms, dot products, dots
    with the base) and a histogram of the top 16 bits of each |τ| (float bits of a non-negative
    float order like the floats);
-2. radix select: the histogram names the bucket holding the k-th largest |τ|; a histogram of the
-   low 16 bits of that bucket's members gives the exact value. Exact with any number of ties, never
-   a sort;
+2. radix select (selection.py): the histogram names the bucket holding the k-th largest |τ|; a
+   histogram of the low 16 bits of that bucket's members gives the exact value, with any number of
+   ties, never a sort;
 3. encode each coordinate's (sign, kept-by-trim) across the N models as one base-6 integer and
    histogram it; every sign statistic (pairwise both/opposite, all-N conflict, trimmed conflict,
    non-zero counts) is a weighted sum over that small histogram. Top-20 % energy is a masked dot.
 
 The C kernels usually skip pass 2 (`_two_passes`): pass 1 also counts each bucket's members equal to
-its smallest value, which settles the threshold when it falls among ties (bfloat16 task vectors tie
-heavily); otherwise pass 3 sets aside the few coordinates inside the open bucket and resolves them
-once the exact threshold is known. The torch path (any device) runs the three passes.
+its smallest value, which settles most thresholds (bfloat16 task vectors tie heavily); pass 3 sets
+aside the few coordinates inside an open bucket. The torch path (any device) runs the three passes.
 
 Sums of products are accumulated in float32 within blocks of 2048 elements and float64 across blocks.
 """
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from .report import TOPK_FRACTION
+from .selection import float_bits, kth_in_bucket, radix_thresholds, settle_bucket
 
 CHUNK_CPU = 1 << 18
 CHUNK_GPU = 1 << 24
@@ -101,14 +101,6 @@ def _row_sq_sums(W: torch.Tensor) -> torch.Tensor:
     if whole < c:
         out += (W[:, whole:] * W[:, whole:]).sum(-1).double()
     return out
-
-
-def _select_bucket(hist: np.ndarray, k: int) -> tuple[int, int]:
-    """Bucket b holding the k-th largest (1-based) and its rank j inside the bucket (from the top)."""
-    above = np.cumsum(hist[::-1])[::-1]  # above[x] = Σ_{x' ≥ x} hist
-    b = int(np.nonzero(above >= k)[0].max())
-    above_b = int(above[b + 1]) if b + 1 < len(hist) else 0
-    return b, k - above_b
 
 
 def _to_device(ts: list[torch.Tensor], dev, release=None) -> list[torch.Tensor]:
@@ -346,57 +338,11 @@ class _CPasses:
         return out
 
 
-def _exact_thresholds(backend, hh: np.ndarray, ks: list[int], n_models: int, thr=None) -> list[dict[int, float]]:
-    """Pass 2: the k-th largest |τ| per model for each k, from the full high-bits histogram `hh`
-    (those already in `thr` are kept)."""
-    thr = thr if thr is not None else [{} for _ in range(n_models)]
-    wanted: dict[tuple[int, int], int] = {}  # (model, bucket) -> slot
-    picks = []  # (model, k, slot, j)
-    for i in range(n_models):
-        for k in ks:
-            if k in thr[i]:
-                continue
-            b, j = _select_bucket(hh[i], k)
-            slot = wanted.setdefault((i, b), len(wanted))
-            picks.append((i, k, slot, j))
-    if not wanted:
-        return thr
-    width = max(sum(1 for (i2, _) in wanted if i2 == i) for i in range(n_models))
-    buckets = np.full((n_models, width), -1, dtype=np.int32)
-    slots = np.zeros((n_models, width), dtype=np.int32)
-    col = [0] * n_models
-    for (i, b), slot in wanted.items():
-        buckets[i, col[i]], slots[i, col[i]] = b, slot
-        col[i] += 1
-    hl = backend.pass2(buckets, slots, len(wanted))
-    inv = {slot: key for key, slot in wanted.items()}
-    for i, k, slot, j in picks:
-        low, _ = _select_bucket(hl[slot], j)
-        thr[i][k] = bits_to_float((inv[slot][1] << 16) | low)
-    return thr
-
-
-def bits_to_float(bits: int) -> float:
-    """The float32 whose bit pattern is `bits` (non-negative floats order like their bits)."""
-    return float(np.array([bits], dtype=np.uint32).view(np.float32)[0])
-
-
-def float_bits(x: float) -> int:
-    """The bit pattern of float32(x) (x ≥ 0)."""
-    return int(np.array([x], dtype=np.float32).view(np.uint32)[0])
-
-
 def _cuts(thr, k_trim: int, k_top: int, n: int, n_models: int) -> tuple[list[float], list[float]]:
     """(t_trim, t_top) per model: kept ⇔ |τ| ≥ t_trim, top-k energy over |τ| ≥ t_top."""
-
-    def trim_thr(i):
-        if k_trim >= n:
-            return 0.0  # keep everything (ties with 0 are sign-neutral)
-        if k_trim <= 0:
-            return math.inf
-        return thr[i][k_trim]
-
-    t_trim = [max(trim_thr(i), _TINY) for i in range(n_models)]
+    # k_trim ≥ n keeps everything (ties with 0 are sign-neutral), k_trim ≤ 0 nothing
+    trim = [0.0 if k_trim >= n else math.inf if k_trim <= 0 else thr[i][k_trim] for i in range(n_models)]
+    t_trim = [max(t, _TINY) for t in trim]
     # energy of |τ| ≥ the top-20 % threshold; inf (nothing) when k_top is 0 or n (handled by the caller)
     t_top = [max(thr[i][k_top], _TINY) if 0 < k_top < n else math.inf for i in range(n_models)]
     return t_trim, t_top
@@ -405,37 +351,34 @@ def _cuts(thr, k_trim: int, k_top: int, n: int, n_models: int) -> tuple[list[flo
 def _three_passes(backend, n: int, ks: list[int], k_trim: int, k_top: int, n_models: int):
     """Pass 1 (Gram + high-bits histogram), the exact radix select (pass 2), pass 3."""
     Gd, hh, bad = backend.pass1(bool(ks))
-    thr = _exact_thresholds(backend, hh, ks, n_models) if ks else [{} for _ in range(n_models)]
+    thr = radix_thresholds(hh, ks, backend.pass2) if ks else [{} for _ in range(n_models)]
     t_trim, t_top = _cuts(thr, k_trim, k_top, n, n_models)
     h, e_ge, c_ge = backend.pass3(t_trim, t_top)
     return Gd, bad, thr, t_trim, t_top, h, e_ge, c_ge
 
 
 def _two_passes(backend, n: int, ks: list[int], k_trim: int, k_top: int, n_models: int):
-    """The C kernels' route, usually two passes. Pass 1 names each threshold's bucket and counts the
-    members equal to the bucket's smallest value (low bits 0): when the k-th largest falls among
-    those, it is that value (typical of bfloat16 task vectors, which tie heavily at multiples of the
-    base's ulp). Otherwise it lies strictly inside the bucket: one pass (tv_bracket) finalises every
-    coordinate outside those open ranges and sets the others aside; exact counts above each range
-    plus the set-aside values give the exact k-th largest. Ranges too full to set aside get pass 2.
-    Returns what `_three_passes` returns."""
+    """The C kernels' route, usually two passes: pass 1 settles each threshold that is its bucket's
+    smallest value (selection.settle_bucket; bfloat16 task vectors tie heavily at multiples of the
+    base's ulp); one pass (tv_bracket) finalises every coordinate outside the open buckets and sets
+    the others aside, which then give the exact k-th largest. Buckets too full to set aside get
+    pass 2. Returns what `_three_passes` returns."""
     Gd, hh, bad = backend.pass1(bool(ks))
     thr: list[dict[int, float]] = [{} for _ in range(n_models)]
     open_: dict[tuple[int, int], int] = {}  # (model, k) -> bucket still to resolve
     share = 0.0
     for i in range(n_models):
         for k in ks:
-            b, j = _select_bucket(hh[i], k)
-            above_smallest = int(hh[i, b] - backend.lo0[i, b])
+            b, kth = settle_bucket(hh[i], backend.lo0[i], k)
             if b < _TINY_BUCKET:
                 thr[i][k] = 0.0  # below TINY: the threshold is TINY and the top k hold all the energy
-            elif j > above_smallest:
-                thr[i][k] = bits_to_float(b << 16)  # the k-th is the bucket's smallest value
+            elif kth is not None:
+                thr[i][k] = kth[0]  # the k-th is the bucket's smallest value
             else:
                 open_[i, k] = b
-                share += above_smallest / n
+                share += int(hh[i, b] - backend.lo0[i, b]) / n
     if share > AMBIGUOUS_MAX:
-        thr = _exact_thresholds(backend, hh, ks, n_models, thr)
+        thr = radix_thresholds(hh, ks, backend.pass2, thr)
         open_ = {}
 
     def cut(i, k, fixed):
@@ -457,13 +400,7 @@ def _two_passes(backend, n: int, ks: list[int], k_trim: int, k_top: int, n_model
     A = np.abs(T)
     Ab = A.view(np.uint32)
     for (i, k), b in open_.items():
-        lo, hi = (b << 16) + 1, (b + 1) << 16
-        above = int((c_trim if k == k_trim else c_top)[i]) + int((Ab[i] >= hi).sum())
-        inside = Ab[i][(Ab[i] >= lo) & (Ab[i] < hi)]
-        pos = inside.size - (k - above)  # the (k - above)-th largest inside
-        if not (0 <= pos < inside.size):
-            raise AssertionError(f"threshold bucket miscounted (model {i}, k={k}): {above} above, {inside.size} inside")
-        thr[i][k] = bits_to_float(int(np.partition(inside, pos)[pos]))
+        thr[i][k] = kth_in_bucket(Ab[i], b, k, int((c_trim if k == k_trim else c_top)[i]))
     t_trim, t_top = _cuts(thr, k_trim, k_top, n, n_models)
     kept = A >= np.asarray(t_trim, dtype=np.float32)[:, None]
     code = (np.sign(T).astype(np.int64) + 1 + 3 * kept) * (6 ** np.arange(n_models, dtype=np.int64))[:, None]
@@ -485,7 +422,7 @@ def bucket_histograms(raw_base: torch.Tensor, raws: list[torch.Tensor], release=
     """Per model, the histogram of |θᵢ − θ₀| (float32) by float bits >> 16 and, per bucket, how many
     members equal its smallest value: (hist, lo0), both [N, 2**15]; None where the C kernels cannot
     run (no compiler, other dtypes, too many models) or a value is non-finite. The merge's exact
-    magnitude thresholds start from these (methods/gta_stream.py)."""
+    magnitude thresholds start from these (selection.streamed_thresholds)."""
     raw_base = raw_base.reshape(-1)
     raws = [r.reshape(-1) for r in raws]
     dev = torch.device("cpu")

@@ -696,7 +696,7 @@ def _stream_vs_merge(name, base, models, mps, params=None, out_dtype=torch.bfloa
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("n", [3000, 300_000])  # small: direct selection; large: bracketed
 def test_stream_kernel_equals_general_path(dtype, n, c_kernels, monkeypatch):
-    from mergescope import kernels
+    from mergescope import kernels, selection
     from mergescope.methods import gta_stream
 
     if not c_kernels:
@@ -706,7 +706,7 @@ def test_stream_kernel_equals_general_path(dtype, n, c_kernels, monkeypatch):
     elif kernels.lib() is None:
         pytest.skip(f"no C kernels: {kernels.build_error}")
     routes = {"sample": 0, "buckets": 0}
-    orig_sample, orig_buckets = gta_stream._sample_bracket, gta_stream._bucket_brackets
+    orig_sample, orig_buckets = selection._sample_bracket, selection._bucket_brackets
 
     def count(name, fn):
         def wrapped(*a):
@@ -715,10 +715,10 @@ def test_stream_kernel_equals_general_path(dtype, n, c_kernels, monkeypatch):
 
         return wrapped
 
-    monkeypatch.setattr(gta_stream, "_sample_bracket", count("sample", orig_sample))
-    monkeypatch.setattr(gta_stream, "_bucket_brackets", count("buckets", orig_buckets))
+    monkeypatch.setattr(selection, "_sample_bracket", count("sample", orig_sample))
+    monkeypatch.setattr(selection, "_bucket_brackets", count("buckets", orig_buckets))
     monkeypatch.setattr(gta_stream, "CHUNK", 1 << 14)  # many chunks: tie budgets cross chunk boundaries
-    monkeypatch.setattr(gta_stream, "DIRECT_MAX", 1 << 16)
+    monkeypatch.setattr(selection, "STREAM_DIRECT_MAX", 1 << 16)
     g = torch.Generator().manual_seed(n)
     base = (0.02 * torch.randn(n, generator=g)).to(dtype)
     # bf16 task vectors are quantised: thousands of |delta| tie at every trim threshold
@@ -745,10 +745,10 @@ def test_stream_kernel_equals_general_path(dtype, n, c_kernels, monkeypatch):
 
 
 def test_stream_kernel_bad_sample_falls_back_exactly(monkeypatch):
-    from mergescope.methods import gta_stream
+    from mergescope import selection
 
-    monkeypatch.setattr(gta_stream, "_sample_bracket", lambda *a: (0.0, 1e-30))  # a bracket that misses
-    monkeypatch.setattr(gta_stream, "DIRECT_MAX", 1 << 16)
+    monkeypatch.setattr(selection, "_sample_bracket", lambda *a: (0.0, 1e-30))  # a bracket that misses
+    monkeypatch.setattr(selection, "STREAM_DIRECT_MAX", 1 << 16)
     n = 200_000
     base = _rand(n, seed=1)
     models = [base + _rand(n, seed=2 + i, scale=0.01) for i in range(2)]
@@ -758,10 +758,9 @@ def test_stream_kernel_bad_sample_falls_back_exactly(monkeypatch):
 def test_stream_kernel_non_finite_large_tensor_keeps_nan_semantics(monkeypatch):
     """The analysis kernel reads non-finite values as 0, which is not the merge's rule (NaN never
     counts toward k): such tensors take the sampled route and still equal the general path."""
-    from mergescope import tvstats
-    from mergescope.methods import gta_stream
+    from mergescope import selection, tvstats
 
-    monkeypatch.setattr(gta_stream, "DIRECT_MAX", 1 << 16)
+    monkeypatch.setattr(selection, "STREAM_DIRECT_MAX", 1 << 16)
     n = 200_000
     base = _rand(n, seed=4)
     models = [base + _rand(n, seed=5 + i, scale=0.01) for i in range(2)]

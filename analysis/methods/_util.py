@@ -170,3 +170,9 @@ def check_shapes(base: torch.Tensor | None, tensors: Sequence[torch.Tensor], ctx
 def flat(t: torch.Tensor) -> torch.Tensor:
     """A 1-D view (a copy only if the tensor is not contiguous)."""
     return t.reshape(-1)
+
+
+def weight_sum(wvec: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Σ wᵢ as mergekit computes it: the weights unsqueezed to [N, 1, ...] (one axis per tensor
+    dimension) summed over dim 0 (for N >= 5 torch's reduction order depends on the layout)."""
+    return wvec.view(-1, *([1] * ndim)).sum(dim=0).reshape(())

@@ -8,17 +8,9 @@ are read in cache-sized chunks and every intermediate lives in a few chunk buffe
 For one tensor of n elements and N models:
 
 1. thresholds (magnitude trims only): the exact k-th largest |δᵢ| of each model, k = max(1,
-   int(density·n)). Where the analysis' C kernel runs (float32/bf16 inputs, all finite), its pass 1
-   histograms every |δᵢ| by the top 16 float bits and counts each bucket's members equal to its
-   smallest value: a threshold among those ties (the usual case for bf16 task vectors) is then known
-   with its counts; otherwise the rest of its bucket is the bracket. Without the kernel, a fixed-seed
-   random sample of 2**14 elements (runs of 16 neighbours, so it touches few pages) brackets it (±8σ
-   of the sample quantile; both ends are exact |δ| values). One chunked pass histograms the float
-   bits of every |δᵢ| inside the bracket (bits of non-negative floats order like the floats, so each
-   bin is ONE value) and counts those above it: that gives the threshold, how many are above it and
-   how many equal it, exactly, with any number of ties. If the bracket misses (only for adversarial
-   data) or is too wide in bits, that model falls back to `sparsify.kth_largest` on its full |δᵢ|.
-   Small tensors use `kth_largest` directly.
+   int(density·n)), with how many are above it and how many equal it, from
+   `selection.streamed_thresholds` (chunked reads; the analysis' C kernel pass 1 names the bucket
+   where it runs: float32/bf16 inputs, all finite). The same numbers `gta_merge`'s trim uses.
 2. one chunked pass: δᵢ = θᵢ − θ₀ (float32), trim (one `hardshrink`; ties at the threshold are kept
    lowest index first, a running budget per model carried across chunks), weights, sign election,
    consensus clamp, divisor, normalize, lambda, + θ₀, cast to the output dtype.
@@ -35,24 +27,15 @@ NaN task-vector entries are treated as in `sparsify` (never counted toward k, ke
 
 from __future__ import annotations
 
-import math
-from functools import lru_cache
-
 import numpy as np
 import torch
 
-from ..tvstats import _select_bucket, bits_to_float, bucket_histograms, float_bits
-from . import sparsify as sp
-from ._util import global_params, model_params
+from ..selection import streamed_thresholds
+from ..tvstats import bucket_histograms
+from ._util import global_params, model_params, weight_sum
 
 CHUNK = 1 << 17  # elements per chunk: a handful of float32 chunk buffers stay in L2/L3
-SAMPLE = 1 << 14  # sampled |delta| values (1024 runs of 16 neighbours); a wide bracket costs little:
-_BLOCK = 16  # bins are cheap, elements are not
-DIRECT_MAX = 1 << 20  # smaller tensors: exact selection on the full |delta| (cheap at this size)
 RELEASE_BYTES = 8 << 20  # inputs' pages are released in steps of this many bytes (per input)
-_SAMPLE_SEGMENTS = 8
-MAX_BINS = 1 << 22  # widest bracket (in float bit steps) histogrammed directly (32 MB of counts)
-_SEED = 0x6D657267
 MAX_MODELS = 4  # sums over models: see _sum_rows
 
 
@@ -91,155 +74,18 @@ def _plan_from(thr: float, n_gt: int, n_eq: int, k: int) -> _Trim:
     return _Trim("gt_ties", thr, k - n_gt)
 
 
-@lru_cache(maxsize=8)
-def _sample_index(n: int) -> tuple[torch.Tensor, list[tuple[int, int, int, int]]]:
-    """A fixed-seed random sample of positions, sorted (sequential reads of the memory map), and its
-    segments (sample slice, element range) so the pages can be released as the gather moves on."""
-    g = torch.Generator().manual_seed(_SEED)
-    if n >= 4 * SAMPLE:  # runs of _BLOCK neighbours: a few pages touched instead of every page
-        starts = torch.sort(torch.randint(n - _BLOCK + 1, (SAMPLE // _BLOCK,), generator=g)).values
-        idx = (starts.view(-1, 1) + torch.arange(_BLOCK)).view(-1)
-    else:
-        idx = torch.sort(torch.randint(n, (SAMPLE,), generator=g)).values
-    segs = []
-    bounds = [n * j // _SAMPLE_SEGMENTS for j in range(_SAMPLE_SEGMENTS + 1)]
-    cuts = torch.searchsorted(idx, torch.tensor(bounds)).tolist()
-    for j in range(_SAMPLE_SEGMENTS):
-        segs.append((cuts[j], cuts[j + 1], bounds[j], bounds[j + 1]))
-    return idx, segs
-
-
-def _gather(raw: torch.Tensor, idx, segs, release) -> torch.Tensor:
-    """float32 raw[idx], segment by segment, releasing each element range once read."""
-    out = torch.empty(idx.numel(), dtype=torch.float32)
-    for a, b, lo, hi in segs:
-        out[a:b] = raw[idx[a:b]]
-        if release is not None:
-            release(lo, hi)
-    return out
-
-
-def _sample_bracket(a: torch.Tensor, n: int, k: int):
-    """(lo, hi): exact |delta| values of the sample `a` bracketing the k-th largest (±8 sigma of
-    the sample quantile), or None when the sample cannot bracket it."""
-    if bool(torch.isnan(a).any()):
-        return None
-    p = k / n
-    rank = p * SAMPLE  # expected descending rank of the threshold inside the sample
-    margin = 8.0 * math.sqrt(SAMPLE * p * (1 - p)) + 16  # 8 sigma: the runs are not independent
-    r_hi = int(math.floor(rank - margin))
-    r_lo = int(math.ceil(rank + margin))
-    if r_hi < 1 or r_lo > SAMPLE:
-        return None
-    lo = float(torch.kthvalue(a, SAMPLE - r_lo + 1).values)
-    hi = float(torch.kthvalue(a, SAMPLE - r_hi + 1).values)
-    return lo, hi
-
-
-def _bucket_brackets(raw_base, raws, ks, plans, release) -> dict[int, tuple[int, int]] | None:
-    """The analysis kernel's pass 1 (tvstats.bucket_histograms) names the float-bits bucket holding
-    each k-th largest |δ|: when it falls among the members equal to the bucket's smallest value (bf16
-    task vectors tie heavily), the plan is final; otherwise the rest of the bucket is the bracket.
-    Fills `plans`, returns the brackets, or None when the kernel cannot run here."""
-    todo = [i for i, p in enumerate(plans) if p is None]
-    got = bucket_histograms(raw_base, [raws[i] for i in todo], release) if todo else None
-    if got is None:
-        return None
-    hist, lo0 = got
-    brackets = {}
-    for row, i in enumerate(todo):
-        k = ks[i]
-        b, j = _select_bucket(hist[row], k)
-        others = int(hist[row, b] - lo0[row, b])  # members above the bucket's smallest value
-        if j > others:
-            plans[i] = _plan_from(bits_to_float(b << 16), k - j + others, int(lo0[row, b]), k)
-        else:
-            brackets[i] = ((b << 16) + 1, ((b + 1) << 16) - 1)
-    return brackets
-
-
 def _thresholds(raw_base: torch.Tensor, raws: list[torch.Tensor], ks: list[int | None], release=None) -> list[_Trim]:
     """Exact trim plans; `ks[i]` None means keep everything, 0 means drop everything."""
     n = raw_base.numel()
-    plans: list[_Trim | None] = [None] * len(raws)
-    for i, k in enumerate(ks):
-        if k is None or k >= n:
-            plans[i] = _Trim("all")
-        elif k <= 0:
-            plans[i] = _Trim("none")
-    brackets = _bucket_brackets(raw_base, raws, ks, plans, release) if n > DIRECT_MAX else None
-    sampled = brackets is None
-    brackets = brackets or {}
-    base_s = idx = None
-    for i, k in enumerate(ks):
-        if plans[i] is not None or i in brackets:
-            continue
-        if sampled and n > DIRECT_MAX:
-            if base_s is None:
-                idx, segs = _sample_index(n)
-                base_s = _gather(raw_base, idx, segs, release)
-            sample = _gather(raws[i], idx, segs, release).sub_(base_s).abs_()
-            br = _sample_bracket(sample, n, k)
-            if br is not None:
-                lo_b, hi_b = float_bits(br[0]), float_bits(br[1])
-                if 0 <= hi_b - lo_b <= MAX_BINS:
-                    brackets[i] = (lo_b, hi_b)
-    full = [i for i, p in enumerate(plans) if p is None and i not in brackets]
-    if brackets:
-        hists = _bracket_hists(raw_base, raws, brackets, release)
-        for i, (lo_b, hi_b) in brackets.items():
-            r = hi_b - lo_b
-            h = hists[i]  # bins: 0 below lo, 1 + j == lo_bits + j, r + 2 above hi
-            above_hi = int(h[r + 2])
-            k = ks[i]
-            ge_lo = above_hi + int(h[1 : r + 2].sum())
-            if not (above_hi < k <= ge_lo):
-                full.append(i)
-                continue
-            nz = np.flatnonzero(h[1 : r + 2])[::-1]  # occupied bins, from hi down to lo
-            band = h[1 : r + 2][nz]
-            cum = above_hi + np.cumsum(band)
-            j = int(np.searchsorted(cum, k))  # first position where the running count reaches k
-            n_eq = int(band[j])
-            n_gt = int(cum[j]) - n_eq
-            thr_bits = lo_b + int(nz[j])
-            thr = bits_to_float(thr_bits)
-            plans[i] = _plan_from(thr, n_gt, n_eq, k)
-    for i in full:
-        b = raw_base.reshape(-1).to(torch.float32)
-        a = _delta_into(torch.empty(n, dtype=torch.float32), raws[i].reshape(-1), b).abs_()
-        del b
-        thr, n_gt, n_eq, _ = sp.kth_largest(a, ks[i])
-        plans[i] = _plan_from(float(thr), n_gt, n_eq, ks[i])
-    return plans  # type: ignore[return-value]
-
-
-def _bracket_hists(raw_base, raws, brackets: dict, release=None) -> dict[int, np.ndarray]:
-    """Per bracketed model: counts of |delta| by float bits, bin 0 below lo, 1 + j for bits lo + j,
-    the last bin above hi. `index_add_` into a persistent accumulator (bincount would allocate and
-    zero its output for every chunk)."""
-    n = raw_base.numel()
-    chunk = min(n, CHUNK)
-    b = torch.empty(chunk, dtype=torch.float32)
-    d = torch.empty(chunk, dtype=torch.float32)
-    key = torch.empty(chunk, dtype=torch.int32)
-    ones = torch.ones(chunk, dtype=torch.int64)
-    hists = {i: torch.zeros(hi - lo + 3, dtype=torch.int64) for i, (lo, hi) in brackets.items()}
-    for s in range(0, n, chunk):
-        e = min(n, s + chunk)
-        c = e - s
-        bc = b[:c]
-        bc.copy_(raw_base[s:e])
-        for i, (lo_b, hi_b) in brackets.items():
-            dc = _delta_into(d[:c], raws[i][s:e], bc).abs_()
-            torch.nan_to_num_(dc, nan=0.0, posinf=math.inf)  # NaN never counts toward k (as in sparsify)
-            kc = key[:c]
-            torch.sub(dc.view(torch.int32), lo_b - 1, out=kc)
-            kc.clamp_(0, hi_b - lo_b + 2)
-            hists[i].index_add_(0, kc, ones[:c])
-        if release is not None:
-            release(s, e)
-    return {i: h.numpy() for i, h in hists.items()}
+    sel = [k if k is not None and 0 < k < n else None for k in ks]
+    found = streamed_thresholds(raw_base, raws, sel, release, bucket_histograms)
+    plans = []
+    for k, f in zip(ks, found):
+        if f is not None:
+            plans.append(_plan_from(*f, k))
+        else:
+            plans.append(_Trim("all") if k is None or k >= n else _Trim("none"))
+    return plans
 
 
 def _trim_chunk(d: torch.Tensor, plan: _Trim, scratch_f: torch.Tensor) -> None:
@@ -329,8 +175,6 @@ def stream_gta(
     normalize = bool(gp["normalize"])
     divisor_all = None
     if not consensus and normalize:
-        from .task_arithmetic import weight_sum
-
         divisor_all = weight_sum(wvec, len(shape))
         if abs(float(divisor_all)) < 1e-8:
             divisor_all = None

@@ -21,15 +21,9 @@ mergekit's direction: ``magnitude`` keeps the lowest indices among ties (stable 
 ``magnitude_outliers`` orders by (|x|, index) ascending (stable ascending sort), so at its lower cut the
 lowest indices are dropped and at its upper cut the highest indices are dropped.
 
-Selection: the k-th largest magnitude is found without sorting. On CPU, for tensors above 2**21
-elements, a fixed-seed random sample of 2**18 magnitudes brackets the threshold (±6 sigma of the
-sample quantile); two compare passes count the elements above the bracket and collect the ~1 %
-inside it, and ``torch.kthvalue`` runs on those candidates only. If the bracket misses (possible only
-for adversarial data) it falls back to ``torch.kthvalue`` on the whole tensor; either way the result is
-exact. The mask is then applied with one ``hardshrink`` pass. Smaller tensors and CUDA use
-``torch.kthvalue`` directly. Measured on a 4096x14336 float32 tensor, density 0.2, this 2-core machine
-(shared, so noisy; best of several runs): full argsort 9-13 s, ``topk`` 1.4-1.6 s, ``kthvalue``
-0.66-0.98 s, this selection 0.09-0.27 s (0.5 s for the whole trim: |x|, selection, mask).
+Selection: the exact k-th largest magnitude and its counts come from `selection.kth_largest` (no
+sort; see there), shared with the streaming kernel and the analysis. The trim is then one
+``hardshrink`` pass (full argsort of a 4096x14336 float32 tensor: 9-13 s on this 2-core machine).
 
 Non-finite values: NaN magnitudes never count toward the k kept, and hardshrink keeps NaN entries.
 """
@@ -41,12 +35,11 @@ import math
 import torch
 
 from ..errors import InputError
+from ..selection import kth_largest, tie_picks
 from ._util import scratch
 
 METHODS = ("magnitude", "magnitude_outliers", "random", "della_magprune")
 
-_SAMPLE = 1 << 18
-_DIRECT_MAX = 1 << 21  # below this many elements, kthvalue on the whole tensor is cheap enough
 _RESCALE_EPS = 1e-7
 
 
@@ -64,68 +57,11 @@ def _abs_into(d: torch.Tensor, key: str) -> torch.Tensor:
     return a
 
 
-def kth_largest(a: torch.Tensor, k: int):
-    """Exact k-th largest value of 1-D `a` (1 <= k <= n).
-
-    Returns (thr, n_gt, n_eq, eq_idx): the value as a 0-dim tensor, how many elements are > thr and
-    == thr, and the ascending positions of the == thr elements when they came for free (else None).
-    """
-    n = a.numel()
-    if n > _DIRECT_MAX and a.device.type == "cpu":
-        res = _kth_largest_bracketed(a, k)
-        if res is not None:
-            return res
-    thr = torch.kthvalue(a, n - k + 1).values
-    n_gt = int(torch.count_nonzero(a > thr))
-    n_eq = int(torch.count_nonzero(a == thr))
-    return thr, n_gt, n_eq, None
-
-
-def _kth_largest_bracketed(a: torch.Tensor, k: int):
-    n = a.numel()
-    gen = torch.Generator(device=a.device)
-    gen.manual_seed(0x6D657267)  # fixed: the sample only affects speed, never the result
-    sample = a[torch.randint(n, (_SAMPLE,), generator=gen, device=a.device)]
-    p = k / n
-    rank = p * _SAMPLE  # expected descending rank of the threshold inside the sample
-    margin = 6.0 * math.sqrt(_SAMPLE * p * (1 - p)) + 16
-    r_hi = int(math.floor(rank - margin))
-    r_lo = int(math.ceil(rank + margin))
-
-    above = scratch("sel.above", n, torch.bool, a.device)
-    band = scratch("sel.band", n, torch.bool, a.device)
-    if r_hi >= 1:
-        hi = torch.kthvalue(sample, _SAMPLE - r_hi + 1).values
-        torch.gt(a, hi, out=above)
-        c_hi = int(torch.count_nonzero(above))
-        if c_hi >= k:
-            return None
-    else:
-        above.zero_()
-        c_hi = 0
-    if r_lo <= _SAMPLE:
-        lo = torch.kthvalue(sample, _SAMPLE - r_lo + 1).values
-        torch.gt(a, lo, out=band)
-    else:
-        torch.ge(a, -math.inf, out=band)
-    band.logical_xor_(above)  # lo < a <= hi   (above is a subset of a > lo)
-    idx = band.nonzero().squeeze(1)
-    cand = a[idx]
-    if c_hi + cand.numel() < k:
-        return None
-    j = k - c_hi  # the threshold is the j-th largest candidate
-    thr = torch.kthvalue(cand, cand.numel() - j + 1).values
-    n_gt = c_hi + int(torch.count_nonzero(cand > thr))
-    is_eq = cand == thr
-    n_eq = int(torch.count_nonzero(is_eq))
-    return thr, n_gt, n_eq, idx[is_eq]
-
-
 def topk_mask_(a: torch.Tensor, k: int, out: torch.Tensor, prefer: str = "low", plan=None) -> torch.Tensor:
     """Write into `out` (any dtype, same numel) 1 at exactly `k` largest entries of 1-D `a`, else 0.
 
     Ties at the threshold: `prefer="low"` keeps the lowest indices, `"high"` the highest. `plan` is
-    `kth_largest(a, k)` when the caller already has it.
+    `selection.kth_largest(a, k)` when the caller already has it. NaN is never selected.
     """
     n = a.numel()
     o = out.view(-1)
@@ -133,20 +69,13 @@ def topk_mask_(a: torch.Tensor, k: int, out: torch.Tensor, prefer: str = "low", 
         return o.fill_(1)
     if k <= 0:
         return o.zero_()
-    thr, n_gt, n_eq, eq_idx = plan if plan is not None else kth_largest(a, k)
+    thr, n_gt, n_eq, eq_idx = plan if plan is not None else kth_largest(a, k, scratch)
     if n_gt + n_eq == k:
         torch.ge(a, thr, out=o)
         return o
     torch.gt(a, thr, out=o)
-    o.index_fill_(0, _tie_picks(a, thr, k - n_gt, eq_idx, prefer), 1)
+    o.index_fill_(0, tie_picks(a, thr, k - n_gt, prefer, eq_idx), 1)
     return o
-
-
-def _tie_picks(a, thr, need: int, eq_idx, prefer: str) -> torch.Tensor:
-    """Positions of the `need` elements equal to `thr` that survive (lowest or highest indices)."""
-    if eq_idx is None:
-        eq_idx = (a == thr).nonzero().squeeze(1)
-    return eq_idx[:need] if prefer == "low" else eq_idx[eq_idx.numel() - need :]
 
 
 def topk_mask(values: torch.Tensor, k: int, prefer: str = "low") -> torch.Tensor:
@@ -177,7 +106,7 @@ def magnitude_(d: torch.Tensor, density: float, rescale: bool = False) -> torch.
         return d.zero_()
     k = max(1, int(density * n))
     a = _abs_into(d, "sp.abs")
-    plan = kth_largest(a, k) if k < n else None
+    plan = kth_largest(a, k, scratch) if k < n else None
     if plan is not None and a.dtype == d.dtype:
         # One hardshrink pass (it zeroes |x| <= lambd). Without a tie to break, lambd is the float just
         # below the threshold, so exactly |d| >= thr survives; otherwise lambd = thr and the surviving
@@ -188,7 +117,7 @@ def magnitude_(d: torch.Tensor, density: float, rescale: bool = False) -> torch.
             lambd = float(torch.nextafter(thr, torch.tensor(-math.inf, dtype=thr.dtype, device=thr.device)))
             torch.ops.aten.hardshrink.out(d, lambd, out=d)
         else:
-            picks = _tie_picks(a, thr, k - n_gt, eq_idx, "low")
+            picks = tie_picks(a, thr, k - n_gt, "low", eq_idx)
             kept = d[picks]
             torch.ops.aten.hardshrink.out(d, float(thr), out=d)
             d.index_copy_(0, picks, kept)

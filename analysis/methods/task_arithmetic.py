@@ -32,7 +32,17 @@ import torch
 
 from ..errors import InputError
 from . import sparsify as sp
-from ._util import align, check_shapes, common_dtype, flat, global_params, model_params, scratch, tensor_generator
+from ._util import (
+    align,
+    check_shapes,
+    common_dtype,
+    flat,
+    global_params,
+    model_params,
+    scratch,
+    tensor_generator,
+    weight_sum,
+)
 from .base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec, Trim
 
 _WEIGHT = ParamSpec(
@@ -187,12 +197,6 @@ _VARIANTS = (
     ("della", "della_magprune", True, True, True, "DELLA: magnitude-ranked random drop + TIES sign consensus"),
     ("della_linear", "della_magprune", False, False, True, "DELLA drop, then task arithmetic"),
 )
-
-
-def weight_sum(wvec: torch.Tensor, ndim: int) -> torch.Tensor:
-    """Σ wᵢ as mergekit computes it: the weights unsqueezed to [N, 1, ...] (one axis per tensor
-    dimension) summed over dim 0 (for N >= 5 torch's reduction order depends on the layout)."""
-    return wvec.view(-1, *([1] * ndim)).sum(dim=0).reshape(())
 
 
 def _stream(raw_base, raws, model_params_, params, ctx, out_dtype, *, specs, name, sparsification, consensus):
