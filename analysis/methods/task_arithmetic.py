@@ -59,7 +59,8 @@ _DENSITY = ParamSpec(
     "float",
     per_model=True,
     min=0.0,
-    help="fraction of the task vector kept by sparsification (>= 1 keeps all)",
+    max=1.0,
+    help="fraction of the task vector kept by sparsification (1 keeps all)",
 )
 _GAMMA = ParamSpec(
     "gamma",
@@ -75,6 +76,7 @@ _EPSILON = ParamSpec(
     "float",
     per_model=True,
     min=0.0,
+    max=1.0,
     help="della: keep probability spread, density ± epsilon by magnitude rank",
 )
 
@@ -227,6 +229,14 @@ def _stream(raw_base, raws, model_params_, params, ctx, out_dtype, *, specs, nam
     )
 
 
+def _della_check(params: dict, mp: dict) -> str | None:
+    """DELLA keeps entries with probabilities density ± epsilon: both must stay inside (0, 1)."""
+    d, e = float(mp.get("density", 1.0)), float(mp.get("epsilon", 0.15))
+    if d < 1 and not (0 < d - e and d + e < 1):
+        return f"della needs 0 < density - epsilon and density + epsilon < 1, got density {d:g}, epsilon {e:g}"
+    return None
+
+
 _TRIMS = {
     None: Trim.NONE,
     "magnitude": Trim.MAGNITUDE,
@@ -257,6 +267,7 @@ def _make(name, sparsification, consensus, normalize, rescale, description) -> M
         params=specs,
         trim=_TRIMS[sparsification],
         elects_signs=consensus,
+        check=_della_check if sparsification == "della_magprune" else None,
         randomized=sparsification in ("random", "della_magprune"),
         description=description,
         stream=stream,
