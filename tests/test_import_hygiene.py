@@ -43,3 +43,30 @@ def test_import_linter_contract_covers_every_core_module():
     listed = set(next(c for c in contracts if c["type"] == "forbidden")["source_modules"])
     top = {f"mergescope.{m.name}" for m in pkgutil.iter_modules(mergescope.__path__) if not m.name.startswith("_")}
     assert listed == top, f"add to / remove from the contract in pyproject.toml: {sorted(top ^ listed)}"
+
+
+def test_registry_plans_and_cached_reports_need_no_torch(small_family):
+    """The app's first paint from a cached analysis reads the registry, builds a plan and a what-if:
+    none of it may import torch (1.6 s)."""
+    base, models = small_family
+    code = f"""
+import sys
+from mergescope.readiness import analyze
+analyze({base!r}, {models!r})  # computes and caches (this imports torch)
+"""
+    env = {**__import__("os").environ}
+    subprocess.run([sys.executable, "-c", code], cwd="/", env=env, check=True, timeout=300)
+    code = f"""
+import sys
+from mergescope.readiness import analyze
+from mergescope.plan import plan_from_group_ratios
+from mergescope.whatif import from_plan
+r = analyze({base!r}, {models!r})
+assert r.structure["from_cache"]
+plan = plan_from_group_ratios("ties", {base!r}, {models!r}, {{("other", None): [1.0] * {len(models)}}}, num_layers=3)
+plan.validate()
+from_plan(r, plan)
+sys.exit(1 if "torch" in sys.modules else 0)
+"""
+    res = subprocess.run([sys.executable, "-c", code], cwd="/", env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-1500:]

@@ -47,7 +47,15 @@ def _bpe_tokenizer(d: Path, bos: bool) -> int:
 
 
 def test_every_target_is_scored_once():
-    for n, ctx, stride in [(300, 128, 64), (256, 128, 64), (1000, 100, 37), (50, 128, 64), (129, 128, 128), (1000, 128, 128), (700, 64, 64)]:
+    for n, ctx, stride in [
+        (300, 128, 64),
+        (256, 128, 64),
+        (1000, 100, 37),
+        (50, 128, 64),
+        (129, 128, 128),
+        (1000, 128, 128),
+        (700, 64, 64),
+    ]:
         seen = []
         for s, first in windows(n, ctx, stride):
             seen += list(range(first, min(s + ctx, n)))

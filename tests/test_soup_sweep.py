@@ -151,4 +151,8 @@ def test_merge_eval_text_scores_output_and_inputs_into_the_card(fam, tmp_path, c
     printed = capsys.readouterr().out
     assert "merged (this merge)" in printed and "ft0" in printed
     card = (out / "README.md").read_text()
-    assert "## Held-out scores" in card and f"`{fts[0]}`" in card and card.rstrip().endswith(f"mergescope {__import__('mergescope').__version__}")
+    assert (
+        "## Held-out scores" in card
+        and f"`{fts[0]}`" in card
+        and card.rstrip().endswith(f"mergescope {__import__('mergescope').__version__}")
+    )

@@ -187,7 +187,9 @@ class TorchBinFile:
                 self.state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            why = next((ln for ln in lines if "unsupported" in ln.lower()), lines[-1] if lines else "")[:120].rstrip(".")
+            why = next((ln for ln in lines if "unsupported" in ln.lower()), lines[-1] if lines else "")[:120].rstrip(
+                "."
+            )
             raise CheckpointError(
                 f"{path}: refused: this pickle asks to run code or to build objects other than tensors "
                 f"({why}); mergescope loads .bin files only with weights_only=True — if you trust the file, "

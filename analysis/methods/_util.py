@@ -13,9 +13,10 @@ import hashlib
 import math
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from ..errors import InputError
 from .base import MergeContext, ParamSpec
@@ -34,6 +35,8 @@ _POOL = _Pool()
 
 def scratch(key: str, shape: Sequence[int] | int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A reusable uninitialised buffer for `key` (contents are garbage). Never return it to a caller."""
+    import torch
+
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     numel = math.prod(shape)
     device = torch.device(device)
@@ -64,6 +67,8 @@ def tensor_generator(ctx: MergeContext, device: torch.device) -> torch.Generator
       merged before it or on threads;
     - else None: torch's global RNG, like mergekit (not reproducible).
     """
+    import torch
+
     if ctx.generator is not None:
         return ctx.generator
     if ctx.seed is None:
@@ -138,6 +143,8 @@ def model_params(
 
 def common_dtype(tensors: Sequence[torch.Tensor | None]) -> torch.dtype:
     """mergekit promotes a group's inputs to one dtype before merging (after loading in `dtype:`)."""
+    import torch
+
     dtype = None
     for t in tensors:
         if t is None:

@@ -27,11 +27,12 @@ smallest weight (where the divisor is 0 the sum is 0 too, so the result is the s
 from __future__ import annotations
 
 from functools import partial
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from ..errors import InputError
-from . import sparsify as sp
 from ._util import (
     align,
     check_shapes,
@@ -103,6 +104,10 @@ def gta_merge(
     consensus: bool = False,
 ) -> torch.Tensor:
     """The shared kernel; `specs` supply defaults for parameters missing from the dicts."""
+    import torch
+
+    from . import sparsify as sp  # deferred with torch: declaring the methods needs neither
+
     ctx = ctx or MergeContext()
     if base is None:
         raise InputError(f"merge method {name} needs a base model (`base_model:`)")
@@ -203,6 +208,8 @@ _VARIANTS = (
 
 def _stream(raw_base, raws, model_params_, params, ctx, out_dtype, *, specs, name, sparsification, consensus):
     """The streaming kernel (gta_stream) when it handles this tensor's parameters, else None."""
+    import torch
+
     from . import gta_stream
 
     if not raws:
