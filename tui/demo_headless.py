@@ -23,7 +23,7 @@ DEMO_MERGES = (
     ("TA code+prose+dialog ×0.5", "task_arithmetic", ("code", "prose", "dialog"), {"weight": 0.5}, {}),
 )
 SWEEP = ("TA code+prose", "weight", "0:1.5:0.25")  # the first merge's weight, from nothing to overshoot
-EXTRA_BYTES = 8000  # soup and sweep score the first 8 kB of each text: the demo stays a minute long
+EXTRA_BYTES = 8000  # the sweep scores the first 8 kB of each text: the demo stays short
 
 
 @dataclass
@@ -84,7 +84,7 @@ def soup_and_sweep(con) -> tuple[object, object]:
     soup = None
     ingredients = [str(fam / m) for m in getattr(demo, "SOUP_MODELS", ()) if (fam / m).exists()]
     if len(ingredients) >= 2:
-        code = Scorer({"code": texts["code"]})
+        code = Scorer({"code": (held / "code.txt").read_bytes()})  # all of it: the ingredients are close
         with con.status("greedy soup of the code fine-tunes…"):
             soup = greedy_soup(ingredients, code.plan, code.model, dtype="float32")
         con.print("[bold]greedy soup[/bold] of the code fine-tunes (bits per byte on held-out code):")
