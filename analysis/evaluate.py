@@ -26,7 +26,8 @@ from pathlib import Path
 from .errors import InputError
 from .tokens import Encoded
 
-BATCH_TOKENS = 16384  # tokens per forward batch (windows x context)
+BATCH_TOKENS = 16384  # tokens per forward batch (windows x context), fewer for wide models
+ACTIVATIONS = 1 << 27  # float32 activations a batch may hold at its widest (the MLP): 512 MB
 BACKENDS = ("auto", "builtin", "transformers")
 
 Progress = Callable[[int, int, str], None]
@@ -172,6 +173,19 @@ def _close_all(ck):
 
 
 # ---------------------------------------------------------------------------------------------- windows
+def nll_from_logits(logits_fn):
+    """An nll_fn for window_nll from `logits_fn(x [B, T]) -> logits [B, T, V]`."""
+
+    def nll(x):
+        import torch.nn.functional as F
+
+        logits = logits_fn(x)[:, :-1].float()
+        tgt = x[:, 1:].reshape(-1).to(logits.device)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt, reduction="none").view(x.shape[0], -1)
+
+    return nll
+
+
 def windows(n: int, context: int, stride: int) -> list[tuple[int, int]]:
     """(start, first scored target) per window of length min(context, n); targets [first, start + len)."""
     if n <= context:
@@ -187,10 +201,12 @@ def windows(n: int, context: int, stride: int) -> list[tuple[int, int]]:
     return out
 
 
-def window_nll(logits_fn, ids: list[int], context: int, stride: int, should_stop=None, tick=None) -> tuple[float, int]:
-    """(Σ nats, tokens scored) of `ids` under `logits_fn(ids [B, T]) -> logits [B, T, V]`."""
+def window_nll(
+    nll_fn, ids: list[int], context: int, stride: int, should_stop=None, tick=None, batch_tokens: int = BATCH_TOKENS
+) -> tuple[float, int]:
+    """(Σ nats, tokens scored) of `ids`; `nll_fn(x [B, T]) -> [B, T-1]` gives the negative log-likelihood
+    of each next token (nll_from_logits turns a logits function into one)."""
     import torch
-    import torch.nn.functional as F
 
     if not 0 < stride <= context:
         raise InputError(f"--stride {stride}: must be between 1 and the context length ({context})")
@@ -200,7 +216,7 @@ def window_nll(logits_fn, ids: list[int], context: int, stride: int, should_stop
         raise InputError("the text is too short to score (it needs at least two tokens)")
     wins = windows(n, context, stride)
     length = min(context, n)
-    per_batch = max(1, BATCH_TOKENS // length)
+    per_batch = max(1, batch_tokens // length)
     total = torch.zeros((), dtype=torch.float64)
     count = 0
     with torch.no_grad():
@@ -209,14 +225,7 @@ def window_nll(logits_fn, ids: list[int], context: int, stride: int, should_stop
                 raise EvalCancelled()
             chunk = wins[b0 : b0 + per_batch]
             x = torch.stack([x_all[s : s + length] for s, _ in chunk])
-            logits = logits_fn(x)[:, :-1].float()
-            tok = (
-                F.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1).to(logits.device), reduction="none"
-                )
-                .view(len(chunk), length - 1)
-                .cpu()
-            )
+            tok = nll_fn(x).float().cpu()
             pos = torch.arange(length - 1)
             first = torch.tensor([f - s - 1 for s, f in chunk])
             mask = pos[None, :] >= first[:, None]  # position p predicts target s + p + 1

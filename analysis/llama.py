@@ -126,9 +126,16 @@ class _Weights:
         return self(name) if name in self.tensors else None
 
 
-def forward(tensors: Mapping, shape: LlamaShape, ids: torch.Tensor, *, dtype=None, device=None) -> torch.Tensor:
-    """Logits [B, T, vocab] (float32) for token ids [B, T]. `tensors`: name -> tensor (a Checkpoint, a
-    dict of merged tensors, a module's parameters); each weight is cast to `dtype` (float32) when used."""
+LOSS_BLOCK = 1 << 25  # logits elements computed at once when scoring (128 MB in float32)
+
+
+def forward(
+    tensors: Mapping, shape: LlamaShape, ids: torch.Tensor, *, dtype=None, device=None, targets=None
+) -> torch.Tensor:
+    """Logits [B, T, vocab] (float32) for token ids [B, T]; with `targets` [B, T], the negative
+    log-likelihood of each target instead ([B, T], float32), computed LOSS_BLOCK logits at a time so
+    scoring never holds a batch's whole logits. `tensors`: name -> tensor (a Checkpoint, a dict of
+    merged tensors, a module's parameters); each weight is cast to `dtype` (float32) when used."""
     import torch
     import torch.nn.functional as F
 
@@ -168,8 +175,16 @@ def forward(tensors: Mapping, shape: LlamaShape, ids: torch.Tensor, *, dtype=Non
         h = norm(x, p + "post_attention_layernorm.weight")
         x = x + linear(F.silu(linear(h, p + "mlp.gate_proj")) * linear(h, p + "mlp.up_proj"), p + "mlp.down_proj")
     x = norm(x, "model.norm.weight")
-    head = "lm_head.weight" if "lm_head.weight" in tensors else "model.embed_tokens.weight"
-    return F.linear(x, w(head)).float()
+    head = w("lm_head.weight" if "lm_head.weight" in tensors else "model.embed_tokens.weight")
+    if targets is None:
+        return F.linear(x, head).float()
+    flat, tgt = x.reshape(-1, x.shape[-1]), targets.reshape(-1).to(device)
+    rows = max(1, LOSS_BLOCK // head.shape[0])
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=device)
+    for r in range(0, flat.shape[0], rows):
+        logits = F.linear(flat[r : r + rows], head).float()
+        out[r : r + rows] = F.cross_entropy(logits, tgt[r : r + rows], reduction="none")
+    return out.view(targets.shape)
 
 
 def check_tensors(tensors, shape: LlamaShape) -> None:

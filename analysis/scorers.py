@@ -15,13 +15,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
-from .evaluate import BACKENDS, Model, Progress, Score, bits_per_byte, open_model, window_nll
+from .evaluate import (
+    ACTIVATIONS,
+    BACKENDS,
+    BATCH_TOKENS,
+    Model,
+    Progress,
+    Score,
+    bits_per_byte,
+    nll_from_logits,
+    open_model,
+    window_nll,
+)
 from .llama import LlamaShape, Unsupported, check_tensors, forward
 from .tokens import tokenizer_for
 
 
 def _builtin(model: Model, device: str):
-    """(logits_fn, context length) of the built-in forward, or Unsupported with the reason."""
+    """(nll_fn, context length, tokens per batch) of the built-in forward, or Unsupported with the reason."""
     import torch
 
     shape = LlamaShape.from_config(model.config)
@@ -30,10 +41,16 @@ def _builtin(model: Model, device: str):
     if device != "cpu":  # one upload, not one per batch
         tensors = {k: tensors[k].to(device=device, dtype=torch.float32) for k in _names(tensors)}
 
-    def logits(ids):
-        return forward(tensors, shape, ids.to(device), device=torch.device(device))
+    def nll(x):
+        return forward(tensors, shape, x[:, :-1], device=torch.device(device), targets=x[:, 1:])
 
-    return logits, shape.max_positions
+    inter = int(model.config.get("intermediate_size") or 4 * shape.hidden_size)
+    return nll, shape.max_positions, _batch_tokens(max(inter, shape.hidden_size))
+
+
+def _batch_tokens(width: int) -> int:
+    """Tokens per forward batch so that a few [tokens, width] float32 activations fit ACTIVATIONS."""
+    return max(1, min(BATCH_TOKENS, ACTIVATIONS // (4 * 3 * width)))
 
 
 def _names(tensors) -> list[str]:
@@ -65,11 +82,13 @@ def _transformers(model: Model, device: str):
     def logits(ids):
         return hf(input_ids=ids.to(device)).logits
 
-    return logits, int(ctx)
+    width = max(int(getattr(hf.config, "intermediate_size", 0) or 0), int(getattr(hf.config, "vocab_size", 0) or 0))
+    return nll_from_logits(logits), int(ctx), _batch_tokens(width or 4096)
 
 
 def prepare(model: Model, backend: str, device: str):
-    """(backend name, logits_fn, context length) for `model`; InputError saying why none runs it."""
+    """(backend name, nll_fn, context length, tokens per batch) for `model`; InputError saying why none
+    runs it."""
     if backend not in BACKENDS:
         raise InputError(f"--backend {backend}: unknown; use one of {', '.join(BACKENDS)}")
     reasons = []
@@ -77,8 +96,8 @@ def prepare(model: Model, backend: str, device: str):
         if backend not in ("auto", name):
             continue
         try:
-            fn, ctx = make(model, device)
-            return name, fn, ctx
+            fn, ctx, batch = make(model, device)
+            return name, fn, ctx, batch
         except Unsupported as exc:
             reasons.append(f"{name}: {exc}")
     raise InputError(f"{model.label}: no scoring backend runs this model ({'; '.join(reasons)}); try --eval-cmd")
@@ -109,7 +128,7 @@ def score_models(
         done = [0]
         out: dict[str, dict[str, Score]] = {}
         for m in opened:
-            name, fn, model_ctx = prepare(m, backend, device)
+            name, fn, model_ctx, batch = prepare(m, backend, device)
             ctx = min(context, model_ctx) if context else model_ctx
             tok, encs = encoded[m.label]
             row = {}
@@ -122,7 +141,7 @@ def score_models(
                     if progress is not None:
                         progress(done[0], total, label)
 
-                nll, count = window_nll(fn, enc.ids, ctx, stride or ctx, should_stop, tick)
+                nll, count = window_nll(fn, enc.ids, ctx, stride or ctx, should_stop, tick, batch)
                 row[t] = bits_per_byte(nll, count, enc, tok.has_tokens)
             out[m.label] = row
         return out

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from mergescope.errors import InputError
-from mergescope.evaluate import open_model, read_text, window_nll, windows
+from mergescope.evaluate import nll_from_logits, open_model, read_text, window_nll, windows
 from mergescope.scorers import score_models
 from mergescope.tokens import ByteTokenizer, tokenizer_for
 from mergescope.tui.cli import main
@@ -68,7 +68,7 @@ def test_uniform_model_scores_exactly_eight_bits_per_byte(bytes_llama):
     def flat(ids):
         return torch.zeros(*ids.shape, 256)
 
-    nll, count = window_nll(flat, enc.ids, 64, 16)
+    nll, count = window_nll(nll_from_logits(flat), enc.ids, 64, 16)
     assert count == len(TEXT) - 1 == enc.scored_bytes
     assert nll / math.log(2) / enc.scored_bytes == pytest.approx(8.0, rel=1e-6)
 
@@ -244,3 +244,17 @@ def test_eval_command_table_json_and_errors(tmp_path, bytes_llama, capsys):
         assert rc == 2 and len(lines) == 1 and needle in lines[0], (args, err)
     rc, out, _ = _cli(capsys, bytes_llama, "--eval-cmd", f"{sys.executable} {score} {{model}}", "--higher-is-better")
     assert rc == 0 and "0.7500" in out and "higher is better" in out
+
+
+def test_blocked_loss_equals_the_loss_of_whole_logits(monkeypatch):
+    import mergescope.llama as llama
+    from mergescope.demo import family_dir
+
+    m = open_model(family_dir() / "prose")
+    shape = llama.LlamaShape.from_config(m.config)
+    x = torch.tensor([list(TEXT[:90]), list(TEXT[90:180])])
+    whole = nll_from_logits(lambda ids: llama.forward(m.tensors, shape, ids))(x)
+    monkeypatch.setattr(llama, "LOSS_BLOCK", 256 * 7)  # 7 rows per block: many blocks, a ragged last one
+    blocked = llama.forward(m.tensors, shape, x[:, :-1], targets=x[:, 1:])
+    m.close()
+    torch.testing.assert_close(blocked, whole, rtol=1e-6, atol=1e-6)
