@@ -14,9 +14,7 @@ from functools import lru_cache
 GROUPS = ("embed", "attn", "mlp", "norm", "head", "other")
 
 # Components that introduce a transformer block index.
-_BLOCK_RE = re.compile(
-    r"(?:^|\.)(?:layers|layer|h|block|blocks|resblocks|encoder_layers|decoder_layers)\.(\d+)(?:\.|$)"
-)
+BLOCK_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|block|blocks|resblocks|encoder_layers|decoder_layers)\.(\d+)(?:\.|$)")
 _FIRST_INT_RE = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 _SUFFIXES = ("weight", "bias", "scale", "g", "b")
 
@@ -247,7 +245,7 @@ def _global_site(parts: list[str]) -> Site:
 @lru_cache(maxsize=65536)
 def site_of(name: str) -> Site:
     """Where a tensor sits: block index, layer group and module role."""
-    m = _BLOCK_RE.search(name)
+    m = BLOCK_RE.search(name)
     if m:
         layer = int(m.group(1))
         rest = _components(name[m.end() :]) if m.end() < len(name) else []

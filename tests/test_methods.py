@@ -239,9 +239,11 @@ def test_registry_names_and_param_specs_match_mergekit():
         m = REGISTRY[name]
         got = {p.name: (p.per_model, p.default, p.required) for p in m.params}
         assert got == expected, name
-    base_needs = {"linear": False, "slerp": True, "nuslerp": None, "model_stock": True, "passthrough": False}
+    from mergescope.methods.base import BaseUse
+
+    base_use = {"linear": BaseUse.INPUT, "nuslerp": BaseUse.OPTIONAL, "passthrough": BaseUse.INPUT}
     for name, m in REGISTRY.items():
-        assert m.needs_base == base_needs.get(name, True), name
+        assert m.base is base_use.get(name, BaseUse.REQUIRED), name
     assert (REGISTRY["slerp"].min_models, REGISTRY["slerp"].max_models) == (1, 1)
     assert (REGISTRY["nuslerp"].min_models, REGISTRY["nuslerp"].max_models) == (2, 2)
     assert REGISTRY["model_stock"].min_models == 2

@@ -12,6 +12,8 @@ import copy
 import math
 from dataclasses import dataclass, field
 
+from mergescope.methods.base import BaseUse
+
 GROUP_COLS = ("attn", "mlp", "norm")
 BAND_MODES = (1, 2, 3, 4, 6, 0)  # 0 = per layer
 STEP = {"weight": 0.05, "density": 0.05, "gamma": 0.01, "epsilon": 0.01, "scale": 0.05, "t": 0.05}
@@ -291,12 +293,10 @@ class PlanState:
                 f"{len(idx)} included: press i to leave some out"
             )
         models = [self.models[i] for i in idx]
-        base = self.base if spec.needs_base is not False else None
+        base = self.base if spec.base is not BaseUse.INPUT else None
         params = self.table_params()
         written = [p for p in params if p in self.tables]
         parameters = dict(self.globals)
-        if spec.needs_base is False and self.method == "linear":
-            base = None
         plan = None
         for p in written or [None]:
             if p is None:

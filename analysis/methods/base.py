@@ -109,8 +109,3 @@ class MergeMethod:
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)
-
-    @property
-    def needs_base(self) -> bool | None:
-        """The base use as mergekit's tri-state (True required, None optional, False an input)."""
-        return {BaseUse.REQUIRED: True, BaseUse.OPTIONAL: None, BaseUse.INPUT: False}[self.base]

@@ -1,6 +1,6 @@
 """A merge plan: mergekit's YAML config schema, validated strictly, and resolved per tensor.
 
-A plan file is a valid mergekit 0.1.x config (DESIGN §6) and means the same thing to both tools:
+A plan file is a valid mergekit 0.1.x config  and means the same thing to both tools:
 
 - `models: [{model, parameters}]` is one slice over all layers of every model; with a `base_model`
   that is not listed, the base is appended as one more input (as mergekit does).

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InputError
-from ..naming import _BLOCK_RE, site_of
+from ..methods.base import BaseUse
+from ..naming import BLOCK_RE, site_of
 from .settings import evaluate_setting, gradient_position, torch_dtype
 
 
@@ -61,7 +62,7 @@ class Resolved:
 # ---------------------------------------------------------------------- layer-name templates
 def layer_split(name: str) -> tuple[str, int, str] | None:
     """'model.layers.7.mlp.up_proj.weight' -> ('model.layers.', 7, '.mlp.up_proj.weight')."""
-    m = _BLOCK_RE.search(name)
+    m = BLOCK_RE.search(name)
     if not m:
         return None
     return name[: m.start(1)], int(m.group(1)), name[m.end(1) :]
@@ -104,7 +105,7 @@ class _LayerIndex:
 # ---------------------------------------------------------------------- the inputs, as slices
 def base_is_input(method) -> bool:
     """mergekit treats the base as a plain input for methods that ignore the base (linear, passthrough)."""
-    return method.needs_base is False
+    return method.base is BaseUse.INPUT
 
 
 def model_inputs(plan) -> list[tuple[str, str, dict | None]]:
@@ -191,11 +192,11 @@ def check_inputs(plan, method) -> None:
             )
         n = len([r for r in group if base_input or r != plan.base_model])
         lo, hi = method.min_models, method.max_models
-        what = "models besides the base" if method.needs_base is not False else "input models"
+        what = "models besides the base" if method.base is not BaseUse.INPUT else "input models"
         if n < lo or (hi is not None and n > hi):
             need = f"exactly {lo}" if hi == lo else (f"{lo} to {hi}" if hi is not None else f"at least {lo}")
             extra = ""
-            if method.needs_base is False and plan.base_model and plan.models is not None:
+            if method.base is BaseUse.INPUT and plan.base_model and plan.models is not None:
                 extra = " (mergekit merges base_model as one more input for this method; remove base_model if it should not be one)"
             plan.fail(path, f"{method.name} takes {need} {what}, got {n}{extra}")
 

@@ -19,6 +19,7 @@ import yaml
 
 from ..dtypes import PLAN_DTYPES, plan_dtype
 from ..errors import InputError
+from ..methods.base import BaseUse
 from . import refs, resolve
 from .settings import (
     check_dtype,
@@ -405,7 +406,7 @@ class Plan:
             v = getattr(self, key)
             if v is not None and plan_dtype(v) is None:
                 self.fail(key, f"unknown dtype {v!r}; use one of {', '.join(PLAN_DTYPES)}")
-        if method.needs_base is True and not self.base_model:
+        if method.base is BaseUse.REQUIRED and not self.base_model:
             self.fail(
                 "base_model",
                 f"missing: {method.name} merges task vectors relative to a base model; add `base_model: PATH`",
