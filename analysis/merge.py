@@ -33,6 +33,7 @@ class MergeResult:
     seconds: float
     device: str
     out_dtypes: list[str] = field(default_factory=list)  # distinct output dtypes
+    findings: list = field(default_factory=list)  # the readiness checks' warnings and overridden errors
 
 
 def _check_not_overwriting_inputs(plan: Plan, out: Path) -> None:
@@ -129,6 +130,7 @@ def run_merge(
         time.perf_counter() - t0,
         run.device,
         out_dtypes,
+        [f for f in run.checks.findings if f.severity in ("error", "warning")],
     )
 
 

@@ -76,8 +76,37 @@ def run_checks(plan, cks: dict, jobs, report=None) -> Checks:
                     f"its model card/config names base {meta['declared_base']!r}, not {ref!r}",
                 )
             )
+        out.findings += _structure(ck, cks[ref], m, ref)
         out.findings += _sampled(ck, cks[ref], m, ref, out)
     out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _structure(ck, ref_ck, label: str, ref_label: str) -> list[Finding]:
+    """Header facts the merge itself does not refuse: tensors it will ignore, float dtypes that differ."""
+    out = []
+    extra = [n for n in ck.names() if n not in ref_ck]
+    if extra:
+        out.append(
+            Finding(
+                "warning",
+                "missing-tensors",
+                label,
+                f"{len(extra)} tensors are not in {ref_label} (e.g. {extra[0]}); the merge ignores them",
+            )
+        )
+    floats = {ck.info(n).dtype_name for n in ck.names() if ck.info(n).is_float}
+    ref_floats = {ref_ck.info(n).dtype_name for n in ref_ck.names() if ref_ck.info(n).is_float}
+    if floats and ref_floats and floats != ref_floats:
+        out.append(
+            Finding(
+                "warning",
+                "dtype-mixed",
+                label,
+                f"stored as {', '.join(sorted(floats))}, {ref_label} as {', '.join(sorted(ref_floats))}; deltas are "
+                "computed in float32, set out_dtype for the output",
+            )
+        )
     return out
 
 

@@ -108,3 +108,11 @@ def test_density_typo_is_refused_with_the_likely_value(tmp_path, capsys):
     run_merge(
         _plan(tmp_path, "ties", ["code", "prose"], base="base", params={"density": 0.2}, name="ok.yml"), tmp_path / "ok"
     )
+
+
+def test_warnings_are_printed_and_recorded_in_the_card(tmp_path, capsys):
+    plan = _plan(tmp_path, "task_arithmetic", ["code", "overtrained"], base="base", params={"weight": 0.3})
+    assert main(["merge", str(plan), str(tmp_path / "out"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "warning drifted" in err and "overtrained" in err
+    assert "drifted" in (tmp_path / "out" / "README.md").read_text()

@@ -97,6 +97,9 @@ def run(args) -> int:
         f"with {plan.merge_method} into [bold]{res.output_dir}[/bold]: {shards}, {res.seconds:.1f}s on {res.device}",
         highlight=False,
     )
+    if report is None:  # with a cached analysis its findings were summarised above
+        for f in res.findings:
+            err.print(f"[yellow]{f.severity}[/yellow] {f.code} {f.model or ''}: {f.message}", highlight=False)
     if args.eval_text or args.eval_cmd:
         _score_after(args, plan, res, out)
     return 0
