@@ -189,11 +189,17 @@ def _compute(job, cks, method, dev, compute, seed):
     ctx = MergeContext(tensor_name=job.name, seed=seed, device=dev, release=_range_releaser(job, cks))
     try:
         result = None
-        stream = getattr(method, "stream", None)
+        stream = getattr(method, "stream", None) if job.vocab is None else None
         if stream is not None and dev == "cpu" and compute == torch.float32 and job.base is not None:
             result = stream(ins[0], ins[1:], job.model_params, job.params, ctx, job.out_dtype)
         if result is None:
             ins = [x.to(device=dev, dtype=compute) for x in ins]
+            if job.vocab is not None:  # rows re-indexed by token to the output vocabulary
+                from .vocab import align
+
+                models = [x.model for x in job.all_inputs]
+                aligned = align(job.vocab, dict(zip(models, ins)), models)
+                ins = [aligned[m] for m in models]
             base = ins[0] if job.base is not None else None
             tensors = ins[1:] if job.base is not None else ins
             result = method.merge(base, tensors, job.model_params, job.params, ctx)

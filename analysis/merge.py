@@ -9,6 +9,7 @@ between tensors and cancels with `MergeCancelled`, leaving no output.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from .errors import InputError
 from .executor import MergeCancelled, MergeError, MergeRun, open_merge
 from .output import DEFAULT_SHARD_SIZE, InputRecord, ModelWriter, check_output, model_card, provenance
 from .plan import Plan
+from .vocab import write_tokenizer
 
 __all__ = ["MergeCancelled", "MergeError", "MergeResult", "MergedModel", "merge_in_memory", "run_merge"]
 
@@ -103,7 +105,7 @@ def run_merge(
             if progress:
                 progress(run.total_bytes, run.total_bytes, f"{n}/{n} writing metadata")
             plan_yaml = plan.to_yaml()
-            config = _output_config(plan, cks, out_dtypes)
+            config = _output_config(plan, cks, out_dtypes, _vocab_plan(jobs))
             rows = provenance(_records(plan, cks), hash_inputs)
             card = model_card(
                 name=out.name,
@@ -120,7 +122,13 @@ def run_merge(
                 notes=notes,
                 seed=seed,
             )
-            res = writer.finish(config=config, tokenizer_dir=tok_dir, plan_yaml=plan_yaml, card=card)
+            vplan = _vocab_plan(jobs)
+            res = writer.finish(
+                config=config,
+                tokenizer_writer=lambda d: write_tokenizer(plan, cks, vplan, tok_dir, d),
+                plan_yaml=plan_yaml,
+                card=card,
+            )
     return MergeResult(
         res.output_dir,
         res.files,
@@ -164,6 +172,7 @@ class MergedModel:
     tokenizer_dir: Path | None
     out_dtypes: list[str]
     seconds: float
+    _tokenizer_tmp: object = None  # keeps a built tokenizer's temporary directory alive
 
 
 def merge_in_memory(
@@ -191,9 +200,16 @@ def merge_in_memory(
         force_incompatible=force_incompatible,
     ) as run:
         out_dtypes = _drain(run, tensors.__setitem__, progress, should_stop)
-        config = _output_config(plan, run.cks, out_dtypes) or {}
+        config = _output_config(plan, run.cks, out_dtypes, _vocab_plan(run.jobs)) or {}
         tok_dir = _tokenizer_dir(plan, run.cks)
-    return MergedModel(tensors, config, tok_dir, out_dtypes, time.perf_counter() - t0)
+        vplan = _vocab_plan(run.jobs)
+        if vplan is not None or plan.chat_template:  # the tokenizer the output would get, in a temp dir
+            holder = tempfile.TemporaryDirectory(prefix="mergescope-tokenizer-")
+            write_tokenizer(plan, run.cks, vplan, tok_dir, Path(holder.name))
+            tok_dir, keep = Path(holder.name), holder
+        else:
+            keep = None
+    return MergedModel(tensors, config, tok_dir, out_dtypes, time.perf_counter() - t0, keep)
 
 
 def _checks_section(checks) -> str | None:
@@ -206,9 +222,14 @@ def _checks_section(checks) -> str | None:
     return "\n".join(lines)
 
 
-def _output_config(plan: Plan, cks, out_dtypes: list[str]) -> dict | None:
+def _vocab_plan(jobs):
+    return next((j.vocab for j in jobs if j.vocab is not None), None)
+
+
+def _output_config(plan: Plan, cks, out_dtypes: list[str], vplan=None) -> dict | None:
     """The donor's config.json (mergekit: base_model, else the first model), with torch_dtype set to
-    out_dtype/dtype when the plan names one and the layer count set for `slices:` plans."""
+    out_dtype/dtype when the plan names one, the layer count set for `slices:` plans, and vocab_size
+    set to a built vocabulary's size."""
     import copy
 
     donor = cks[plan.config_donor()]
@@ -226,35 +247,15 @@ def _output_config(plan: Plan, cks, out_dtypes: list[str]) -> dict | None:
             if isinstance(cfg.get(key), int):
                 cfg[key] = plan.num_layers()
                 break
+    if vplan is not None:
+        cfg["vocab_size"] = vplan.size
     return cfg
 
 
 def _tokenizer_dir(plan: Plan, cks) -> Path | None:
-    """Directory whose tokenizer files are copied (tokenizer_source, else base_model, else first model).
-
-    mergekit rebuilds embeddings when `tokenizer_source` names a model with another vocabulary; we do
-    not, so that case is refused."""
-    ref = plan.tokenizer_donor()
-    opened = None
-    if ref in cks:
-        ck = cks[ref]
-    else:
-        ck = opened = plan.open_ref(ref)
-    try:
-        root = ck.tokenizer_dir
-        if plan.tokenizer_source and plan.tokenizer_source != "base":
-            other = cks[plan.config_donor()]
-            a, b = ck.tokenizer_fingerprint(), other.tokenizer_fingerprint()
-            if a and b and a != b:
-                raise InputError(
-                    f"{plan.where}tokenizer_source: {ref} has a different "
-                    f"vocabulary than {plan.config_donor()}; mergekit would rebuild the embeddings for it, "
-                    f"mergescope does not; use `tokenizer_source: base` or merge with mergekit"
-                )
-        return root
-    finally:
-        if opened is not None:
-            opened.close()
+    """Directory whose tokenizer files are copied when the plan builds no vocabulary (base_model, else
+    the first model, as mergekit)."""
+    return cks[plan.tokenizer_donor()].tokenizer_dir
 
 
 def _records(plan: Plan, cks) -> list[InputRecord]:

@@ -252,7 +252,14 @@ TIES = "merge_method: ties\nbase_model: base\nmodels:\n- model: a\n  parameters:
             ["plan.yml: models[0]: no `weight` for 'a'"],
         ),
         (TIES + "modules: {}\n", ["plan.yml: modules: per-module configs"]),
-        (TIES + "tokenizer_source: union\n", ["plan.yml: tokenizer_source: `union`"]),
+        (TIES + "tokenizer_source: union\ntokenizer: {source: base}\n", ["plan.yml: tokenizer: give either"]),
+        (
+            TIES + "tokenizer: {pad_to_multiple_of: 0}\n",
+            ["plan.yml: tokenizer.pad_to_multiple_of: expected a positive"],
+        ),
+        (TIES + "tokenizer: {tokens: {x: {sorce: base}}}\n", ["tokenizer.tokens['x'].sorce: unknown key"]),
+        (TIES + "tokenizer: {tokens: {x: {source: {kind: zeros}}}}\n", ["tokenizer.tokens['x'].source.kind: expected"]),
+        (TIES + "chat_template: chatlm\n", ["plan.yml: chat_template: 'chatlm' is neither a known template"]),
         ("merge_method: ties\nbase_model: base\nmodels:\n- a\n", ["plan.yml: models[0]: write `- model: a`"]),
         (
             "merge_method: passthrough\nslices:\n- sources:\n  - model: a\n    layer_range: [0, 2]\n"

@@ -286,6 +286,7 @@ class ModelWriter:
         *,
         config: dict | None = None,
         tokenizer_dir: Path | None = None,
+        tokenizer_writer=None,
         plan_yaml: str | None = None,
         card: str | None = None,
         extra_files: dict[str, str] | None = None,
@@ -317,7 +318,9 @@ class ModelWriter:
             if config is not None:
                 _write_text(self.tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
                 files.append("config.json")
-            if tokenizer_dir is not None:
+            if tokenizer_writer is not None:  # writes the tokenizer files itself (a built vocabulary)
+                files += tokenizer_writer(self.tmp)
+            elif tokenizer_dir is not None:
                 for f in TOKENIZER_FILES:
                     src = Path(tokenizer_dir) / f
                     if src.is_file():

@@ -50,15 +50,25 @@ def key_of(plan, ref: str) -> str:
                 return f"slices[{i}].sources[{j}].model"
     if ref == plan.tokenizer_source:
         return "tokenizer_source"
-    return "model"
+    if plan.tokenizer is not None and ref == plan.tokenizer.source:
+        return "tokenizer.source"
+    return "tokenizer.tokens" if ref in vocab_refs(plan) else "model"
+
+
+def vocab_refs(plan) -> list[str]:
+    """Models the vocabulary keys name: a tokenizer source, and token embedding sources."""
+    spec = plan.vocab_spec()
+    if spec is None:
+        return []
+    out = [spec.source] if spec.source not in ("union", "base") else []
+    out += [t.source.model for t in spec.tokens.values() if t.source is not None and t.source.model]
+    return list(dict.fromkeys(out))
 
 
 def path_refs(plan) -> list[str]:
-    """Every reference that names files: the models, and tokenizer_source when it names a model."""
+    """Every reference that names files: the models, and those the vocabulary keys name."""
     refs = plan.referenced_models()
-    if plan.tokenizer_source and plan.tokenizer_source != "base":
-        refs.append(plan.tokenizer_source)
-    return refs
+    return refs + [r for r in vocab_refs(plan) if r not in refs]
 
 
 def check_paths(plan) -> None:

@@ -40,6 +40,7 @@ class TensorJob:
     out_dtype: Any = None  # torch.dtype
     is_float: bool = True
     nbytes: int = 0
+    vocab: Any = None  # vocab.VocabPlan when this tensor's rows are tokens re-indexed to the output vocabulary
 
     @property
     def all_inputs(self) -> list[TensorInput]:
@@ -327,7 +328,10 @@ def tensor_jobs(plan, checkpoints, models: Sequence | None = None) -> Iterator[T
                     f"{n} layers (0..{n - 1}); end is exclusive, at most {n}",
                 )
     index = {ref: _LayerIndex(ck) for ref, ck in cks.items()}
-    yield from _global_jobs(plan, method, slices[0], cks, index, pre=True)
+    from .. import vocab
+
+    vplan = vocab.build(plan, cks)  # reads tokenizer files only
+    yield from _global_jobs(plan, method, slices[0], cks, index, pre=True, vplan=vplan)
     out_layer = 0
     for sl in slices:
         ref0 = sl.base if sl.base else sl.sources[0].model
@@ -339,7 +343,7 @@ def tensor_jobs(plan, checkpoints, models: Sequence | None = None) -> Iterator[T
                 in_names = {s.model: f"{pre}{s.start + idx}{suf}" for s in sl.sources}
                 yield _job(plan, method, sl, cks, out_name, in_names, t, out_layer)
             out_layer += 1
-    yield from _global_jobs(plan, method, slices[-1], cks, index, pre=False)
+    yield from _global_jobs(plan, method, slices[-1], cks, index, pre=False, vplan=vplan)
 
 
 def _checkpoint_map(plan, checkpoints, models) -> dict:
@@ -359,7 +363,7 @@ def _checkpoint_map(plan, checkpoints, models) -> dict:
     return cks
 
 
-def _global_jobs(plan, method, sl: _NSlice, cks, index, pre: bool):
+def _global_jobs(plan, method, sl: _NSlice, cks, index, pre: bool, vplan=None):
     ref0 = sl.base if sl.base else sl.sources[0].model
     names = [n for n in index[ref0].globals if is_pre(n) == pre]
     if not pre:  # mergekit's order: final norm, then the head
@@ -383,7 +387,21 @@ def _global_jobs(plan, method, sl: _NSlice, cks, index, pre: bool):
                     f"{ref0} has it); the models do not share an architecture",
                 )
         # parameters are resolved against the nominal name (mergekit: the weight's own name)
-        yield _job(plan, method, sl, cks, name, in_names, 0.0, None, param_names={s.model: name for s in sl.sources})
+        from ..vocab import is_vocab_tensor
+
+        job = _job(
+            plan,
+            method,
+            sl,
+            cks,
+            name,
+            in_names,
+            0.0,
+            None,
+            param_names={s.model: name for s in sl.sources},
+            vplan=vplan if vplan is not None and is_vocab_tensor(name) else None,
+        )
+        yield job
 
 
 def _job(
@@ -396,6 +414,7 @@ def _job(
     t: float,
     layer: int | None,
     param_names: dict | None = None,
+    vplan=None,
 ) -> TensorJob:
     import torch
 
@@ -408,10 +427,18 @@ def _job(
                 f"{s.model} has no tensor {n} (needed for output {out_name}); check the layer_range or the model",
             )
         infos[s.model] = cks[s.model].info(n)
-    shapes = {tuple(i.shape) for i in infos.values()}
+    shapes = {tuple(i.shape) if vplan is None else tuple(i.shape[1:]) for i in infos.values()}
     if len(shapes) > 1:
         order = sorted(infos, key=lambda r: r != plan.base_model)  # base first
         listing = ", ".join(f"{r}: {list(infos[r].shape)}" for r in order)
+        from ..vocab import is_vocab_tensor
+
+        if is_vocab_tensor(out_name) and len({tuple(i.shape[1:]) for i in infos.values()}) == 1:
+            plan.fail(
+                sl.path,
+                f"tensor {out_name} has different shapes ({listing}): the vocabularies differ (token rows); "
+                "set `tokenizer_source: union` (or `base`, or a model) to align them by token",
+            )
         plan.fail(
             sl.path,
             f"tensor {out_name} has different shapes ({listing}); these models cannot be merged "
@@ -437,6 +464,8 @@ def _job(
     else:
         out_dtype = dtypes[0]
     shape = tuple(next(iter(infos.values())).shape)
+    if vplan is not None:
+        shape = (vplan.size, *shape[1:])
     numel = 1
     for s in shape:
         numel *= s
@@ -455,4 +484,5 @@ def _job(
         out_dtype,
         is_float,
         numel * torch.empty((), dtype=out_dtype).element_size(),
+        vplan,
     )

@@ -31,12 +31,22 @@ from .settings import (
     is_number,
     torch_dtype,
 )
+from .tokenizer_spec import TokenizerSpec, check_chat_template, parse_tokenizer
 
-TOP_KEYS = ("merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source")
+TOP_KEYS = (
+    "merge_method",
+    "base_model",
+    "models",
+    "slices",
+    "parameters",
+    "dtype",
+    "out_dtype",
+    "tokenizer_source",
+    "tokenizer",
+    "chat_template",
+)
 _UNSUPPORTED_TOP = {
     "modules": "per-module configs (multimodal models) are not supported by mergescope; use `models:` or `slices:`",
-    "tokenizer": "`tokenizer:` (vocabulary surgery) is not supported by mergescope; use `tokenizer_source: base` or a model path",
-    "chat_template": "`chat_template` is not supported by mergescope; drop it (the donor's tokenizer files are copied as they are)",
 }
 MODEL_KEYS = ("model", "parameters")
 SLICE_KEYS = ("sources", "parameters")
@@ -93,6 +103,8 @@ class Plan:
         dtype: str | None = None,
         out_dtype: str | None = None,
         tokenizer_source: str | None = None,
+        tokenizer: TokenizerSpec | None = None,
+        chat_template: str | None = None,
         source: str | None = None,
     ):
         self.merge_method = merge_method
@@ -103,6 +115,8 @@ class Plan:
         self.dtype = dtype
         self.out_dtype = out_dtype
         self.tokenizer_source = tokenizer_source
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
         self.source = source  # file the plan came from (for messages and relative paths)
         self._layer_cache: dict[str, int] = {}
 
@@ -255,14 +269,16 @@ class Plan:
         top_params = params(d.get("parameters"), "parameters")
         dts = {key: check_dtype(d.get(key), key, fail) for key in ("dtype", "out_dtype")}
         tok = d.get("tokenizer_source")
-        if tok is not None:
-            if tok == "union":
-                fail(
-                    "tokenizer_source",
-                    "`union` builds a new vocabulary, which mergescope does not do; "
-                    "use `base` or the path of one of the models",
-                )
+        if tok is not None and tok not in ("union", "base"):
             tok = ref(tok, "tokenizer_source")
+        tokenizer = None
+        if d.get("tokenizer") is not None:
+            if tok is not None:
+                fail(
+                    "tokenizer", "give either `tokenizer_source` or `tokenizer:` (its `source` says the same), not both"
+                )
+            tokenizer = parse_tokenizer(d["tokenizer"], fail, ref, check_keys)
+        template = check_chat_template(d["chat_template"], fail) if d.get("chat_template") is not None else None
         return cls(
             d["merge_method"],
             base_model=base,
@@ -272,6 +288,8 @@ class Plan:
             dtype=dts.get("dtype"),
             out_dtype=dts.get("out_dtype"),
             tokenizer_source=tok,
+            tokenizer=tokenizer,
+            chat_template=template,
             source=source,
         )
 
@@ -298,6 +316,10 @@ class Plan:
             v = getattr(self, k)
             if v is not None:
                 d[k] = v
+        if self.tokenizer is not None:
+            d["tokenizer"] = self.tokenizer.to_dict()
+        if self.chat_template is not None:
+            d["chat_template"] = self.chat_template
         return d
 
     def to_yaml(self) -> str:
@@ -479,9 +501,16 @@ class Plan:
         return self.base_model or self.referenced_models()[0]
 
     def tokenizer_donor(self) -> str:
-        if self.tokenizer_source and self.tokenizer_source != "base":
-            return self.tokenizer_source
+        """The model whose tokenizer files are copied when the plan builds no vocabulary."""
         return self.config_donor()
+
+    def vocab_spec(self) -> TokenizerSpec | None:
+        """The vocabulary the output gets (mergekit's BuildTokenizer), or None: copy the donor's files."""
+        if self.tokenizer is not None:
+            return self.tokenizer
+        if self.tokenizer_source is not None:
+            return TokenizerSpec(self.tokenizer_source)
+        return None
 
     def compute_dtype(self):
         return torch_dtype(self.dtype) if self.dtype else None
