@@ -15,7 +15,7 @@ from pathlib import Path
 from . import __version__
 from .checkpoint.files import METADATA_FILES
 
-CACHE_FORMAT = 2  # entries are {key, format, data}
+CACHE_FORMAT = 3  # entries are {key, format, data}; 3: vocabulary tensors compared on shared tokens
 
 
 def user_cache_root() -> Path:

@@ -118,18 +118,37 @@ def structural_findings(report) -> list[Finding]:
             )
         vocab_names = set()
         mm = meta.get(m, {})
-        for nm, bshape, mshape in st.get("shape_mismatch", {}).get(m, []):
-            if nm in base_meta.get("embed_rows", {}) and bshape[1:] == mshape[1:]:
-                vocab_names.add(nm)
-                out.append(
-                    Finding(
-                        "error",
-                        "vocab-mismatch",
-                        m,
-                        f"{nm} has {mshape[0]} rows, the base {bshape[0]}: the vocabulary differs; "
-                        "merge with a tokenizer_source or resize the embeddings first",
-                    )
+        diff = st.get("vocab_diff", {}).get(m)
+        rows = [
+            (nm, bshape, mshape)
+            for nm, bshape, mshape in st.get("shape_mismatch", {}).get(m, [])
+            if nm in base_meta.get("embed_rows", {}) and bshape[1:] == mshape[1:]
+        ]
+        vocab_names = {nm for nm, *_ in rows}
+        if rows and diff is not None:  # aligned by token: compared on the shared tokens, mergeable
+            ex = ", ".join(repr(t) for t in diff["examples_model"][:3]) or "none"
+            nm, bshape, mshape = rows[0]
+            out.append(
+                Finding(
+                    "warning",
+                    "vocab-mismatch",
+                    m,
+                    f"its vocabulary differs from the base's ({nm}: {mshape[0]} rows, the base {bshape[0]}): "
+                    f"{diff['only_model']} tokens only here (e.g. {ex}), "
+                    f"{diff['only_base']} only in the base; embeddings and head were compared on the "
+                    f"{diff['shared']} shared tokens. Merge with `tokenizer_source: union` (or `base`) to align them",
                 )
+            )
+        for nm, bshape, mshape in rows if diff is None else []:
+            out.append(
+                Finding(
+                    "error",
+                    "vocab-mismatch",
+                    m,
+                    f"{nm} has {mshape[0]} rows, the base {bshape[0]}: the vocabulary differs and there is no "
+                    "tokenizer.json to align it by; add the tokenizer files, then merge with `tokenizer_source: union`",
+                )
+            )
         others = [x for x in st.get("shape_mismatch", {}).get(m, []) if x[0] not in vocab_names]
         if others:
             nm, bshape, mshape = others[0]

@@ -162,7 +162,8 @@ def analyze_checkpoints(
         structure["dtypes"][m.label] = _dtype_counts(m)
     structure["base_dtypes"] = _dtype_counts(base)
     skip = {nm for m in models for nm, *_ in structure["shape_mismatch"][m.label]}
-    usable = [nm for nm in names if nm not in skip and all(nm in m for m in models)]
+    rows = _shared_token_rows(base, models, skip, structure)  # vocabulary tensors: compared on shared tokens
+    usable = [nm for nm in names if (nm not in skip or nm in rows) and all(nm in m for m in models)]
     total_bytes = sum(base.info(nm).nbytes + sum(m.info(nm).nbytes for m in models) for nm in usable)
     done = 0
     dev = torch.device(device)
@@ -180,7 +181,12 @@ def analyze_checkpoints(
                 for ck in (base, *models):
                     ck.release_range(nm, start, stop)
 
-            bad = tensor_stats(base.get(nm), [m.get(nm) for m in models], density, st, dev, release)
+            if nm in rows:
+                b_idx, m_idx = rows[nm]
+                ins = [base.get(nm)[b_idx], *[m.get(nm)[ix] for m, ix in zip(models, m_idx)]]
+                bad = tensor_stats(ins[0], ins[1:], density, st, dev)
+            else:
+                bad = tensor_stats(base.get(nm), [m.get(nm) for m in models], density, st, dev, release)
         else:
             bad = _tensor_stats_pairwise(base, models, nm, density, st, dev)
         if bad.get("base"):
@@ -206,6 +212,38 @@ def analyze_checkpoints(
     report.elapsed_s = time.perf_counter() - t0
     report.bytes_read = done
     return report
+
+
+def _shared_token_rows(base, models, skip: set, structure: dict) -> dict:
+    """{vocabulary tensor: (base rows, [rows per model])} of the tokens base and every model share, for
+    the embedding/head tensors whose row counts differ; what differs goes to structure["vocab_diff"]."""
+    import torch
+
+    from .errors import InputError
+    from .vocab import is_vocab_tensor, model_vocab
+
+    names = [nm for nm in skip if is_vocab_tensor(nm)]
+    names = [nm for nm in names if all(nm in m and base.info(nm).shape[1:] == m.info(nm).shape[1:] for m in models)]
+    if not names:
+        return {}
+    try:
+        bv, mvs = model_vocab(base, base.label), [model_vocab(m, m.label) for m in models]
+    except InputError:
+        return {}  # no tokenizer.json: nothing to align by
+    shared = [t for t, _ in sorted(bv.tokens.items(), key=lambda kv: kv[1]) if all(t in v.tokens for v in mvs)]
+    for m, v in zip(models, mvs):
+        only_m = sorted((t for t in v.tokens if t not in bv.tokens), key=v.tokens.get)
+        only_b = sorted((t for t in bv.tokens if t not in v.tokens), key=bv.tokens.get)
+        structure.setdefault("vocab_diff", {})[m.label] = {
+            "shared": len(shared),
+            "only_model": len(only_m),
+            "only_base": len(only_b),
+            "examples_model": only_m[:5],
+            "examples_base": only_b[:5],
+        }
+    b_idx = torch.tensor([bv.tokens[t] for t in shared], dtype=torch.long)
+    m_idx = [torch.tensor([v.tokens[t] for t in shared], dtype=torch.long) for v in mvs]
+    return {nm: (b_idx, m_idx) for nm in names}
 
 
 def _dtype_counts(ck) -> dict[str, int]:

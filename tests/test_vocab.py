@@ -215,3 +215,16 @@ def test_matches_mergekit_by_token(fam, tmp_path, source):
         json.loads((tmp_path / "ms" / "config.json").read_text())["vocab_size"]
         == json.loads((tmp_path / "mk" / "config.json").read_text())["vocab_size"]
     )
+
+
+def test_analysis_compares_vocabulary_tensors_on_shared_tokens(fam):
+    from mergescope.readiness import analyze
+
+    root, base, chat, code = fam
+    rep = analyze(str(base), [str(chat), str(code)])
+    f = [x for x in rep.findings if x.code == "vocab-mismatch"]
+    assert f and all(x.severity == "warning" for x in f) and "tokenizer_source: union" in f[0].message
+    assert "<|im_start|>" in next(x.message for x in f if x.model == str(chat))
+    embed = [s for s in rep.sites if s.module == "embed_tokens"]
+    assert embed and embed[0].numel == 300 * H  # the 300 shared tokens' rows
+    assert not any(x.severity == "error" for x in rep.findings)
