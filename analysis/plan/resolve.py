@@ -153,7 +153,8 @@ def normalized(plan, method, checkpoints: Mapping | None = None, num_layers: int
                 for j, src in enumerate(s.sources)
             ]
             refs = [x.model for x in srcs]
-            base = plan.base_model if (plan.base_model in refs and not base_is_input(method)) else None
+            sb = slice_base(plan, s)
+            base = sb if (sb in refs and not base_is_input(method)) else None
             out.append(_NSlice(i, srcs, s.parameters, base, f"slices[{i}]"))
         return out
     srcs = []
@@ -173,25 +174,36 @@ def normalized(plan, method, checkpoints: Mapping | None = None, num_layers: int
     return [_NSlice(0, srcs, None, base, "models")]
 
 
+def slice_base(plan, s) -> str | None:
+    """A slice's base model: its own `base_model`, else the plan's."""
+    return s.base_model or plan.base_model
+
+
 def check_inputs(plan, method) -> None:
     """The inputs of each slice, before any file is opened: no duplicates, the base among them when
     the method uses it as the base, and as many models as the method takes."""
     base_input = base_is_input(method)
     if plan.models is not None:
-        groups = [("models", [ref for _, ref, _ in model_inputs(plan)])]
+        groups = [("models", [ref for _, ref, _ in model_inputs(plan)], plan.base_model)]
     else:
-        groups = [(f"slices[{i}].sources", [src.model for src in s.sources]) for i, s in enumerate(plan.slices)]
-    for path, group in groups:
+        groups = [
+            (f"slices[{i}].sources", [src.model for src in s.sources], slice_base(plan, s))
+            for i, s in enumerate(plan.slices)
+        ]
+    for path, group, base in groups:
         dup = next((r for r in group if group.count(r) > 1), None)
         if dup is not None:
             plan.fail(path, f"{dup!r} is listed twice; each model may appear once per slice")
-        if plan.base_model and not base_input and plan.base_model not in group:
+        if base and not base_input and base not in group:
             plan.fail(
                 path,
-                f"base_model {plan.base_model!r} is not among the sources; add a source "
-                f"`- model: {plan.base_model}` with the same layer_range",
+                f"base_model {base!r} is not among the sources; add a source `- model: {base}` with the same layer_range",
             )
-        n = len([r for r in group if base_input or r != plan.base_model])
+        if method.base is BaseUse.REQUIRED and not base:
+            plan.fail(
+                path, f"this slice has no base model; {method.name} needs one: set `base_model` here or at the top"
+            )
+        n = len([r for r in group if base_input or r != base])
         lo, hi = method.min_models, method.max_models
         what = "models besides the base" if method.base is not BaseUse.INPUT else "input models"
         if n < lo or (hi is not None and n > hi):
@@ -213,7 +225,7 @@ def model_param_chains(plan, base_input: bool) -> Iterator[tuple[str, str, list]
     else:
         for i, s in enumerate(plan.slices):
             for j, src in enumerate(s.sources):
-                if base_input or src.model != plan.base_model:
+                if base_input or src.model != slice_base(plan, s):
                     yield f"slices[{i}].sources[{j}]", src.model, [src.parameters, s.parameters, top]
 
 

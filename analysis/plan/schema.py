@@ -49,10 +49,9 @@ _UNSUPPORTED_TOP = {
     "modules": "per-module configs (multimodal models) are not supported by mergescope; use `models:` or `slices:`",
 }
 MODEL_KEYS = ("model", "parameters")
-SLICE_KEYS = ("sources", "parameters")
+SLICE_KEYS = ("sources", "base_model", "parameters")
 SOURCE_KEYS = ("model", "layer_range", "parameters")
 _UNSUPPORTED_SLICE = {
-    "base_model": "a per-slice `base_model` is not supported by mergescope; set the top-level base_model",
     "residual_weight": "`residual_weight` is not supported by mergescope; remove it",
 }
 
@@ -74,6 +73,7 @@ class SliceSource:
 class OutputSlice:
     sources: list[SliceSource]
     parameters: dict | None = None
+    base_model: str | None = None  # this slice's base instead of the plan's (mergekit's per-slice base)
 
 
 class _FlowDumper(yaml.SafeDumper):
@@ -265,7 +265,8 @@ class Plan:
                         "all sources of a slice must span the same number of layers "
                         f"(got {', '.join(str(list(sr.layer_range)) for sr in sources)}); fix the layer_range values",
                     )
-                slices.append(OutputSlice(sources, params(s.get("parameters"), f"{p}.parameters")))
+                sbase = ref(s["base_model"], f"{p}.base_model") if s.get("base_model") is not None else None
+                slices.append(OutputSlice(sources, params(s.get("parameters"), f"{p}.parameters"), sbase))
         top_params = params(d.get("parameters"), "parameters")
         dts = {key: check_dtype(d.get(key), key, fail) for key in ("dtype", "out_dtype")}
         tok = d.get("tokenizer_source")
@@ -309,7 +310,11 @@ class Plan:
                     )
                     for src in s.sources
                 ]
-                d["slices"].append(_with_params({"sources": srcs}, s.parameters))
+                d["slices"].append(
+                    _with_params(
+                        {"sources": srcs, **({"base_model": s.base_model} if s.base_model else {})}, s.parameters
+                    )
+                )
         if self.parameters is not None:
             d["parameters"] = copy.deepcopy(self.parameters)
         for k in ("dtype", "out_dtype", "tokenizer_source"):
@@ -379,12 +384,15 @@ class Plan:
         for m in self.models or []:
             found.append(m.model)
         for s in self.slices or []:
+            if s.base_model:
+                found.append(s.base_model)
             found.extend(src.model for src in s.sources)
         return list(dict.fromkeys(found))
 
     def input_models(self) -> list[str]:
         """The non-base models, in plan order."""
-        return [r for r in self.referenced_models() if r != self.base_model]
+        bases = {self.base_model, *(s.base_model for s in self.slices or [])}
+        return [r for r in self.referenced_models() if r not in bases]
 
     def _param_sites(self) -> Iterator[tuple[str, dict, str]]:
         """(key path, params dict, scope) for every parameters block; scope is 'model' or 'shared'."""
@@ -428,7 +436,11 @@ class Plan:
             v = getattr(self, key)
             if v is not None and plan_dtype(v) is None:
                 self.fail(key, f"unknown dtype {v!r}; use one of {', '.join(PLAN_DTYPES)}")
-        if method.base is BaseUse.REQUIRED and not self.base_model:
+        if (
+            method.base is BaseUse.REQUIRED
+            and not self.base_model
+            and not (self.slices and all(s.base_model for s in self.slices))
+        ):
             self.fail(
                 "base_model",
                 f"missing: {method.name} merges task vectors relative to a base model; add `base_model: PATH`",
