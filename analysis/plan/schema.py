@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,59 +20,24 @@ from ..dtypes import PLAN_DTYPES, plan_dtype
 from ..errors import InputError
 from ..methods.base import BaseUse
 from . import refs, resolve
+from .parse import (  # noqa: F401  (re-exported)
+    MODEL_KEYS,
+    SLICE_KEYS,
+    SOURCE_KEYS,
+    TOP_KEYS,
+    ModelEntry,
+    OutputSlice,
+    SliceSource,
+    parse,
+)
 from .settings import (
-    check_dtype,
-    check_keys,
-    check_setting_shape,
     check_setting_values,
     did_you_mean,
     fmt_path,
     is_number,
     torch_dtype,
 )
-from .tokenizer_spec import TokenizerSpec, check_chat_template, parse_tokenizer
-
-TOP_KEYS = (
-    "merge_method",
-    "base_model",
-    "models",
-    "slices",
-    "parameters",
-    "dtype",
-    "out_dtype",
-    "tokenizer_source",
-    "tokenizer",
-    "chat_template",
-)
-_UNSUPPORTED_TOP = {
-    "modules": "per-module configs (multimodal models) are not supported by mergescope; use `models:` or `slices:`",
-}
-MODEL_KEYS = ("model", "parameters")
-SLICE_KEYS = ("sources", "base_model", "parameters")
-SOURCE_KEYS = ("model", "layer_range", "parameters")
-_UNSUPPORTED_SLICE = {
-    "residual_weight": "`residual_weight` is not supported by mergescope; remove it",
-}
-
-
-@dataclass
-class ModelEntry:
-    model: str
-    parameters: dict | None = None
-
-
-@dataclass
-class SliceSource:
-    model: str
-    layer_range: tuple[int, int]
-    parameters: dict | None = None
-
-
-@dataclass
-class OutputSlice:
-    sources: list[SliceSource]
-    parameters: dict | None = None
-    base_model: str | None = None  # this slice's base instead of the plan's (mergekit's per-slice base)
+from .tokenizer_spec import TokenizerSpec
 
 
 class _FlowDumper(yaml.SafeDumper):
@@ -154,145 +118,7 @@ class Plan:
     @classmethod
     def from_dict(cls, d: Any, source: str | None = None) -> Plan:
         """Parse and check the structure (keys, types, value shapes). Method-aware checks: `validate`."""
-        where = f"{source}: " if source else ""
-
-        def fail(path, msg):
-            raise InputError(f"{where}{fmt_path(path)}: {msg}")
-
-        if not isinstance(d, dict):
-            fail(
-                "",
-                f"a plan is a YAML mapping with at least `merge_method` and `models` or `slices`, got {type(d).__name__}",
-            )
-        for k in d:
-            if k in _UNSUPPORTED_TOP:
-                fail(str(k), _UNSUPPORTED_TOP[k])
-            if k not in TOP_KEYS:
-                hint = did_you_mean(str(k), TOP_KEYS)
-                fail(str(k), f"unknown key; {hint + ' ' if hint else ''}valid keys: {', '.join(TOP_KEYS)}")
-        if "merge_method" not in d or d["merge_method"] in (None, ""):
-            fail("merge_method", "missing; add e.g. `merge_method: ties`")
-        if not isinstance(d["merge_method"], str):
-            fail("merge_method", f"expected a method name, got {d['merge_method']!r}")
-
-        def ref(v, path):
-            if isinstance(v, dict):
-                fail(
-                    path,
-                    "model references as mappings are not supported; write the local path as a string "
-                    "(for a LoRA adapter: `BASE_PATH+ADAPTER_PATH` or the adapter directory)",
-                )
-            if not isinstance(v, str) or not v.strip():
-                fail(path, f"expected a model path, got {v!r}")
-            return v
-
-        def params(v, path):
-            if v is None:
-                return None
-            if not isinstance(v, dict):
-                fail(path, f"expected a mapping of parameter names to values, got {type(v).__name__}")
-            for name, setting in v.items():
-                if not isinstance(name, str):
-                    fail(f"{path}.{name}", "parameter names are strings")
-                check_setting_shape(setting, f"{path}.{name}", fail)
-            return copy.deepcopy(v)
-
-        def source_of(src, q):
-            if not isinstance(src, dict):
-                fail(q, f"expected a mapping with `model` and `layer_range`, got {src!r}")
-            check_keys(src, SOURCE_KEYS, q, fail)
-            if "model" not in src:
-                fail(f"{q}.model", "missing; add the model path")
-            lr = src.get("layer_range")
-            if lr is None:
-                fail(f"{q}.layer_range", "missing; add `layer_range: [start, end]` (end exclusive)")
-            if (
-                not isinstance(lr, (list, tuple))
-                or len(lr) != 2
-                or not all(isinstance(x, int) and not isinstance(x, bool) for x in lr)
-            ):
-                fail(f"{q}.layer_range", f"expected two integers [start, end], got {lr!r}")
-            if not 0 <= lr[0] < lr[1]:
-                fail(
-                    f"{q}.layer_range",
-                    f"{list(lr)} is empty or negative; use [start, end] with 0 <= start < end (end exclusive)",
-                )
-            return SliceSource(
-                ref(src["model"], f"{q}.model"),
-                (int(lr[0]), int(lr[1])),
-                params(src.get("parameters"), f"{q}.parameters"),
-            )
-
-        def entries(key, form):
-            raw = d[key]
-            if not isinstance(raw, list) or not raw:
-                fail(key, f"expected a non-empty list of `{form}` entries")
-            return [(f"{key}[{i}]", e) for i, e in enumerate(raw)]
-
-        base = ref(d["base_model"], "base_model") if d.get("base_model") is not None else None
-        models = slices = None
-        has_models, has_slices = d.get("models") is not None, d.get("slices") is not None
-        if has_models == has_slices:
-            fail("", "give exactly one of `models:` or `slices:`" + (" (both are present)" if has_models else ""))
-        if has_models:
-            models = []
-            for p, m in entries("models", "- model: PATH"):
-                if isinstance(m, str):
-                    fail(p, f"write `- model: {m}` (each entry is a mapping with `model` and optional `parameters`)")
-                if not isinstance(m, dict):
-                    fail(p, f"expected a mapping with `model` and `parameters`, got {m!r}")
-                check_keys(m, MODEL_KEYS, p, fail)
-                if "model" not in m:
-                    fail(f"{p}.model", "missing; add the model path")
-                models.append(ModelEntry(ref(m["model"], f"{p}.model"), params(m.get("parameters"), f"{p}.parameters")))
-        else:
-            slices = []
-            for p, s in entries("slices", "- sources: [...]"):
-                if not isinstance(s, dict):
-                    fail(p, f"expected a mapping with `sources`, got {s!r}")
-                for k in s:
-                    if k in _UNSUPPORTED_SLICE:
-                        fail(f"{p}.{k}", _UNSUPPORTED_SLICE[k])
-                check_keys(s, SLICE_KEYS, p, fail)
-                srcs = s.get("sources")
-                if not isinstance(srcs, list) or not srcs:
-                    fail(f"{p}.sources", "expected a non-empty list of `- model: PATH, layer_range: [start, end]`")
-                sources = [source_of(src, f"{p}.sources[{j}]") for j, src in enumerate(srcs)]
-                lengths = {sr.layer_range[1] - sr.layer_range[0] for sr in sources}
-                if len(lengths) > 1:
-                    fail(
-                        f"{p}.sources",
-                        "all sources of a slice must span the same number of layers "
-                        f"(got {', '.join(str(list(sr.layer_range)) for sr in sources)}); fix the layer_range values",
-                    )
-                sbase = ref(s["base_model"], f"{p}.base_model") if s.get("base_model") is not None else None
-                slices.append(OutputSlice(sources, params(s.get("parameters"), f"{p}.parameters"), sbase))
-        top_params = params(d.get("parameters"), "parameters")
-        dts = {key: check_dtype(d.get(key), key, fail) for key in ("dtype", "out_dtype")}
-        tok = d.get("tokenizer_source")
-        if tok is not None and tok not in ("union", "base"):
-            tok = ref(tok, "tokenizer_source")
-        tokenizer = None
-        if d.get("tokenizer") is not None:
-            if tok is not None:
-                fail(
-                    "tokenizer", "give either `tokenizer_source` or `tokenizer:` (its `source` says the same), not both"
-                )
-            tokenizer = parse_tokenizer(d["tokenizer"], fail, ref, check_keys)
-        template = check_chat_template(d["chat_template"], fail) if d.get("chat_template") is not None else None
-        return cls(
-            d["merge_method"],
-            base_model=base,
-            models=models,
-            slices=slices,
-            parameters=top_params,
-            dtype=dts.get("dtype"),
-            out_dtype=dts.get("out_dtype"),
-            tokenizer_source=tok,
-            tokenizer=tokenizer,
-            chat_template=template,
-            source=source,
-        )
+        return cls(**parse(d, source), source=source)
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"merge_method": self.merge_method}
