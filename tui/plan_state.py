@@ -19,6 +19,9 @@ BAND_MODES = (1, 2, 3, 4, 6, 0)  # 0 = per layer
 STEP = {"weight": 0.05, "density": 0.05, "gamma": 0.01, "epsilon": 0.01, "scale": 0.05, "t": 0.05}
 
 
+VOCAB_CHOICES = ("union", "base")  # what the editor offers besides the donor's tokenizer (key k)
+
+
 def band_name(mode: int) -> str:
     return {0: "per layer", 1: "one band", 2: "halves", 3: "thirds", 4: "quarters"}.get(mode, f"{mode} bands")
 
@@ -62,6 +65,7 @@ class PlanState:
     has_other: bool = False
     dtype: str | None = None
     out_dtype: str | None = None
+    tokenizer_source: str | None = None  # None: the donor's tokenizer; "union" / "base": aligned by token
     custom: object = None  # a loaded Plan that is not a per-group table (kept verbatim)
     source: str | None = None  # the file it was loaded from / last written to
     analysis_density: float | None = None  # the report's density: where sparsifying methods start
@@ -309,6 +313,7 @@ class PlanState:
                     parameters=parameters or None,
                     dtype=self.dtype,
                     out_dtype=self.out_dtype,
+                    tokenizer_source=self.tokenizer_source,
                 )
                 break
             table = {k: [v[i] for i in idx] for k, v in self.tables[p].items() if self._used(k)}
@@ -324,6 +329,7 @@ class PlanState:
                     names=self.names,
                     dtype=self.dtype,
                     out_dtype=self.out_dtype,
+                    tokenizer_source=self.tokenizer_source,
                     other=table.get(("other", None)),
                 )
             except ValueError as exc:
@@ -377,6 +383,8 @@ class PlanState:
             if state.spec.param(k) is not None and not state.spec.param(k).per_model and not isinstance(v, (list, dict))
         }
         state.dtype, state.out_dtype = plan.dtype, plan.out_dtype
+        spec = plan.vocab_spec()
+        state.tokenizer_source = spec.source if spec is not None and spec.source in VOCAB_CHOICES else None
         state.source = plan.source
         order = [to_idx[r] for r in refs if r in to_idx]
         tables = {}

@@ -22,7 +22,7 @@ from ..evaluation import SweepTarget
 from ..format import short_names
 from ..heatdata import WHATIF_METRICS, HeatData, whatif_grid
 from ..plan_display import measured_grid, prediction_line, table_grid
-from ..plan_state import BAND_MODES, PlanState, band_name
+from ..plan_state import BAND_MODES, VOCAB_CHOICES, PlanState, band_name
 from .heatmap import Heatmap
 from .inputs import AppInput
 from .legend import Legend
@@ -59,6 +59,9 @@ class PlanEditor(Vertical):
         Binding("i", "toggle_include", "in/out of plan", tooltip="include / leave out the model", id="plan.include"),
         Binding("a", "next_param", "next parameter table", id="plan.param"),
         Binding("b", "next_bands", "layer bands", id="plan.bands"),
+        Binding(
+            "k", "next_vocab", "vocabulary", tooltip="donor's / union / base tokenizer", show=False, id="plan.vocab"
+        ),
         Binding("t", "next_method(1)", "next method", id="plan.method"),
         Binding("T", "next_method(-1)", "previous method", show=False, id="plan.prev_method"),
         Binding("w", "next_whatif", "what-if metric", id="plan.whatif"),
@@ -174,6 +177,9 @@ class PlanEditor(Vertical):
         chosen = [short[i] for i in st.chosen()]
         t.append("  │  merging ", "dim")
         t.append(" + ".join(chosen) or "nothing", "bold")
+        if st.tokenizer_source or (self.report is not None and self.report.structure.get("vocab_diff")):
+            t.append("  │  ", "dim")
+            t.append(f"vocab: {st.tokenizer_source or 'donor'} (k)", "bold" if st.tokenizer_source else "yellow")
         if st.custom is not None:
             t.append("\n")
             t.append(
@@ -401,6 +407,14 @@ class PlanEditor(Vertical):
             return
         mode = BAND_MODES[(BAND_MODES.index(self.state.band_mode) + 1) % len(BAND_MODES)]
         self.state.set_band_mode(mode)
+        self.changed()
+
+    def action_next_vocab(self) -> None:
+        """Cycle the output vocabulary: the donor's tokenizer, the union of the models', the base's."""
+        if self.state is None or not self._editable():
+            return
+        order = [None, *VOCAB_CHOICES]
+        self.state.tokenizer_source = order[(order.index(self.state.tokenizer_source) + 1) % len(order)]
         self.changed()
 
     def action_next_method(self, step: int) -> None:
