@@ -60,6 +60,10 @@ def method_note(method: str) -> str:
         return f"{method}: exact (a weighted sum of task vectors)"
     if m.trim in (Trim.RANDOM, Trim.MAGNITUDE_RANDOM) and not m.elects_signs:
         return f"{method}: exact in expectation (random drop, rescaled); trimming noise not shown"
+    if m.trim is Trim.IMPORTANCE_OUTLIERS:
+        return f"{method}: the whole task vector; its outlier mask (|δ|·KL > median + 1.5·IQR) is not modelled"
+    if m.linear is Linear.ENERGY_SHARES:
+        return f"{method}: weights from the measured ‖τ‖² per site; variance selection and sign election not modelled"
     if m.trim is not Trim.NONE or m.elects_signs:
         return f"{method}: trim/drop and sign election not modelled — see the measured trimmed sign conflict"
     return {
@@ -67,6 +71,9 @@ def method_note(method: str) -> str:
         Linear.WEIGHT_SHARES: f"{method}: linearised (≈ lerp for small angles)",
         Linear.STOCK_RATIO: f"{method}: ratio from the measured mean pairwise cosine per site",
         Linear.SCALE: f"{method}: the model's tensors, scaled",
+        Linear.EQUAL_MEAN: f"{method}: linearised (≈ the plain mean of the inputs for small angles)",
+        Linear.CLIPPED: f"{method}: upper bound — the whole task vector; its entries beyond ±t are cut (not modelled)",
+        Linear.OVERLAP_MEAN: f"{method}: the mean of the task vectors; entries one model alone moves keep it whole",
     }.get(m.linear, f"{method}: not modelled")
 
 
@@ -86,11 +93,13 @@ def coefficients(
     *,
     base_param: dict | None = None,
     cosine: float | None = None,
+    energy: Sequence[float] | None = None,
 ) -> SiteCoefficients:
     """Effective coefficients for one tensor, by the method's linearisation (its registry trait).
     `model_params[i]` holds model i's resolved per-model parameters, or None when model i is not in the
     plan (coefficient 0). `base_param`: the base's own per-model parameters when the method takes the
-    base as a plain input (linear). `cosine`: the mean pairwise task-vector cosine (model_stock)."""
+    base as a plain input (linear). `cosine`: the mean pairwise task-vector cosine (model_stock).
+    `energy`: each model's mean square task-vector entry at the site (sce)."""
     from .methods.base import Linear
 
     m = _method(method)
@@ -121,7 +130,9 @@ def coefficients(
         w = c.copy()
     elif kind is Linear.WEIGHT_SHARES:
         s = w[present].sum()
-        c = w / s if abs(s) >= 1e-8 else w
+        c = w / s if abs(s) >= 1e-8 and params.get("normalize_weights", True) else w
+        if int(present.sum()) == 1:  # multislerp returns a lone model as it is
+            c = np.where(present, 1.0, 0.0)
     elif kind is Linear.STOCK_RATIO:
         k = int(present.sum())
         cos = 0.0 if cosine is None or not math.isfinite(cosine) else cosine
@@ -131,6 +142,21 @@ def coefficients(
         w = c.copy()
     elif kind is Linear.SCALE:
         c = np.array([_num((mp or {}).get("scale"), 1.0) if mp is not None else 0.0 for mp in model_params])
+        w = c.copy()
+    elif kind is Linear.OVERLAP_MEAN:  # exact where every model moves every entry (dense fine-tunes)
+        c = np.where(present, 1.0 / max(int(present.sum()), 1), 0.0)
+        w = c.copy()
+    elif kind is Linear.EQUAL_MEAN:  # karcher: each input weighs 1/N, the base too when it is one
+        k = int(present.sum()) + (1 if base_param is not None else 0)
+        c = np.where(present, 1.0 / max(k, 1), 0.0)
+        w = c.copy()
+    elif kind is Linear.CLIPPED:  # nearswap: θ₀ + clip(τ, −t, t), at most the whole task vector
+        c = np.where(present, 1.0, 0.0)
+        w = c.copy()
+    elif kind is Linear.ENERGY_SHARES:  # sce: mean squares over their sum, uniform when the sum is < 1e-6
+        e = np.where(present, np.asarray(energy, dtype=np.float64) if energy is not None else 0.0, 0.0)
+        total = float(e.sum())
+        c = e / total if abs(total) >= 1e-6 else np.where(present, 1.0 / max(int(present.sum()), 1), 0.0)
         w = c.copy()
     c = np.where(present, c, 0.0)
     w = np.where(present, w, 0.0)
@@ -352,6 +378,10 @@ def from_plan(report, plan, *, conflict_report=None) -> WhatIf:
                         vals.append(s.dot[a, b] / math.sqrt(s.sq[a] * s.sq[b]))
             cos = float(np.mean(vals)) if vals else 0.0
             site_coeffs[s.key] = coefficients(method, res.params, mps, base_param=base_param, cosine=cos)
+            continue
+        if method_linear is Linear.ENERGY_SHARES:
+            energy = np.asarray(s.sq, dtype=np.float64) / max(int(s.numel), 1)
+            site_coeffs[s.key] = coefficients(method, res.params, mps, base_param=base_param, energy=energy)
             continue
         ck = (_freeze(res.params), tuple(_freeze(m) for m in mps), _freeze(base_param))
         sc = cache.get(ck)

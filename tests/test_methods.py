@@ -230,6 +230,17 @@ MERGEKIT_PARAMS = {
     },
     "model_stock": {"filter_wise": (False, False, False)},
     "passthrough": {"scale": (True, None, False)},
+    "multislerp": {
+        "weight": (True, None, True),
+        "normalize_weights": (False, True, False),
+        "eps": (False, 1e-8, False),
+    },
+    "karcher": {"max_iter": (False, 10, False), "tol": (False, 1e-5, False)},
+    "nearswap": {"t": (False, None, True)},
+    "sce": {"int8_mask": (False, False, False), "select_topk": (False, 1.0, False)},
+    "arcee_fusion": {},
+    "ram": {"epsilon": (False, 1e-5, False)},
+    "ramplus_tl": {"r": (False, 0.1, False), "alpha": (False, 0.2, False), "epsilon": (False, 1e-5, False)},
 }
 
 
@@ -242,6 +253,7 @@ def test_registry_names_and_param_specs_match_mergekit():
     from mergescope.methods.base import BaseUse
 
     base_use = {"linear": BaseUse.INPUT, "nuslerp": BaseUse.OPTIONAL, "passthrough": BaseUse.INPUT}
+    base_use |= {"multislerp": BaseUse.OPTIONAL, "karcher": BaseUse.INPUT}
     for name, m in REGISTRY.items():
         assert m.base is base_use.get(name, BaseUse.REQUIRED), name
     assert (REGISTRY["slerp"].min_models, REGISTRY["slerp"].max_models) == (1, 1)

@@ -11,7 +11,20 @@ from __future__ import annotations
 import difflib
 
 from ..errors import InputError
-from . import linear, model_stock, nuslerp, passthrough, slerp, task_arithmetic
+from . import (
+    arcee_fusion,
+    karcher,
+    linear,
+    model_stock,
+    multislerp,
+    nearswap,
+    nuslerp,
+    passthrough,
+    ram,
+    sce,
+    slerp,
+    task_arithmetic,
+)
 from ._util import release_workspace
 from .base import MergeContext, MergeMethod, ParamSpec
 
@@ -24,6 +37,12 @@ REGISTRY: dict[str, MergeMethod] = {
         nuslerp.METHOD,
         model_stock.METHOD,
         passthrough.METHOD,
+        multislerp.METHOD,
+        karcher.METHOD,
+        nearswap.METHOD,
+        sce.METHOD,
+        arcee_fusion.METHOD,
+        *ram.METHODS,
     )
 }
 

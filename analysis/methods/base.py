@@ -64,6 +64,10 @@ class Linear(Enum):
     WEIGHT_SHARES = "weight_shares"  # cᵢ = wᵢ / Σw (nuslerp, linearised)
     STOCK_RATIO = "stock_ratio"  # Model Stock's ratio from the mean pairwise cosine, shared by the models
     SCALE = "scale"  # cᵢ = the model's `scale` (passthrough)
+    EQUAL_MEAN = "equal_mean"  # cᵢ = 1/N over the inputs, the base included when it is one (karcher, linearised)
+    CLIPPED = "clipped"  # cᵢ = 1, an upper bound: each entry of τ clipped to ±t (nearswap)
+    ENERGY_SHARES = "energy_shares"  # cᵢ = ‖τᵢ‖² / Σ‖τⱼ‖², uniform when tiny (sce, before selection and election)
+    OVERLAP_MEAN = "overlap_mean"  # cᵢ = 1/N: averaged where the task vectors overlap (ram, ramplus_tl)
 
 
 class Trim(Enum):
@@ -74,6 +78,8 @@ class Trim(Enum):
     MAGNITUDE_OUTLIERS = "magnitude_outliers"  # drop the smallest and the largest outliers (Breadcrumbs)
     RANDOM = "random"  # keep each entry with probability density (DARE)
     MAGNITUDE_RANDOM = "magnitude_random"  # keep with a probability ranked by |δ| (DELLA)
+    VARIANCE = "variance"  # keep the entries whose task vectors vary most across the models, one mask (SCE)
+    IMPORTANCE_OUTLIERS = "importance_outliers"  # keep |δ|·KL(row) above median + 1.5·IQR (arcee_fusion)
 
     @property
     def by_magnitude(self) -> bool:
