@@ -311,7 +311,7 @@ def chat_template(plan, cks: dict) -> str | None:
     literal Jinja it gives."""
     from collections import Counter
 
-    from .plan.tokenizer_spec import TEMPLATES
+    from .chat_templates import TEMPLATES
 
     t = plan.chat_template
     if not t:

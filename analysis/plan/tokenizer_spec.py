@@ -15,6 +15,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from ..chat_templates import TEMPLATE_NAMES
+
 TOKENIZER_KEYS = ("source", "tokens", "pad_to_multiple_of")
 TOKEN_KEYS = ("source", "force")
 SOURCE_KINDS = ("model_token", "zero")
@@ -135,29 +137,3 @@ def check_chat_template(v, fail) -> str:
 
 def copy_spec(spec: TokenizerSpec | None) -> TokenizerSpec | None:
     return copy.deepcopy(spec)
-
-
-# Named chat templates (written for mergescope: the conventional formats of each family).
-TEMPLATES = {
-    "chatml": (
-        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-        "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-    ),
-    "llama3": (
-        "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
-        "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
-    ),
-    "alpaca": (
-        "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
-        "{% elif message['role'] == 'user' %}{{ '### Instruction:\\n' + message['content'] + '\\n\\n' }}"
-        "{% elif message['role'] == 'assistant' %}{{ '### Response:\\n' + message['content'] + eos_token + '\\n\\n' }}"
-        "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}"
-    ),
-    "mistral": (
-        "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
-        "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
-        "{{ message['content'] + eos_token }}{% endif %}{% endfor %}"
-    ),
-}
-TEMPLATE_NAMES = tuple(TEMPLATES)
