@@ -15,7 +15,7 @@ from pathlib import Path
 from . import __version__
 from .checkpoint.files import METADATA_FILES
 
-CACHE_FORMAT = 3  # entries are {key, format, data}; 3: vocabulary tensors compared on shared tokens
+CACHE_FORMAT = 4  # entries are {key, format, data}; 4: vision tower and projector are groups
 
 
 def user_cache_root() -> Path:

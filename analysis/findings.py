@@ -294,7 +294,7 @@ def metric_findings(report) -> list[Finding]:
             if agg.total.trim_multi_nz and agg.trimmed_sign_conflict > CELL_TRIMMED_CONFLICT_NOTE:
                 cells.append((agg.trimmed_sign_conflict, layer, group))
         if cells:
-            cells.sort(reverse=True)
+            cells.sort(key=lambda c: (c[0], -1 if c[1] is None else c[1], c[2]), reverse=True)
             desc = ", ".join(f"{_cell_name(layer, g)} {v:.0%}" for v, layer, g in cells[:4])
             out.append(
                 Finding(

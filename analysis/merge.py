@@ -247,6 +247,10 @@ def _output_config(plan: Plan, cks, out_dtypes: list[str], vplan=None) -> dict |
             if isinstance(cfg.get(key), int):
                 cfg[key] = plan.num_layers()
                 break
+    if plan.modules is not None:
+        from .plan.modules import set_layer_counts
+
+        set_layer_counts(plan, cfg)
     if vplan is not None:
         cfg["vocab_size"] = vplan.size
     return cfg

@@ -11,7 +11,10 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-GROUPS = ("embed", "attn", "mlp", "norm", "head", "other")
+GROUPS = ("embed", "attn", "mlp", "norm", "head", "vision", "projector", "other")
+# A vision-language model's vision tower and projector are one group each (their blocks are not the
+# language model's layers). `vision_model.*` alone is a CLIP-style encoder and keeps its layers.
+_PART_GROUP = {"vision_tower": "vision", "multi_modal_projector": "projector"}
 
 # Components that introduce a transformer block index.
 BLOCK_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|block|blocks|resblocks|encoder_layers|decoder_layers)\.(\d+)(?:\.|$)")
@@ -245,6 +248,15 @@ def _global_site(parts: list[str]) -> Site:
 @lru_cache(maxsize=65536)
 def site_of(name: str) -> Site:
     """Where a tensor sits: block index, layer group and module role."""
+    from .model_parts import matched
+
+    part = _PART_GROUP.get(matched(name))
+    if part is not None:
+        return Site(None, part, _stack_site(name).module)
+    return _stack_site(name)
+
+
+def _stack_site(name: str) -> Site:
     m = BLOCK_RE.search(name)
     if m:
         layer = int(m.group(1))

@@ -53,8 +53,34 @@ def run_checks(plan, cks: dict, jobs, report=None) -> Checks:
     """Findings on the plan's inputs: the cached analysis' when given, else sampled ones. Only models
     that some output tensor combines are compared (a passthrough stack of slices mixes nothing)."""
     t0 = time.perf_counter()
+    out = _checks(plan, cks, jobs, report)
+    out.findings += _unlisted_modules(plan, cks)
+    out.findings += [
+        Finding("warning", "ignored-key", plan.source or "plan", f"{path}: {why}")
+        for path, why in plan.unused_settings()
+    ]
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _unlisted_modules(plan, cks) -> list[Finding]:
+    from .plan.modules import unlisted
+
+    return [
+        Finding(
+            "warning",
+            "module-not-listed",
+            plan.config_donor(),
+            f"modules: {name} is not listed, so its {n} tensors are not written (as mergekit); add "
+            f"`{name}:` under `modules:` to keep them",
+        )
+        for name, n in unlisted(plan, cks).items()
+    ]
+
+
+def _checks(plan, cks: dict, jobs, report) -> Checks:
     if report is not None:
-        return Checks(list(report.findings), "analysis", time.perf_counter() - t0)
+        return Checks(list(report.findings), "analysis")
     combined = {x.model for j in jobs if len(j.all_inputs) > 1 for x in j.all_inputs}
     refs = [r for r in plan.referenced_models() if r in combined]
     out = Checks()
@@ -78,7 +104,6 @@ def run_checks(plan, cks: dict, jobs, report=None) -> Checks:
             )
         out.findings += _structure(ck, cks[ref], m, ref)
         out.findings += _sampled(ck, cks[ref], m, ref, out)
-    out.seconds = time.perf_counter() - t0
     return out
 
 

@@ -279,17 +279,13 @@ def _plan_err(text: str):
         ),
         ("merge_method: arcee_fusion\nmodels:\n- model: a\n", "plan.yml: base_model: missing"),
         (
-            "merge_method: arcee_fusion\nbase_model: base\nmodels:\n- model: a\nparameters: {t: 0.5}\n",
+            "merge_method: arcee_fusion\nbase_model: base\nmodels:\n- model: a\nparameters: {qqq: 0.5}\n",
             "unknown parameter for arcee_fusion; arcee_fusion takes: no parameters",
         ),
         ("merge_method: ram\nmodels:\n- model: a\n- model: b\n", "plan.yml: base_model: missing"),
         (
             "merge_method: ram\nbase_model: base\nmodels:\n- model: base\n",
             "ram takes at least 1 models besides the base, got 0",
-        ),
-        (
-            "merge_method: ram\nbase_model: base\nmodels:\n- model: a\n  parameters: {epsilon: 0.1}\n",
-            "models[0].parameters.epsilon: `epsilon` is a global parameter of ram",
         ),
         (
             "merge_method: ramplus_tl\nbase_model: base\nmodels:\n- model: a\nparameters: {epsilom: 0.1}\n",

@@ -281,9 +281,8 @@ def _plan(text):
             "sce takes at least 1 models besides the base",
         ),
         ("merge_method: sce\nbase_model: b\nmodels:\n- model: a\nparameters: {select_topk: 3}\n", "did you mean 0.3"),
-        ("merge_method: sce\nbase_model: b\nmodels:\n- model: a\n  parameters: {weight: 1}\n", "unknown parameter"),
+        ("merge_method: sce\nbase_model: b\nmodels:\n- model: a\n  parameters: {wieght: 1}\n", "unknown parameter"),
         ("merge_method: karcher\nmodels:\n- model: a\nparameters: {max_iter: 2.5}\n", "expects an integer"),
-        ("merge_method: karcher\nmodels:\n- model: a\n  parameters: {tol: 0.1}\n", "is a global parameter"),
         (
             "merge_method: multislerp\nbase_model: base\nmodels:\n- model: base\n",
             "multislerp takes at least 1 models besides the base, got 0",

@@ -218,10 +218,6 @@ TIES = "merge_method: ties\nbase_model: base\nmodels:\n- model: a\n  parameters:
             TIES.replace("weight: 1.0", "weight: 1.0, densty: 0.5"),
             ["plan.yml: models[0].parameters.densty: unknown parameter for ties", "did you mean `density`"],
         ),
-        (
-            TIES.replace("weight: 1.0", "weight: 1.0, normalize: true"),
-            ["models[0].parameters.normalize: `normalize` is a global parameter", "top-level `parameters:`"],
-        ),
         (TIES.replace("ties", "tiess"), ["plan.yml: merge_method: ", "did you mean 'ties'"]),
         (
             "merge_method: slerp\nbase_model: base\nmodels:\n- model: a\n- model: b\nparameters: {t: 0.5}\n",
@@ -251,7 +247,15 @@ TIES = "merge_method: ties\nbase_model: base\nmodels:\n- model: a\n  parameters:
             "merge_method: linear\nmodels:\n- model: a\n- model: b\n  parameters: {weight: 1}\n",
             ["plan.yml: models[0]: no `weight` for 'a'"],
         ),
-        (TIES + "modules: {}\n", ["plan.yml: modules: per-module configs"]),
+        (TIES + "modules: {}\n", ["plan.yml: (top level): give exactly one of `models:`, `slices:` or `modules:`"]),
+        (
+            "merge_method: linear\nmodules: {text_decoder: {models: [{model: a}], slices: [{sources: []}]}}\n",
+            ["plan.yml: modules.text_decoder: give exactly one of `models:` or `slices:` for this module"],
+        ),
+        (
+            "merge_method: linear\nmodules: {text_decoder: {model: a}}\n",
+            ["plan.yml: modules.text_decoder.model: unknown key"],
+        ),
         (TIES + "tokenizer_source: union\ntokenizer: {source: base}\n", ["plan.yml: tokenizer: give either"]),
         (
             TIES + "tokenizer: {pad_to_multiple_of: 0}\n",
@@ -274,7 +278,10 @@ TIES = "merge_method: ties\nbase_model: base\nmodels:\n- model: a\n  parameters:
             "merge_method: passthrough\nslices:\n- sources:\n  - model: a\n    layer_rnge: [0, 1]\n",
             ["plan.yml: slices[0].sources[0].layer_rnge: unknown key", "did you mean `layer_range`"],
         ),
-        ("merge_method: linear\nmodels:\n- model: a\nslices: []\n", ["give exactly one of `models:` or `slices:`"]),
+        (
+            "merge_method: linear\nmodels:\n- model: a\nslices: []\n",
+            ["give exactly one of `models:`, `slices:` or `modules:`"],
+        ),
         (
             "merge_method: linear\nmodels:\n- model: a\n  parameters: {weight: []}\n",
             ["models[0].parameters.weight: is an empty list"],

@@ -65,3 +65,19 @@ def test_matches_mergekit(fam, tmp_path):
     assert set(mk) == set(ms)
     for k in mk:
         assert torch.equal(mk[k], ms[k]), k
+
+
+def test_residual_weight_is_accepted_and_reported_as_unused(fam, tmp_path):
+    """mergekit 0.1.5 parses a slice's residual_weight and never reads it: accepted, kept, warned about."""
+    root, base, a, b = fam
+    text = _yaml(base, a, b).replace(f"- base_model: {a}\n", f"- base_model: {a}\n  residual_weight: 0.5\n")
+    plan = Plan.from_yaml(text, source="p.yml")
+    assert plan.slices[1].residual_weight == 0.5 and Plan.from_yaml(plan.to_yaml()) == plan
+    res = run_merge(plan, tmp_path / "rw")
+    run_merge(Plan.from_yaml(_yaml(base, a, b)), tmp_path / "plain")
+    x, y = load_state(tmp_path / "rw"), load_state(tmp_path / "plain")
+    assert all(torch.equal(x[k], y[k]) for k in x)
+    (f,) = [f for f in res.findings if f.code == "ignored-key"]
+    assert "slices[1].residual_weight" in f.message and "never uses it" in f.message
+    card = (tmp_path / "rw" / "README.md").read_text()
+    assert "residual_weight" in card

@@ -580,3 +580,28 @@ async def test_unfinished_plan_is_explained_inline(family):
         await settle(app, pilot)
         assert text_of(app.main.query_one("#plan-error")).strip() == ""
         assert app.main.query_one(PlanEditor).whatif.method == "slerp"
+
+
+async def test_a_modules_plan_loads_read_only_with_its_what_if(family, tmp_path):
+    base, models = family
+    plan = tmp_path / "modules.yaml"
+    plan.write_text(f"""merge_method: task_arithmetic
+base_model: {base}
+modules:
+  default:
+    parameters: {{weight: 0.25}}
+    models:
+      - model: {models[0]}
+      - model: {models[1]}
+""")
+    app = MergeScopeApp(base, models, str(plan), blink=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await settle(app, pilot)
+        st = app.plan_state
+        assert st.custom is not None and st.custom.modules is not None
+        from mergescope.whatif import from_plan
+
+        r = app.report
+        sites = [s for s in r.sites if s.layer == 1 and s.module == "q_proj"]
+        assert from_plan(r, st.custom).cell(sites).weight[0] == pytest.approx(0.25)

@@ -389,7 +389,7 @@ class PlanState:
         order = [to_idx[r] for r in refs if r in to_idx]
         tables = {}
         try:
-            if plan.slices is not None:
+            if plan.slices is not None or plan.modules is not None:
                 raise InputError("slices")
             for p in state.table_specs():
                 try:

@@ -22,15 +22,19 @@ A plan file is a valid mergekit 0.1.x config  and means the same thing to both t
       Per-model parameters are matched against the *input* tensor name (the source layer), global
       ones against the output tensor name.
 
+- `modules: {NAME: {models | slices, parameters}}` merges each stack of a multi-module model on its
+  own; a module's parameters sit between the slice's and the top-level ones.
+
 Unlike mergekit we refuse unknown keys, misspelled parameters, and anything we would not run the
-same way (`modules:`, `tokenizer:`, `chat_template`, slice `base_model`/`residual_weight`,
-`tokenizer_source: union`). Every error is an `InputError` naming the file and the key path.
+same way (slice `residual_weight`). Every error is an `InputError` naming the file and the key path.
 
 The modules, each importing only those below it:
 
 - `settings`: value coercion, gradients, filter lists and the checks of one setting;
 - `refs`: model references on disk (`BASE+ADAPTER`), opening checkpoints, layer counts;
 - `resolve`: the plan as slices of inputs, per-tensor parameters, tensor jobs;
+- `checks`: inputs per method (model counts, the base, required parameters);
+- `modules`: `modules:` plans as one plan view per module;
 - `schema`: the `Plan` object, its YAML/dict form and `validate`;
 - `groups`: per-group ratio tables written as (and read back from) `models:` plans.
 """
@@ -39,7 +43,18 @@ from ..dtypes import plan_dtype as normalize_dtype
 from .groups import GROUP_FILTERS, LLAMA_FILTERS, OTHER, group_ratios_of, plan_from_group_ratios
 from .refs import close_all
 from .resolve import Resolved, TensorInput, TensorJob, layer_split, with_layer
-from .schema import MODEL_KEYS, SLICE_KEYS, SOURCE_KEYS, TOP_KEYS, ModelEntry, OutputSlice, Plan, SliceSource
+from .schema import (
+    MODEL_KEYS,
+    MODULE_KEYS,
+    SLICE_KEYS,
+    SOURCE_KEYS,
+    TOP_KEYS,
+    ModelEntry,
+    ModuleDef,
+    OutputSlice,
+    Plan,
+    SliceSource,
+)
 from .settings import (
     COND_KEYS,
     coerce_value,
@@ -55,11 +70,13 @@ __all__ = [
     "GROUP_FILTERS",
     "LLAMA_FILTERS",
     "MODEL_KEYS",
+    "MODULE_KEYS",
     "OTHER",
     "SLICE_KEYS",
     "SOURCE_KEYS",
     "TOP_KEYS",
     "ModelEntry",
+    "ModuleDef",
     "OutputSlice",
     "Plan",
     "Resolved",

@@ -4,11 +4,13 @@ This is the form the TUI's plan editor edits and the what-if reads: one mergekit
 model, so the plan it writes stays a plain mergekit config. `group_ratios_of` reads such a plan
 back, and refuses plans that are not of that form.
 
-A table maps (group, band) to one value per model: group in embed/attn/mlp/norm/head/other, band a
+A table maps (group, band) to one value per model: group in embed/attn/mlp/norm/head/vision/projector/other, band a
 half-open block range (start, end) for per-block groups, or None for tensors outside the blocks
 (embed, head, the final norm, and `other` as the catch-all). It is written as filter lists, one per
 model, in this order (first match wins):
 
+    projector      multi_modal_projector / visual.merger (vision-language models)  scalar
+    vision         vision_tower / visual. (the vision tower of such a model)       scalar
     embed (None)   embed_tokens / wte / wpe / word_embeddings / tok_embeddings     scalar
     head (None)    lm_head / embed_out                                              scalar
     norm (None)    model.norm. / ln_f. / final_layernorm / final_layer_norm / norm_f scalar
@@ -36,6 +38,8 @@ from .settings import gradient_position, interpolate, is_catch_all, matching_fil
 
 # (group, banded, filter substrings) per slot, in the order the filter list is written.
 GROUP_FILTERS: tuple[tuple[str, bool, tuple[str, ...]], ...] = (
+    ("projector", False, ("multi_modal_projector", "visual.merger", "visual.deepstack_merger")),
+    ("vision", False, ("vision_tower", "visual.")),
     ("embed", False, ("embed_tokens", "wte", "wpe", "word_embeddings", "tok_embeddings")),
     ("head", False, ("lm_head", "embed_out")),
     ("norm", False, ("model.norm.", "ln_f.", "final_layernorm", "final_layer_norm", "norm_f")),
@@ -44,6 +48,8 @@ GROUP_FILTERS: tuple[tuple[str, bool, tuple[str, ...]], ...] = (
     ("mlp", True, ("mlp", "feed_forward")),
 )
 LLAMA_FILTERS = {
+    ("projector", False): ("multi_modal_projector",),
+    ("vision", False): ("vision_tower",),
     ("embed", False): ("embed_tokens",),
     ("head", False): ("lm_head",),
     ("norm", False): ("model.norm.",),
@@ -76,6 +82,8 @@ def _slot_of(name: str) -> tuple:
     """The slot a tensor belongs to."""
     s = site_of(name)
     banded = layer_split(name) is not None
+    if s.group in ("vision", "projector"):
+        return (s.group, False)
     if s.group in ("embed", "head") and not banded:
         return (s.group, False)
     if s.group == "norm" and not banded:
@@ -151,14 +159,18 @@ def plan_from_group_ratios(
     else:
         other_vals = [float(other)] * n_vals if isinstance(other, (int, float)) else [float(v) for v in other]
     slots = _choose_filters(names)
+    own_slot = {g for g in ("vision", "projector") if names is not None and any(site_of(n).group == g for n in names)}
 
     def setting_for(i: int) -> list:
         entries = []
         for group, banded, filters in slots:
             if not banded:
-                if (group, None) not in table:
+                if (group, None) in table:
+                    value: Any = float(table[(group, None)][i])
+                elif group in own_slot:  # a vision tower / projector: kept out of attn/mlp's filters
+                    value = float(other_vals[i])
+                else:
                     continue
-                value: Any = float(table[(group, None)][i])
             else:
                 bands = sorted((b, v) for (g, b), v in table.items() if g == group and b is not None)
                 if not bands:

@@ -24,16 +24,14 @@ TOP_KEYS = (
     "tokenizer_source",
     "tokenizer",
     "chat_template",
+    "modules",
 )
-_UNSUPPORTED_TOP = {
-    "modules": "per-module configs (multimodal models) are not supported by mergescope; use `models:` or `slices:`",
-}
+MODULE_KEYS = ("models", "slices", "parameters")
 MODEL_KEYS = ("model", "parameters")
-SLICE_KEYS = ("sources", "base_model", "parameters")
+SLICE_KEYS = ("sources", "base_model", "parameters", "residual_weight")
 SOURCE_KEYS = ("model", "layer_range", "parameters")
-_UNSUPPORTED_SLICE = {
-    "residual_weight": "`residual_weight` is not supported by mergescope; remove it",
-}
+# Keys mergekit 0.1.5 accepts and never reads: kept in the plan, reported as ignored.
+_IGNORED_SLICE = {"residual_weight": "mergekit 0.1.5 accepts `residual_weight` but never uses it; so does mergescope"}
 
 
 @dataclass
@@ -54,11 +52,23 @@ class OutputSlice:
     sources: list[SliceSource]
     parameters: dict | None = None
     base_model: str | None = None  # this slice's base instead of the plan's (mergekit's per-slice base)
+    residual_weight: Any = None  # accepted and unused, as mergekit 0.1.5
+
+
+@dataclass
+class ModuleDef:
+    """One module of a multi-module model (`modules: {NAME: ...}`): its own inputs and parameters."""
+
+    models: list[ModelEntry] | None = None
+    slices: list[OutputSlice] | None = None
+    parameters: dict | None = None
+    implied: bool = False  # made from a `models:` plan on a multi-module checkpoint (not written back)
 
 
 def parse(d: Any, source: str | None = None) -> dict:
     """The Plan constructor's keyword arguments for a plan dict (InputError on the first problem)."""
     where = f"{source}: " if source else ""
+    ignored: list[tuple[str, str]] = []  # (key path, why) of keys accepted and not used
 
     def fail(path, msg):
         raise InputError(f"{where}{fmt_path(path)}: {msg}")
@@ -69,8 +79,6 @@ def parse(d: Any, source: str | None = None) -> dict:
             f"a plan is a YAML mapping with at least `merge_method` and `models` or `slices`, got {type(d).__name__}",
         )
     for k in d:
-        if k in _UNSUPPORTED_TOP:
-            fail(str(k), _UNSUPPORTED_TOP[k])
         if k not in TOP_KEYS:
             hint = did_you_mean(str(k), TOP_KEYS)
             fail(str(k), f"unknown key; {hint + ' ' if hint else ''}valid keys: {', '.join(TOP_KEYS)}")
@@ -127,20 +135,15 @@ def parse(d: Any, source: str | None = None) -> dict:
             params(src.get("parameters"), f"{q}.parameters"),
         )
 
-    def entries(key, form):
-        raw = d[key]
+    def entries(container, key, path, form):
+        raw = container[key]
         if not isinstance(raw, list) or not raw:
-            fail(key, f"expected a non-empty list of `{form}` entries")
-        return [(f"{key}[{i}]", e) for i, e in enumerate(raw)]
+            fail(path, f"expected a non-empty list of `{form}` entries")
+        return [(f"{path}[{i}]", e) for i, e in enumerate(raw)]
 
-    base = ref(d["base_model"], "base_model") if d.get("base_model") is not None else None
-    models = slices = None
-    has_models, has_slices = d.get("models") is not None, d.get("slices") is not None
-    if has_models == has_slices:
-        fail("", "give exactly one of `models:` or `slices:`" + (" (both are present)" if has_models else ""))
-    if has_models:
-        models = []
-        for p, m in entries("models", "- model: PATH"):
+    def models_of(container, path):
+        out = []
+        for p, m in entries(container, "models", path, "- model: PATH"):
             if isinstance(m, str):
                 fail(p, f"write `- model: {m}` (each entry is a mapping with `model` and optional `parameters`)")
             if not isinstance(m, dict):
@@ -148,16 +151,18 @@ def parse(d: Any, source: str | None = None) -> dict:
             check_keys(m, MODEL_KEYS, p, fail)
             if "model" not in m:
                 fail(f"{p}.model", "missing; add the model path")
-            models.append(ModelEntry(ref(m["model"], f"{p}.model"), params(m.get("parameters"), f"{p}.parameters")))
-    else:
-        slices = []
-        for p, s in entries("slices", "- sources: [...]"):
+            out.append(ModelEntry(ref(m["model"], f"{p}.model"), params(m.get("parameters"), f"{p}.parameters")))
+        return out
+
+    def slices_of(container, path):
+        out = []
+        for p, s in entries(container, "slices", path, "- sources: [...]"):
             if not isinstance(s, dict):
                 fail(p, f"expected a mapping with `sources`, got {s!r}")
-            for k in s:
-                if k in _UNSUPPORTED_SLICE:
-                    fail(f"{p}.{k}", _UNSUPPORTED_SLICE[k])
             check_keys(s, SLICE_KEYS, p, fail)
+            for k in s:
+                if k in _IGNORED_SLICE:
+                    ignored.append((f"{p}.{k}", _IGNORED_SLICE[k]))
             srcs = s.get("sources")
             if not isinstance(srcs, list) or not srcs:
                 fail(f"{p}.sources", "expected a non-empty list of `- model: PATH, layer_range: [start, end]`")
@@ -170,7 +175,49 @@ def parse(d: Any, source: str | None = None) -> dict:
                     f"(got {', '.join(str(list(sr.layer_range)) for sr in sources)}); fix the layer_range values",
                 )
             sbase = ref(s["base_model"], f"{p}.base_model") if s.get("base_model") is not None else None
-            slices.append(OutputSlice(sources, params(s.get("parameters"), f"{p}.parameters"), sbase))
+            out.append(
+                OutputSlice(sources, params(s.get("parameters"), f"{p}.parameters"), sbase, s.get("residual_weight"))
+            )
+        return out
+
+    def modules_of(raw):
+        if not isinstance(raw, dict) or not raw:
+            fail("modules", "expected a mapping of module names (e.g. `text_decoder:`) to `models:` or `slices:`")
+        if "default" in raw and len(raw) > 1:
+            fail("modules.default", "`default` is the whole model; list it alone or name the modules instead")
+        out = {}
+        for name, m in raw.items():
+            p = f"modules.{name}"
+            if not isinstance(name, str) or not name:
+                fail("modules", f"module names are strings, got {name!r}")
+            if not isinstance(m, dict):
+                fail(p, f"expected a mapping with `models:` or `slices:`, got {m!r}")
+            check_keys(m, MODULE_KEYS, p, fail)
+            has_m, has_s = m.get("models") is not None, m.get("slices") is not None
+            if has_m == has_s:
+                fail(
+                    p,
+                    "give exactly one of `models:` or `slices:` for this module"
+                    + (" (both are present)" if has_m else ""),
+                )
+            out[name] = ModuleDef(
+                models_of(m, f"{p}.models") if has_m else None,
+                slices_of(m, f"{p}.slices") if has_s else None,
+                params(m.get("parameters"), f"{p}.parameters"),
+            )
+        return out
+
+    base = ref(d["base_model"], "base_model") if d.get("base_model") is not None else None
+    forms = [k for k in ("models", "slices", "modules") if d.get(k) is not None]
+    if len(forms) != 1:
+        fail(
+            "",
+            "give exactly one of `models:`, `slices:` or `modules:`"
+            + (f" ({' and '.join(forms)} are present)" if forms else ""),
+        )
+    models = models_of(d, "models") if forms == ["models"] else None
+    slices = slices_of(d, "slices") if forms == ["slices"] else None
+    modules = modules_of(d["modules"]) if forms == ["modules"] else None
     top_params = params(d.get("parameters"), "parameters")
     dts = {key: check_dtype(d.get(key), key, fail) for key in ("dtype", "out_dtype")}
     tok = d.get("tokenizer_source")
@@ -187,10 +234,12 @@ def parse(d: Any, source: str | None = None) -> dict:
         base_model=base,
         models=models,
         slices=slices,
+        modules=modules,
         parameters=top_params,
         dtype=dts.get("dtype"),
         out_dtype=dts.get("out_dtype"),
         tokenizer_source=tok,
         tokenizer=tokenizer,
         chat_template=template,
+        ignored=ignored,
     )

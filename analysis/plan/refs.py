@@ -160,6 +160,10 @@ def close_all(cks: Mapping) -> None:
 # ---------------------------------------------------------------------- layer counts
 def num_layers(plan, checkpoints: Mapping | None = None) -> int:
     """Number of output layers: the sum of slice lengths, or the models' layer count."""
+    if plan.modules is not None:
+        from . import modules
+
+        return modules.num_layers(plan, checkpoints)
     if plan.slices is not None:
         return sum(s.sources[0].layer_range[1] - s.sources[0].layer_range[0] for s in plan.slices)
     refs = [m.model for m in plan.models]
@@ -178,11 +182,18 @@ def layers_of(plan, ref: str, checkpoints: Mapping | None, cache: dict[str, int]
     p, adapter = ref_paths(plan, ref)
     cfg_dir = p if p.is_dir() else p.parent
     n = None
+    module = plan.module_name if plan.module_name not in (None, "default") else None
     cfg = cfg_dir / "config.json"
     if cfg.is_file():
         try:
             c = json.loads(cfg.read_text())
-            n = next((c[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if isinstance(c.get(k), int)), None)
+            if module:
+                from ..model_parts import layer_count_from_config
+
+                n = layer_count_from_config(c, module)
+            else:
+                keys = ("num_hidden_layers", "n_layer", "num_layers")
+                n = next((c[k] for k in keys if isinstance(c.get(k), int)), None)
         except (OSError, ValueError):
             n = None
     if n is None:
@@ -192,7 +203,12 @@ def layers_of(plan, ref: str, checkpoints: Mapping | None, cache: dict[str, int]
             return layers_of(plan, plan.base_model, checkpoints, cache)
         ck = open_ref(plan, ref, p)
         try:
-            n = layer_count(ck.names())
+            names = ck.names()
+            if module:
+                from ..model_parts import split
+
+                names = split(names).get(module, [])
+            n = layer_count(names)
         finally:
             ck.close()
     cache[ref] = int(n)

@@ -112,7 +112,8 @@ def base_is_input(method) -> bool:
 def model_inputs(plan) -> list[tuple[str, str, dict | None]]:
     """The inputs of a `models:` plan as (key path, reference, parameters): the listed models, and a
     base_model that is not listed appended as one more input (as mergekit does)."""
-    entries = [(f"models[{i}]", m.model, m.parameters) for i, m in enumerate(plan.models)]
+    kp = plan.key_prefix
+    entries = [(f"{kp}models[{i}]", m.model, m.parameters) for i, m in enumerate(plan.models)]
     if plan.base_model and plan.base_model not in [m.model for m in plan.models]:
         entries.append(("base_model", plan.base_model, None))
     return entries
@@ -145,17 +146,20 @@ class _NSlice:
 
 def normalized(plan, method, checkpoints: Mapping | None = None, num_layers: int | None = None) -> list[_NSlice]:
     """The plan as slices of sources; a `models:` plan is one slice over all layers of every input."""
+    kp = plan.key_prefix
     if plan.slices is not None:
         out = []
         for i, s in enumerate(plan.slices):
             srcs = [
-                _NSource(src.model, src.layer_range[0], src.layer_range[1], src.parameters, f"slices[{i}].sources[{j}]")
+                _NSource(
+                    src.model, src.layer_range[0], src.layer_range[1], src.parameters, f"{kp}slices[{i}].sources[{j}]"
+                )
                 for j, src in enumerate(s.sources)
             ]
             refs = [x.model for x in srcs]
             sb = slice_base(plan, s)
             base = sb if (sb in refs and not base_is_input(method)) else None
-            out.append(_NSlice(i, srcs, s.parameters, base, f"slices[{i}]"))
+            out.append(_NSlice(i, srcs, s.parameters, base, f"{kp}slices[{i}]"))
         return out
     srcs = []
     counts = {}
@@ -165,13 +169,13 @@ def normalized(plan, method, checkpoints: Mapping | None = None, num_layers: int
         srcs.append(_NSource(ref, 0, n, params, path))
     if len(set(counts.values())) > 1:
         plan.fail(
-            "models",
+            f"{kp}models",
             "the models have different numbers of layers ("
             + ", ".join(f"{r}: {n}" for r, n in counts.items())
             + "); use `slices:` with explicit layer_range values to merge them",
         )
     base = plan.base_model if (plan.base_model and not base_is_input(method)) else None
-    return [_NSlice(0, srcs, None, base, "models")]
+    return [_NSlice(0, srcs, None, base, f"{kp}models")]
 
 
 def slice_base(plan, s) -> str | None:
@@ -179,83 +183,16 @@ def slice_base(plan, s) -> str | None:
     return s.base_model or plan.base_model
 
 
-def check_inputs(plan, method) -> None:
-    """The inputs of each slice, before any file is opened: no duplicates, the base among them when
-    the method uses it as the base, and as many models as the method takes."""
-    base_input = base_is_input(method)
-    if plan.models is not None:
-        groups = [("models", [ref for _, ref, _ in model_inputs(plan)], plan.base_model)]
-    else:
-        groups = [
-            (f"slices[{i}].sources", [src.model for src in s.sources], slice_base(plan, s))
-            for i, s in enumerate(plan.slices)
-        ]
-    for path, group, base in groups:
-        dup = next((r for r in group if group.count(r) > 1), None)
-        if dup is not None:
-            plan.fail(path, f"{dup!r} is listed twice; each model may appear once per slice")
-        if base and not base_input and base not in group:
-            plan.fail(
-                path,
-                f"base_model {base!r} is not among the sources; add a source `- model: {base}` with the same layer_range",
-            )
-        if method.base is BaseUse.REQUIRED and not base:
-            plan.fail(
-                path, f"this slice has no base model; {method.name} needs one: set `base_model` here or at the top"
-            )
-        n = len([r for r in group if base_input or r != base])
-        lo, hi = method.min_models, method.max_models
-        what = "models besides the base" if method.base is not BaseUse.INPUT else "input models"
-        if n < lo or (hi is not None and n > hi):
-            need = f"exactly {lo}" if hi == lo else (f"{lo} to {hi}" if hi is not None else f"at least {lo}")
-            extra = ""
-            if method.base is BaseUse.INPUT and plan.base_model and plan.models is not None:
-                extra = " (mergekit merges base_model as one more input for this method; remove base_model if it should not be one)"
-            plan.fail(path, f"{method.name} takes {need} {what}, got {n}{extra}")
-
-
-def model_param_chains(plan, base_input: bool) -> Iterator[tuple[str, str, list]]:
-    """(key path, model ref, [settings in precedence order]) for every input that gets per-model params:
-    the source's own parameters, then the slice's, then the top-level ones."""
-    top = plan.parameters
-    if plan.models is not None:
-        for path, ref, p in model_inputs(plan):
-            if base_input or ref != plan.base_model:
-                yield path, ref, [p, top]
-    else:
-        for i, s in enumerate(plan.slices):
-            for j, src in enumerate(s.sources):
-                if base_input or src.model != slice_base(plan, s):
-                    yield f"slices[{i}].sources[{j}]", src.model, [src.parameters, s.parameters, top]
-
-
-def check_required(plan, method) -> None:
-    """Every required parameter is set somewhere: per-model ones along each input's precedence chain,
-    global ones at the top level or in a slice."""
-    base_input = base_is_input(method)
-    for spec in method.params:
-        if not spec.required:
-            continue
-        if spec.per_model:
-            for path, ref, chain in model_param_chains(plan, base_input):
-                if not any(c and spec.name in c for c in chain):
-                    plan.fail(
-                        path,
-                        f"no `{spec.name}` for {ref!r}; {method.name} needs it: add `{spec.name}: ...` "
-                        f"to this model's parameters or to the top-level parameters",
-                    )
-        else:
-            chains = [plan.parameters] + [s.parameters for s in plan.slices or []]
-            if not any(c and spec.name in c for c in chains):
-                plan.fail(
-                    "parameters",
-                    f"no `{spec.name}`; {method.name} needs it: add `{spec.name}: ...` to the top-level parameters",
-                )
+def shared_settings(plan) -> list[tuple[dict | None, str]]:
+    """The settings above a slice, highest precedence first, with their key paths: a module's own
+    `parameters` (in a `modules:` plan), then the top-level ones."""
+    own = [(plan.module_parameters, f"{plan.key_prefix}parameters")] if plan.module_name is not None else []
+    return [*own, (plan.parameters, "parameters")]
 
 
 # ---------------------------------------------------------------------- parameter resolution
 def _resolve_at(plan, method, sl: _NSlice, out_name: str, in_names: Mapping[str, str], t: float) -> tuple[dict, dict]:
-    shared_chain = [(sl.parameters, f"{sl.path}.parameters"), (plan.parameters, "parameters")]
+    shared_chain = [(sl.parameters, f"{sl.path}.parameters"), *shared_settings(plan)]
     params = {}
     for spec in method.params:
         if spec.per_model:
@@ -327,7 +264,7 @@ def tensor_jobs(plan, checkpoints, models: Sequence | None = None) -> Iterator[T
     `checkpoints`: {model reference: Checkpoint} (from `open_checkpoints`), or a base Checkpoint
     with `models` the other checkpoints in `input_models()` order. Reads headers only; raises
     InputError for missing tensors, shape mismatches and unresolvable parameters."""
-    cks = _checkpoint_map(plan, checkpoints, models)
+    cks = checkpoint_map(plan, checkpoints, models)
     method = plan.method()
     slices = normalized(plan, method, cks)
     for sl in slices:
@@ -358,7 +295,7 @@ def tensor_jobs(plan, checkpoints, models: Sequence | None = None) -> Iterator[T
     yield from _global_jobs(plan, method, slices[-1], cks, index, pre=False, vplan=vplan)
 
 
-def _checkpoint_map(plan, checkpoints, models) -> dict:
+def checkpoint_map(plan, checkpoints, models) -> dict:
     if isinstance(checkpoints, Mapping):
         cks = dict(checkpoints)
     else:

@@ -19,13 +19,15 @@ import yaml
 from ..dtypes import PLAN_DTYPES, plan_dtype
 from ..errors import InputError
 from ..methods.base import BaseUse
-from . import refs, resolve
+from . import checks, modules, refs, resolve
 from .parse import (  # noqa: F401  (re-exported)
     MODEL_KEYS,
+    MODULE_KEYS,
     SLICE_KEYS,
     SOURCE_KEYS,
     TOP_KEYS,
     ModelEntry,
+    ModuleDef,
     OutputSlice,
     SliceSource,
     parse,
@@ -63,6 +65,7 @@ class Plan:
         base_model: str | None = None,
         models: list[ModelEntry] | None = None,
         slices: list[OutputSlice] | None = None,
+        modules: dict[str, ModuleDef] | None = None,
         parameters: dict | None = None,
         dtype: str | None = None,
         out_dtype: str | None = None,
@@ -70,11 +73,13 @@ class Plan:
         tokenizer: TokenizerSpec | None = None,
         chat_template: str | None = None,
         source: str | None = None,
+        ignored: list[tuple[str, str]] | None = None,
     ):
         self.merge_method = merge_method
         self.base_model = base_model
         self.models = models
         self.slices = slices
+        self.modules = modules
         self.parameters = parameters
         self.dtype = dtype
         self.out_dtype = out_dtype
@@ -82,7 +87,12 @@ class Plan:
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.source = source  # file the plan came from (for messages and relative paths)
+        self.ignored = list(ignored or [])  # (key path, why): keys accepted and not used, as mergekit
         self._layer_cache: dict[str, int] = {}
+        # set on the per-module views of a `modules:` plan (see `module_views`)
+        self.module_name: str | None = None
+        self.module_parameters: dict | None = None
+        self.key_prefix = ""  # key path of this view's inputs ('modules.NAME.')
 
     # ------------------------------------------------------------------ construction / YAML
     @classmethod
@@ -124,23 +134,11 @@ class Plan:
         d: dict[str, Any] = {"merge_method": self.merge_method}
         if self.base_model is not None:
             d["base_model"] = self.base_model
-        if self.models is not None:
-            d["models"] = [_with_params({"model": m.model}, m.parameters) for m in self.models]
-        if self.slices is not None:
-            d["slices"] = []
-            for s in self.slices:
-                srcs = [
-                    _with_params(
-                        {"model": src.model, "layer_range": [int(src.layer_range[0]), int(src.layer_range[1])]},
-                        src.parameters,
-                    )
-                    for src in s.sources
-                ]
-                d["slices"].append(
-                    _with_params(
-                        {"sources": srcs, **({"base_model": s.base_model} if s.base_model else {})}, s.parameters
-                    )
-                )
+        d.update(_inputs_dict(self.models, self.slices))
+        if self.modules is not None:
+            d["modules"] = {
+                name: _with_params(_inputs_dict(m.models, m.slices), m.parameters) for name, m in self.modules.items()
+            }
         if self.parameters is not None:
             d["parameters"] = copy.deepcopy(self.parameters)
         for k in ("dtype", "out_dtype", "tokenizer_source"):
@@ -207,32 +205,48 @@ class Plan:
         found: list[str] = []
         if self.base_model:
             found.append(self.base_model)
-        for m in self.models or []:
-            found.append(m.model)
-        for s in self.slices or []:
-            if s.base_model:
-                found.append(s.base_model)
-            found.extend(src.model for src in s.sources)
+        parts = [(self.models, self.slices)] + [(m.models, m.slices) for m in (self.modules or {}).values()]
+        for models, slices in parts:
+            for m in models or []:
+                found.append(m.model)
+            for s in slices or []:
+                if s.base_model:
+                    found.append(s.base_model)
+                found.extend(src.model for src in s.sources)
         return list(dict.fromkeys(found))
+
+    def all_slices(self) -> list[OutputSlice]:
+        """The slices of the plan and of all its modules."""
+        return [*(self.slices or []), *(s for m in (self.modules or {}).values() for s in m.slices or [])]
 
     def input_models(self) -> list[str]:
         """The non-base models, in plan order."""
-        bases = {self.base_model, *(s.base_model for s in self.slices or [])}
+        bases = {self.base_model, *(s.base_model for s in self.all_slices())}
         return [r for r in self.referenced_models() if r not in bases]
+
+    def module_views(self) -> list[Plan]:
+        """A `modules:` plan as one plan per module (its inputs, its parameters above the top-level
+        ones, key paths under `modules.NAME.`), in the order written; [] for other plans."""
+        return modules.views(self)
 
     def _param_sites(self) -> Iterator[tuple[str, dict, str]]:
         """(key path, params dict, scope) for every parameters block; scope is 'model' or 'shared'."""
-        if self.parameters is not None:
+        kp = self.key_prefix
+        if self.parameters is not None and self.module_name is None:
             yield "parameters", self.parameters, "shared"
+        if self.module_parameters is not None:
+            yield f"{kp}parameters", self.module_parameters, "shared"
         for i, m in enumerate(self.models or []):
             if m.parameters is not None:
-                yield f"models[{i}].parameters", m.parameters, "model"
+                yield f"{kp}models[{i}].parameters", m.parameters, "model"
         for i, s in enumerate(self.slices or []):
             if s.parameters is not None:
-                yield f"slices[{i}].parameters", s.parameters, "shared"
+                yield f"{kp}slices[{i}].parameters", s.parameters, "shared"
             for j, src in enumerate(s.sources):
                 if src.parameters is not None:
-                    yield f"slices[{i}].sources[{j}].parameters", src.parameters, "model"
+                    yield f"{kp}slices[{i}].sources[{j}].parameters", src.parameters, "model"
+        for view in self.module_views():
+            yield from view._param_sites()
 
     def validate(self, open_models: bool = False, check_paths: bool = True) -> None:
         """Method-aware checks before any tensor is read: parameters (names, scopes, values), method
@@ -241,22 +255,21 @@ class Plan:
         tensor's parameters (reads headers only, never tensor data)."""
         method = self.method()
         names = [p.name for p in method.params]
+        known = _known_parameters()
         for path, params, scope in self._param_sites():
             for pname, setting in params.items():
                 spec = method.param(pname)
+                if spec is None and pname in known:
+                    continue  # another method's parameter: ignored, as mergekit (see `unused_settings`)
                 if spec is None:
-                    hint = did_you_mean(pname, names)
+                    hint = did_you_mean(pname, names) or did_you_mean(pname, sorted(known))
                     self.fail(
                         f"{path}.{pname}",
                         f"unknown parameter for {method.name}; {hint + ' ' if hint else ''}"
                         f"{method.name} takes: {', '.join(names) or 'no parameters'}",
                     )
                 if scope == "model" and not spec.per_model:
-                    self.fail(
-                        f"{path}.{pname}",
-                        f"`{pname}` is a global parameter of {method.name}, not a per-model one; "
-                        f"move it to the top-level `parameters:`",
-                    )
+                    continue  # mergekit ignores a global parameter in a model's parameters
                 check_setting_values(setting, spec, f"{path}.{pname}", self.fail)
         for key in ("dtype", "out_dtype"):
             v = getattr(self, key)
@@ -265,14 +278,15 @@ class Plan:
         if (
             method.base is BaseUse.REQUIRED
             and not self.base_model
-            and not (self.slices and all(s.base_model for s in self.slices))
+            and not (self.all_slices() and all(s.base_model for s in self.all_slices()))
         ):
             self.fail(
                 "base_model",
                 f"missing: {method.name} merges task vectors relative to a base model; add `base_model: PATH`",
             )
-        resolve.check_inputs(self, method)
-        resolve.check_required(self, method)
+        for view in self.module_views() or [self]:
+            checks.check_inputs(view, method)
+            checks.check_required(view, method)
         if check_paths or open_models:
             self.check_paths()
         if open_models:
@@ -282,6 +296,28 @@ class Plan:
                     pass
             finally:
                 refs.close_all(cks)
+
+    def unused_settings(self) -> list[tuple[str, str]]:
+        """(key path, why) of every key the plan sets that the merge does not use (mergekit ignores
+        them too): another method's parameters, a global parameter in a model's parameters, and keys
+        mergekit accepts but never reads. The pre-merge checks report them as warnings."""
+        method = self.method()
+        names = ", ".join(p.name for p in method.params) or "no parameters"
+        out = list(self.ignored)
+        for path, params, scope in self._param_sites():
+            for pname in params:
+                spec = method.param(pname)
+                if spec is None:
+                    out.append((f"{path}.{pname}", f"`{pname}` is ignored by {method.name} (it takes: {names})"))
+                elif scope == "model" and not spec.per_model:
+                    out.append(
+                        (
+                            f"{path}.{pname}",
+                            f"`{pname}` is a global parameter of {method.name}, ignored in a model's parameters "
+                            "(as mergekit); move it to the top-level `parameters:`",
+                        )
+                    )
+        return out
 
     # ------------------------------------------------------------------ models on disk (refs)
     def model_path(self, ref: str) -> Path:
@@ -323,6 +359,11 @@ class Plan:
 
         Needs the layer count for `models:` plans (taken from `num_layers`, the checkpoints, or the
         base's config.json)."""
+        if self.modules is not None:
+            return modules.resolve(self, tensor_name, num_layers=num_layers, checkpoints=checkpoints)
+        own = modules.implied_for(self, tensor_name)
+        if own is not None:
+            return modules.resolve(own, tensor_name, checkpoints=checkpoints)
         return resolve.resolve(self, tensor_name, num_layers=num_layers, checkpoints=checkpoints)
 
     def tensor_jobs(self, checkpoints, models: Sequence | None = None) -> Iterator[resolve.TensorJob]:
@@ -331,7 +372,11 @@ class Plan:
         `checkpoints`: {model reference: Checkpoint} (from `open_checkpoints`), or a base Checkpoint
         with `models` the other checkpoints in `input_models()` order. Reads headers only; raises
         InputError for missing tensors, shape mismatches and unresolvable parameters."""
-        return resolve.tensor_jobs(self, checkpoints, models)
+        cks = resolve.checkpoint_map(self, checkpoints, models)
+        if self.modules is not None:
+            return modules.tensor_jobs(self, cks)
+        implied = modules.implied(self, cks)  # a multi-module checkpoint: module by module, as mergekit
+        return modules.tensor_jobs(implied, cks) if implied is not None else resolve.tensor_jobs(self, cks)
 
     # ------------------------------------------------------------------ output metadata
     def config_donor(self) -> str:
@@ -352,6 +397,34 @@ class Plan:
 
     def compute_dtype(self):
         return torch_dtype(self.dtype) if self.dtype else None
+
+
+def _known_parameters() -> set[str]:
+    """Every parameter name some registered method takes (mergekit's vocabulary of parameters)."""
+    from ..methods import REGISTRY
+
+    return {p.name for m in REGISTRY.values() for p in m.params}
+
+
+def _inputs_dict(models, slices) -> dict:
+    d: dict[str, Any] = {}
+    if models is not None:
+        d["models"] = [_with_params({"model": m.model}, m.parameters) for m in models]
+    if slices is not None:
+        d["slices"] = []
+        for s in slices:
+            srcs = [
+                _with_params(
+                    {"model": src.model, "layer_range": [int(src.layer_range[0]), int(src.layer_range[1])]},
+                    src.parameters,
+                )
+                for src in s.sources
+            ]
+            entry = {"sources": srcs, **({"base_model": s.base_model} if s.base_model else {})}
+            if s.residual_weight is not None:
+                entry["residual_weight"] = s.residual_weight
+            d["slices"].append(_with_params(entry, s.parameters))
+    return d
 
 
 def _with_params(entry: dict, parameters: dict | None) -> dict:

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         "--threads", type=int, default=None, help="OMP_NUM_THREADS for the child (on a loaded machine 1 beats 2)"
     )
     a = ap.parse_args(argv)
-    base, ft0 = generate(REPO / "bench_data" / a.size, size=a.size, finetunes=3)[:2]
+    base, ft0 = generate(REPO / "bench_data" / a.size, size=a.size, finetunes=1)[:2]
     work = REPO / "bench_data" / "_extract_lora"
     work.mkdir(parents=True, exist_ok=True)
     print(
