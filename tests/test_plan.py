@@ -510,3 +510,17 @@ def test_group_ratios_of_rejects_hand_written_filters():
     )
     with pytest.raises(InputError, match=r"x.yml: models\[0\].parameters.weight\[0\].filter: 'q_proj' is not one of"):
         group_ratios_of(p, num_layers=2)
+
+
+def test_a_plan_with_an_extension_method_says_so_in_a_yaml_comment(monkeypatch):
+    import dataclasses
+
+    from mergescope import methods
+
+    ext = dataclasses.replace(methods.REGISTRY["linear"], name="x_linear", extension=True)
+    monkeypatch.setitem(methods.REGISTRY, "x_linear", ext)
+    plan = Plan.from_yaml("merge_method: x_linear\nmodels:\n- model: a\n  parameters: {weight: 1}\n")
+    text = plan.to_yaml()
+    assert text.startswith("# merge_method x_linear is a mergescope extension") and "mergekit-yaml refuses it" in text
+    assert Plan.from_yaml(text) == plan
+    assert Plan.from_yaml("merge_method: linear\nmodels:\n- model: a\n").to_yaml().startswith("merge_method: linear")

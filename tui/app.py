@@ -322,7 +322,11 @@ class MergeScopeApp(EvalJobs, App):
             except InputError as exc:
                 self.show_error(exc, what="export")
                 return
-            self.notify(f"plan written to {target}")
+            note = plan.extension_note()
+            if note:
+                self.notify(f"plan written to {target}; {note}", severity="warning")
+            else:
+                self.notify(f"plan written to {target}")
 
         self.push_screen(
             PathPrompt(

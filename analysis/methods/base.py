@@ -103,6 +103,7 @@ class MergeMethod:
     trim: Trim = Trim.NONE
     elects_signs: bool = False  # TIES sign consensus: entries disagreeing with the elected sign drop out
     randomized: bool = False
+    extension: bool = False  # not a mergekit 0.1.5 method (plans using it say so; mergekit cannot run them)
     description: str = ""
     # Optional streaming CPU kernel: stream(raw_base, raw_tensors, model_params, params, ctx, out_dtype)
     # gets the STORED tensors (any float dtype, e.g. memory-mapped bf16), computes in float32 exactly

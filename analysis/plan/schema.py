@@ -152,8 +152,22 @@ class Plan:
         return d
 
     def to_yaml(self) -> str:
-        return yaml.dump(
+        text = yaml.dump(
             self.to_dict(), Dumper=_FlowDumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=120
+        )
+        note = self.extension_note()
+        return f"# {note}\n{text}" if note else text
+
+    def extension_note(self) -> str | None:
+        """Why mergekit cannot run this plan (its method is a mergescope extension), or None."""
+        from ..methods import REGISTRY
+
+        m = REGISTRY.get(self.merge_method)
+        if m is None or not m.extension:
+            return None
+        return (
+            f"merge_method {m.name} is a mergescope extension, not a mergekit 0.1.5 method: "
+            "run this plan with `mergescope merge` (mergekit-yaml refuses it)"
         )
 
     def dump(self, path: str | os.PathLike) -> None:
@@ -400,10 +414,11 @@ class Plan:
 
 
 def _known_parameters() -> set[str]:
-    """Every parameter name some registered method takes (mergekit's vocabulary of parameters)."""
+    """Every parameter name some mergekit method takes (mergekit's vocabulary of parameters; the
+    extensions' own names stay errors elsewhere)."""
     from ..methods import REGISTRY
 
-    return {p.name for m in REGISTRY.values() for p in m.params}
+    return {p.name for m in REGISTRY.values() if not m.extension for p in m.params}
 
 
 def _inputs_dict(models, slices) -> dict:
