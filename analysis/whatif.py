@@ -74,6 +74,7 @@ def method_note(method: str) -> str:
         Linear.EQUAL_MEAN: f"{method}: linearised (≈ the plain mean of the inputs for small angles)",
         Linear.CLIPPED: f"{method}: upper bound — the whole task vector; its entries beyond ±t are cut (not modelled)",
         Linear.OVERLAP_MEAN: f"{method}: the mean of the task vectors; entries one model alone moves keep it whole",
+        Linear.SUBSPACE: f"{method}: the task sum × alpha; its per-matrix subspaces and rescaled spectrum not modelled",
     }.get(m.linear, f"{method}: not modelled")
 
 
@@ -149,6 +150,9 @@ def coefficients(
     elif kind is Linear.EQUAL_MEAN:  # karcher: each input weighs 1/N, the base too when it is one
         k = int(present.sum()) + (1 if base_param is not None else 0)
         c = np.where(present, 1.0 / max(k, 1), 0.0)
+        w = c.copy()
+    elif kind is Linear.SUBSPACE:  # tsv / iso: alpha·Σ τᵢ to first order (exact for orthogonal task subspaces)
+        c = np.where(present, _num(params.get("alpha"), 1.0), 0.0)
         w = c.copy()
     elif kind is Linear.CLIPPED:  # nearswap: θ₀ + clip(τ, −t, t), at most the whole task vector
         c = np.where(present, 1.0, 0.0)

@@ -4,6 +4,9 @@ Semantics and parameter defaults are mergekit 0.1.5's (see each module's docstri
 `per_model=True` are mergekit's per-input ("tensor") parameters, set under `models[i].parameters`
 (or `slices[].sources[i].parameters`); when a model does not set one, mergekit falls back to the
 top-level `parameters:` value, then to the default. The others are global.
+
+The extensions (`extension=True`: tsv, iso_c, iso_cts) are mergescope's own, not mergekit methods;
+their modules cite the papers and reference code they follow.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import difflib
 from ..errors import InputError
 from . import (
     arcee_fusion,
+    iso,
     karcher,
     linear,
     model_stock,
@@ -24,6 +28,7 @@ from . import (
     sce,
     slerp,
     task_arithmetic,
+    tsv,
 )
 from ._util import release_workspace
 from .base import MergeContext, MergeMethod, ParamSpec
@@ -43,6 +48,8 @@ REGISTRY: dict[str, MergeMethod] = {
         sce.METHOD,
         arcee_fusion.METHOD,
         *ram.METHODS,
+        tsv.METHOD,  # mergescope extensions (`extension=True`): not mergekit methods
+        *iso.METHODS,
     )
 }
 

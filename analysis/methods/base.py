@@ -32,6 +32,7 @@ class ParamSpec:
     min: float | None = None
     max: float | None = None
     help: str = ""
+    exclusive: bool = False  # min and max themselves are refused (an open interval)
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Linear(Enum):
     CLIPPED = "clipped"  # cᵢ = 1, an upper bound: each entry of τ clipped to ±t (nearswap)
     ENERGY_SHARES = "energy_shares"  # cᵢ = ‖τᵢ‖² / Σ‖τⱼ‖², uniform when tiny (sce, before selection and election)
     OVERLAP_MEAN = "overlap_mean"  # cᵢ = 1/N: averaged where the task vectors overlap (ram, ramplus_tl)
+    SUBSPACE = "subspace"  # cᵢ = alpha: the task sum, re-based per matrix on orthogonalised / isotropic subspaces
 
 
 class Trim(Enum):

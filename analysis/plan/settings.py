@@ -106,10 +106,11 @@ def coerce_value(value, spec) -> Any:
             raise _CoerceError(f"expects a scalar, got {value!r}")
         out = value
     if is_number(out):
-        if spec.min is not None and out < spec.min:
-            raise _CoerceError(f"must be >= {spec.min}, got {out}")
-        if spec.max is not None and out > spec.max:
-            raise _CoerceError(f"must be <= {spec.max}, got {out}{_likely(out, spec)}")
+        ex = getattr(spec, "exclusive", False)
+        if spec.min is not None and (out <= spec.min if ex else out < spec.min):
+            raise _CoerceError(f"must be {'>' if ex else '>='} {spec.min}, got {out}")
+        if spec.max is not None and (out >= spec.max if ex else out > spec.max):
+            raise _CoerceError(f"must be {'<' if ex else '<='} {spec.max}, got {out}{_likely(out, spec)}")
     return out
 
 
