@@ -13,6 +13,7 @@ from .device import resolve_device
 from .findings import collect_meta, findings_for
 from .report import DEFAULT_DENSITY, Report
 from .scan import Progress, ShouldStop, analyze_checkpoints
+from .spectral import Weights
 
 
 def analyze(
@@ -26,31 +27,90 @@ def analyze(
     should_stop: ShouldStop | None = None,
     labels: Sequence[str] | None = None,
     cache_only: bool = False,
+    spectral: int | None = None,
+    spectral_weights: Weights | None = None,
+    spectral_weights_key: str | None = None,
 ) -> Report | None:
     """Analyse BASE + MODELS (paths); `labels` (base first) name them in the report instead of the paths.
-    `cache_only`: return the cached report or None, never compute."""
+    `cache_only`: return the cached report or None, never compute.
+    `spectral=K` adds `report.spectral` (spectral.py, rank K), cached apart from the analysis (so a cached
+    analysis is reused and only the spectral pass runs). `spectral_weights` (tensor name -> per-model
+    coefficients, e.g. `spectral.weights_from_whatif`) weigh the merged task vector of the SAR; its result
+    is cached only under a `spectral_weights_key` naming those weights (e.g. a hash of the plan)."""
     if not model_paths:
         from .errors import InputError
 
         raise InputError("give at least one fine-tuned MODEL after the BASE")
+    if spectral is not None and spectral < 1:
+        from .errors import InputError
+
+        raise InputError(f"--rank {spectral}: must be at least 1 (the top-K singular directions; 64 is typical)")
     device = resolve_device(device)
     base, models = open_models(base_path, model_paths, labels)
     key = cache.cache_key(base, models, density=density) if use_cache else None
-    if key:
-        report = _from_cache(key)
-        if report is not None:
-            return report
+    report = _from_cache(key) if key else None
+    if report is None:
+        if cache_only:
+            return None
+        report = analyze_checkpoints(
+            base, models, density=density, device=device, progress=progress, should_stop=should_stop
+        )
+        report.structure["meta"] = {ck.label: collect_meta(ck) for ck in [base, *models]}
+        report.findings = findings_for(report)
+        if key:
+            cache.store(key, report.to_json())
+        report.structure["from_cache"] = False
+    if spectral is not None:
+        report.spectral = _spectral(
+            base,
+            models,
+            spectral,
+            device=device,
+            weights=spectral_weights,
+            weights_key=spectral_weights_key,
+            use_cache=use_cache,
+            cache_only=cache_only,
+            progress=progress,
+            should_stop=should_stop,
+        )
+    return report
+
+
+def _spectral(base, models, rank, *, device, weights, weights_key, use_cache, cache_only, progress, should_stop):
+    """The spectral result at `rank`: from its own cache entry (keyed by the inputs, K and the weights,
+    not by the density), else computed and stored; None when `cache_only` finds none."""
+    from .scan import AnalysisCancelled
+    from .spectral import FORMAT, SpectralCancelled, SpectralResult, analyze_spectral
+
+    key = None
+    if use_cache and (weights is None or weights_key):
+        key = cache.cache_key(base, models, spectral_rank=rank, spectral_format=FORMAT, weights=weights_key)
+        data = cache.load(key)
+        if data is not None:
+            try:
+                res = SpectralResult.from_json(data, [m.label for m in models])
+                res.from_cache = True
+                return res
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+                pass  # recomputed and overwritten
     if cache_only:
         return None
-    report = analyze_checkpoints(
-        base, models, density=density, device=device, progress=progress, should_stop=should_stop
-    )
-    report.structure["meta"] = {ck.label: collect_meta(ck) for ck in [base, *models]}
-    report.findings = findings_for(report)
+    try:
+        res = analyze_spectral(
+            base,
+            models,
+            rank=rank,
+            device=device,
+            weights=weights,
+            weights_label=weights_key or ("custom" if weights is not None else None),
+            progress=progress,
+            should_stop=should_stop,
+        )
+    except SpectralCancelled:
+        raise AnalysisCancelled() from None
     if key:
-        cache.store(key, report.to_json())
-    report.structure["from_cache"] = False
-    return report
+        cache.store(key, res.to_json())
+    return res
 
 
 def _from_cache(key: str) -> Report | None:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .naming import GROUPS
+from .spectral import SpectralResult
 
 TOPK_FRACTION = 0.2
 DEFAULT_DENSITY = 0.2  # the TIES trim density the analysis measures at unless told otherwise
@@ -209,6 +210,7 @@ class Report:
     structure: dict = field(default_factory=dict)  # missing/shape/dtype facts gathered during the pass
     elapsed_s: float = 0.0
     bytes_read: int = 0
+    spectral: SpectralResult | None = None  # `analyze(spectral=K)` only (spectral.py); JSON key "spectral"
 
     @property
     def n(self) -> int:
@@ -343,6 +345,7 @@ class Report:
                     "magnitude_asymmetry": _finite(agg.magnitude_asymmetry),
                 }
             )
+        out["spectral"] = self.spectral.to_json() if self.spectral is not None else None
         out["structure"] = self.structure
         out["sites"] = [s.to_dict() for s in self.sites]
         out["elapsed_s"] = self.elapsed_s
@@ -361,6 +364,7 @@ class Report:
             structure=data.get("structure", {}),
             elapsed_s=data.get("elapsed_s", 0.0),
             bytes_read=data.get("bytes_read", 0),
+            spectral=SpectralResult.from_json(data["spectral"], data["models"]) if data.get("spectral") else None,
         )
 
 

@@ -222,7 +222,7 @@ async def test_heatmap_metrics_cursor_and_detail(family):
         assert hm.grid.row_labels[0] == "embed" and "L0" in hm.grid.row_labels
         assert hm.grid.col_labels[:4] == ["all", "q_proj", "k_proj", "v_proj"]
         # every metric key switches the map and the numbers follow the report
-        for metric in METRICS:
+        for metric in [m for m in METRICS if not m.spectral]:
             await pilot.press(metric.key)
             await pilot.pause()
             assert view.metric_id == metric.id
@@ -605,3 +605,40 @@ modules:
         r = app.report
         sites = [s for s in r.sites if s.layer == 1 and s.module == "q_proj"]
         assert from_plan(r, st.custom).cell(sites).weight[0] == pytest.approx(0.25)
+
+
+async def test_spectral_heatmaps_with_the_spectral_pass(family):
+    """`ui --spectral K` runs the spectral pass with the analysis; ! @ # $ show its metrics per cell."""
+    app = app_for(family, spectral=4)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await pilot.press("h")
+        await pilot.pause()
+        view, hm, rep = app.main.query_one(HeatmapView), app.main.query_one(Heatmap), app.report
+        assert rep.spectral is not None and rep.spectral.rank == 4
+        for key, metric_id in (
+            ("exclamation_mark", "spectral_energy"),
+            ("at", "subspace_overlap"),
+            ("number_sign", "sti"),
+            ("dollar_sign", "sar"),
+        ):
+            await pilot.press(key)
+            await pilot.pause()
+            assert view.metric_id == metric_id
+        await pilot.press("exclamation_mark", "down", "right")  # L0, q_proj
+        await pilot.pause(0.1)
+        assert hm.value == pytest.approx(rep.spectral.module_cell(0, "q_proj").spectral_energy(0))
+        assert 0 < hm.value <= 1
+
+
+async def test_spectral_keys_without_the_pass_say_how_to_get_it(family):
+    app = app_for(family)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await pilot.press("h")
+        await pilot.pause()
+        view = app.main.query_one(HeatmapView)
+        await pilot.press("exclamation_mark")
+        await pilot.pause()
+        assert view.metric_id == "relative_norm"
+        assert any("--spectral" in str(n.message) for n in app._notifications)

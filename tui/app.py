@@ -64,6 +64,7 @@ class MergeScopeApp(EvalJobs, App):
         density: float = DEFAULT_DENSITY,
         device: str = "cpu",
         use_cache: bool = True,
+        spectral: int | None = None,
         remember_set: bool = True,
         title: str | None = None,
         blink: bool = True,
@@ -78,6 +79,7 @@ class MergeScopeApp(EvalJobs, App):
         self.density = density
         self.device = device
         self.use_cache = use_cache
+        self.spectral = spectral  # K of the spectral pass run with the analysis (None: not run)
         self.remember_set = remember_set
         self.low_colour = low_colour  # None: detect (16-colour terminals get the background-free heatmap)
         self.session = Session(
@@ -169,6 +171,7 @@ class MergeScopeApp(EvalJobs, App):
                 use_cache=self.use_cache,
                 progress=progress,
                 should_stop=lambda: worker.is_cancelled,
+                spectral=self.spectral if purpose == "main" else None,
             )
         except AnalysisCancelled:
             return

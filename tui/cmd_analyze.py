@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from mergescope.report import DEFAULT_DENSITY
+from mergescope.spectral import DEFAULT_RANK
 
 from .format import SEV_GLYPH, SEV_STYLE  # shared with the Textual app
 from .format import fmt as _fmt
@@ -32,6 +33,17 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument(
+        "--spectral",
+        action="store_true",
+        help="also the spectral interference metrics (top-K SVD of every attention/MLP task vector; slower)",
+    )
+    p.add_argument(
+        "--rank",
+        type=int,
+        metavar="K",
+        help=f"singular directions per matrix for --spectral (default {DEFAULT_RANK})",
+    )
+    p.add_argument(
         "--fail-on", choices=("error", "warning"), help="exit 1 when a finding of this severity (or worse) is found"
     )
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write the analysis cache")
@@ -46,6 +58,10 @@ def run(args) -> int:
 
     err = Console(stderr=True)
     out = Console()
+    if args.rank is not None and not args.spectral:
+        from mergescope.errors import InputError
+
+        raise InputError(f"--rank {args.rank}: only used by --spectral; add --spectral or drop --rank")
     report = _analyze_with_progress(analyze, args, err)
     if args.json:
         path = Path(args.json)
@@ -74,6 +90,7 @@ def _analyze_with_progress(analyze, args, err):
             device=args.device,
             use_cache=not args.no_cache,
             progress=progress,
+            spectral=(args.rank if args.rank is not None else DEFAULT_RANK) if args.spectral else None,
         )
 
 
@@ -136,3 +153,71 @@ def print_report(report, console, quiet: bool = False) -> None:
             ]
         table.add_row(label, *cells)
     console.print(table)
+    if report.spectral is not None:
+        print_spectral(report, console)
+
+
+def print_spectral(report, console) -> None:
+    """The spectral pass: a summary (per model, per pair, whole model) and a table per layer."""
+    from rich.table import Table
+    from rich.text import Text
+
+    sp = report.spectral
+    whole = sp.whole()
+    k = sp.rank
+    src = "cached" if sp.from_cache else f"in {sp.elapsed_s:.1f}s"
+    console.print(
+        Text.assemble(
+            ("spectral", "bold"), f" (rank {k}, {whole.matrices} attention/MLP matrices, {src}): STI {_fmt(whole.sti)}"
+        )
+    )
+    capped = f"; 95% needed more than {k} in {whole.sar_capped:.0%} of the matrices" if whole.sar_capped else ""
+    console.print(
+        Text(
+            f"SAR projects on the merged task vector's top {whole.sar_rank:.1f} directions (mean), "
+            f"{whole.merged_energy:.0%} of its energy{capped}",
+            style="dim",
+        )
+    )
+    summary = Table(box=None, header_style="bold")
+    for col in ("model", f"energy@{k}", "SAR"):
+        summary.add_column(col, justify="left" if col == "model" else "right")
+    for i, m in enumerate(report.models):
+        summary.add_row(m, _fmt(whole.spectral_energy(i), pct=True), _fmt(whole.sar(i)))
+    console.print(summary)
+    short = _short_names(report.models)
+    if report.n >= 2:
+        pairs = Table(box=None, header_style="bold")
+        for col in ("pair", "subspace overlap"):
+            pairs.add_column(col, justify="left" if col == "pair" else "right")
+        for i in range(report.n):
+            for j in range(i + 1, report.n):
+                pairs.add_row(f"{short[i]} – {short[j]}", _fmt(whole.subspace_overlap(i, j)))
+        console.print(pairs)
+    table = Table(title="spectral per layer (attention + MLP)", title_justify="left", box=None, header_style="bold")
+    table.add_column("layer")
+    for s in short:
+        table.add_column(f"E@{k} {s}", justify="right")
+    for s in short:
+        table.add_column(f"SAR {s}", justify="right")
+    if report.n >= 2:
+        table.add_column("overlap", justify="right")
+        table.add_column("STI", justify="right")
+    rows = [(f"L{layer}", layer, None) for layer in sp.layers()]
+    rows += [(g, None, g) for layer, g in sp.cell_keys() if layer is None]
+    for label, layer, group in rows:
+        agg = sp.row_cell(layer, group)
+        cells = [_fmt(agg.spectral_energy(i), pct=True) for i in range(report.n)]
+        cells += [_fmt(agg.sar(i)) for i in range(report.n)]
+        if report.n >= 2:
+            ov = [agg.subspace_overlap(i, j) for i in range(report.n) for j in range(i + 1, report.n)]
+            cells += [_fmt(sum(ov) / len(ov)), _fmt(agg.sti)]
+        table.add_row(label, *cells)
+    console.print(table)
+    console.print(
+        Text(
+            f"E@{k}: share of ‖Δ‖² in the top {k} directions; SAR: ‖PΔ‖/‖Δ‖ on the merged task vector's top "
+            "subspace; overlap: mean over pairs; STI: task singular interference (README, The analysis)",
+            style="dim",
+        )
+    )

@@ -21,6 +21,16 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda for the analysis and the merge (default cpu)")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write the analysis cache")
     p.add_argument(
+        "--spectral",
+        nargs="?",
+        type=int,
+        const=64,
+        default=None,
+        metavar="K",
+        help="also run the spectral pass (top-K SVD of every attention/MLP task vector, K = 64 by default) "
+        "for the heatmap's spectral metrics (keys ! @ # $)",
+    )
+    p.add_argument(
         "--eval-text", nargs="+", default=[], metavar="FILE", help="held-out text files for the Evaluate tab"
     )
 
@@ -41,6 +51,7 @@ def run(args) -> int:
         density=args.density,
         device=args.device,
         use_cache=not args.no_cache,
+        spectral=args.spectral,
         texts=args.eval_text,
     )
     app.run()

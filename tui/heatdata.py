@@ -54,6 +54,7 @@ class Metric:
     diverging: bool = False  # centred on 0 (cosines)
     help: str = ""
     short: str = ""  # for narrow titles
+    spectral: bool = False  # read from the report's spectral pass (`analyze --spectral`), on its aggregates
 
     @property
     def title(self) -> str:
@@ -156,6 +157,49 @@ METRICS: tuple[Metric, ...] = (
         help="1 = unchanged; fine-tunes of this base stay close to 1",
         short="cos to base",
     ),
+    # the spectral pass (opt-in): keys shift+1..4
+    Metric(
+        "spectral_energy",
+        "exclamation_mark",
+        "spectral energy (top-K share of ‖τᵢ‖²)",
+        "model",
+        lambda a, i, j: a.spectral_energy(i),
+        pct=True,
+        help="Σ_{j≤K} σⱼ² / ‖τᵢ‖²: high = the fine-tune's change is low-rank",
+        short="spectral energy",
+        spectral=True,
+    ),
+    Metric(
+        "subspace_overlap",
+        "at",
+        "subspace overlap of τᵢ, τⱼ",
+        "pair",
+        lambda a, i, j: a.subspace_overlap(i, j),
+        help="(‖UᵢᵀUⱼ‖² + ‖VᵢᵀVⱼ‖²)/2K: 0 = orthogonal singular subspaces, 1 = the same",
+        short="overlap",
+        spectral=True,
+    ),
+    Metric(
+        "sti",
+        "number_sign",
+        "task singular interference (STI)",
+        "all",
+        lambda a, i, j: a.sti,
+        help="‖(ÛᵀÛ−I) Σ̂ (V̂ᵀV̂−I)‖₁ / ‖Σ̂‖₁ over the models' top-K triplets: 0 = no interference",
+        short="STI",
+        spectral=True,
+    ),
+    Metric(
+        "sar",
+        "dollar_sign",
+        "subspace alignment ratio (SAR)",
+        "model",
+        lambda a, i, j: a.sar(i),
+        pct=True,
+        help="‖Pτᵢ‖/‖τᵢ‖, P on the merged task vector's top singular vectors (95 % of its energy)",
+        short="SAR",
+        spectral=True,
+    ),
 )
 METRIC_BY_ID = {m.id: m for m in METRICS}
 
@@ -200,7 +244,11 @@ class HeatData:
     def columns(self, mode: str) -> list[str]:
         return self.aggregates(mode)[0]
 
-    def aggregates(self, mode: str) -> tuple[list[str], list[list[Aggregate | None]]]:
+    def aggregates(self, mode: str, spectral: bool = False) -> tuple[list[str], list[list[Aggregate | None]]]:
+        """Per column mode: the columns, and one aggregate per (row, column); `spectral`: of the
+        spectral pass's sites (SpectralAggregate), bucketed the same way, under the same columns."""
+        if spectral:
+            return self._spectral_aggregates(mode)
         if mode in self._aggs:
             return self._aggs[mode]
         rep = self.report
@@ -233,6 +281,27 @@ class HeatData:
         self._sites[mode] = site_grid
         return self._aggs[mode]
 
+    def _spectral_aggregates(self, mode: str):
+        key = ("spectral", mode)
+        if key in self._aggs:
+            return self._aggs[key]
+        from mergescope.spectral import SpectralAggregate
+
+        cols = self.columns(mode)
+        sp = self.report.spectral
+        sites = sp.sites if sp is not None else []
+        grid = []
+        for _, layer, group in self.rows:
+            row_sites = [s for s in sites if s.layer == layer and (group is None or s.group == group)]
+            col_of = (lambda s: s.module) if mode == "modules" else (lambda s: s.group)  # noqa: E731
+            row = [SpectralAggregate(row_sites, sp.n) if row_sites else None]
+            for c in cols[1:]:
+                inner = [s for s in row_sites if layer is not None and col_of(s) == c]
+                row.append(SpectralAggregate(inner, sp.n) if inner else None)
+            grid.append(row)
+        self._aggs[key] = (cols, grid)
+        return self._aggs[key]
+
     def sites(self, mode: str) -> list[list[list]]:
         """The SiteStats behind every cell of `mode`'s grid (empty lists where there are none)."""
         self.aggregates(mode)
@@ -245,7 +314,7 @@ class HeatData:
         return None
 
     def grid(self, metric: Metric, mode: str, i: int = 0, j: int = 1, title: str = "") -> Grid:
-        cols, aggs = self.aggregates(mode)
+        cols, aggs = self.aggregates(mode, spectral=metric.spectral)
         values = []
         for row in aggs:
             out = []

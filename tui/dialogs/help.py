@@ -10,36 +10,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-NICE = {
-    "escape": "Esc",
-    "enter": "Enter",
-    "question_mark": "?",
-    "plus": "+",
-    "minus": "-",
-    "equals_sign": "=",
-    "underscore": "_",
-    "left_square_bracket": "[",
-    "right_square_bracket": "]",
-    "pageup": "PgUp",
-    "pagedown": "PgDn",
-    "up": "↑",
-    "down": "↓",
-    "left": "←",
-    "right": "→",
-    "tab": "Tab",
-    "shift+tab": "Shift+Tab",
-    "full_stop": ".",
-    "comma": ",",
-    "slash": "/",
-    "less_than_sign": "<",
-    "greater_than_sign": ">",
-    "asterisk": "*",
-    "number_sign": "#",
-}
-
-
-def key_label(key: str) -> str:
-    return "/".join(NICE.get(k, k.replace("ctrl+", "Ctrl+")) for k in key.split(","))
+from ..keylabels import key_label
 
 
 def _owners(screen) -> list[tuple[object, list[Binding]]]:

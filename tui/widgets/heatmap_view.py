@@ -11,6 +11,7 @@ from textual.widgets import Static
 
 from ..format import short_names
 from ..heatdata import COLUMN_MODES, METRICS, HeatData, Metric, pairs
+from ..keylabels import key_label
 from .cell_detail import CellDetail, cell_renderable
 from .heatmap import Heatmap
 from .legend import Legend
@@ -75,7 +76,7 @@ class HeatmapView(Vertical):
         self.data = HeatData(report)
         self.model = min(self.model, max(0, report.n - 1))
         self.pair = 0
-        if report.n < 2 and self.metric.subject != "model":
+        if (report.n < 2 and self.metric.subject != "model") or (self.metric.spectral and report.spectral is None):
             self.metric_id = "relative_norm"
         self.redraw(keep_cursor=False)
 
@@ -117,14 +118,19 @@ class HeatmapView(Vertical):
     def _toolbar(self) -> None:
         m = self.metric
         t = Text()
-        t.append(f"[{m.key}] ", "bold cyan")
+        t.append(f"[{key_label(m.key)}] ", "bold cyan")
         t.append(m.label, "bold")
         t.append("  │  ", "dim")
         t.append(self.subject_label())
         t.append("  │  ", "dim")
         t.append(f"columns: {self.mode} (c)")
         t.append("  │  ", "dim")
-        t.append("1-9,0 metric  ?: keys", "dim")
+        t.append(
+            "1-9,0 metric"
+            + ("  !@#$ spectral" if self.report is not None and self.report.spectral else "")
+            + "  ?: keys",
+            "dim",
+        )
         self.query_one("#heat-toolbar", Static).update(t)
 
     def watch_metric_id(self) -> None:
@@ -142,13 +148,21 @@ class HeatmapView(Vertical):
     # -- actions ----------------------------------------------------------------------------
     def action_metric(self, metric_id: str) -> None:
         metric = next(m for m in METRICS if m.id == metric_id)
+        if metric.spectral and self.report is not None and self.report.spectral is None:
+            self.notify(
+                f"{metric.label}: open the models with the spectral pass (`mergescope ui --spectral ...`, "
+                "or `mergescope analyze --spectral` first)",
+                severity="warning",
+            )
+            return
         if self.report is not None and self.report.n < 2 and metric.subject != "model":
             self.notify(f"{metric.label} needs at least two fine-tunes", severity="warning")
             return
         self.metric_id = metric_id
 
     def action_next_metric(self, step: int) -> None:
-        ids = [m.id for m in METRICS]
+        has_spectral = self.report is not None and self.report.spectral is not None
+        ids = [m.id for m in METRICS if has_spectral or not m.spectral or m.id == self.metric_id]
         self.action_metric(ids[(ids.index(self.metric_id) + step) % len(ids)])
 
     def action_next_model(self, step: int) -> None:
