@@ -35,6 +35,10 @@ MAGNITUDE_ASYMMETRY_WARN = 5.0  # overtrained vs code: 9.6x; the three domain fi
 # each against the other base's fine-tune: 53-57 %.
 PAIR_SIGN_CONFLICT_WARN = 0.52
 CELL_TRIMMED_CONFLICT_NOTE = 0.5
+# Subspace alignment ratio (spectral pass): the best predictor of a merge's gap to its specialists on the
+# demo family (scripts/metric_evidence.py: Spearman -0.79 pooled over six methods). Merges whose members
+# all kept SAR >= 0.94 matched their specialists; every set with a member below 0.90 lost >= 0.08 bpb.
+SAR_NOTE = 0.90
 
 
 def collect_meta(ck) -> dict:
@@ -320,6 +324,29 @@ def _worst_cells(report, a: int, b: int, k: int = 3) -> str:
             vals.append((agg.sign_conflict_pair(a, b), layer, group))
     vals.sort(key=lambda v: v[0], reverse=True)
     return ", ".join(f"{_cell_name(layer, g)} {v:.0%}" for v, layer, g in vals[:k]) or "n/a"
+
+
+def spectral_findings(report) -> list[Finding]:
+    """Verdicts from the spectral pass (`analyze --spectral`): models the merged subspace leaves out."""
+    if report.spectral is None or report.n < 2:
+        return []
+    whole = report.spectral.whole()
+    out = []
+    for i, m in enumerate(report.models):
+        sar = whole.sar(i)
+        if whole.total.sq[i] > 0 and sar < SAR_NOTE:
+            out.append(
+                Finding(
+                    "info",
+                    "low-subspace-alignment",
+                    m,
+                    f"its task vector keeps only {sar:.0%} of its norm in the top subspace of the summed task "
+                    f"vector (SAR; below {SAR_NOTE:.0%}, the demo family's merges lost >= 0.08 bits per byte "
+                    "against their specialists): lower the other models' weights where they dominate, or merge it "
+                    "in fewer layers",
+                )
+            )
+    return out
 
 
 def findings_for(report) -> list[Finding]:

@@ -82,27 +82,24 @@ def metrics_for(report, n: int) -> dict[str, float]:
     for group in ("attn", "mlp"):
         agg = Aggregate([s for s in report.sites if s.group == group], n)
         out.update({f"{group}.{k}": v for k, v in element_metrics(agg, n).items()})
-    spectral = getattr(report, "spectral", None)
-    if spectral is not None:
-        out.update(spectral_metrics(spectral, n))
+    if report.spectral is not None:
+        out.update(spectral_metrics(report.spectral, n))
     return out
 
 
 def spectral_metrics(spectral, n: int) -> dict[str, float]:
-    """Whole-model spectral numbers (see mergescope.spectral), reduced like the element-wise ones."""
-    whole = spectral.whole() if hasattr(spectral, "whole") else spectral["whole"]
-    get = (lambda k: getattr(whole, k)) if not isinstance(whole, dict) else whole.get
+    """Spectral numbers (mergescope.spectral) of the whole model and per group, reduced like the others."""
+    from mergescope.spectral import SpectralAggregate
+
     out = {}
-    energy, overlap, sti, sar = get("spectral_energy"), get("subspace_overlap"), get("sti"), get("sar")
-    if energy is not None:
-        out["spectral.energy_mean"] = sum(energy[i] for i in range(n)) / n
-    if overlap is not None:
-        out["spectral.overlap_mean"] = sum(overlap[i][j] for i, j in _pairs(n)) / len(_pairs(n))
-    if sti is not None:
-        out["spectral.sti"] = float(sti)
-    if sar is not None:
-        out["spectral.sar_min"] = min(sar[i] for i in range(n))
-        out["spectral.sar_mean"] = sum(sar[i] for i in range(n)) / n
+    for scope in ("all", "attn", "mlp"):
+        sites = [s for s in spectral.sites if scope == "all" or s.group == scope]
+        agg = SpectralAggregate(sites, n)
+        out[f"{scope}.spectral_energy_mean"] = sum(agg.spectral_energy(i) for i in range(n)) / n
+        out[f"{scope}.subspace_overlap_mean"] = sum(agg.subspace_overlap(i, j) for i, j in _pairs(n)) / len(_pairs(n))
+        out[f"{scope}.sti"] = agg.sti
+        out[f"{scope}.sar_min"] = min(agg.sar(i) for i in range(n))
+        out[f"{scope}.sar_mean"] = sum(agg.sar(i) for i in range(n)) / n
     return out
 
 
@@ -129,14 +126,7 @@ def main(argv=None) -> int:
     specialist = {m: own[m][FINETUNES[m]].value for m in names}
     sets = [c for r in (2, 3) for c in itertools.combinations(names, r)]
     rows = []
-    spectral_kw = {}
-    try:
-        import inspect
-
-        if "spectral" in inspect.signature(analyze).parameters:
-            spectral_kw = {"spectral": True, "rank": a.rank}
-    except (TypeError, ValueError):
-        pass
+    spectral_kw = {"spectral": a.rank}
     for members in sets:
         report = analyze(str(fam / "base"), [str(fam / m) for m in members], **spectral_kw)
         metrics = metrics_for(report, len(members))

@@ -208,3 +208,34 @@ def test_cli_spectral_table_json_and_rank_errors(tiny, tmp_path, capsys):
     assert set(data["model_summary"][0]) >= {"model", "spectral_energy", "sar"} and data["summary"]["matrices"] == 14
     assert main(["analyze", str(base), *map(str, fts), "--rank", "4"]) == 2  # --rank without --spectral
     assert main(["analyze", str(base), *map(str, fts), "--spectral", "--rank", "0"]) == 2
+
+
+def test_a_model_outside_the_merged_subspace_gets_a_finding(tmp_path):
+    """SAR below SAR_NOTE: one small task vector orthogonal to a dominant one is left out of the sum's
+    top subspace; the finding names it."""
+    import torch
+
+    from mergescope.findings import SAR_NOTE
+    from mergescope.readiness import analyze
+    from tests.ckpt_utils import load_state, make_llama, write_state
+
+    base = make_llama(tmp_path / "base", n_layers=1, hidden=32, vocab=32, seed=0)
+    sd = load_state(base)
+    g = torch.Generator().manual_seed(1)
+    cfg = __import__("json").loads((base / "config.json").read_text())
+
+    def low_rank(v, scale, offset):  # rank 2 in directions no other model uses
+        u = torch.zeros(v.shape[0], 2)
+        w = torch.zeros(2, v.shape[1])
+        u[offset, 0] = u[offset + 1, 1] = 1.0
+        w[0, offset] = w[1, offset + 1] = 1.0
+        return v + scale * (u @ w) * (1 + 0.1 * torch.randn(1, generator=g))
+
+    big = {k: low_rank(v, 0.5, 0) if v.ndim == 2 else v for k, v in sd.items()}
+    small = {k: low_rank(v, 0.01, 4) if v.ndim == 2 else v for k, v in sd.items()}
+    a, b = write_state(tmp_path / "big", big, config=cfg), write_state(tmp_path / "small", small, config=cfg)
+    rep = analyze(str(base), [str(a), str(b)], spectral=4, use_cache=False)
+    sar = rep.spectral.whole()
+    assert sar.sar(1) < SAR_NOTE <= sar.sar(0)
+    (f,) = [f for f in rep.findings if f.code == "low-subspace-alignment"]
+    assert f.model == rep.models[1] and "SAR" in f.message

@@ -22,6 +22,7 @@ COMMANDS = {
     "eval": "mergescope.tui.cmd_eval",
     "soup": "mergescope.tui.cmd_soup",
     "sweep": "mergescope.tui.cmd_sweep",
+    "tune": "mergescope.tui.cmd_tune",
     "extract-lora": "mergescope.tui.cmd_extract_lora",
 }
 

@@ -13,9 +13,17 @@ import math
 from dataclasses import dataclass, field
 
 from mergescope.methods.base import BaseUse
+from mergescope.plan.tables import (
+    BAND_MODES,
+    GROUP_COLS,
+    band_label,
+    make_bands,
+    plan_from_tables,
+    table_specs,
+    uniform_table,
+    value_in_force,
+)
 
-GROUP_COLS = ("attn", "mlp", "norm")
-BAND_MODES = (1, 2, 3, 4, 6, 0)  # 0 = per layer
 STEP = {"weight": 0.05, "density": 0.05, "gamma": 0.01, "epsilon": 0.01, "scale": 0.05, "t": 0.05}
 
 
@@ -26,29 +34,11 @@ def band_name(mode: int) -> str:
     return {0: "per layer", 1: "one band", 2: "halves", 3: "thirds", 4: "quarters"}.get(mode, f"{mode} bands")
 
 
-def make_bands(n_layers: int, mode: int) -> list[tuple[int, int]]:
-    """Contiguous bands covering 0..n_layers: `mode` near-equal bands, or one per layer (mode 0)."""
-    if n_layers <= 0:
-        return []
-    k = n_layers if mode == 0 else max(1, min(mode, n_layers))
-    edges = [round(i * n_layers / k) for i in range(k + 1)]
-    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
-
-
-def band_label(band: tuple[int, int]) -> str:
-    a, b = band
-    return f"L{a}" if b - a == 1 else f"L{a}-{b - 1}"
-
-
 @dataclass
 class Row:
     label: str
     band: tuple[int, int] | None  # None: a row outside the blocks
     group: str | None  # the group of a non-block row (embed / norm / head / other)
-
-
-def _spec_ok(spec) -> bool:
-    return spec.kind == "float"
 
 
 @dataclass
@@ -88,7 +78,7 @@ class PlanState:
 
     def table_specs(self) -> list:
         """Per-model numeric parameters: edited as per-group tables."""
-        return [p for p in self.spec.params if p.per_model and _spec_ok(p)]
+        return table_specs(self.spec)
 
     def table_params(self) -> list[str]:
         return [p.name for p in self.table_specs()]
@@ -153,11 +143,7 @@ class PlanState:
         return [(col, row.band)]
 
     def _uniform(self, value: float) -> dict:
-        table = {(g, None): [value] * len(self.models) for g in ("embed", "norm", "head", "other")}
-        for band in self.bands():
-            for g in GROUP_COLS:
-                table[(g, band)] = [value] * len(self.models)
-        return table
+        return uniform_table(value, len(self.models), self.bands())
 
     def table(self, param: str) -> dict:
         if param not in self.tables:
@@ -167,16 +153,7 @@ class PlanState:
     def value_at(self, param: str, layer: int | None, group: str, model: int, tables: dict | None = None) -> float:
         """The value in force for one layer and group (bands looked up; defaults filled)."""
         table = (self.tables if tables is None else tables).get(param)
-        if table is None:
-            return self.default_value(param)
-        if layer is None:
-            v = table.get((group, None)) or table.get(("other", None))
-            return v[model] if v else self.default_value(param)
-        for (g, band), vals in table.items():
-            if g == group and band is not None and band[0] <= layer < band[1]:
-                return vals[model]
-        v = table.get(("other", None))
-        return v[model] if v else self.default_value(param)
+        return value_in_force(table, layer, group, model, self.default_value(param))
 
     def cell_value(self, param: str, row: Row, col: str, model: int) -> float | None:
         keys = self.keys_of(row, col)
@@ -281,7 +258,6 @@ class PlanState:
     def to_plan(self):
         """The Plan this state describes (InputError when it cannot be merged as it stands)."""
         from mergescope.errors import InputError
-        from mergescope.plan import plan_from_group_ratios
 
         if self.custom is not None:
             return self.custom
@@ -298,48 +274,23 @@ class PlanState:
             )
         models = [self.models[i] for i in idx]
         base = self.base if spec.base is not BaseUse.INPUT else None
-        params = self.table_params()
-        written = [p for p in params if p in self.tables]
-        parameters = dict(self.globals)
-        plan = None
-        for p in written or [None]:
-            if p is None:
-                from mergescope.plan import ModelEntry, Plan
-
-                plan = Plan(
-                    self.method,
-                    base_model=base,
-                    models=[ModelEntry(m) for m in models],
-                    parameters=parameters or None,
-                    dtype=self.dtype,
-                    out_dtype=self.out_dtype,
-                    tokenizer_source=self.tokenizer_source,
-                )
-                break
-            table = {k: [v[i] for i in idx] for k, v in self.tables[p].items() if self._used(k)}
-            try:
-                sub = plan_from_group_ratios(
-                    self.method,
-                    base,
-                    models,
-                    table,
-                    num_layers=self.n_layers,
-                    param=p,
-                    parameters=parameters or None,
-                    names=self.names,
-                    dtype=self.dtype,
-                    out_dtype=self.out_dtype,
-                    tokenizer_source=self.tokenizer_source,
-                    other=table.get(("other", None)),
-                )
-            except ValueError as exc:
-                raise InputError(f"{p}: {exc}") from None
-            if plan is None:
-                plan = sub
-            else:
-                for mine, theirs in zip(plan.models, sub.models):
-                    mine.parameters = {**(mine.parameters or {}), **(theirs.parameters or {})}
-        return plan
+        tables = {
+            p: {k: [v[i] for i in idx] for k, v in self.tables[p].items() if self._used(k)}
+            for p in self.table_params()
+            if p in self.tables
+        }
+        return plan_from_tables(
+            self.method,
+            base,
+            models,
+            tables,
+            num_layers=self.n_layers,
+            parameters=dict(self.globals),
+            names=self.names,
+            dtype=self.dtype,
+            out_dtype=self.out_dtype,
+            tokenizer_source=self.tokenizer_source,
+        )
 
     def _used(self, key) -> bool:
         group, band = key

@@ -36,7 +36,9 @@ The modules, each importing only those below it:
 - `checks`: inputs per method (model counts, the base, required parameters);
 - `modules`: `modules:` plans as one plan view per module;
 - `schema`: the `Plan` object, its YAML/dict form and `validate`;
-- `groups`: per-group ratio tables written as (and read back from) `models:` plans.
+- `groups`: per-group ratio tables written as (and read back from) `models:` plans;
+- `tables`: the app's plan editor table (layer bands, its keys) and the plan a set of tables writes
+  (shared by the editor and `mergescope tune`).
 """
 
 from ..dtypes import plan_dtype as normalize_dtype
