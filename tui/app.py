@@ -25,12 +25,14 @@ from mergescope.report import DEFAULT_DENSITY
 from .dialogs.error import ErrorDialog
 from .dialogs.help import HelpScreen, palette_entries
 from .dialogs.open import OpenDialog
-from .dialogs.prompt import PathPrompt, ValuePrompt
+from .dialogs.prompt import ValuePrompt
 from .eval_jobs import EVAL_GROUP, EvalJobs
 from .messages import AnalysisDone, MergeDone, Progress, WhatIfReady
+from .plan_files import PlanFiles
 from .recent import ModelSet, remember
 from .screens.main import MainScreen
 from .session import RemeasureTarget, Session
+from .tune_jobs import TuneJobs
 from .widgets.heatmap_view import HeatmapView
 from .widgets.merge_view import MergeView
 from .widgets.plan_editor import PlanEditor
@@ -45,7 +47,7 @@ WHATIF_DEBOUNCE_S = 0.08
 AUTO_REMEASURE_BYTES = 1 << 30
 
 
-class MergeScopeApp(EvalJobs, App):
+class MergeScopeApp(PlanFiles, TuneJobs, EvalJobs, App):
     TITLE = "mergescope"
     CSS_PATH = "app.tcss"
     PALETTE_GROUP = ""
@@ -306,69 +308,6 @@ class MergeScopeApp(EvalJobs, App):
             self.request_whatif()
             return
         self._start_remeasure(target)
-
-    # -- export / load ----------------------------------------------------------------------------
-    def action_export_plan(self) -> None:
-        from mergescope.errors import InputError
-
-        try:
-            plan = self.session.current_plan()
-        except InputError as exc:
-            self.show_error(exc, what="export")
-            return
-
-        def done(path: str | None) -> None:
-            if not path:
-                return
-            try:
-                target = self.session.export(plan, path)
-            except InputError as exc:
-                self.show_error(exc, what="export")
-                return
-            note = plan.extension_note()
-            if note:
-                self.notify(f"plan written to {target}; {note}", severity="warning")
-            else:
-                self.notify(f"plan written to {target}")
-
-        self.push_screen(
-            PathPrompt(
-                "Export the plan (mergekit-compatible YAML)",
-                self.session.export_default(),
-                hint="runs with `mergescope merge` or `mergekit-yaml`",
-                ok="Write",
-                prompt_id="export",
-            ),
-            done,
-        )
-
-    def action_load_plan(self) -> None:
-        if self.report is None:
-            self.notify("open a model set first (o)", severity="warning")
-            return
-        default = self.session.last_export or str(Path.cwd()) + "/"
-
-        def done(path: str | None) -> None:
-            if path:
-                self.load_plan(path)
-
-        self.push_screen(
-            PathPrompt("Load a plan (mergescope or mergekit YAML)", default, ok="Load", prompt_id="load"), done
-        )
-
-    def load_plan(self, path: str) -> bool:
-        from mergescope.errors import InputError
-
-        try:
-            state = self.session.load_plan(path)
-        except (InputError, OSError) as exc:
-            self.show_error(exc, what="loading the plan")
-            return False
-        self._show_plan()
-        self.notify(
-            f"plan loaded from {path}" + (" (read-only: hand-written filters)" if state.custom is not None else "")
-        )
-        return True
 
     # -- merge --------------------------------------------------------------------------------------
     def action_run_merge(self) -> None:

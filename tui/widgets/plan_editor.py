@@ -3,8 +3,7 @@ what-if heatmap beside the measured one.
 
 The editor is handed a report and a `PlanState` (`show`) and edits that state in place; it posts
 `Changed` after each edit and asks for what only the app can do (re-measure, reset) with messages. The
-app answers with `show_whatif` (a prediction from the Report's numbers: nothing is merged, no tensor is
-read) and `show_problem`.
+app answers with `show_whatif` (a prediction from the Report's numbers; nothing is merged) and `show_problem`.
 """
 
 from __future__ import annotations
@@ -75,6 +74,7 @@ class PlanEditor(Vertical):
         Binding("R", "reset_plan", "reset to an editable table", show=False, id="plan.reset"),
         Binding("s", "app.export_plan", "export YAML", id="plan.export"),
         Binding("l", "app.load_plan", "load plan", id="plan.load"),
+        Binding("O", "app.tune_table", "tune this table", tooltip="tune this table with Optuna", id="plan.tune"),
     ]
 
     class Changed(Message):
