@@ -209,7 +209,13 @@ def build_space(
     for p in params:
         spec = method.param(p)
         if spec is None:
-            raise InputError(f"--space {p}: {method.name} has no parameter {p!r}; its table parameters: {table}")
+            from .plan.settings import did_you_mean
+
+            hint = did_you_mean(p, tparams)
+            raise InputError(
+                f"--space {p}: {method.name} has no parameter {p!r}; {hint + ' ' if hint else ''}"
+                f"its table parameters: {table}"
+            )
         if p not in tparams:
             why = "a global parameter" if not spec.per_model else f"not a number ({spec.kind})"
             raise InputError(f"--space {p}: {why} of {method.name}; tune searches its table parameters: {table}")
