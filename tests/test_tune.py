@@ -226,7 +226,7 @@ def test_eval_cmd_scores_with_its_direction_into_a_storage_path(fam, tmp_path, c
 
 BAD = [
     (["--space", ""], "--space: empty"),
-    (["--space", "densty"], "--space densty: task_arithmetic has no parameter 'densty'; did you mean `density`?"),
+    (["--space", "densty"], "--space densty: ties has no parameter 'densty'; did you mean `density`?"),
     (["--space", "normalize"], "--space normalize"),
     (["--range", "weight=1:0"], "--range weight=1:0"),
     (["--range", "weight=a:b"], "--range weight=a:b"),
