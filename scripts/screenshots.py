@@ -203,6 +203,22 @@ async def shoot(
             await pilot.press("w")
             await settle(app, pilot, 0.5)
             save(app, "evaluate")
+    # 6. the spectral pass's heatmap (SAR per module), and the plan editor's tune panel
+    if want("heatmap-spectral-sar", "plan-tune"):
+        from mergescope.demo import heldout_dir
+
+        texts = [os.path.relpath(p, family) for p in sorted(heldout_dir().glob("*.txt"))]
+        app = MergeScopeApp(base, models, blink=False, remember_set=False, sample_plan=sample, texts=texts, spectral=64)
+        app.tune_trials, app.tune_seed = 12, 0
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            await pilot.press("h", "dollar_sign", "down", "right")
+            await settle(app, pilot)
+            save(app, "heatmap-spectral-sar")
+            if want("plan-tune"):
+                await pilot.press("e", "O")
+                await settle(app, pilot, 1.0)
+                save(app, "plan-tune")
     return shots
 
 
