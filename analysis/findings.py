@@ -351,7 +351,7 @@ def spectral_findings(report) -> list[Finding]:
 
 def findings_for(report) -> list[Finding]:
     """All findings, errors first."""
-    fs = structural_findings(report) + metric_findings(report)
+    fs = structural_findings(report) + metric_findings(report) + spectral_findings(report)
     return sorted(fs, key=lambda f: SEVERITIES.index(f.severity))
 
 

@@ -30,7 +30,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,7 +39,7 @@ from .device import resolve_device
 from .errors import InputError
 from .lora_report import ExtractResult, MatrixResult, TensorNote, adapter_card
 from .naming import site_of
-from .output.shards import _safetensors_header, _write_tensor, check_output
+from .output.shards import _safetensors_header, _write_tensor, check_output, commit_dir, staging_dir, write_text
 
 SOLVERS = ("eigh", "svd", "lowrank")
 RANK_TOL = 1e-6  # energy fraction slack of the --sv-threshold rule (float32 rounding)
@@ -220,11 +219,8 @@ def extract_lora(
         raise InputError(f"{model_path}: no matrix selected for a LoRA; check --include/--exclude")
 
     t0 = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.absolute().parent))
+    tmp = staging_dir(out)
     try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)
         res = _extract(base, model, plan, tmp, rank, sv_threshold, dev, solver, progress)
         matrices, full, lost, unchanged, entries, data = res
         if not matrices:
@@ -236,10 +232,10 @@ def extract_lora(
             0, 0.0,
         )  # fmt: skip
         result.adapter_bytes = _finish_safetensors(tmp, entries, data)
-        _write_text(tmp / "adapter_config.json", json.dumps(_adapter_config(result, plan), indent=2) + "\n")
+        write_text(tmp / "adapter_config.json", json.dumps(_adapter_config(result, plan), indent=2) + "\n")
         result.seconds = time.perf_counter() - t0
-        _write_text(tmp / "README.md", adapter_card(result))
-        _commit(tmp, out, force)
+        write_text(tmp / "README.md", adapter_card(result))
+        commit_dir(tmp, out, force, what="extraction")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -389,26 +385,3 @@ def _adapter_config(result: ExtractResult, plan) -> dict:
         "use_rslora": False,
         "inference_mode": True,
     }
-
-
-def _write_text(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
-
-
-def _commit(tmp: Path, out: Path, force: bool) -> None:
-    """Move the finished temporary directory into place (an existing OUT only with force, and only now)."""
-    old = None
-    if out.exists():
-        if any(out.iterdir()) and not force:
-            raise InputError(f"{out}: output directory is no longer empty; pass --force to replace it")
-        old = out.parent / f".{out.name}.old-{os.getpid()}-{int(time.time())}"
-        out.rename(old)
-    try:
-        tmp.rename(out)
-    except BaseException:
-        if old is not None:
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .model_parts import matched
+
 GROUPS = ("embed", "attn", "mlp", "norm", "head", "vision", "projector", "other")
 # A vision-language model's vision tower and projector are one group each (their blocks are not the
 # language model's layers). `vision_model.*` alone is a CLIP-style encoder and keeps its layers.
@@ -248,8 +250,6 @@ def _global_site(parts: list[str]) -> Site:
 @lru_cache(maxsize=65536)
 def site_of(name: str) -> Site:
     """Where a tensor sits: block index, layer group and module role."""
-    from .model_parts import matched
-
     part = _PART_GROUP.get(matched(name))
     if part is not None:
         return Site(None, part, _stack_site(name).module)

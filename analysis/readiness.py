@@ -73,13 +73,7 @@ def analyze(
             progress=progress,
             should_stop=should_stop,
         )
-        from .findings import spectral_findings
-        from .report import SEVERITIES
-
-        report.findings = sorted(
-            [f for f in report.findings if f.code != "low-subspace-alignment"] + spectral_findings(report),
-            key=lambda f: SEVERITIES.index(f.severity),
-        )
+        report.findings = findings_for(report)  # now with the spectral pass's
     return report
 
 

@@ -234,12 +234,12 @@ class HeatData:
     def __init__(self, report):
         self.report = report
         self.rows = report.rows()
-        self._aggs: dict[str, tuple[list[str], list[list[Aggregate | None]]]] = {}
+        self._aggs: dict[str | tuple, tuple[list[str], list[list]]] = {}  # mode, or ("spectral", mode)
         self._sites: dict[str, list[list[list]]] = {}
         self._by_row = [self._row_sites(layer, group) for _, layer, group in self.rows]
 
     def _row_sites(self, layer, group):
-        return [s for s in self.report.sites if s.layer == layer and (group is None or s.group == group)]
+        return [s for s in self.report.sites if _in_row(s, layer, group)]
 
     def columns(self, mode: str) -> list[str]:
         return self.aggregates(mode)[0]
@@ -247,60 +247,41 @@ class HeatData:
     def aggregates(self, mode: str, spectral: bool = False) -> tuple[list[str], list[list[Aggregate | None]]]:
         """Per column mode: the columns, and one aggregate per (row, column); `spectral`: of the
         spectral pass's sites (SpectralAggregate), bucketed the same way, under the same columns."""
-        if spectral:
-            return self._spectral_aggregates(mode)
-        if mode in self._aggs:
-            return self._aggs[mode]
+        key = ("spectral", mode) if spectral else mode
+        if key in self._aggs:
+            return self._aggs[key]
         rep = self.report
         block_sites = [s for s in rep.sites if s.layer is not None]
         if mode == "modules":
             present = {s.module for s in block_sites}
             cols = ordered_modules([m for m in rep.modules() if m in present])
-            key = lambda s: s.module  # noqa: E731
         else:
             present = {s.group for s in block_sites}
             cols = [g for g in GROUPS if g in present]
-            key = lambda s: s.group  # noqa: E731
-        grid: list[list[Aggregate | None]] = []
-        site_grid: list[list[list]] = []
-        for (_, layer, _), sites in zip(self.rows, self._by_row):
-            row: list[Aggregate | None] = [Aggregate(sites, rep.n) if sites else None]
-            srow: list[list] = [list(sites)]
-            if layer is None:
-                row += [None] * len(cols)
-                srow += [[] for _ in cols]
-            else:
-                buckets: dict[str, list] = {}
-                for s in sites:
-                    buckets.setdefault(key(s), []).append(s)
-                row += [Aggregate(buckets[c], rep.n) if c in buckets else None for c in cols]
-                srow += [buckets.get(c, []) for c in cols]
-            grid.append(row)
-            site_grid.append(srow)
-        self._aggs[mode] = ([ALL] + cols, grid)
-        self._sites[mode] = site_grid
-        return self._aggs[mode]
+        if spectral:
+            from mergescope.spectral import SpectralAggregate
 
-    def _spectral_aggregates(self, mode: str):
-        key = ("spectral", mode)
-        if key in self._aggs:
-            return self._aggs[key]
-        from mergescope.spectral import SpectralAggregate
-
-        cols = self.columns(mode)
-        sp = self.report.spectral
-        sites = sp.sites if sp is not None else []
-        grid = []
-        for _, layer, group in self.rows:
-            row_sites = [s for s in sites if s.layer == layer and (group is None or s.group == group)]
-            col_of = (lambda s: s.module) if mode == "modules" else (lambda s: s.group)  # noqa: E731
-            row = [SpectralAggregate(row_sites, sp.n) if row_sites else None]
-            for c in cols[1:]:
-                inner = [s for s in row_sites if layer is not None and col_of(s) == c]
-                row.append(SpectralAggregate(inner, sp.n) if inner else None)
-            grid.append(row)
-        self._aggs[key] = (cols, grid)
+            sp = rep.spectral
+            sites = sp.sites if sp is not None else []
+            by_row = [[s for s in sites if _in_row(s, layer, group)] for _, layer, group in self.rows]
+            grid, _ = self._bucket(by_row, cols, mode, lambda ss: SpectralAggregate(ss, sp.n))
+        else:
+            grid, self._sites[mode] = self._bucket(self._by_row, cols, mode, lambda ss: Aggregate(ss, rep.n))
+        self._aggs[key] = ([ALL] + cols, grid)
         return self._aggs[key]
+
+    def _bucket(self, by_row, cols, mode, make):
+        """(aggregates, sites) per (row, column): the row's sites whole, then per column (block rows only)."""
+        col_of = (lambda s: s.module) if mode == "modules" else (lambda s: s.group)  # noqa: E731
+        grid, site_grid = [], []
+        for (_, layer, _), sites in zip(self.rows, by_row):
+            buckets: dict[str, list] = {}
+            if layer is not None:
+                for s in sites:
+                    buckets.setdefault(col_of(s), []).append(s)
+            grid.append([make(sites) if sites else None] + [make(buckets[c]) if c in buckets else None for c in cols])
+            site_grid.append([list(sites)] + [buckets.get(c, []) for c in cols])
+        return grid, site_grid
 
     def sites(self, mode: str) -> list[list[list]]:
         """The SiteStats behind every cell of `mode`'s grid (empty lists where there are none)."""
@@ -336,6 +317,11 @@ class HeatData:
             pct=metric.pct,
             diverging=metric.diverging,
         )
+
+
+def _in_row(site, layer, group) -> bool:
+    """A row is a block (every group of it) or one group outside the blocks."""
+    return site.layer == layer and (group is None or site.group == group)
 
 
 def pairs(n: int) -> list[tuple[int, int]]:

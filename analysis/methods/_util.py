@@ -174,6 +174,22 @@ def check_shapes(base: torch.Tensor | None, tensors: Sequence[torch.Tensor], ctx
             )
 
 
+def base_and_one(base, tensors, ctx: MergeContext, method: str, base_role: str = ""):
+    """The inputs of a method that merges one model into the base (slerp, nearswap, arcee_fusion):
+    (device, common dtype, base, model), both moved and cast; InputError for any other input count."""
+    import torch
+
+    if base is None or len(tensors) != 1:
+        raise InputError(
+            f"merge method {method} needs a base model (`base_model:`{base_role}) and exactly one other model "
+            f"(got {'no base, ' if base is None else ''}{len(tensors)} models)"
+        )
+    check_shapes(base, tensors, ctx, method)
+    device = torch.device(ctx.device)
+    dtype = common_dtype([base, tensors[0]])
+    return device, dtype, align(base, dtype, device), align(tensors[0], dtype, device)
+
+
 def flat(t: torch.Tensor) -> torch.Tensor:
     """A 1-D view (a copy only if the tensor is not contiguous)."""
     return t.reshape(-1)

@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-from ..errors import InputError
-from ._util import align, check_shapes, common_dtype, flat, scratch
+from ._util import base_and_one, flat, scratch
 from .base import BaseUse, Linear, MergeContext, MergeMethod, Trim
 
 SAMPLE_SIZE = 1_000_000  # mergekit's quantile sample (and the size above which it samples)
@@ -113,16 +112,7 @@ def arcee_fusion_merge(
     import torch
 
     ctx = ctx or MergeContext()
-    if base is None or len(tensors) != 1:
-        raise InputError(
-            "merge method arcee_fusion needs a base model (`base_model:`) and exactly one other model "
-            f"(got {'no base, ' if base is None else ''}{len(tensors)} models)"
-        )
-    check_shapes(base, tensors, ctx, "arcee_fusion")
-    device = torch.device(ctx.device)
-    dtype = common_dtype([base, tensors[0]])
-    b = align(base, dtype, device)
-    m = align(tensors[0], dtype, device)
+    device, dtype, b, m = base_and_one(base, tensors, ctx, "arcee_fusion")
     out_dtype = torch.promote_types(dtype, torch.float32)  # δ times a float32 mask
     if b.numel() == 0:
         return b.to(out_dtype, copy=True)

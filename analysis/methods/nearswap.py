@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-from ..errors import InputError
-from ._util import align, check_shapes, common_dtype, flat, global_params, scratch
+from ._util import base_and_one, flat, global_params, scratch
 from .base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec
 
 PARAMS = (
@@ -47,17 +46,9 @@ def nearswap_merge(
     import torch
 
     ctx = ctx or MergeContext()
-    if base is None or len(tensors) != 1:
-        raise InputError(
-            "merge method nearswap needs a base model (`base_model:`) and exactly one other model "
-            f"(got {'no base, ' if base is None else ''}{len(tensors)} models)"
-        )
-    check_shapes(base, tensors, ctx, "nearswap")
+    device, dtype, a, b = base_and_one(base, tensors, ctx, "nearswap")
     t = float(global_params(PARAMS, params, ctx, "nearswap")["t"])
-    device = torch.device(ctx.device)
-    dtype = common_dtype([base, tensors[0]])
-    a = flat(align(base, dtype, device))
-    b = flat(align(tensors[0], dtype, device))
+    a, b = flat(a), flat(b)
     n = a.numel()
     out = torch.empty(n, dtype=dtype, device=device)
     w = scratch("nearswap.w", min(n, _CHUNK), dtype, device)

@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-from ..errors import InputError
-from ._util import align, check_shapes, common_dtype, flat, global_params, scratch
+from ._util import base_and_one, flat, global_params, scratch
 from .base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec
 
 PARAMS = (
@@ -85,18 +84,10 @@ def slerp_merge(
     import torch
 
     ctx = ctx or MergeContext()
-    if base is None or len(tensors) != 1:
-        raise InputError(
-            "merge method slerp needs a base model (`base_model:`, the t = 0 end) and exactly one "
-            f"other model (got {len(tensors)})"
-        )
-    check_shapes(base, tensors, ctx, "slerp")
+    device, dtype, a, b = base_and_one(base, tensors, ctx, "slerp", ", the t = 0 end")
     t = float(global_params(PARAMS, params, ctx, "slerp")["t"])
-    device = torch.device(ctx.device)
-    dtype = common_dtype([base, tensors[0]])
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    a = flat(align(base, dtype, device))
-    b = flat(align(tensors[0], dtype, device))
+    a, b = flat(a), flat(b)
     if a.numel() == 0:
         return a.clone().view(base.shape)
     ca, cb = slerp_coefficients(t, a, b)

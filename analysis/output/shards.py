@@ -135,11 +135,7 @@ class ModelWriter:
         self.output_dir = check_output(output_dir, force)
         self.force = force
         self.shard_size = parse_size(shard_size)
-        parent = self.output_dir.absolute().parent
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.output_dir.name}.tmp-", dir=parent))
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(self.tmp, 0o777 & ~mask)  # mkdtemp makes it 0700; the output should look like any directory
+        self.tmp = staging_dir(self.output_dir)
         self._current: list[tuple[str, Any]] = []
         self._current_bytes = 0
         self._parts: list[tuple[Path, list[str]]] = []  # temporary shard file, names in it
@@ -313,10 +309,10 @@ class ModelWriter:
                     "metadata": {"total_size": self.total_bytes, "mergescope": __version__},
                     "weight_map": dict(sorted(weight_map.items())),
                 }
-                _write_text(self.tmp / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
+                write_text(self.tmp / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
                 files.append("model.safetensors.index.json")
             if config is not None:
-                _write_text(self.tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+                write_text(self.tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
                 files.append("config.json")
             if tokenizer_writer is not None:  # writes the tokenizer files itself (a built vocabulary)
                 files += tokenizer_writer(self.tmp)
@@ -327,13 +323,13 @@ class ModelWriter:
                         shutil.copyfile(src, self.tmp / f)
                         files.append(f)
             if plan_yaml is not None:
-                _write_text(self.tmp / "merge_plan.yml", plan_yaml)
+                write_text(self.tmp / "merge_plan.yml", plan_yaml)
                 files.append("merge_plan.yml")
             if card is not None:
-                _write_text(self.tmp / "README.md", card)
+                write_text(self.tmp / "README.md", card)
                 files.append("README.md")
             for fname, text in (extra_files or {}).items():
-                _write_text(self.tmp / fname, text)
+                write_text(self.tmp / fname, text)
                 files.append(fname)
             self._commit()
         except OSError as exc:
@@ -346,30 +342,7 @@ class ModelWriter:
         return WriteResult(self.output_dir, files, shards, self.total_bytes, len(self._names))
 
     def _commit(self) -> None:
-        out = self.output_dir
-        old = None
-        if out.exists():
-            if any(out.iterdir()) and not self.force:  # appeared while we were merging
-                raise InputError(f"{out}: output directory is no longer empty; pass --force to replace it")
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{int(time.time())}"
-            out.rename(old)
-        try:
-            self.tmp.rename(out)
-        except OSError as exc:
-            if old is not None:
-                old.rename(out)
-            if out.exists():  # another merge finished into the same directory first
-                raise InputError(
-                    f"{out}: another merge wrote this output while this one ran; it was kept and this merge's "
-                    "output dropped — merge into another directory"
-                ) from None
-            raise exc
-        except BaseException:
-            if old is not None:
-                old.rename(out)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        commit_dir(self.tmp, self.output_dir, self.force, what="merge")
 
     def _write_failed(self, exc: OSError) -> InputError:
         import errno
@@ -401,6 +374,43 @@ class ModelWriter:
             self.abort()
 
 
-def _write_text(path: Path, text: str) -> None:
+def staging_dir(out: Path) -> Path:
+    """A fresh sibling directory of OUT to write into before `commit_dir` (same file system: a rename)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.absolute().parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700; the output should look like any directory
+    return tmp
+
+
+def commit_dir(tmp: Path, out: Path, force: bool, what: str = "merge") -> None:
+    """Move the finished `tmp` into place as OUT: an existing OUT is replaced only with `force` and only
+    now; a failure puts it back, so OUT is always the old or the new output, never a mix."""
+    old = None
+    if out.exists():
+        if any(out.iterdir()) and not force:  # appeared while we were writing
+            raise InputError(f"{out}: output directory is no longer empty; pass --force to replace it")
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{int(time.time())}"
+        out.rename(old)
+    try:
+        tmp.rename(out)
+    except OSError as exc:
+        if old is not None:
+            old.rename(out)
+        if out.exists():  # another run finished into the same directory first
+            raise InputError(
+                f"{out}: another {what} wrote this output while this one ran; it was kept and this {what}'s "
+                f"output dropped — {what} into another directory"
+            ) from None
+        raise exc
+    except BaseException:
+        if old is not None:
+            old.rename(out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_text(path: Path, text: str) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(text)

@@ -22,19 +22,7 @@ def views(plan) -> list:
         return []
     out = []
     for name, m in plan.modules.items():
-        v = type(plan)(
-            plan.merge_method,
-            base_model=plan.base_model,
-            models=m.models,
-            slices=m.slices,
-            parameters=plan.parameters,
-            dtype=plan.dtype,
-            out_dtype=plan.out_dtype,
-            tokenizer_source=plan.tokenizer_source,
-            tokenizer=plan.tokenizer,
-            chat_template=plan.chat_template,
-            source=plan.source,
-        )
+        v = plan.with_inputs(models=m.models, slices=m.slices)
         prefix = "" if m.implied else f"modules.{name}."  # implied: key paths as the user wrote them
         v.module_name, v.module_parameters, v.key_prefix = name, m.parameters, prefix
         out.append(v)
@@ -76,11 +64,15 @@ def parts_of(ck, listed) -> dict[str, list[str]]:
     return split(ck.names())
 
 
-def _sub(plan, view, cks: Mapping) -> dict:
+def _sub(plan, view, cks: Mapping, split_cache: dict | None = None) -> dict:
+    """The view's checkpoints restricted to its module (`split_cache`: {ref: parts} shared across views)."""
     name = view.module_name
+    cache = {} if split_cache is None else split_cache
     out = {}
     for ref in view.referenced_models():
-        parts = parts_of(cks[ref], plan.modules)
+        if ref not in cache:
+            cache[ref] = parts_of(cks[ref], plan.modules)
+        parts = cache[ref]
         if name not in parts:
             plan.fail(  # (never for implied modules: they are the donor's)
                 f"modules.{name}",
@@ -95,8 +87,9 @@ def tensor_jobs(plan, cks: Mapping) -> Iterator:
     """Every module's jobs, module after module (headers only)."""
     from . import resolve
 
+    split_cache: dict = {}  # each checkpoint's names split once, not once per module
     for view in views(plan):
-        yield from resolve.tensor_jobs(view, _sub(plan, view, cks))
+        yield from resolve.tensor_jobs(view, _sub(plan, view, cks, split_cache))
 
 
 def implied(plan, cks: Mapping):
@@ -131,18 +124,7 @@ def _as_modules(plan, names):
     """The `models:` plan as a `modules:` plan giving each of `names` the same models."""
     from .parse import ModuleDef
 
-    return type(plan)(
-        plan.merge_method,
-        base_model=plan.base_model,
-        modules={name: ModuleDef(models=plan.models, implied=True) for name in names},
-        parameters=plan.parameters,
-        dtype=plan.dtype,
-        out_dtype=plan.out_dtype,
-        tokenizer_source=plan.tokenizer_source,
-        tokenizer=plan.tokenizer,
-        chat_template=plan.chat_template,
-        source=plan.source,
-    )
+    return plan.with_inputs(modules={name: ModuleDef(models=plan.models, implied=True) for name in names})
 
 
 def resolve(plan, tensor_name: str, *, num_layers: int | None = None, checkpoints: Mapping | None = None):

@@ -173,6 +173,24 @@ class Plan:
     def dump(self, path: str | os.PathLike) -> None:
         Path(path).write_text(self.to_yaml(), encoding="utf-8")
 
+    def with_inputs(self, *, models=None, slices=None, modules=None) -> Plan:
+        """This plan's method, base, parameters and output settings over other inputs (the objects are
+        shared, not copied): the per-module plans of a `modules:` plan are made this way."""
+        return Plan(
+            self.merge_method,
+            base_model=self.base_model,
+            models=models,
+            slices=slices,
+            modules=modules,
+            parameters=self.parameters,
+            dtype=self.dtype,
+            out_dtype=self.out_dtype,
+            tokenizer_source=self.tokenizer_source,
+            tokenizer=self.tokenizer,
+            chat_template=self.chat_template,
+            source=self.source,
+        )
+
     def copy(self) -> Plan:
         return Plan.from_dict(self.to_dict(), source=self.source)
 
