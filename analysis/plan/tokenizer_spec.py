@@ -12,7 +12,6 @@ chat_template: chatml | llama3 | alpaca | mistral | auto | "{% for m in messages
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 from ..chat_templates import TEMPLATE_NAMES
@@ -133,7 +132,3 @@ def check_chat_template(v, fail) -> str:
     if v in TEMPLATE_NAMES or v == "auto" or ("{" in v and len(v) >= 20):
         return v
     fail("chat_template", f"{v!r} is neither a known template ({', '.join(TEMPLATE_NAMES)}, auto) nor Jinja text")
-
-
-def copy_spec(spec: TokenizerSpec | None) -> TokenizerSpec | None:
-    return copy.deepcopy(spec)
