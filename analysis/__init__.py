@@ -17,35 +17,35 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from mergescope._version import __version__
 
 # public name -> module that defines it
 _API = {
-    "analyze": "readiness",
-    "analysis_for_plan": "readiness",
-    "Report": "report",
-    "Finding": "report",
-    "Plan": "plan",
-    "load_plan": "plan",
-    "run_merge": "merge",
-    "MergeResult": "merge",
-    "MergeCancelled": "merge",
-    "MergeError": "merge",
-    "open_checkpoint": "checkpoint",
-    "InputError": "errors",
-    "REGISTRY": "methods",
+    "analyze": "stats.readiness",
+    "analysis_for_plan": "stats.readiness",
+    "Report": "stats.report",
+    "Finding": "stats.report",
+    "Plan": "merge.plan",
+    "load_plan": "merge.plan",
+    "run_merge": "merge.run",
+    "MergeResult": "merge.run",
+    "MergeCancelled": "merge.run",
+    "MergeError": "merge.run",
+    "open_checkpoint": "io.checkpoint",
+    "InputError": "io.errors",
+    "REGISTRY": "merge.methods",
 }
 
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads them
-    from .checkpoint import open_checkpoint  # noqa: F401
-    from .errors import InputError  # noqa: F401
-    from .merge import MergeCancelled, MergeError, MergeResult, run_merge  # noqa: F401
-    from .methods import REGISTRY  # noqa: F401
-    from .plan import Plan, load_plan  # noqa: F401
-    from .readiness import analysis_for_plan, analyze  # noqa: F401
-    from .report import Finding, Report  # noqa: F401
+    from mergescope.io.checkpoint import open_checkpoint  # noqa: F401
+    from mergescope.io.errors import InputError  # noqa: F401
+    from mergescope.merge.methods import REGISTRY  # noqa: F401
+    from mergescope.merge.plan import Plan, load_plan  # noqa: F401
+    from mergescope.merge.run import MergeCancelled, MergeError, MergeResult, run_merge  # noqa: F401
+    from mergescope.stats.readiness import analysis_for_plan, analyze  # noqa: F401
+    from mergescope.stats.report import Finding, Report  # noqa: F401
 
 
 def __getattr__(name: str):

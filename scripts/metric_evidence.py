@@ -76,7 +76,7 @@ def element_metrics(agg, n: int) -> dict[str, float]:
 
 
 def metrics_for(report, n: int) -> dict[str, float]:
-    from mergescope.report import Aggregate
+    from mergescope.stats.report import Aggregate
 
     out = {f"all.{k}": v for k, v in element_metrics(report.weights(), n).items()}
     for group in ("attn", "mlp"):
@@ -88,8 +88,8 @@ def metrics_for(report, n: int) -> dict[str, float]:
 
 
 def spectral_metrics(spectral, n: int) -> dict[str, float]:
-    """Spectral numbers (mergescope.spectral) of the whole model and per group, reduced like the others."""
-    from mergescope.spectral import SpectralAggregate
+    """Spectral numbers (mergescope.stats.spectral) of the whole model and per group, reduced like the others."""
+    from mergescope.stats.spectral import SpectralAggregate
 
     out = {}
     for scope in ("all", "attn", "mlp"):
@@ -110,11 +110,11 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     a = ap.parse_args(argv)
     from mergescope.demo import family_dir, heldout_dir
-    from mergescope.evaluate import load_texts
-    from mergescope.methods import REGISTRY
-    from mergescope.plan import Plan
-    from mergescope.readiness import analyze
-    from mergescope.scorers import Scorer
+    from mergescope.merge.methods import REGISTRY
+    from mergescope.merge.plan import Plan
+    from mergescope.score.backends import Scorer
+    from mergescope.score.evaluate import load_texts
+    from mergescope.stats.readiness import analyze
 
     fam, texts = family_dir(), load_texts(heldout_dir())
     scorer = Scorer(texts, seed=0)

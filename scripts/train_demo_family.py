@@ -5,7 +5,7 @@
 
 Writes `<out>/family/{base,code,prose,dialog,overtrained,other_base,other_ft,code_b,code_c}/` (HF Llama layout:
 config.json, model.safetensors in bf16, tokenizer.json, README.md) and `<out>/heldout/<domain>.txt`,
-then prints held-out bits per byte (`mergescope.scorers`, the model's context, no overlap), task-vector
+then prints held-out bits per byte (`mergescope.score.backends`, the model's context, no overlap), task-vector
 metrics, a few inline task-arithmetic / TIES merges and the uniform soup of the `code` runs.
 
 Data (all from the Python installation running the script, so it exists on any machine):
@@ -61,10 +61,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mergescope.checkpoint import open_checkpoint  # noqa: E402
-from mergescope.evaluate import Model, load_texts  # noqa: E402
-from mergescope.scorers import score_models  # noqa: E402
-from mergescope.tinylm import LlamaConfig, LlamaLM, encode, load_model, save_model  # noqa: E402
+from tinylm import LlamaConfig, LlamaLM, encode, load_model, save_model  # noqa: E402
+
+from mergescope.io.checkpoint import open_checkpoint  # noqa: E402
+from mergescope.score.backends import score_models  # noqa: E402
+from mergescope.score.evaluate import Model, load_texts  # noqa: E402
 
 DOMAINS = ("code", "prose", "dialog")
 NAMESPACE = "mergescope-demo"

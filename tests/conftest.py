@@ -1,10 +1,16 @@
 """Shared fixtures. Every test gets its own analysis cache and config directory (nothing leaks between
 tests or into the user's home); the checkpoint builders live in tests/ckpt_utils.py."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from tests.ckpt_utils import make_family
+# the demo trainer's model (scripts/tinylm.py) is training code, outside the installed package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+from tests.ckpt_utils import make_family  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from mergescope.checkpoint import CheckpointError, open_checkpoint
+from mergescope.io.checkpoint import CheckpointError, open_checkpoint
 from mergescope.tui.cli import main
 from tests.ckpt_utils import make_finetune, make_llama
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from mergescope import cache
-from mergescope.readiness import analyze
+from mergescope.io import cache
+from mergescope.stats.readiness import analyze
 
 
 def _entries():
@@ -50,7 +50,7 @@ def test_damaged_entry_is_rebuilt(small_family, damage):
 
 def test_two_analyses_at_once_leave_a_valid_cache(small_family):
     base, models = small_family
-    code = "import sys; from mergescope.readiness import analyze; analyze(sys.argv[1], sys.argv[2:])"
+    code = "import sys; from mergescope.stats.readiness import analyze; analyze(sys.argv[1], sys.argv[2:])"
     procs = [subprocess.Popen([sys.executable, "-c", code, base, *models], env=dict(os.environ)) for _ in range(2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     assert len(_entries()) == 1 and not list(cache.cache_dir().glob(".tmp-*"))

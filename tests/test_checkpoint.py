@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mergescope.checkpoint import CheckpointError, open_checkpoint, open_models
+from mergescope.io.checkpoint import CheckpointError, open_checkpoint, open_models
 
 
 def _sd():

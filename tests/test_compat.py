@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mergescope.findings import DIFFERENT_BASE_COSINE, DRIFT_COSINE, DRIFT_RELATIVE_NORM
-from mergescope.readiness import analyze
+from mergescope.stats.findings import DIFFERENT_BASE_COSINE, DRIFT_COSINE, DRIFT_RELATIVE_NORM
+from mergescope.stats.readiness import analyze
 
 FAMILY = Path(__file__).resolve().parents[1] / "analysis" / "demo" / "family"
 

@@ -5,7 +5,7 @@ import io
 import pytest
 from rich.console import Console
 
-from mergescope.tui.demo_headless import cross_domain_verdicts, run_headless
+from mergescope.tui.commands.demo_headless import cross_domain_verdicts, run_headless
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,7 @@ def test_cli_flag_is_wired(monkeypatch, capsys):
 
     seen = {}
     monkeypatch.setattr(
-        "mergescope.tui.demo_headless.run_headless", lambda output, use_cache=True: seen.update(output=output) or {}
+        "mergescope.tui.commands.demo_headless.run_headless",
+        lambda output, use_cache=True: seen.update(output=output) or {},
     )
     assert main(["demo", "--headless", "--output", "x"]) == 0 and seen == {"output": "x"}

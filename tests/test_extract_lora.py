@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mergescope.checkpoint import AdaptedCheckpoint, LoraCheckpoint, open_checkpoint, open_models
-from mergescope.errors import InputError
-from mergescope.lora_extract import choose_rank, extract_lora, truncated_svd
+from mergescope.io.checkpoint import AdaptedCheckpoint, LoraCheckpoint, open_checkpoint, open_models
+from mergescope.io.errors import InputError
+from mergescope.lora.extract import choose_rank, extract_lora, truncated_svd
 from mergescope.tui.cli import main
 from tests.ckpt_utils import load_state, lora_delta, make_finetune, make_llama, make_lora, write_state
 
@@ -208,7 +208,7 @@ def test_bad_input_is_one_line_and_exit_2(lowrank_ft, tmp_path, capsys):
 
 
 def test_a_failure_midway_leaves_nothing(lowrank_ft, tmp_path, monkeypatch):
-    import mergescope.lora_extract as le
+    import mergescope.lora.extract as le
 
     base, ft, _ = lowrank_ft
     calls = []

@@ -13,13 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mergescope.plan import Plan
+from mergescope.merge.plan import Plan
 from mergescope.tui.cli import main
 from tests.ckpt_utils import make_finetune, make_llama
 
 SLOW = """
 import sys, time
-import mergescope.executor as ex
+import mergescope.merge.executor as ex
 real, delay = ex._compute, float(sys.argv[1])
 def slow(*a, **k):
     time.sleep(delay)
@@ -78,7 +78,7 @@ def test_a_signal_mid_merge_leaves_nothing(fam, tmp_path, sig, code):
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(fam, tmp_path, monkeypatch, capsys):
     root, base, fts = fam
-    import mergescope.output.shards as shards
+    import mergescope.merge.output.shards as shards
 
     calls = {"n": 0}
     real = shards._write_tensor

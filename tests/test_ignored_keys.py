@@ -4,10 +4,10 @@ them (printed, and in the model card). A name no method takes stays an error wit
 import pytest
 import torch
 
-from mergescope.errors import InputError
-from mergescope.merge import run_merge
-from mergescope.methods import REGISTRY, get_method
-from mergescope.plan import Plan
+from mergescope.io.errors import InputError
+from mergescope.merge.methods import REGISTRY, get_method
+from mergescope.merge.plan import Plan
+from mergescope.merge.run import run_merge
 from tests.ckpt_utils import load_state, make_finetune, make_llama
 from tests.mergekit_utils import mergekit_available, mergekit_python
 

@@ -7,14 +7,14 @@ import pytest
 import torch
 import yaml
 
-from mergescope import methods
-from mergescope.errors import InputError
-from mergescope.merge import MergeCancelled, MergeError, run_merge
-from mergescope.methods.base import BaseUse, Linear, MergeMethod, ParamSpec
-from mergescope.output import ModelWriter
-from mergescope.plan import Plan
+from mergescope.io.errors import InputError
+from mergescope.io.units import parse_size
+from mergescope.merge import methods
+from mergescope.merge.methods.base import BaseUse, Linear, MergeMethod, ParamSpec
+from mergescope.merge.output import ModelWriter
+from mergescope.merge.plan import Plan
+from mergescope.merge.run import MergeCancelled, MergeError, run_merge
 from mergescope.tui.cli import main
-from mergescope.units import parse_size
 from tests.ckpt_utils import load_state, lora_delta, make_finetune, make_llama, make_lora
 
 N_LAYERS = 4
@@ -308,7 +308,7 @@ def test_writer_planned_mode_refuses_surprises(tmp_path):
 @pytest.mark.parametrize("threads", [1, 3])
 def test_parallel_streaming_merge_equals_sequential_general_path(family, monkeypatch, threads):
     """ties/task_arithmetic through the streaming kernel on worker threads == the general path."""
-    from mergescope.methods import gta_stream
+    from mergescope.merge.methods import gta_stream
 
     monkeypatch.setattr(gta_stream, "RELEASE_BYTES", 64)  # release calls on every chunk
     monkeypatch.setattr(gta_stream, "CHUNK", 64)
@@ -330,7 +330,7 @@ def test_parallel_streaming_merge_equals_sequential_general_path(family, monkeyp
 
 def test_released_pages_read_back_the_same(tmp_path):
     """Streaming kernels drop mapped input pages as they go (release_range); reads stay correct."""
-    from mergescope.checkpoint import open_checkpoint
+    from mergescope.io.checkpoint import open_checkpoint
     from tests.ckpt_utils import write_state
 
     t = torch.randn(3_000_001, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)

@@ -37,8 +37,8 @@ _OK, _WHY = mergekit_available()
 if not _OK:
     pytest.skip(_WHY, allow_module_level=True)
 
-from mergescope.merge import run_merge  # noqa: E402
-from mergescope.plan import Plan  # noqa: E402
+from mergescope.merge.plan import Plan  # noqa: E402
+from mergescope.merge.run import run_merge  # noqa: E402
 from tests.ckpt_utils import make_finetune, make_llama  # noqa: E402
 
 N_LAYERS = 4
@@ -253,7 +253,7 @@ def merged(tmp_path_factory):
 
 def _tie_masks(plan: Plan, root: Path, names, gamma: bool) -> dict[str, torch.Tensor]:
     """Per output tensor, the positions where some model's trim cut falls inside a run of equal |delta|."""
-    from mergescope.checkpoint import open_checkpoint
+    from mergescope.io.checkpoint import open_checkpoint
 
     compute = torch.float32 if plan.dtype else torch.bfloat16
     cks = {m: open_checkpoint(m) for m in plan.referenced_models()}

@@ -38,10 +38,10 @@ _OK, _WHY = mergekit_available()
 if not _OK:
     pytest.skip(_WHY, allow_module_level=True)
 
-from mergescope.merge import run_merge  # noqa: E402
-from mergescope.methods import REGISTRY  # noqa: E402
-from mergescope.methods.base import MergeContext  # noqa: E402
-from mergescope.plan import Plan  # noqa: E402
+from mergescope.merge.methods import REGISTRY  # noqa: E402
+from mergescope.merge.methods.base import MergeContext  # noqa: E402
+from mergescope.merge.plan import Plan  # noqa: E402
+from mergescope.merge.run import run_merge  # noqa: E402
 from tests.ckpt_utils import llama_config, llama_shapes, write_state  # noqa: E402
 
 SEED = 1234

@@ -30,8 +30,8 @@ _OK, _WHY = mergekit_available()
 if not _OK:
     pytest.skip(_WHY, allow_module_level=True)
 
-from mergescope.merge import run_merge  # noqa: E402
-from mergescope.plan import Plan  # noqa: E402
+from mergescope.merge.plan import Plan  # noqa: E402
+from mergescope.merge.run import run_merge  # noqa: E402
 from tests.ckpt_utils import make_finetune, make_llama  # noqa: E402
 
 N_LAYERS = 3

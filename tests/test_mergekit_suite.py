@@ -56,9 +56,9 @@ _OK, _WHY = mergekit_available()
 if not _OK:
     pytest.skip(_WHY, allow_module_level=True)
 
-from mergescope.errors import InputError  # noqa: E402
-from mergescope.merge import run_merge  # noqa: E402
-from mergescope.plan import Plan  # noqa: E402
+from mergescope.io.errors import InputError  # noqa: E402
+from mergescope.merge.plan import Plan  # noqa: E402
+from mergescope.merge.run import run_merge  # noqa: E402
 from tests import suite_models as sm  # noqa: E402
 from tests.mergekit_suite_cases import CASES, EMBEDS, LAYOUTS, Outcome, _vocab  # noqa: E402
 

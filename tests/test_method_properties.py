@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mergescope.methods import REGISTRY
-from mergescope.methods.base import BaseUse, MergeContext
+from mergescope.merge.methods import REGISTRY
+from mergescope.merge.methods.base import BaseUse, MergeContext
 
 shapes = st.one_of(st.tuples(st.integers(1, 40)), st.tuples(st.integers(1, 12), st.integers(1, 12)))
 

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from mergescope.errors import InputError
-from mergescope.methods import REGISTRY, get_method, release_workspace
-from mergescope.methods import sparsify as sp
-from mergescope.methods.base import MergeContext
+from mergescope.io.errors import InputError
+from mergescope.merge.methods import REGISTRY, get_method, release_workspace
+from mergescope.merge.methods import sparsify as sp
+from mergescope.merge.methods.base import MergeContext
 
 SHAPE = (48, 80)
 
@@ -251,7 +251,7 @@ def test_registry_names_and_param_specs_match_mergekit():
         m = REGISTRY[name]
         got = {p.name: (p.per_model, p.default, p.required) for p in m.params}
         assert got == expected, name
-    from mergescope.methods.base import BaseUse
+    from mergescope.merge.methods.base import BaseUse
 
     base_use = {"linear": BaseUse.INPUT, "nuslerp": BaseUse.OPTIONAL, "passthrough": BaseUse.INPUT}
     base_use |= {"multislerp": BaseUse.OPTIONAL, "karcher": BaseUse.INPUT}
@@ -711,8 +711,8 @@ def _stream_vs_merge(name, base, models, mps, params=None, out_dtype=torch.bfloa
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("n", [3000, 300_000])  # small: direct selection; large: bracketed
 def test_stream_kernel_equals_general_path(dtype, n, c_kernels, monkeypatch):
-    from mergescope import kernels, selection
-    from mergescope.methods import gta_stream
+    from mergescope.merge.methods import gta_stream
+    from mergescope.stats import kernels, selection
 
     if not c_kernels:
         monkeypatch.setenv("MERGESCOPE_NO_C_KERNELS", "1")
@@ -760,7 +760,7 @@ def test_stream_kernel_equals_general_path(dtype, n, c_kernels, monkeypatch):
 
 
 def test_stream_kernel_bad_sample_falls_back_exactly(monkeypatch):
-    from mergescope import selection
+    from mergescope.stats import selection
 
     monkeypatch.setattr(selection, "_sample_bracket", lambda *a: (0.0, 1e-30))  # a bracket that misses
     monkeypatch.setattr(selection, "STREAM_DIRECT_MAX", 1 << 16)
@@ -773,7 +773,7 @@ def test_stream_kernel_bad_sample_falls_back_exactly(monkeypatch):
 def test_stream_kernel_non_finite_large_tensor_keeps_nan_semantics(monkeypatch):
     """The analysis kernel reads non-finite values as 0, which is not the merge's rule (NaN never
     counts toward k): such tensors take the sampled route and still equal the general path."""
-    from mergescope import selection, tvstats
+    from mergescope.stats import selection, tvstats
 
     monkeypatch.setattr(selection, "STREAM_DIRECT_MAX", 1 << 16)
     n = 200_000

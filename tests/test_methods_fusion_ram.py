@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from mergescope.errors import InputError
-from mergescope.methods import REGISTRY, arcee_fusion, ram
-from mergescope.methods.base import BaseUse, Linear, MergeContext, Trim
-from mergescope.plan import Plan
-from mergescope.whatif import coefficients, method_note
+from mergescope.io.errors import InputError
+from mergescope.merge.methods import REGISTRY, arcee_fusion, ram
+from mergescope.merge.methods.base import BaseUse, Linear, MergeContext, Trim
+from mergescope.merge.plan import Plan
+from mergescope.merge.whatif import coefficients, method_note
 from tests.ckpt_utils import load_state, make_finetune, make_llama
 
 
@@ -308,7 +308,7 @@ def test_ramplus_epsilon_check_before_any_tensor_is_read(tmp_path, monkeypatch):
     text = "merge_method: ramplus_tl\nbase_model: base\nmodels:\n- model: a\nparameters:\n  epsilon: [{filter: mlp, value: 0.0}, {value: 1e-5}]\n"
     p = Plan.from_yaml(text, source=str(tmp_path / "plan.yml"))
     p.validate(check_paths=True)  # the filter is resolved per tensor: found when the headers are read
-    from mergescope.checkpoint import Checkpoint
+    from mergescope.io.checkpoint import Checkpoint
 
     monkeypatch.setattr(Checkpoint, "get", lambda *a, **k: pytest.fail("a tensor was read"))
     with pytest.raises(InputError, match=r"ramplus_tl needs epsilon > 0 .*tensor model\.layers\.0\.mlp"):
@@ -317,7 +317,7 @@ def test_ramplus_epsilon_check_before_any_tensor_is_read(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["arcee_fusion", "ram", "ramplus_tl"])
 def test_merge_of_a_plan_equals_the_method_per_tensor(tmp_path, monkeypatch, name):
-    from mergescope.merge import merge_in_memory
+    from mergescope.merge.run import merge_in_memory
 
     monkeypatch.chdir(tmp_path)
     make_llama(tmp_path / "base", n_layers=2, hidden=16, vocab=32, dtype=torch.bfloat16)

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from mergescope.errors import InputError
-from mergescope.methods import REGISTRY, get_method
-from mergescope.methods.base import BaseUse, Linear, MergeContext, Trim
-from mergescope.plan import Plan
-from mergescope.whatif import coefficients, method_note
+from mergescope.io.errors import InputError
+from mergescope.merge.methods import REGISTRY, get_method
+from mergescope.merge.methods.base import BaseUse, Linear, MergeContext, Trim
+from mergescope.merge.plan import Plan
+from mergescope.merge.whatif import coefficients, method_note
 
 SHAPE = (40, 56)
 
@@ -241,7 +241,7 @@ def test_sce_uniform_weights_for_small_task_vectors_and_edge_cases():
 
 def test_sce_selection_ties_follow_torch_topk():
     """Equal variances across the cut: the pick is torch.topk's (what mergekit calls), else the threshold."""
-    from mergescope.methods.sce import _selection_mask
+    from mergescope.merge.methods.sce import _selection_mask
 
     g = torch.Generator().manual_seed(9)
     for var in (torch.randint(1, 6, (5000,), generator=g).float(), torch.rand(5000, generator=g)):
@@ -334,8 +334,8 @@ def test_whatif_coefficients():
 
 
 def test_whatif_from_plan_sce_uses_the_measured_energy(tmp_path):
-    from mergescope.readiness import analyze
-    from mergescope.whatif import from_plan
+    from mergescope.merge.whatif import from_plan
+    from mergescope.stats.readiness import analyze
     from tests.ckpt_utils import make_family
 
     base, models = make_family(tmp_path, dtype=torch.float32, n_models=2)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from mergescope.errors import InputError
-from mergescope.methods import REGISTRY, get_method
-from mergescope.methods.base import BaseUse, MergeContext
-from mergescope.methods.iso import split
-from mergescope.plan import Plan
+from mergescope.io.errors import InputError
+from mergescope.merge.methods import REGISTRY, get_method
+from mergescope.merge.methods.base import BaseUse, MergeContext
+from mergescope.merge.methods.iso import split
+from mergescope.merge.plan import Plan
 from tests.ckpt_utils import load_state, make_finetune, make_llama
 
 SUBSPACE = ("tsv", "iso_c", "iso_cts")
@@ -249,7 +249,7 @@ def _family_on_disk(tmp_path, n=3):
     "name, params", [("tsv", {}), ("iso_c", {"alpha": 1.5}), ("iso_cts", {"common_space_fraction": 0.5})]
 )
 def test_merges_a_checkpoint_end_to_end(tmp_path, name, params):
-    from mergescope.merge import run_merge
+    from mergescope.merge.run import run_merge
 
     models = _family_on_disk(tmp_path)
     extra = "".join(f"  {k}: {v}\n" for k, v in params.items())

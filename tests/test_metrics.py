@@ -8,15 +8,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mergescope.checkpoint import open_models
-from mergescope.naming import site_of
-from mergescope.readiness import analyze
-from mergescope.scan import analyze_checkpoints
+from mergescope.io.checkpoint import open_models
+from mergescope.io.naming import site_of
+from mergescope.stats.readiness import analyze
+from mergescope.stats.scan import analyze_checkpoints
 from tests.ckpt_utils import H, L, family_shapes, make_family
 
 
 def _load_all(path):
-    from mergescope.checkpoint import open_checkpoint
+    from mergescope.io.checkpoint import open_checkpoint
 
     ck = open_checkpoint(path)
     return {n: ck.get(n).float().numpy().astype(np.float64) for n in ck.names()}
@@ -143,7 +143,7 @@ KERNELS = {
     ],
 )
 def test_metrics_match_reference(tmp_path, monkeypatch, kernel, dtype, shards, sparse, density):
-    import mergescope.tvstats as tv
+    import mergescope.stats.tvstats as tv
 
     for k, v in KERNELS[kernel].items():
         if k == "_C":
@@ -221,7 +221,7 @@ def test_json_contract_round_trip(tmp_path, monkeypatch):
     assert any(c["layer"] is None for c in data["cells"])
     ms = data["model_summary"][0]
     assert set(ms) >= {"model", "relative_norm", "cosine_to_base"}
-    from mergescope.report import Report
+    from mergescope.stats.report import Report
 
     again = Report.from_json(data).to_json()
     for key in ("cells", "pair_cells", "group_cells", "model_summary"):
@@ -238,7 +238,7 @@ def test_json_contract_round_trip(tmp_path, monkeypatch):
 
 
 def test_progress_and_cancel(tmp_path):
-    from mergescope.scan import AnalysisCancelled
+    from mergescope.stats.scan import AnalysisCancelled
 
     base_p, paths = make_family(tmp_path, n_models=2)
     base, models = open_models(base_p, paths)
@@ -254,7 +254,7 @@ def test_non_finite_values_are_counted_and_excluded(tmp_path):
     base_p, paths = make_family(tmp_path, n_models=2)
     from safetensors.torch import save_file
 
-    from mergescope.checkpoint import open_checkpoint
+    from mergescope.io.checkpoint import open_checkpoint
 
     ck = open_checkpoint(paths[1])
     sd = {n: ck.get(n).clone() for n in ck.names()}
@@ -272,8 +272,8 @@ def test_c_kernel_builds_and_is_used(tmp_path, monkeypatch):
     against the reference in test_metrics_match_reference[c-...]."""
     import shutil
 
-    from mergescope import kernels
-    from mergescope.tvstats import _CPasses
+    from mergescope.stats import kernels
+    from mergescope.stats.tvstats import _CPasses
 
     if not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
         pytest.skip("no C compiler: the torch path is used")
@@ -284,8 +284,8 @@ def test_c_kernel_builds_and_is_used(tmp_path, monkeypatch):
 
 
 def _stats(base, taus, density, monkeypatch, c: bool):
-    from mergescope import tvstats
-    from mergescope.report import SiteStats
+    from mergescope.stats import tvstats
+    from mergescope.stats.report import SiteStats
 
     if not c:
         monkeypatch.setenv("MERGESCOPE_NO_C_KERNELS", "1")
@@ -299,7 +299,7 @@ def _stats(base, taus, density, monkeypatch, c: bool):
 def _route_counts(monkeypatch):
     """How the C route went: calls of the sign-code pass (bracket) and of pass 2, and how many
     coordinates were set aside (thresholds strictly inside a bucket)."""
-    from mergescope.tvstats import _CPasses
+    from mergescope.stats.tvstats import _CPasses
 
     seen = {"bracket": 0, "pass2": 0, "set_aside": 0}
     orig_bracket, orig_pass2 = _CPasses.bracket, _CPasses.pass2
@@ -325,7 +325,7 @@ def test_two_pass_route_equals_three_pass_torch(monkeypatch, case, segment):
     """The C route (thresholds from the bucket's smallest-value count, or set-aside coordinates
     resolved after one pass) gives exactly the torch three-pass integers, on tensors large enough to
     have heavy ties (bf16) and open buckets (fp32); and it takes the route it is meant to."""
-    from mergescope import kernels
+    from mergescope.stats import kernels
 
     if kernels.lib() is None:
         pytest.skip(f"no C kernels: {kernels.build_error}")
@@ -349,7 +349,7 @@ def test_two_pass_route_equals_three_pass_torch(monkeypatch, case, segment):
         taus.append((base.float() + d).to(dtype))
     seen = _route_counts(monkeypatch)
     if segment:
-        from mergescope import tvstats
+        from mergescope.stats import tvstats
 
         monkeypatch.setattr(tvstats, "SEGMENT", segment)
     c = _stats(base, taus, 0.2, monkeypatch, c=True)
@@ -369,8 +369,8 @@ def test_two_pass_route_equals_three_pass_torch(monkeypatch, case, segment):
 
 def test_large_tensors_are_released_segment_by_segment(monkeypatch):
     """Resident memory stays at a segment per input: every pass releases each segment after it."""
-    from mergescope import tvstats
-    from mergescope.report import SiteStats
+    from mergescope.stats import tvstats
+    from mergescope.stats.report import SiteStats
 
     monkeypatch.setattr(tvstats, "SEGMENT", 1000)
     g = torch.Generator().manual_seed(3)

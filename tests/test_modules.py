@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from mergescope.errors import InputError
-from mergescope.merge import run_merge
-from mergescope.model_parts import split
-from mergescope.plan import Plan
+from mergescope.io.errors import InputError
+from mergescope.io.model_parts import split
+from mergescope.merge.plan import Plan
+from mergescope.merge.run import run_merge
 from tests.ckpt_utils import load_state, make_finetune, make_llama
 from tests.mergekit_utils import mergekit_available, run_mergekit
 from tests.multimodal_utils import make_vl

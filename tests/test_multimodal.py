@@ -6,9 +6,9 @@ by transformers."""
 import pytest
 import torch
 
-from mergescope.merge import run_merge
-from mergescope.naming import site_of
-from mergescope.plan import Plan
+from mergescope.io.naming import site_of
+from mergescope.merge.plan import Plan
+from mergescope.merge.run import run_merge
 from tests.ckpt_utils import load_state, make_finetune
 
 pytest.importorskip("transformers")

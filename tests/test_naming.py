@@ -2,7 +2,7 @@
 
 import pytest
 
-from mergescope.naming import Site, layer_count, site_of
+from mergescope.io.naming import Site, layer_count, site_of
 
 CASES = {
     "llama/mistral/qwen2": [

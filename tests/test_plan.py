@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mergescope.errors import InputError
-from mergescope.naming import site_of
-from mergescope.plan import Plan, group_ratios_of, interpolate, plan_from_group_ratios
+from mergescope.io.errors import InputError
+from mergescope.io.naming import site_of
+from mergescope.merge.plan import Plan, group_ratios_of, interpolate, plan_from_group_ratios
 from tests.ckpt_utils import llama_shapes, make_finetune, make_llama, make_lora
 
 FULL = """\
@@ -405,7 +405,7 @@ def test_ref_paths_and_open_ref_name_the_key_path(tmp_path, monkeypatch):
 
 
 def test_gradient_position_and_filter_lookup_are_mergekits():
-    from mergescope.plan import gradient_position, matching_filter
+    from mergescope.merge.plan import gradient_position, matching_filter
 
     assert [gradient_position(i, 3) for i in range(3)] == [0.0, 0.5, 1.0]
     assert gradient_position(0, 1) == 1
@@ -419,7 +419,7 @@ def test_importing_the_plan_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, mergescope.plan; sys.exit(1 if 'torch' in sys.modules else 0)"
+    code = "import sys, mergescope.merge.plan; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], cwd="/", timeout=60).returncode == 0
 
 
@@ -515,7 +515,7 @@ def test_group_ratios_of_rejects_hand_written_filters():
 def test_a_plan_with_an_extension_method_says_so_in_a_yaml_comment(monkeypatch):
     import dataclasses
 
-    from mergescope import methods
+    from mergescope.merge import methods
 
     ext = dataclasses.replace(methods.REGISTRY["linear"], name="x_linear", extension=True)
     monkeypatch.setitem(methods.REGISTRY, "x_linear", ext)

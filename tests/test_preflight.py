@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mergescope.demo import family_dir
-from mergescope.errors import InputError
-from mergescope.merge import merge_in_memory, run_merge
-from mergescope.plan import Plan
-from mergescope.preflight import MIN_MATRICES, run_checks
+from mergescope.io.errors import InputError
+from mergescope.merge.plan import Plan
+from mergescope.merge.preflight import MIN_MATRICES, run_checks
+from mergescope.merge.run import merge_in_memory, run_merge
 from mergescope.tui.cli import main
 
 FAM = family_dir()

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mergescope.errors import InputError
-from mergescope.evaluate import nll_from_logits, open_model, read_text, window_nll, windows
-from mergescope.scorers import score_models
-from mergescope.tokens import ByteTokenizer, tokenizer_for
+from mergescope.io.errors import InputError
+from mergescope.score.backends import score_models
+from mergescope.score.evaluate import nll_from_logits, open_model, read_text, window_nll, windows
+from mergescope.score.tokens import ByteTokenizer, tokenizer_for
 from mergescope.tui.cli import main
 from tests.ckpt_utils import llama_config, load_state, lora_delta, make_llama, make_lora
 
@@ -119,9 +119,10 @@ def test_lora_adapter_is_scored_as_base_plus_adapter(tmp_path, bytes_llama):
 
 
 def test_builtin_matches_module_forward_on_the_demo():
+    from tinylm import load_model
+
     from mergescope.demo import family_dir
-    from mergescope.llama import LlamaShape, forward
-    from mergescope.tinylm import load_model
+    from mergescope.score.llama import LlamaShape, forward
 
     model = load_model(family_dir() / "code")
     m = open_model(family_dir() / "code")
@@ -247,7 +248,7 @@ def test_eval_command_table_json_and_errors(tmp_path, bytes_llama, capsys):
 
 
 def test_blocked_loss_equals_the_loss_of_whole_logits(monkeypatch):
-    import mergescope.llama as llama
+    import mergescope.score.llama as llama
     from mergescope.demo import family_dir
 
     m = open_model(family_dir() / "prose")

@@ -1,4 +1,4 @@
-"""Exact selection (mergescope.selection) against a float64 sort, on every route: direct, sampled
+"""Exact selection (mergescope.stats.selection) against a float64 sort, on every route: direct, sampled
 bracket in memory, streamed (analysis-kernel buckets or sample, bracket histograms, fallbacks), the
 analysis kernel's radix select and set-aside, tensors read in segments. Ties, NaN/Inf, fp16/bf16/fp32."""
 
@@ -12,8 +12,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mergescope import selection as sel
-from mergescope import tvstats
+from mergescope.stats import selection as sel
+from mergescope.stats import tvstats
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 NAN = float("nan")

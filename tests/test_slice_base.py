@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from mergescope.errors import InputError
-from mergescope.merge import run_merge
-from mergescope.plan import Plan
+from mergescope.io.errors import InputError
+from mergescope.merge.plan import Plan
+from mergescope.merge.run import run_merge
 from tests.ckpt_utils import load_state, make_finetune, make_llama
 from tests.mergekit_utils import mergekit_available, run_mergekit
 

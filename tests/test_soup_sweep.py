@@ -6,11 +6,11 @@ import math
 
 import pytest
 
-from mergescope.errors import InputError
-from mergescope.evaluate import Score
-from mergescope.plan import Plan
-from mergescope.soup import greedy_soup, soup_plan, uniform_soup
-from mergescope.sweep import parse_values, sweep, with_value
+from mergescope.io.errors import InputError
+from mergescope.merge.plan import Plan
+from mergescope.score.evaluate import Score
+from mergescope.search.soup import greedy_soup, soup_plan, uniform_soup
+from mergescope.search.sweep import parse_values, sweep, with_value
 from mergescope.tui.cli import main
 from tests.ckpt_utils import make_finetune, make_llama
 

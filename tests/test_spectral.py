@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from mergescope import spectral as sp
-from mergescope.readiness import analyze
-from mergescope.report import Report
-from mergescope.scan import AnalysisCancelled
+from mergescope.stats import spectral as sp
+from mergescope.stats.readiness import analyze
+from mergescope.stats.report import Report
+from mergescope.stats.scan import AnalysisCancelled
 from mergescope.tui.cli import main
 from tests.ckpt_utils import load_state, make_finetune, make_llama, make_lora
 
@@ -215,8 +215,8 @@ def test_a_model_outside_the_merged_subspace_gets_a_finding(tmp_path):
     top subspace; the finding names it."""
     import torch
 
-    from mergescope.findings import SAR_NOTE
-    from mergescope.readiness import analyze
+    from mergescope.stats.findings import SAR_NOTE
+    from mergescope.stats.readiness import analyze
     from tests.ckpt_utils import load_state, make_llama, write_state
 
     base = make_llama(tmp_path / "base", n_layers=1, hidden=32, vocab=32, seed=0)

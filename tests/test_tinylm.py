@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-from mergescope.checkpoint import open_checkpoint
-from mergescope.demo import DEMO_MODELS, SOUP_MODELS
-from mergescope.evaluate import Model, load_texts
-from mergescope.scorers import score_models
-from mergescope.tinylm import (
+from tinylm import (
     LlamaConfig,
     LlamaLM,
     bytes_to_unicode,
@@ -24,6 +20,11 @@ from mergescope.tinylm import (
     save_model,
     tokenizer_json,
 )
+
+from mergescope.demo import DEMO_MODELS, SOUP_MODELS
+from mergescope.io.checkpoint import open_checkpoint
+from mergescope.score.backends import score_models
+from mergescope.score.evaluate import Model, load_texts
 
 DEMO = Path(__file__).resolve().parents[1] / "analysis" / "demo"
 FAMILY = DEMO / "family"
@@ -212,11 +213,11 @@ def test_matches_transformers_llama(models):
 
 def test_import_is_light():
     code = (
-        "import sys, mergescope.tinylm, mergescope.evaluate; "
+        "import sys, tinylm, mergescope.score.evaluate; "
         "bad = [m for m in ('textual', 'transformers') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True
-    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "scripts")}
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stdout + r.stderr

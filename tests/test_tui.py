@@ -14,8 +14,8 @@ from mergescope.tui.app import MergeScopeApp
 from mergescope.tui.dialogs.error import ErrorDialog
 from mergescope.tui.dialogs.help import HelpScreen
 from mergescope.tui.dialogs.open import OpenDialog
-from mergescope.tui.heatdata import METRICS
 from mergescope.tui.messages import WhatIfReady
+from mergescope.tui.state.heatdata import METRICS
 from mergescope.tui.widgets.heatmap import Heatmap
 from mergescope.tui.widgets.heatmap_view import HeatmapView
 from mergescope.tui.widgets.inputs import PathInput
@@ -146,8 +146,8 @@ async def test_incompatible_model_shows_findings_not_a_crash(tmp_path, family):
 
 
 async def test_analysis_can_be_cancelled(family, monkeypatch):
-    import mergescope.readiness as analyze_mod
-    from mergescope.scan import AnalysisCancelled
+    import mergescope.stats.readiness as analyze_mod
+    from mergescope.stats.scan import AnalysisCancelled
 
     started = []
 
@@ -262,7 +262,7 @@ async def test_heatmap_scrolls_with_the_cursor_on_many_layers():
     """A 126-layer grid renders only what is visible; the cursor drags the view along."""
     from textual.app import App
 
-    from mergescope.tui.heatdata import Grid
+    from mergescope.tui.state.heatdata import Grid
 
     rows = [f"L{i}" for i in range(126)]
     cols = ["all"] + [f"c{k}" for k in range(9)]
@@ -330,10 +330,10 @@ async def settle(app, pilot) -> None:
 
 
 async def test_plan_edit_whatif_export_reload_merge(family, tmp_path):
-    from mergescope.plan import Plan
+    from mergescope.merge.plan import Plan
+    from mergescope.merge.whatif import from_plan
     from mergescope.tui.dialogs.prompt import PathPrompt, ValuePrompt
     from mergescope.tui.widgets.plan_editor import PlanEditor
-    from mergescope.whatif import from_plan
 
     base, models = family
     app = app_for(family)
@@ -430,7 +430,7 @@ async def test_plan_edit_whatif_export_reload_merge(family, tmp_path):
 
 
 async def test_merge_cancel_leaves_no_output(family, tmp_path, monkeypatch):
-    import mergescope.merge as merge_mod
+    import mergescope.merge.run as merge_mod
 
     real = merge_mod.run_merge
 
@@ -510,7 +510,7 @@ models:
         # the what-if honours the filter: q_proj of model 0 has weight 0.3
         r = app.report
         sites = [s for s in r.sites if s.layer == 1 and s.module == "q_proj"]
-        from mergescope.whatif import from_plan
+        from mergescope.merge.whatif import from_plan
 
         assert from_plan(r, st.custom).cell(sites).weight[0] == pytest.approx(0.3)
         await pilot.press("R")
@@ -600,7 +600,7 @@ modules:
         await settle(app, pilot)
         st = app.plan_state
         assert st.custom is not None and st.custom.modules is not None
-        from mergescope.whatif import from_plan
+        from mergescope.merge.whatif import from_plan
 
         r = app.report
         sites = [s for s in r.sites if s.layer == 1 and s.module == "q_proj"]

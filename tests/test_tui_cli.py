@@ -2,7 +2,7 @@
 
 
 def test_serve_command_line():
-    from mergescope.tui.cmd_serve import command_line
+    from mergescope.tui.commands.serve import command_line
 
     assert command_line([]).endswith("-m mergescope.tui.cli ui")
     assert command_line(["demo"]).endswith("-m mergescope.tui.cli demo")
@@ -28,8 +28,8 @@ def test_ui_refuses_a_base_without_models(capsys):
 
 def test_demo_paths_come_from_the_bundled_family(monkeypatch, tmp_path):
     import mergescope.demo as family
-    import mergescope.tui.cmd_demo as demo
-    from mergescope.errors import InputError
+    import mergescope.tui.commands.demo as demo
+    from mergescope.io.errors import InputError
 
     monkeypatch.setattr(family, "family_dir", lambda: tmp_path)
     try:

@@ -12,10 +12,10 @@ import types
 import pytest
 from textual.worker import WorkerFailed
 
-from mergescope.readiness import analyze
+from mergescope.stats.readiness import analyze
 from mergescope.tui.app import MergeScopeApp
 from mergescope.tui.dialogs.error import ErrorDialog
-from mergescope.tui.evaluation import PLAN_ROW, EvalStore, Meter, default_values
+from mergescope.tui.state.evaluation import PLAN_ROW, EvalStore, Meter, default_values
 from mergescope.tui.widgets.eval_view import EvalView, score_table
 from tests.ckpt_utils import make_finetune, make_llama
 
@@ -82,7 +82,7 @@ def entry(app, kind: str):
 
 # ---- the parts ---------------------------------------------------------------------------------
 def test_default_sweep_ranges_come_from_the_spec():
-    from mergescope.tui.plan_state import PlanState
+    from mergescope.tui.state.plan_state import PlanState
 
     st = PlanState("base", ["a", "b"], 2, method="ties")
     assert default_values(st, "weight") == "0:1.5:0.25"
@@ -103,7 +103,7 @@ def test_meter_counts_phases_across_restarts():
 
 
 def test_store_marks_the_latest_stale_for_another_plan():
-    from mergescope.tui.evaluation import EvalEntry, EvalJob
+    from mergescope.tui.state.evaluation import EvalEntry, EvalJob
 
     store = EvalStore(limit=2)
     e1 = EvalEntry(EvalJob("score", "plan-1", ("a.txt",)), {}, 1.0)
@@ -120,7 +120,7 @@ def test_store_marks_the_latest_stale_for_another_plan():
 def test_demo_preselects_its_held_out_texts():
     from mergescope.demo import heldout_dir
     from mergescope.tui.cli import build_parser
-    from mergescope.tui.cmd_demo import build_app
+    from mergescope.tui.commands.demo import build_app
 
     app = build_app()
     assert sorted(p.rsplit("/", 1)[-1] for p in app.session.texts) == sorted(
@@ -230,8 +230,8 @@ async def test_greedy_soup_lists_its_steps_as_they_happen(here, monkeypatch):
 async def test_escape_cancels_an_evaluation(here, monkeypatch):
     import time
 
-    import mergescope.scorers as scorers
-    from mergescope.evaluate import EvalCancelled
+    import mergescope.score.backends as scorers
+    from mergescope.score.evaluate import EvalCancelled
 
     started = []
 
@@ -291,7 +291,7 @@ async def test_a_bad_text_file_is_one_error_dialog(here, tmp_path, content, need
 
 @pytest.mark.asyncio
 async def test_results_are_kept_per_plan_across_tabs(here, monkeypatch):
-    import mergescope.tui.evaluation as evaluation
+    import mergescope.tui.state.evaluation as evaluation
 
     runs = []
     real = evaluation.run
@@ -340,7 +340,7 @@ async def test_evaluate_is_in_help_and_the_palette(here):
 
 # ---- snapshot ----------------------------------------------------------------------------------
 def test_evaluate_tab_after_a_sweep(here, monkeypatch, snap_compare):
-    import mergescope.tui.eval_jobs as eval_jobs
+    import mergescope.tui.actions.evaluate as eval_jobs
 
     monkeypatch.setattr(eval_jobs, "time", types.SimpleNamespace(perf_counter=lambda: 0.0))  # "0.0 s"
     analyze("base", ["ft0", "ft1", "ft2"])  # warm cache

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 from textual.app import App
 
-from mergescope.readiness import analyze
-from mergescope.tui.heatdata import Grid
-from mergescope.tui.plan_state import state_for_report
-from mergescope.tui.recent import ModelSet
-from mergescope.tui.session import Session
+from mergescope.stats.readiness import analyze
+from mergescope.tui.state.heatdata import Grid
+from mergescope.tui.state.plan_state import state_for_report
+from mergescope.tui.state.recent import ModelSet
+from mergescope.tui.state.session import Session
 from mergescope.tui.widgets.heatmap import Heatmap
 from mergescope.tui.widgets.plan_editor import PlanEditor
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mergescope.readiness import analyze
+from mergescope.stats.readiness import analyze
 from mergescope.tui.app import MergeScopeApp
 from tests.ckpt_utils import make_family
 

@@ -15,7 +15,7 @@ pytest.importorskip("optuna", reason="the tune extra is not installed: pip insta
 
 from mergescope.tui.app import MergeScopeApp  # noqa: E402
 from mergescope.tui.dialogs.tune import TuneScreen  # noqa: E402
-from mergescope.tui.tuning import state_table  # noqa: E402
+from mergescope.tui.state.tuning import state_table  # noqa: E402
 from tests.ckpt_utils import make_finetune, make_llama  # noqa: E402
 
 SIZE = (120, 40)

@@ -18,15 +18,15 @@ import pytest
 optuna = pytest.importorskip("optuna", reason="the tune extra is not installed: pip install -e '.[tune]'")
 
 from mergescope.demo import family_dir, heldout_dir  # noqa: E402
-from mergescope.errors import InputError  # noqa: E402
-from mergescope.plan import Plan, group_ratios_of, plan_from_group_ratios  # noqa: E402
-from mergescope.plan.tables import make_bands  # noqa: E402
-from mergescope.scorers import Scorer  # noqa: E402
+from mergescope.io.errors import InputError  # noqa: E402
+from mergescope.merge.plan import Plan, group_ratios_of, plan_from_group_ratios  # noqa: E402
+from mergescope.merge.plan.tables import make_bands  # noqa: E402
+from mergescope.score.backends import Scorer  # noqa: E402
+from mergescope.search.tune import best_yaml, tune  # noqa: E402
+from mergescope.search.tune_space import Objective, build_space, parse_ranges, plan_layout  # noqa: E402
+from mergescope.search.tune_study import open_storage, open_study, search_of, storage_url  # noqa: E402
 from mergescope.tui.cli import main  # noqa: E402
-from mergescope.tui.plan_state import PlanState  # noqa: E402
-from mergescope.tune import best_yaml, tune  # noqa: E402
-from mergescope.tune_space import Objective, build_space, parse_ranges, plan_layout  # noqa: E402
-from mergescope.tune_study import open_storage, open_study, search_of, storage_url  # noqa: E402
+from mergescope.tui.state.plan_state import PlanState  # noqa: E402
 from tests.ckpt_utils import make_finetune, make_llama  # noqa: E402
 
 TEXT = ("A tiny held-out text for the tiny models; " * 40).encode()
@@ -182,7 +182,7 @@ def test_keyboard_interrupt_inside_a_trial_stops_cleanly_and_the_rerun_finishes(
 
 
 def test_objectives():
-    from mergescope.evaluate import Score
+    from mergescope.score.evaluate import Score
 
     row = {"a": Score(1.0), "b": Score(3.0)}
     assert Objective.parse("mean")(row) == 2.0 and Objective.parse("max")(row) == 3.0

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mergescope.errors import InputError
-from mergescope.merge import run_merge
-from mergescope.plan import Plan
+from mergescope.io.errors import InputError
+from mergescope.merge.plan import Plan
+from mergescope.merge.run import run_merge
 from tests.ckpt_utils import llama_config, make_llama
 from tests.mergekit_utils import mergekit_available, run_mergekit
 
@@ -218,7 +218,7 @@ def test_matches_mergekit_by_token(fam, tmp_path, source):
 
 
 def test_analysis_compares_vocabulary_tensors_on_shared_tokens(fam):
-    from mergescope.readiness import analyze
+    from mergescope.stats.readiness import analyze
 
     root, base, chat, code = fam
     rep = analyze(str(base), [str(chat), str(code)])

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from mergescope.checkpoint import open_checkpoint
-from mergescope.naming import site_of
-from mergescope.plan import plan_from_group_ratios
-from mergescope.readiness import analyze
-from mergescope.whatif import coefficients, from_plan, method_note, uniform_density
+from mergescope.io.checkpoint import open_checkpoint
+from mergescope.io.naming import site_of
+from mergescope.merge.plan import plan_from_group_ratios
+from mergescope.merge.whatif import coefficients, from_plan, method_note, uniform_density
+from mergescope.stats.readiness import analyze
 from tests.ckpt_utils import L, make_family
 
 
@@ -167,13 +167,15 @@ def test_whatif_does_not_import_textual():
     import subprocess
     import sys
 
-    code = "import sys, mergescope.whatif; sys.exit(1 if any(m.startswith('textual') for m in sys.modules) else 0)"
+    code = (
+        "import sys, mergescope.merge.whatif; sys.exit(1 if any(m.startswith('textual') for m in sys.modules) else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_unknown_models_are_reported(fam, tmp_path):
     base, models, report = fam
-    from mergescope.plan import ModelEntry, Plan
+    from mergescope.merge.plan import ModelEntry, Plan
 
     plan = Plan(
         "task_arithmetic",

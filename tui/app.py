@@ -20,24 +20,23 @@ from textual.binding import Binding
 from textual.widgets import TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from mergescope.report import DEFAULT_DENSITY
-
-from .dialogs.error import ErrorDialog
-from .dialogs.help import HelpScreen, palette_entries
-from .dialogs.open import OpenDialog
-from .dialogs.prompt import ValuePrompt
-from .eval_jobs import EVAL_GROUP, EvalJobs
-from .messages import AnalysisDone, MergeDone, Progress, WhatIfReady
-from .plan_files import PlanFiles
-from .recent import ModelSet, remember
-from .screens.main import MainScreen
-from .session import RemeasureTarget, Session
-from .tune_jobs import TuneJobs
-from .widgets.heatmap_view import HeatmapView
-from .widgets.merge_view import MergeView
-from .widgets.plan_editor import PlanEditor
-from .widgets.progress import JobProgress
-from .widgets.verdicts import VerdictsView
+from mergescope.stats.report import DEFAULT_DENSITY
+from mergescope.tui.actions.evaluate import EVAL_GROUP, EvalJobs
+from mergescope.tui.actions.plan_files import PlanFiles
+from mergescope.tui.actions.tune import TuneJobs
+from mergescope.tui.dialogs.error import ErrorDialog
+from mergescope.tui.dialogs.help import HelpScreen, palette_entries
+from mergescope.tui.dialogs.open import OpenDialog
+from mergescope.tui.dialogs.prompt import ValuePrompt
+from mergescope.tui.messages import AnalysisDone, MergeDone, Progress, WhatIfReady
+from mergescope.tui.screens.main import MainScreen
+from mergescope.tui.state.recent import ModelSet, remember
+from mergescope.tui.state.session import RemeasureTarget, Session
+from mergescope.tui.widgets.heatmap_view import HeatmapView
+from mergescope.tui.widgets.merge_view import MergeView
+from mergescope.tui.widgets.plan_editor import PlanEditor
+from mergescope.tui.widgets.progress import JobProgress
+from mergescope.tui.widgets.verdicts import VerdictsView
 
 JOB_GROUPS = ("analysis", "merge", "remeasure", EVAL_GROUP)
 ACTIVE = (WorkerState.PENDING, WorkerState.RUNNING)
@@ -155,8 +154,8 @@ class MergeScopeApp(PlanFiles, TuneJobs, EvalJobs, App):
         self._analyse(base, models, density, "whatif")
 
     def _analyse(self, base: str, models: list[str], density: float, purpose: str) -> None:
-        from mergescope.readiness import analyze
-        from mergescope.scan import AnalysisCancelled
+        from mergescope.stats.readiness import analyze
+        from mergescope.stats.scan import AnalysisCancelled
 
         worker = get_current_worker()
         t0 = time.perf_counter()
@@ -270,9 +269,8 @@ class MergeScopeApp(PlanFiles, TuneJobs, EvalJobs, App):
     )  # a description: else Textual repr()s the Report (seconds on big models)
     def compute_whatif(self, plan, report, data, conflict_report, generation: int) -> None:
         """Pure numbers from the Report (no tensor is read); posts WhatIfReady."""
-        from mergescope.whatif import from_plan
-
-        from .heatdata import whatif_predictions
+        from mergescope.merge.whatif import from_plan
+        from mergescope.tui.state.heatdata import whatif_predictions
 
         whatif = from_plan(report, plan, conflict_report=conflict_report)
         preds = whatif_predictions(data, whatif)
@@ -311,7 +309,7 @@ class MergeScopeApp(PlanFiles, TuneJobs, EvalJobs, App):
 
     # -- merge --------------------------------------------------------------------------------------
     def action_run_merge(self) -> None:
-        from mergescope.errors import InputError
+        from mergescope.io.errors import InputError
 
         if self.running_jobs():
             self.notify("a job is running: wait for it or press Esc to cancel it", severity="warning")
@@ -336,7 +334,7 @@ class MergeScopeApp(PlanFiles, TuneJobs, EvalJobs, App):
 
     @work(thread=True, exclusive=True, group="merge", exit_on_error=False, name="merge", description="merge")
     def merge_worker(self, plan, output_dir: str, seed: int | None, force: bool, report=None) -> None:
-        from mergescope.merge import MergeCancelled, run_merge
+        from mergescope.merge.run import MergeCancelled, run_merge
 
         worker = get_current_worker()
         t0 = time.perf_counter()
@@ -400,7 +398,7 @@ class MergeScopeApp(PlanFiles, TuneJobs, EvalJobs, App):
         if worker.group in JOB_GROUPS and event.state not in ACTIVE and not self.running_jobs():
             self.main.query_one(JobProgress).stop()
         if event.state == WorkerState.ERROR and worker.group == "whatif":
-            from mergescope.errors import InputError
+            from mergescope.io.errors import InputError
 
             if isinstance(worker.error, InputError):  # an unfinished plan: say why beside the form, no modal
                 self.editor.show_problem(str(worker.error))

@@ -10,20 +10,20 @@ import importlib
 import signal
 import sys
 
-from mergescope.errors import InputError
+from mergescope.io.errors import InputError
 
 # subcommand -> module defining `add_arguments(parser)` and `run(args) -> int`
 COMMANDS = {
-    "ui": "mergescope.tui.cmd_ui",
-    "demo": "mergescope.tui.cmd_demo",
-    "serve": "mergescope.tui.cmd_serve",
-    "analyze": "mergescope.tui.cmd_analyze",
-    "merge": "mergescope.tui.cmd_merge",
-    "eval": "mergescope.tui.cmd_eval",
-    "soup": "mergescope.tui.cmd_soup",
-    "sweep": "mergescope.tui.cmd_sweep",
-    "tune": "mergescope.tui.cmd_tune",
-    "extract-lora": "mergescope.tui.cmd_extract_lora",
+    "ui": "mergescope.tui.commands.ui",
+    "demo": "mergescope.tui.commands.demo",
+    "serve": "mergescope.tui.commands.serve",
+    "analyze": "mergescope.tui.commands.analyze",
+    "merge": "mergescope.tui.commands.merge",
+    "eval": "mergescope.tui.commands.evaluate",
+    "soup": "mergescope.tui.commands.soup",
+    "sweep": "mergescope.tui.commands.sweep",
+    "tune": "mergescope.tui.commands.tune",
+    "extract-lora": "mergescope.tui.commands.extract_lora",
 }
 
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mergescope", description="Merge-readiness analysis and merging of fine-tuned models."
     )
-    from mergescope import __version__
+    from mergescope._version import __version__
 
     parser.add_argument("--version", action="version", version=f"mergescope {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import InputError
-from ..report import DEFAULT_DENSITY
+from mergescope.io.errors import InputError
+from mergescope.stats.report import DEFAULT_DENSITY
 
 DEMO_MODELS = ("code", "prose", "dialog", "overtrained", "other_ft")
 # Soup ingredients: three fine-tunes of base on code (other seeds / peak LR); not in DEMO_MODELS.

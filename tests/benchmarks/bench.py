@@ -212,7 +212,7 @@ def compare(task: str, work: Path, paths: list[Path], density: float, dtype: str
     """Tensor by tensor (memory: a few tensors); for ties, magnitude ties at the trim cut are excused."""
     import torch
 
-    from mergescope.checkpoint import open_checkpoint
+    from mergescope.io.checkpoint import open_checkpoint
     from tests.mergekit_utils import compare_states
 
     a = open_checkpoint(work / f"out-{task}-mergekit")

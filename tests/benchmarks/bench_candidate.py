@@ -28,9 +28,9 @@ from tests.benchmarks.synth import generate  # noqa: E402
 CHILD = r"""
 import json, sys, time
 import torch  # not timed: a loop pays it once
-from mergescope.merge import merge_in_memory
-from mergescope.scorers import Model, score_models
-from mergescope.plan import Plan
+from mergescope.merge.run import merge_in_memory
+from mergescope.score.backends import Model, score_models
+from mergescope.merge.plan import Plan
 plan = Plan.load(sys.argv[1]); texts = {"text": open(sys.argv[2], "rb").read()[: int(sys.argv[3])]}
 t0 = time.perf_counter(); m = merge_in_memory(plan); t1 = time.perf_counter()
 s = score_models([Model("candidate", m.tensors, m.config, m.tokenizer_dir)], texts, context=int(sys.argv[4]))

@@ -21,13 +21,13 @@ from tests.benchmarks.synth import generate  # noqa: E402
 
 CHILD = r"""
 import sys, time
-import mergescope.executor as ex
+import mergescope.merge.executor as ex
 if sys.argv[3] == "off":
-    from mergescope.preflight import Checks
+    from mergescope.merge.preflight import Checks
     ex.run_checks = lambda *a, **k: Checks()
     ex._check_finite = lambda *a, **k: None
 t0 = time.perf_counter()
-from mergescope.merge import run_merge
+from mergescope.merge.run import run_merge
 res = run_merge(sys.argv[1], sys.argv[2], force=True)
 print(f"{time.perf_counter() - t0:.3f}")
 """

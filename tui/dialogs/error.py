@@ -35,7 +35,7 @@ class ErrorDialog(ModalScreen[None]):
     def for_exception(cls, exc: BaseException | None, what: str = "") -> ErrorDialog:
         """Bad input says so and what to change; anything else names its type (and, with
         MERGESCOPE_DEBUG set, the end of its trace)."""
-        from mergescope.errors import InputError
+        from mergescope.io.errors import InputError
 
         if isinstance(exc, (InputError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)):
             title = f"{what or 'input'}: bad input"

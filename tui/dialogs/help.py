@@ -10,7 +10,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from ..keylabels import key_label
+from mergescope.tui.keylabels import key_label
 
 
 def _owners(screen) -> list[tuple[object, list[Binding]]]:

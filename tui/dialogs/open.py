@@ -12,8 +12,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from ..recent import ModelSet, load_recent
-from ..widgets.inputs import PathInput
+from mergescope.tui.state.recent import ModelSet, load_recent
+from mergescope.tui.widgets.inputs import PathInput
 
 
 class OpenDialog(ModalScreen[ModelSet | None]):

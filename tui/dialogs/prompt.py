@@ -8,7 +8,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
-from ..widgets.inputs import PathInput
+from mergescope.tui.widgets.inputs import PathInput
 
 
 class PathPrompt(ModalScreen[str | None]):
@@ -99,7 +99,7 @@ class ValuePrompt(ModalScreen[float | None]):
         self.hint = hint
 
     def compose(self) -> ComposeResult:
-        from ..widgets.inputs import AppInput
+        from mergescope.tui.widgets.inputs import AppInput
 
         rng = ""
         if self.lo is not None or self.hi is not None:

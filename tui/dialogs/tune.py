@@ -1,4 +1,4 @@
-"""Tune the plan editor's table: a panel that runs the trials in a worker (mergescope.tune through
+"""Tune the plan editor's table: a panel that runs the trials in a worker (mergescope.search.tune through
 `tuning.run`), plots each trial's score and the best so far, and shows the best table.
 
 Esc stops a running search cleanly (the trials finished are kept); Enter takes the best table into the
@@ -20,7 +20,7 @@ from textual.widgets import Button, Label, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 from textual_plotext import PlotextPlot
 
-from ..tuning import TuneJob
+from mergescope.tui.state.tuning import TuneJob
 
 
 class TuneScreen(ModalScreen[dict | None]):
@@ -85,7 +85,7 @@ class TuneScreen(ModalScreen[dict | None]):
     # -- the worker ---------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="tune", exit_on_error=False, name="tune", description="tune")
     def search(self) -> None:
-        from ..tuning import run
+        from mergescope.tui.state.tuning import run
 
         worker = get_current_worker()
         result = run(
@@ -170,9 +170,8 @@ class TuneScreen(ModalScreen[dict | None]):
         best = self.best()
         if best is None:
             return Text("no trial finished yet", style="dim")
-        from mergescope.plan.tables import band_label
-
-        from ..format import short_names
+        from mergescope.merge.plan.tables import band_label
+        from mergescope.tui.format import short_names
 
         table = self.job.best_table(best.params)
         space = self.job.space

@@ -9,10 +9,10 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, TabbedContent, TabPane, Tabs
 
-from ..widgets.eval_view import EvalView
-from ..widgets.heatmap_view import HeatmapView
-from ..widgets.progress import JobProgress
-from ..widgets.verdicts import VerdictsView
+from mergescope.tui.widgets.eval_view import EvalView
+from mergescope.tui.widgets.heatmap_view import HeatmapView
+from mergescope.tui.widgets.progress import JobProgress
+from mergescope.tui.widgets.verdicts import VerdictsView
 
 TABS = ("verdicts", "heatmap", "plan", "merge", "evaluate")
 FOCUS = {

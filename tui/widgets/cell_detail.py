@@ -9,8 +9,8 @@ from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from ..format import compact, fmt, short_names
-from ..heatdata import ALL
+from mergescope.tui.format import compact, fmt, short_names
+from mergescope.tui.state.heatdata import ALL
 
 MAX_TENSORS = 12
 TENSOR_W = 33  # the panel's width: long names keep their informative tail

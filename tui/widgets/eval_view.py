@@ -18,9 +18,9 @@ from textual.message import Message
 from textual.widgets import Button, Label, Static
 from textual_plotext import PlotextPlot
 
-from ..evaluation import PLAN_ROW, default_values, join_paths, parse_paths
-from ..format import display_names, short_names
-from .inputs import AppInput
+from mergescope.tui.format import display_names, short_names
+from mergescope.tui.state.evaluation import PLAN_ROW, default_values, join_paths, parse_paths
+from mergescope.tui.widgets.inputs import AppInput
 
 KINDS = ("score", "sweep", "soup")
 TITLES = {"score": "Score", "sweep": "Sweep", "soup": "Greedy soup"}

@@ -22,8 +22,8 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from ..format import compact
-from ..heatdata import Grid
+from mergescope.tui.format import compact
+from mergescope.tui.state.heatdata import Grid
 
 # viridis, 8 steps: readable as blue → green → yellow in 256 and 16 colours too
 SEQUENTIAL = ("#440154", "#46327e", "#365c8d", "#277f8e", "#1fa187", "#4ac16d", "#a0da39", "#fde725")

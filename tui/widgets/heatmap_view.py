@@ -9,12 +9,12 @@ from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from ..format import short_names
-from ..heatdata import COLUMN_MODES, METRICS, HeatData, Metric, pairs
-from ..keylabels import key_label
-from .cell_detail import CellDetail, cell_renderable
-from .heatmap import Heatmap
-from .legend import Legend
+from mergescope.tui.format import short_names
+from mergescope.tui.keylabels import key_label
+from mergescope.tui.state.heatdata import COLUMN_MODES, METRICS, HeatData, Metric, pairs
+from mergescope.tui.widgets.cell_detail import CellDetail, cell_renderable
+from mergescope.tui.widgets.heatmap import Heatmap
+from mergescope.tui.widgets.legend import Legend
 
 METRIC_KEYS = Binding.Group("Heatmap metric")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.widgets import Input
 
-from ..suggest import PathSuggester
+from mergescope.tui.suggest import PathSuggester
 
 
 class AppInput(Input):

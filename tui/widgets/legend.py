@@ -5,9 +5,9 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from ..format import compact
-from ..heatdata import Grid
-from .heatmap import cell_styles, glyph, low_colour
+from mergescope.tui.format import compact
+from mergescope.tui.state.heatdata import Grid
+from mergescope.tui.widgets.heatmap import cell_styles, glyph, low_colour
 
 
 def legend_text(grid: Grid, short: bool = False, low: bool = False) -> Text:

@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Checkbox, Label, Static
 
-from .inputs import AppInput, PathInput
+from mergescope.tui.widgets.inputs import AppInput, PathInput
 
 CARD_LINES = 40
 

@@ -17,14 +17,14 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
-from ..evaluation import SweepTarget
-from ..format import short_names
-from ..heatdata import WHATIF_METRICS, HeatData, whatif_grid
-from ..plan_display import measured_grid, prediction_line, table_grid
-from ..plan_state import BAND_MODES, VOCAB_CHOICES, PlanState, band_name
-from .heatmap import Heatmap
-from .inputs import AppInput
-from .legend import Legend
+from mergescope.tui.format import short_names
+from mergescope.tui.state.evaluation import SweepTarget
+from mergescope.tui.state.heatdata import WHATIF_METRICS, HeatData, whatif_grid
+from mergescope.tui.state.plan_display import measured_grid, prediction_line, table_grid
+from mergescope.tui.state.plan_state import BAND_MODES, VOCAB_CHOICES, PlanState, band_name
+from mergescope.tui.widgets.heatmap import Heatmap
+from mergescope.tui.widgets.inputs import AppInput
+from mergescope.tui.widgets.legend import Legend
 
 
 class PlanEditor(Vertical):
@@ -196,7 +196,7 @@ class PlanEditor(Vertical):
         if key == self._form_method:
             return
         self._form_method = key
-        from mergescope.methods import REGISTRY
+        from mergescope.merge.methods import REGISTRY
 
         form = self.query_one("#plan-form", Horizontal)
         await form.remove_children()
@@ -351,7 +351,7 @@ class PlanEditor(Vertical):
         def done(value):
             if value is None:
                 return
-            from mergescope.errors import InputError
+            from mergescope.io.errors import InputError
 
             try:
                 self.state.set_value(self.param, row, col, self.model, value)
@@ -420,7 +420,7 @@ class PlanEditor(Vertical):
     def action_next_method(self, step: int) -> None:
         if self.state is None:
             return
-        from mergescope.methods import REGISTRY
+        from mergescope.merge.methods import REGISTRY
 
         names = list(REGISTRY)
         cur = names.index(self.state.method) if self.state.method in names else 0
@@ -471,7 +471,7 @@ class PlanEditor(Vertical):
     def _set_global(self, wid: str | None, value, quiet: bool = False) -> None:
         if not wid or not wid.startswith("global-") or self.state is None:
             return
-        from mergescope.errors import InputError
+        from mergescope.io.errors import InputError
 
         name = wid[len("global-") :]
         if self.state.global_value(name) == value or f"{self.state.global_value(name)}" == f"{value}":

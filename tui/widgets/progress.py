@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import ProgressBar, Static
 
-from mergescope.units import fmt_bytes as human_bytes
+from mergescope.io.units import fmt_bytes as human_bytes
 
 
 class JobProgress(Horizontal):

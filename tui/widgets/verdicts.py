@@ -8,9 +8,8 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from mergescope.report import SEVERITIES
-
-from ..format import OK_GLYPH, SEV_GLYPH, SEV_STYLE, display_names, fmt
+from mergescope.stats.report import SEVERITIES
+from mergescope.tui.format import OK_GLYPH, SEV_GLYPH, SEV_STYLE, display_names, fmt
 
 
 def findings_renderable(report) -> Group:

@@ -1,0 +1,284 @@
+"""Generalized task arithmetic (mergekit 0.1.5 `generalized_task_arithmetic.py`): task_arithmetic, ties,
+dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, della, della_linear.
+
+For one tensor, with base θ₀, fine-tunes θᵢ and weights wᵢ:
+
+1. δᵢ = θᵢ − θ₀, each sparsified on its own (see `sparsify.py`; `rescale` = L1 norm matching),
+2. δᵢ ← wᵢ·δᵢ  (a negative weight negates the task vector),
+3. with sign consensus (ties, dare_ties, breadcrumbs_ties, della): the elected sign is + where
+   Σᵢ wᵢδᵢ >= 0 (sum of weighted deltas, ties go to +), else −; an entry of δᵢ is kept iff its sign
+   (of the *weighted* delta) equals the elected one (zeros are never kept);
+   mixed = Σ kept wᵢδᵢ and divisor = Σ wᵢ over the models kept at that entry (0 → 1);
+   without consensus: mixed = Σ wᵢδᵢ and divisor = Σ wᵢ (|divisor| < 1e-8 → 1),
+4. if `normalize`: mixed /= divisor;  if `lambda` != 1: mixed *= lambda;  result θ₀ + mixed.
+
+Everything is computed in the inputs' (promoted) dtype, as mergekit does after loading in `dtype:`,
+including the weights, which mergekit rounds to that dtype. `int8_mask` only changes the dtype of
+mergekit's mask (memory); it is accepted and has no numerical effect.
+
+Implementation notes (speed): the deltas live in one pooled [N, n] buffer and are sparsified in place;
+the consensus clamps every wᵢδᵢ to [0, MAX] where the elected sign is + and to [-MAX, 0] where it
+is −, which zeroes exactly the entries mergekit's mask drops and keeps the others bit for bit; the
+divisor is Σᵢ wᵢ·[clamped ≠ 0]. The magnitude trim is one `hardshrink` pass when no tie straddles
+the threshold. When every weight is positive the "0 → 1" divisor fix is a clamp to the
+smallest weight (where the divisor is 0 the sum is 0 too, so the result is the same).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+from mergescope.io.errors import InputError
+from mergescope.merge.methods._util import (
+    align,
+    check_shapes,
+    common_dtype,
+    flat,
+    global_params,
+    model_params,
+    scratch,
+    tensor_generator,
+    weight_sum,
+)
+from mergescope.merge.methods.base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec, Trim
+
+_WEIGHT = ParamSpec(
+    "weight",
+    None,
+    "float",
+    per_model=True,
+    required=True,
+    help="scale of this model's task vector (negative subtracts it)",
+)
+_DENSITY = ParamSpec(
+    "density",
+    1.0,
+    "float",
+    per_model=True,
+    min=0.0,
+    max=1.0,
+    help="fraction of the task vector kept by sparsification (1 keeps all)",
+)
+_GAMMA = ParamSpec(
+    "gamma",
+    0.01,
+    "float",
+    per_model=True,
+    min=0.0,
+    help="breadcrumbs: fraction of the largest-magnitude entries removed as outliers",
+)
+_EPSILON = ParamSpec(
+    "epsilon",
+    0.15,
+    "float",
+    per_model=True,
+    min=0.0,
+    max=1.0,
+    help="della: keep probability spread, density ± epsilon by magnitude rank",
+)
+
+
+def _globals(normalize: bool, rescale: bool) -> tuple[ParamSpec, ...]:
+    return (
+        ParamSpec("int8_mask", False, "bool", help="mergekit memory option; no numerical effect"),
+        ParamSpec("normalize", normalize, "bool", help="divide by the sum of the weights (of the kept models)"),
+        ParamSpec("rescale", rescale, "bool", help="rescale sparsified task vectors to their L1 norm"),
+        ParamSpec("lambda", 1.0, "float", help="scale of the merged task vector"),
+    )
+
+
+def gta_merge(
+    base: torch.Tensor | None,
+    tensors: list[torch.Tensor],
+    model_params_: list[dict] | None,
+    params: dict | None,
+    ctx: MergeContext | None = None,
+    *,
+    specs: tuple[ParamSpec, ...] = (),
+    name: str = "task_arithmetic",
+    sparsification: str | None = None,
+    consensus: bool = False,
+) -> torch.Tensor:
+    """The shared kernel; `specs` supply defaults for parameters missing from the dicts."""
+    import torch
+
+    from mergescope.merge.methods import sparsify as sp  # deferred with torch: declaring the methods needs neither
+
+    ctx = ctx or MergeContext()
+    if base is None:
+        raise InputError(f"merge method {name} needs a base model (`base_model:`)")
+    check_shapes(base, tensors, ctx, name)
+    device = torch.device(ctx.device)
+    dtype = common_dtype([base, *tensors])
+    base = align(base, dtype, device)
+    if not tensors:
+        return base.clone()
+    gp = global_params(specs, params, ctx, name)
+    mps = model_params(specs, model_params_, len(tensors), params, ctx, name)
+    # mergekit builds the weight vector in the working dtype, so weights are rounded to it.
+    wvec = torch.tensor([float(mp["weight"]) for mp in mps], dtype=dtype, device=device)
+    weights = wvec.tolist()
+    rescale = bool(gp["rescale"])
+    lam = float(gp["lambda"])
+    generator = tensor_generator(ctx, device) if sparsification in ("random", "della_magprune") else None
+
+    n_models, shape, n = len(tensors), base.shape, base.numel()
+    b = flat(base)
+    deltas = scratch("gta.deltas", (n_models, n), dtype, device)
+    for i, t in enumerate(tensors):
+        d = deltas[i]
+        torch.sub(flat(align(t, dtype, device)), b, out=d)
+        mp = mps[i]
+        density = float(mp["density"])
+        if sparsification == "magnitude":
+            sp.magnitude_(d, density, rescale)
+        elif sparsification == "random":
+            sp.bernoulli_(d, density, rescale, generator)
+        elif sparsification == "magnitude_outliers":
+            sp.magnitude_outliers_(d, density, float(mp["gamma"]), rescale)
+        elif sparsification == "della_magprune":
+            sp.della_(d, shape, density, float(mp["epsilon"]), rescale, generator)
+    if any(w != 1.0 for w in weights):
+        deltas.mul_(wvec.view(-1, 1))
+
+    if not consensus:
+        out = torch.sum(deltas, dim=0)
+        if gp["normalize"]:
+            divisor = weight_sum(wvec, len(shape))
+            if abs(float(divisor)) >= 1e-8:
+                out.div_(divisor)
+    else:
+        out = torch.sum(deltas, dim=0)  # Σ wᵢδᵢ: the sign election
+        # Keep the entries whose sign is the elected one: clamp each wᵢδᵢ into [0, MAX] where the
+        # sum is >= 0 and into [-MAX, 0] where it is < 0 (one pass over all models, no bool masks).
+        big = torch.finfo(dtype).max
+        upper = scratch("gta.upper", n, dtype, device)
+        lower = scratch("gta.lower", n, dtype, device)
+        torch.ge(out, 0, out=upper)
+        upper.mul_(big)  # MAX or 0
+        torch.sub(upper, big, out=lower)  # 0 or -MAX
+        deltas.clamp_(min=lower, max=upper)
+        torch.sum(deltas, dim=0, out=out)  # mixed
+        if gp["normalize"]:
+            deltas.ne_(0)  # 1.0 where kept (a kept entry is never 0)
+            deltas.mul_(wvec.view(-1, 1))  # wᵢ where kept: mergekit's weights * mask ...
+            divisor = scratch("gta.divisor", n, dtype, device)
+            torch.sum(deltas, dim=0, out=divisor)  # ... summed in torch.sum's order (it matters for N >= 5)
+            if all(w > 0 for w in weights):
+                divisor.clamp_min_(min(weights))
+            else:
+                divisor.masked_fill_(divisor == 0, 1)
+            out.div_(divisor)
+    if lam != 1:
+        out.mul_(lam)
+    out.add_(b)
+    return out.view(shape)
+
+
+# (name, sparsification, consensus, default normalize, default rescale, description)
+_VARIANTS = (
+    ("task_arithmetic", None, False, False, False, "base + Σ weight·(model − base)"),
+    (
+        "ties",
+        "magnitude",
+        True,
+        True,
+        False,
+        "TIES: trim each task vector to its largest magnitudes, elect signs, average the agreeing entries",
+    ),
+    ("dare_linear", "random", False, False, True, "DARE: random drop of task-vector entries, then task arithmetic"),
+    ("dare_ties", "random", True, False, True, "DARE drop + TIES sign consensus"),
+    (
+        "breadcrumbs",
+        "magnitude_outliers",
+        False,
+        False,
+        False,
+        "Model Breadcrumbs: drop the smallest and the largest-outlier magnitudes, then task arithmetic",
+    ),
+    ("breadcrumbs_ties", "magnitude_outliers", True, False, False, "Model Breadcrumbs + TIES sign consensus"),
+    ("della", "della_magprune", True, True, True, "DELLA: magnitude-ranked random drop + TIES sign consensus"),
+    ("della_linear", "della_magprune", False, False, True, "DELLA drop, then task arithmetic"),
+)
+
+
+def _stream(raw_base, raws, model_params_, params, ctx, out_dtype, *, specs, name, sparsification, consensus):
+    """The streaming kernel (gta_stream) when it handles this tensor's parameters, else None."""
+    import torch
+
+    from mergescope.merge.methods import gta_stream
+
+    if not raws:
+        return None
+    gp = global_params(specs, params, ctx, name)
+    if not gta_stream.supports(sparsification, gp, torch.float32, ctx.device, len(raws)):
+        return None
+    if (
+        any(r.shape != raw_base.shape or not r.dtype.is_floating_point for r in raws)
+        or not raw_base.dtype.is_floating_point
+    ):
+        return None  # the general path reports it
+    return gta_stream.stream_gta(
+        raw_base,
+        raws,
+        model_params_,
+        params,
+        specs=specs,
+        name=name,
+        sparsification=sparsification,
+        consensus=consensus,
+        out_dtype=out_dtype,
+        ctx=ctx,
+    )
+
+
+def _della_check(params: dict, mp: dict) -> str | None:
+    """DELLA keeps entries with probabilities density ± epsilon: both must stay inside (0, 1)."""
+    d, e = float(mp.get("density", 1.0)), float(mp.get("epsilon", 0.15))
+    if d < 1 and not (0 < d - e and d + e < 1):
+        return f"della needs 0 < density - epsilon and density + epsilon < 1, got density {d:g}, epsilon {e:g}"
+    return None
+
+
+_TRIMS = {
+    None: Trim.NONE,
+    "magnitude": Trim.MAGNITUDE,
+    "magnitude_outliers": Trim.MAGNITUDE_OUTLIERS,
+    "random": Trim.RANDOM,
+    "della_magprune": Trim.MAGNITUDE_RANDOM,
+}
+
+
+def _make(name, sparsification, consensus, normalize, rescale, description) -> MergeMethod:
+    per_model = [_WEIGHT, _DENSITY]
+    if sparsification == "magnitude_outliers":
+        per_model.append(_GAMMA)
+    if sparsification == "della_magprune":
+        per_model.append(_EPSILON)
+    specs = (*_globals(normalize, rescale), *per_model)
+    fn = partial(gta_merge, specs=specs, name=name, sparsification=sparsification, consensus=consensus)
+    stream = None
+    if sparsification in (None, "magnitude"):
+        stream = partial(_stream, specs=specs, name=name, sparsification=sparsification, consensus=consensus)
+    return MergeMethod(
+        name=name,
+        merge=fn,
+        base=BaseUse.REQUIRED,
+        linear=Linear.TASK_SUM,
+        min_models=1,
+        max_models=None,
+        params=specs,
+        trim=_TRIMS[sparsification],
+        elects_signs=consensus,
+        check=_della_check if sparsification == "della_magprune" else None,
+        randomized=sparsification in ("random", "della_magprune"),
+        description=description,
+        stream=stream,
+    )
+
+
+METHODS: tuple[MergeMethod, ...] = tuple(_make(*v) for v in _VARIANTS)

@@ -1,0 +1,84 @@
+"""Checks of a plan's inputs that need the method but no file: model counts, the base, required parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from mergescope.merge.methods.base import BaseUse
+from mergescope.merge.plan.resolve import base_is_input, model_inputs, shared_settings, slice_base
+
+
+def check_inputs(plan, method) -> None:
+    """The inputs of each slice, before any file is opened: no duplicates, the base among them when
+    the method uses it as the base, and as many models as the method takes."""
+    base_input = base_is_input(method)
+    kp = plan.key_prefix
+    if plan.models is not None:
+        groups = [(f"{kp}models", [ref for _, ref, _ in model_inputs(plan)], plan.base_model)]
+    else:
+        groups = [
+            (f"{kp}slices[{i}].sources", [src.model for src in s.sources], slice_base(plan, s))
+            for i, s in enumerate(plan.slices)
+        ]
+    for path, group, base in groups:
+        dup = next((r for r in group if group.count(r) > 1), None)
+        if dup is not None:
+            plan.fail(path, f"{dup!r} is listed twice; each model may appear once per slice")
+        if base and not base_input and base not in group:
+            plan.fail(
+                path,
+                f"base_model {base!r} is not among the sources; add a source `- model: {base}` with the same layer_range",
+            )
+        if method.base is BaseUse.REQUIRED and not base:
+            plan.fail(
+                path, f"this slice has no base model; {method.name} needs one: set `base_model` here or at the top"
+            )
+        n = len([r for r in group if base_input or r != base])
+        lo, hi = method.min_models, method.max_models
+        what = "models besides the base" if method.base is not BaseUse.INPUT else "input models"
+        if n < lo or (hi is not None and n > hi):
+            need = f"exactly {lo}" if hi == lo else (f"{lo} to {hi}" if hi is not None else f"at least {lo}")
+            extra = ""
+            if method.base is BaseUse.INPUT and plan.base_model and plan.models is not None:
+                extra = " (mergekit merges base_model as one more input for this method; remove base_model if it should not be one)"
+            plan.fail(path, f"{method.name} takes {need} {what}, got {n}{extra}")
+
+
+def model_param_chains(plan, base_input: bool) -> Iterator[tuple[str, str, list]]:
+    """(key path, model ref, [settings in precedence order]) for every input that gets per-model params:
+    the source's own parameters, then the slice's, then the module's and the top-level ones."""
+    kp = plan.key_prefix
+    above = [settings for settings, _ in shared_settings(plan)]
+    if plan.models is not None:
+        for path, ref, p in model_inputs(plan):
+            if base_input or ref != plan.base_model:
+                yield path, ref, [p, *above]
+    else:
+        for i, s in enumerate(plan.slices):
+            for j, src in enumerate(s.sources):
+                if base_input or src.model != slice_base(plan, s):
+                    yield f"{kp}slices[{i}].sources[{j}]", src.model, [src.parameters, s.parameters, *above]
+
+
+def check_required(plan, method) -> None:
+    """Every required parameter is set somewhere: per-model ones along each input's precedence chain,
+    global ones at the top level or in a slice."""
+    base_input = base_is_input(method)
+    for spec in method.params:
+        if not spec.required:
+            continue
+        if spec.per_model:
+            for path, ref, chain in model_param_chains(plan, base_input):
+                if not any(c and spec.name in c for c in chain):
+                    plan.fail(
+                        path,
+                        f"no `{spec.name}` for {ref!r}; {method.name} needs it: add `{spec.name}: ...` "
+                        f"to this model's parameters or to the top-level parameters",
+                    )
+        else:
+            chains = [settings for settings, _ in shared_settings(plan)] + [s.parameters for s in plan.slices or []]
+            if not any(c and spec.name in c for c in chains):
+                plan.fail(
+                    "parameters",
+                    f"no `{spec.name}`; {method.name} needs it: add `{spec.name}: ...` to the top-level parameters",
+                )

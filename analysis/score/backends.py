@@ -1,0 +1,291 @@
+"""Who computes the logits (or the score): the built-in Llama forward, transformers, or a user command.
+
+`score_models` is the one entry point: it picks a backend per model (`auto`: built-in where the config
+is a Llama-family one, else transformers), encodes each text with the model's own tokenizer, and
+returns {model: {text: Score}} with progress in tokens. `command_scores` runs `--eval-cmd`.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mergescope.io.errors import InputError
+from mergescope.score.evaluate import (
+    ACTIVATIONS,
+    BACKENDS,
+    BATCH_TOKENS,
+    Model,
+    Progress,
+    Score,
+    bits_per_byte,
+    nll_from_logits,
+    open_model,
+    window_nll,
+)
+from mergescope.score.llama import LlamaShape, Unsupported, check_tensors, forward
+from mergescope.score.tokens import tokenizer_for
+
+
+def _builtin(model: Model, device: str):
+    """(nll_fn, context length, tokens per batch) of the built-in forward, or Unsupported with the reason."""
+    import torch
+
+    shape = LlamaShape.from_config(model.config)
+    check_tensors(model.tensors, shape)
+    tensors = model.tensors
+    if device != "cpu":  # one upload, not one per batch
+        tensors = {k: tensors[k].to(device=device, dtype=torch.float32) for k in _names(tensors)}
+
+    def nll(x):
+        return forward(tensors, shape, x[:, :-1], device=torch.device(device), targets=x[:, 1:])
+
+    inter = int(model.config.get("intermediate_size") or 4 * shape.hidden_size)
+    return nll, shape.max_positions, _batch_tokens(max(inter, shape.hidden_size))
+
+
+def _batch_tokens(width: int) -> int:
+    """Tokens per forward batch so that a few [tokens, width] float32 activations fit ACTIVATIONS."""
+    return max(1, min(BATCH_TOKENS, ACTIVATIONS // (4 * 3 * width)))
+
+
+def _names(tensors) -> list[str]:
+    return tensors.names() if hasattr(tensors, "names") else list(tensors)
+
+
+def _transformers(model: Model, device: str):
+    import torch
+
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM
+    except ImportError:
+        raise Unsupported("the transformers backend needs transformers: pip install 'mergescope[eval]'") from None
+    try:
+        if model.path is not None and (model.path / "config.json").is_file():
+            hf = AutoModelForCausalLM.from_pretrained(str(model.path), dtype=torch.float32)
+        else:
+            cfg = AutoConfig.for_model(**model.config)
+            with torch.device("meta"):
+                hf = AutoModelForCausalLM.from_config(cfg)
+            state = {k: model.tensors[k].to(torch.float32) for k in _names(model.tensors)}
+            hf.load_state_dict(state, strict=False, assign=True)
+            hf.tie_weights()
+    except (OSError, ValueError, KeyError) as exc:
+        raise Unsupported(f"transformers cannot load it ({str(exc).splitlines()[0][:160]})") from None
+    hf = hf.to(device).eval()
+    ctx = getattr(hf.config, "max_position_embeddings", None) or getattr(hf.config, "n_positions", None) or 2048
+
+    def logits(ids):
+        return hf(input_ids=ids.to(device)).logits
+
+    width = max(int(getattr(hf.config, "intermediate_size", 0) or 0), int(getattr(hf.config, "vocab_size", 0) or 0))
+    return nll_from_logits(logits), int(ctx), _batch_tokens(width or 4096)
+
+
+def prepare(model: Model, backend: str, device: str):
+    """(backend name, nll_fn, context length, tokens per batch) for `model`; InputError saying why none
+    runs it."""
+    if backend not in BACKENDS:
+        raise InputError(f"--backend {backend}: unknown; use one of {', '.join(BACKENDS)}")
+    reasons = []
+    for name, make in (("builtin", _builtin), ("transformers", _transformers)):
+        if backend not in ("auto", name):
+            continue
+        try:
+            fn, ctx, batch = make(model, device)
+            return name, fn, ctx, batch
+        except Unsupported as exc:
+            reasons.append(f"{name}: {exc}")
+    raise InputError(f"{model.label}: no scoring backend runs this model ({'; '.join(reasons)}); try --eval-cmd")
+
+
+def score_models(
+    models: Sequence[Model | str],
+    texts: Mapping[str, bytes],
+    *,
+    backend: str = "auto",
+    device: str = "cpu",
+    context: int | None = None,
+    stride: int | None = None,
+    progress: Progress | None = None,
+    should_stop=None,
+) -> dict[str, dict[str, Score]]:
+    """Bits per byte of every model on every text (models given as paths are opened and closed here)."""
+    from mergescope.io.device import resolve_device
+
+    device = resolve_device(device)
+    opened = [m if isinstance(m, Model) else open_model(m) for m in models]
+    try:
+        encoded = {}
+        for m in opened:
+            tok = tokenizer_for(m.tokenizer_dir, m.config, m.label)
+            encoded[m.label] = (tok, {t: tok.encode(data) for t, data in texts.items()})
+        total = sum(len(e.ids) - 1 for _, encs in encoded.values() for e in encs.values())
+        done = [0]
+        out: dict[str, dict[str, Score]] = {}
+        for m in opened:
+            name, fn, model_ctx, batch = prepare(m, backend, device)
+            ctx = min(context, model_ctx) if context else model_ctx
+            tok, encs = encoded[m.label]
+            row = {}
+            for t, enc in encs.items():
+                if len(enc.ids) < 2:
+                    raise InputError(f"text {t}: too short to score with {m.label}'s tokenizer; give more text")
+
+                def tick(k, label=f"{m.label} / {t}"):
+                    done[0] += k
+                    if progress is not None:
+                        progress(done[0], total, label)
+
+                nll, count = window_nll(fn, enc.ids, ctx, stride or ctx, should_stop, tick, batch)
+                row[t] = bits_per_byte(nll, count, enc, tok.has_tokens)
+            out[m.label] = row
+        return out
+    finally:
+        for m, src in zip(opened, models):
+            if not isinstance(src, Model):
+                m.close()
+
+
+def command_scores(
+    models: Sequence[Model | str],
+    command: str,
+    *,
+    texts: Mapping[str, Path] | None = None,
+    higher_is_better: bool = False,
+    progress: Progress | None = None,
+    timeout: float | None = None,
+) -> dict[str, dict[str, Score]]:
+    """Run `command` per model (`{model}` is the model directory; `{text}`, when present, each text file)
+    and read the number on its last line of stdout. In-memory models are written to a temporary
+    directory first."""
+    if "{model}" not in command:
+        raise InputError(f"--eval-cmd {command!r}: must contain {{model}}, where the model directory goes")
+    per_text = "{text}" in command
+    if per_text and not texts:
+        raise InputError(f"--eval-cmd {command!r}: uses {{text}}, so give --text FILE ...")
+    jobs = list((texts or {}).items()) if per_text else [("score", None)]
+    total = len(models) * len(jobs)
+    out: dict[str, dict[str, Score]] = {}
+    done = 0
+    for src in models:
+        m = src if isinstance(src, Model) else None
+        label = m.label if m else str(src)
+        with tempfile.TemporaryDirectory(prefix="mergescope-eval-") as tmp:
+            if m is None:
+                path = Path(src)
+            elif m.path is not None:
+                path = m.path
+            else:
+                path = write_model(m, Path(tmp) / "model")
+            row = {}
+            for tname, tpath in jobs:
+                cmd = command.replace("{model}", shlex.quote(str(path)))
+                if tpath is not None:
+                    cmd = cmd.replace("{text}", shlex.quote(str(tpath)))
+                row[tname] = Score(_run(cmd, label, timeout), higher_is_better)
+                done += 1
+                if progress is not None:
+                    progress(done, total, f"{label} / {tname}")
+            out[label] = row
+    return out
+
+
+def _run(cmd: str, label: str, timeout: float | None) -> float:
+    try:
+        res = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise InputError(f"--eval-cmd on {label}: no answer within {timeout:g} s; raise --eval-timeout") from None
+    if res.returncode != 0:
+        tail = (res.stderr.strip().splitlines() or ["(no stderr)"])[-1][:160]
+        raise InputError(f"--eval-cmd on {label}: exited with {res.returncode} ({tail}); run it by hand to see why")
+    lines = [ln for ln in res.stdout.strip().splitlines() if ln.strip()]
+    last = lines[-1].strip() if lines else ""
+    try:
+        return float(last.split()[-1])
+    except (ValueError, IndexError):
+        raise InputError(
+            f"--eval-cmd on {label}: its last line of output is {last[:80]!r}, not a number; make the command "
+            "print the score last"
+        ) from None
+
+
+def write_model(model: Model, out: Path) -> Path:
+    """An in-memory model as a checkpoint directory (weights, config.json, tokenizer files)."""
+    import json
+    import shutil
+
+    from mergescope.io.checkpoint.files import TOKENIZER_FILES
+    from mergescope.merge.output import write_safetensors
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = _names(model.tensors)
+    write_safetensors(out / "model.safetensors", [(n, model.tensors[n].contiguous()) for n in names])
+    (out / "config.json").write_text(json.dumps(model.config, indent=2))
+    if model.tokenizer_dir is not None:
+        for f in TOKENIZER_FILES:
+            if (model.tokenizer_dir / f).is_file():
+                shutil.copyfile(model.tokenizer_dir / f, out / f)
+    return out
+
+
+def mean(row: Mapping[str, Score]) -> float:
+    vals = [s.value for s in row.values()]
+    return sum(vals) / len(vals)
+
+
+@dataclass
+class Scorer:
+    """One way of scoring, applied to models or plans: the texts plus the backend or command.
+
+    `plan(p)` merges `p` in memory (executor.py's jobs, nothing written) and scores the result;
+    soups, sweeps and tuning score their candidates this way."""
+
+    texts: Mapping[str, bytes]
+    text_paths: Mapping[str, Path] = field(default_factory=dict)
+    backend: str = "auto"
+    device: str = "cpu"
+    context: int | None = None
+    stride: int | None = None
+    command: str | None = None
+    higher_is_better: bool = False
+    timeout: float | None = None
+    seed: int | None = None
+    progress: Progress | None = None
+    should_stop: Callable[[], bool] | None = None
+
+    def models(self, models: Sequence[Model | str]) -> dict[str, dict[str, Score]]:
+        if self.command:
+            return command_scores(
+                models,
+                self.command,
+                texts=self.text_paths,
+                higher_is_better=self.higher_is_better,
+                progress=self.progress,
+                timeout=self.timeout,
+            )
+        return score_models(
+            models,
+            self.texts,
+            backend=self.backend,
+            device=self.device,
+            context=self.context,
+            stride=self.stride,
+            progress=self.progress,
+            should_stop=self.should_stop,
+        )
+
+    def model(self, ref: Model | str) -> dict[str, Score]:
+        return next(iter(self.models([ref]).values()))
+
+    def plan(self, plan, label: str = "plan") -> dict[str, Score]:
+        from mergescope.merge.run import merge_in_memory
+
+        merged = merge_in_memory(
+            plan, device=self.device, seed=self.seed, progress=self.progress, should_stop=self.should_stop
+        )
+        return self.model(Model(label, merged.tensors, merged.config, merged.tokenizer_dir))

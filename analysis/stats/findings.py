@@ -1,0 +1,362 @@
+"""Merge-readiness verdicts: what was seen, with numbers, and what to do.
+
+Structural checks read only metadata (names, shapes, dtypes, config, tokenizer, model card);
+metric checks read a `Report`. Both run from a cached report too, because the metadata they need is
+recorded in `report.structure["meta"]` at analysis time.
+
+Thresholds are calibrated on the trained demo family (analysis/demo/family, recipe in
+scripts/train_demo_family.py); the evidence is quoted beside each rule.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from mergescope.stats.report import SEVERITIES, Finding
+
+# ---- thresholds ---------------------------------------------------------------------------------
+# Measured on the trained demo family (analysis/demo/family; recipe: scripts/train_demo_family.py),
+# over the projection matrices (attention + MLP, where independent inits are uncorrelated; norm
+# weights start at 1 in every model and would hide a different base):
+#                       weight cosine to base   weight relative norm   (whole-model cos / rel)
+#   code, prose, dialog      0.990 - 0.991           0.138 - 0.144         0.996 / 0.083 - 0.089
+#   overtrained (3x steps,
+#     3x LR, one domain)     0.723                   1.346                 0.834 / 0.792
+#   other_ft (fine-tune of
+#     another seed's base)   0.0004                  1.447                 0.435 / 1.077
+# Real LLM fine-tunes sit closer still (weight cosine > 0.999, relative norm < 0.05), and bases of the
+# same architecture trained apart are near 0, so the margins below are wide on both sides.
+DIFFERENT_BASE_COSINE = 0.30  # weight cosine below this: not a fine-tune of this base
+DRIFT_RELATIVE_NORM = 0.50  # weight relative norm above this ...
+DRIFT_COSINE = 0.90  # ... or weight cosine below this: drifted
+MAGNITUDE_ASYMMETRY_WARN = 5.0  # overtrained vs code: 9.6x; the three domain fine-tunes: <= 1.07x
+# Pairwise sign conflict: independent deltas give 50 %. The family's related fine-tunes: 37-48 %;
+# each against the other base's fine-tune: 53-57 %.
+PAIR_SIGN_CONFLICT_WARN = 0.52
+CELL_TRIMMED_CONFLICT_NOTE = 0.5
+# Subspace alignment ratio (spectral pass): the best predictor of a merge's gap to its specialists on the
+# demo family (scripts/metric_evidence.py: Spearman -0.79 pooled over six methods). Merges whose members
+# all kept SAR >= 0.94 matched their specialists; every set with a member below 0.90 lost >= 0.08 bpb.
+SAR_NOTE = 0.90
+
+
+def collect_meta(ck) -> dict:
+    """Metadata the structural checks need, small enough to cache with the report."""
+    from mergescope.io.naming import site_of
+
+    embed_rows = {}
+    for info in ck.infos():
+        s = site_of(info.name)
+        if s.module in ("embed_tokens", "lm_head") and len(info.shape) == 2:
+            embed_rows[info.name] = info.shape[0]
+    return {
+        "path": str(ck.path),
+        "tokenizer": ck.tokenizer_fingerprint(),
+        "declared_base": ck.declared_base,
+        "name_or_path": ck.name_or_path,
+        "model_type": ck.model_type,
+        "vocab_size": ck.vocab_size,
+        "embed_rows": embed_rows,
+        "is_lora": bool(getattr(ck, "lora", None) is not None or ck.is_delta),
+    }
+
+
+def _short(names: list[str], k: int = 3) -> str:
+    s = ", ".join(names[:k])
+    return s + (f" (+{len(names) - k} more)" if len(names) > k else "")
+
+
+def same_model_name(declared: str, base_meta: dict) -> bool:
+    """Does a declared base (hub id or path) name our base? Compare the last path components."""
+
+    def tail(x: str | None) -> str:
+        return Path(str(x).rstrip("/")).name.lower() if x else ""
+
+    d = tail(declared)
+    if not d:
+        return True
+    candidates = {
+        tail(base_meta.get("path")),
+        tail(base_meta.get("name_or_path")),
+        tail(base_meta.get("declared_base")),
+    }
+    return d in candidates
+
+
+def structural_findings(report) -> list[Finding]:
+    st = report.structure
+    meta = st.get("meta", {})
+    base_meta = meta.get(report.base, {})
+    out: list[Finding] = []
+    for name, count in (st.get("base_nonfinite") or {}).items():
+        out.append(
+            Finding(
+                "error",
+                "non-finite",
+                None,
+                f"base tensor {name} holds {count} NaN/Inf values; every merge through it is undefined — re-download or fix the base",
+            )
+        )
+    for m in report.models:
+        missing = st.get("missing", {}).get(m, [])
+        if missing:
+            out.append(
+                Finding(
+                    "error",
+                    "missing-tensors",
+                    m,
+                    f"{len(missing)} tensors of the base are absent: {_short(missing)}; is it the same architecture? "
+                    "Merge methods need every tensor in every model",
+                )
+            )
+        extra = st.get("extra", {}).get(m, [])
+        if extra:
+            out.append(
+                Finding(
+                    "warning",
+                    "missing-tensors",
+                    m,
+                    f"{len(extra)} tensors are not in the base: {_short(extra)}; they will be ignored by a merge",
+                )
+            )
+        vocab_names = set()
+        mm = meta.get(m, {})
+        diff = st.get("vocab_diff", {}).get(m)
+        rows = [
+            (nm, bshape, mshape)
+            for nm, bshape, mshape in st.get("shape_mismatch", {}).get(m, [])
+            if nm in base_meta.get("embed_rows", {}) and bshape[1:] == mshape[1:]
+        ]
+        vocab_names = {nm for nm, *_ in rows}
+        if rows and diff is not None:  # aligned by token: compared on the shared tokens, mergeable
+            ex = ", ".join(repr(t) for t in diff["examples_model"][:3]) or "none"
+            nm, bshape, mshape = rows[0]
+            out.append(
+                Finding(
+                    "warning",
+                    "vocab-mismatch",
+                    m,
+                    f"its vocabulary differs from the base's ({nm}: {mshape[0]} rows, the base {bshape[0]}): "
+                    f"{diff['only_model']} tokens only here (e.g. {ex}), "
+                    f"{diff['only_base']} only in the base; embeddings and head were compared on the "
+                    f"{diff['shared']} shared tokens. Merge with `tokenizer_source: union` (or `base`) to align them",
+                )
+            )
+        for nm, bshape, mshape in rows if diff is None else []:
+            out.append(
+                Finding(
+                    "error",
+                    "vocab-mismatch",
+                    m,
+                    f"{nm} has {mshape[0]} rows, the base {bshape[0]}: the vocabulary differs and there is no "
+                    "tokenizer.json to align it by; add the tokenizer files, then merge with `tokenizer_source: union`",
+                )
+            )
+        others = [x for x in st.get("shape_mismatch", {}).get(m, []) if x[0] not in vocab_names]
+        if others:
+            nm, bshape, mshape = others[0]
+            out.append(
+                Finding(
+                    "error",
+                    "shape-mismatch",
+                    m,
+                    f"{len(others)} tensors differ in shape from the base, e.g. {nm}: {mshape} vs {bshape}; "
+                    "this is a different architecture or size and cannot be merged with it",
+                )
+            )
+        bt, mt = base_meta.get("tokenizer"), mm.get("tokenizer")
+        if bt and mt and bt != mt and not vocab_names:
+            out.append(
+                Finding(
+                    "warning",
+                    "vocab-mismatch",
+                    m,
+                    "tokenizer files differ from the base's (same embedding size): token ids may mean "
+                    "different things; compare the tokenizers or set tokenizer_source",
+                )
+            )
+        bad = st.get("nonfinite", {}).get(m, 0)
+        if bad:
+            out.append(
+                Finding(
+                    "error",
+                    "non-finite",
+                    m,
+                    f"{bad} NaN/Inf values in its weights (first in {st.get('nonfinite_where', {}).get(m, '?')}); "
+                    "a merge would spread them — re-export the checkpoint",
+                )
+            )
+        bd, md = st.get("base_dtypes", {}), st.get("dtypes", {}).get(m, {})
+        floats = {d for d in md if d.startswith(("F", "BF"))}
+        if len(floats) > 1:
+            out.append(
+                Finding(
+                    "warning",
+                    "dtype-mixed",
+                    m,
+                    f"holds tensors in {', '.join(sorted(floats))}; check it was exported cleanly",
+                )
+            )
+        elif floats and set(bd) and floats != {d for d in bd if d.startswith(("F", "BF"))}:
+            out.append(
+                Finding(
+                    "info",
+                    "dtype-mixed",
+                    m,
+                    f"stored as {', '.join(sorted(floats))} while the base is {', '.join(sorted(d for d in bd if d.startswith(('F', 'BF'))))}; "
+                    "deltas are computed in float32, set out_dtype for the merge",
+                )
+            )
+        declared = mm.get("declared_base")
+        if declared and not same_model_name(declared, base_meta):
+            out.append(
+                Finding(
+                    "warning",
+                    "declared-base-differs",
+                    m,
+                    f"its model card/config names base {declared!r}, not {Path(report.base).name!r}; "
+                    "make sure you picked the right base",
+                )
+            )
+    return out
+
+
+def metric_findings(report) -> list[Finding]:
+    """Verdicts from the task-vector statistics (thresholds and their evidence: top of this file)."""
+    out: list[Finding] = []
+    if not report.sites:
+        return out
+    whole = report.whole()
+    weights = report.weights()
+    n = report.n
+    nonfinite_models = {f.model for f in structural_findings(report) if f.code == "non-finite"}
+    flagged_base = set()
+    for i, m in enumerate(report.models):
+        if m in nonfinite_models:
+            continue
+        cos = weights.cosine_to_base(i)
+        rel = weights.relative_norm(i)
+        if cos < DIFFERENT_BASE_COSINE:
+            flagged_base.add(i)
+            out.append(
+                Finding(
+                    "error",
+                    "different-base",
+                    m,
+                    f"its weight matrices have cosine {cos:.3f} with the base's (relative norm {rel:.2f}; "
+                    f"whole model {whole.cosine_to_base(i):.3f}); fine-tunes of a base stay near 1, models "
+                    f"trained from another base near 0. Merging it will produce garbage — find its real base",
+                )
+            )
+        elif rel > DRIFT_RELATIVE_NORM or cos < DRIFT_COSINE:
+            out.append(
+                Finding(
+                    "warning",
+                    "drifted",
+                    m,
+                    f"moved far from the base: weight relative norm {rel:.3f}, weight cosine to base {cos:.3f} "
+                    f"(merge-friendly fine-tunes stay below {DRIFT_RELATIVE_NORM:.2f} / above {DRIFT_COSINE:.2f}); "
+                    "expect the merge to degrade — lower its weight or use TIES/DARE to trim it",
+                )
+            )
+    live = [i for i in range(n) if i not in flagged_base and report.models[i] not in nonfinite_models]
+    if len(live) >= 2:
+        norms = {i: whole.norm(i) for i in live}
+        hi = max(live, key=lambda i: norms[i])
+        lo = min(live, key=lambda i: norms[i])
+        ratio = norms[hi] / norms[lo] if norms[lo] else math.inf
+        if ratio > MAGNITUDE_ASYMMETRY_WARN:
+            out.append(
+                Finding(
+                    "warning",
+                    "magnitude-asymmetry",
+                    report.models[hi],
+                    f"its task vector is {ratio:.1f}x the norm of {report.models[lo]}'s: with equal weights it will "
+                    f"dominate the merge; scale weights by about 1/{ratio:.1f} or use normalize/TIES",
+                )
+            )
+        for a_i, a in enumerate(live):
+            for b in live[a_i + 1 :]:
+                sc = whole.sign_conflict_pair(a, b)
+                cs = whole.cosine(a, b)
+                if sc > PAIR_SIGN_CONFLICT_WARN or cs < -0.05:
+                    worst = _worst_cells(report, a, b)
+                    out.append(
+                        Finding(
+                            "warning",
+                            "high-sign-conflict",
+                            report.models[a],
+                            f"with {report.models[b]}: {sc:.1%} of shared coordinates have opposite signs "
+                            f"(independent deltas give 50%), task-vector cosine {cs:.3f}; worst cells: {worst}. "
+                            "Use TIES (sign election) or lower one model's weight there",
+                        )
+                    )
+        cells = []
+        for layer, group in report.cell_keys():
+            agg = report.cell(layer, group)
+            if agg.total.trim_multi_nz and agg.trimmed_sign_conflict > CELL_TRIMMED_CONFLICT_NOTE:
+                cells.append((agg.trimmed_sign_conflict, layer, group))
+        if cells:
+            cells.sort(key=lambda c: (c[0], -1 if c[1] is None else c[1], c[2]), reverse=True)
+            desc = ", ".join(f"{_cell_name(layer, g)} {v:.0%}" for v, layer, g in cells[:4])
+            out.append(
+                Finding(
+                    "info",
+                    "high-sign-conflict",
+                    None,
+                    f"{len(cells)} cells keep > {CELL_TRIMMED_CONFLICT_NOTE:.0%} sign conflict after a TIES trim at "
+                    f"density {report.density}: {desc}",
+                )
+            )
+    return out
+
+
+def _cell_name(layer, group) -> str:
+    return f"{group}" if layer is None else f"L{layer}.{group}"
+
+
+def _worst_cells(report, a: int, b: int, k: int = 3) -> str:
+    vals = []
+    for layer, group in report.cell_keys():
+        agg = report.cell(layer, group)
+        if agg.total.pair_both[a, b]:
+            vals.append((agg.sign_conflict_pair(a, b), layer, group))
+    vals.sort(key=lambda v: v[0], reverse=True)
+    return ", ".join(f"{_cell_name(layer, g)} {v:.0%}" for v, layer, g in vals[:k]) or "n/a"
+
+
+def spectral_findings(report) -> list[Finding]:
+    """Verdicts from the spectral pass (`analyze --spectral`): models the merged subspace leaves out."""
+    if report.spectral is None or report.n < 2:
+        return []
+    whole = report.spectral.whole()
+    out = []
+    for i, m in enumerate(report.models):
+        sar = whole.sar(i)
+        if whole.total.sq[i] > 0 and sar < SAR_NOTE:
+            out.append(
+                Finding(
+                    "info",
+                    "low-subspace-alignment",
+                    m,
+                    f"its task vector keeps only {sar:.0%} of its norm in the top subspace of the summed task "
+                    f"vector (SAR; below {SAR_NOTE:.0%}, the demo family's merges lost >= 0.08 bits per byte "
+                    "against their specialists): lower the other models' weights where they dominate, or merge it "
+                    "in fewer layers",
+                )
+            )
+    return out
+
+
+def findings_for(report) -> list[Finding]:
+    """All findings, errors first."""
+    fs = structural_findings(report) + metric_findings(report) + spectral_findings(report)
+    return sorted(fs, key=lambda f: SEVERITIES.index(f.severity))
+
+
+def worst_severity(findings) -> str | None:
+    for sev in SEVERITIES:
+        if any(f.severity == sev for f in findings):
+            return sev
+    return None

@@ -1,0 +1,131 @@
+"""Merge models as a plan (a mergekit 0.1.x YAML config) says, into OUTPUT_DIR.
+
+Streams tensor by tensor (memory: a few tensors plus one output shard) and writes atomically: on any
+error or Ctrl-C nothing is left behind. Exit 0 on success, 2 on bad input (one line on stderr),
+1 when a merge method fails, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from mergescope.tui.commands.evaluate import add_scoring_arguments
+
+
+def add_arguments(p) -> None:
+    p.add_argument("config", metavar="CONFIG.yaml", help="merge plan (mergekit config schema)")
+    p.add_argument("output", metavar="OUTPUT_DIR", help="directory to create (must not exist or be empty)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--seed", type=int, default=None, help="seed for randomized methods (dare_*, della*)")
+    p.add_argument(
+        "--force", action="store_true", help="replace a non-empty OUTPUT_DIR (only once the merge is complete)"
+    )
+    p.add_argument(
+        "--shard-size",
+        default="5GB",
+        metavar="SIZE",
+        help="maximum size of one output shard, e.g. 5GB, 500MB (default 5GB)",
+    )
+    p.add_argument(
+        "--hash-inputs",
+        action="store_true",
+        help="record sha256 of every input weight file in the model card (default: only when inputs total <= 2 GB)",
+    )
+    p.add_argument(
+        "--analyze",
+        action="store_true",
+        help="analyse the inputs first (when no cached analysis exists) so the model card records the "
+        "merge-readiness findings; without it a cached `mergescope analyze` of the same paths is used if any",
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--allow-non-finite", action="store_true", help="merge even when an input holds NaN/Inf values (they spread)"
+    )
+    p.add_argument(
+        "--force-incompatible",
+        action="store_true",
+        help="merge even when the readiness checks say the inputs do not share a base (the output is likely garbage)",
+    )
+    add_scoring_arguments(p, text_flag="--eval-text", required=False, device=False)
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+    from mergescope.io.units import fmt_bytes, parse_size
+    from mergescope.merge.plan import Plan
+    from mergescope.merge.run import MergeError, run_merge
+    from mergescope.tui.commands.progress_bar import cli_progress
+
+    err = Console(stderr=True)
+    out = Console()
+    shard_size = parse_size(args.shard_size)
+    plan = Plan.load(args.config)
+    plan.validate(check_paths=True)
+    from mergescope.stats.readiness import analysis_for_plan
+
+    report = analysis_for_plan(plan, compute=args.analyze, device=args.device)
+    if report is not None and report.findings and not args.quiet:
+        worst = report.findings[0]
+        err.print(
+            f"[dim]merge-readiness: {len(report.findings)} finding(s), worst: {worst.severity} {worst.code}"
+            f"{' (' + worst.model + ')' if worst.model else ''} — recorded in the model card[/dim]",
+            highlight=False,
+        )
+    kwargs = dict(
+        device=args.device,
+        seed=args.seed,
+        force=args.force,
+        shard_size=shard_size,
+        hash_inputs=True if args.hash_inputs else None,
+        analysis=report,
+        allow_non_finite=args.allow_non_finite,
+        force_incompatible=args.force_incompatible,
+    )
+    try:
+        with cli_progress("merge", quiet=args.quiet, console=err) as progress:
+            res = run_merge(plan, args.output, progress=progress, **kwargs)
+    except MergeError as exc:
+        print(f"mergescope merge: error: {exc}", file=sys.stderr)
+        print("nothing was written", file=sys.stderr)
+        return 1
+    size = fmt_bytes(res.total_bytes)
+    shards = f"{len(res.shards)} shard{'s' if len(res.shards) != 1 else ''}"
+    out.print(
+        f"[bold]merged[/bold] {res.n_tensors} tensors ({size}, {', '.join(res.out_dtypes) or '-'}) "
+        f"with {plan.merge_method} into [bold]{res.output_dir}[/bold]: {shards}, {res.seconds:.1f}s on {res.device}",
+        highlight=False,
+    )
+    if report is None:  # with a cached analysis its findings were summarised above
+        for f in res.findings:
+            err.print(f"[yellow]{f.severity}[/yellow] {f.code} {f.model or ''}: {f.message}", highlight=False)
+    if args.eval_text or args.eval_cmd:
+        _score_after(args, plan, res, out)
+    return 0
+
+
+def _score_after(args, plan, res, out) -> None:
+    """Score the written model and its inputs; print the table and add it to the model card."""
+    from mergescope.merge.output import append_to_card
+    from mergescope.tui.commands.evaluate import print_scores, scorer_from_args
+    from mergescope.tui.commands.progress_bar import cli_progress
+
+    scorer = scorer_from_args(args, "eval_text")
+    inputs = [str(plan.model_path(r)) for r in plan.referenced_models() if plan.ref_paths(r)[1] is None]
+    with cli_progress("score", unit="tokens", quiet=args.quiet) as progress:
+        scorer.progress = progress
+        table = scorer.models([str(res.output_dir), *inputs])
+    label = {str(res.output_dir): f"{res.output_dir.name} (this merge)"}
+    label.update({str(plan.model_path(r)): r for r in plan.referenced_models()})
+    table = {label.get(k, k): v for k, v in table.items()}
+    print_scores(out, table)
+    cols = list(next(iter(table.values())))
+    rows = ["## Held-out scores", "", "| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    rows += [f"| `{m}` | " + " | ".join(f"{row[c].value:.4f}" for c in cols) + " |" for m, row in table.items()]
+    metric = (
+        "bits per byte, lower is better"
+        if next(iter(table[next(iter(table))].values())).nll_nats is not None
+        else ("the --eval-cmd score")
+    )
+    rows += ["", f"Scored by mergescope after the merge ({metric})."]
+    append_to_card(res.output_dir, "\n".join(rows))

@@ -1,0 +1,393 @@
+"""The plan editor's state: method, global parameters and per-(group, layer band) tables per model.
+
+No widgets here: the editor shows and edits a `PlanState`, which turns into a `Plan`
+(`mergescope.merge.plan.plan_from_group_ratios`, one table per per-model parameter) and back
+(`group_ratios_of`). A loaded plan that is not of that form (hand-written mergekit filters, slices)
+is kept as it is: it can be inspected, predicted and merged, but its table is read-only.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+from mergescope.merge.methods.base import BaseUse
+from mergescope.merge.plan.tables import (
+    BAND_MODES,
+    GROUP_COLS,
+    band_label,
+    make_bands,
+    plan_from_tables,
+    table_specs,
+    uniform_table,
+    value_in_force,
+)
+
+STEP = {"weight": 0.05, "density": 0.05, "gamma": 0.01, "epsilon": 0.01, "scale": 0.05, "t": 0.05}
+
+
+VOCAB_CHOICES = ("union", "base")  # what the editor offers besides the donor's tokenizer (key k)
+
+
+def band_name(mode: int) -> str:
+    return {0: "per layer", 1: "one band", 2: "halves", 3: "thirds", 4: "quarters"}.get(mode, f"{mode} bands")
+
+
+@dataclass
+class Row:
+    label: str
+    band: tuple[int, int] | None  # None: a row outside the blocks
+    group: str | None  # the group of a non-block row (embed / norm / head / other)
+
+
+@dataclass
+class PlanState:
+    base: str
+    models: list[str]  # the analysed fine-tunes, in report order
+    n_layers: int
+    method: str = "task_arithmetic"
+    included: list[bool] = field(default_factory=list)
+    globals: dict = field(default_factory=dict)  # global parameters the user set
+    tables: dict = field(default_factory=dict)  # param -> {(group, band): [value per model]}
+    band_mode: int = 3
+    names: list[str] | None = None  # the base's tensor names: picks filter spellings for other naming schemes
+    has_other: bool = False
+    dtype: str | None = None
+    out_dtype: str | None = None
+    tokenizer_source: str | None = None  # None: the donor's tokenizer; "union" / "base": aligned by token
+    custom: object = None  # a loaded Plan that is not a per-group table (kept verbatim)
+    source: str | None = None  # the file it was loaded from / last written to
+    analysis_density: float | None = None  # the report's density: where sparsifying methods start
+
+    def __post_init__(self):
+        if not self.included:
+            self.included = [True] * len(self.models)
+        if not self.tables:
+            self.reset_tables()
+
+    # -- method and its parameters ----------------------------------------------------------
+    @property
+    def spec(self):
+        from mergescope.merge.methods import get_method
+
+        return get_method(self.method)
+
+    def global_specs(self) -> list:
+        return [p for p in self.spec.params if not p.per_model]
+
+    def table_specs(self) -> list:
+        """Per-model numeric parameters: edited as per-group tables."""
+        return table_specs(self.spec)
+
+    def table_params(self) -> list[str]:
+        return [p.name for p in self.table_specs()]
+
+    def default_value(self, param: str) -> float:
+        spec = self.spec.param(param)
+        if spec is not None and spec.default is not None:
+            return float(spec.default)
+        return 1.0
+
+    def set_method(self, method: str) -> None:
+        from mergescope.merge.methods import get_method
+
+        get_method(method)  # InputError for an unknown name
+        self.method = method
+        names = {p.name for p in self.spec.params}
+        self.globals = {k: v for k, v in self.globals.items() if k in names}
+        self.tables = {k: v for k, v in self.tables.items() if k in self.table_params()}
+        for p in self.table_specs():
+            if p.required and p.name not in self.tables:
+                self.tables[p.name] = self._uniform(self.default_value(p.name))
+        self.custom = None
+
+    def choose_method(self, method: str) -> None:
+        """The user's pick: a sparsifying method starts at the analysis density, so the measured trimmed
+        conflict applies to it as it is."""
+        self.set_method(method)
+        if self.analysis_density is None or "density" not in self.table_params():
+            return
+        table = self.table("density")
+        if all(v == self.default_value("density") for vals in table.values() for v in vals):
+            for key in table:
+                table[key] = [self.analysis_density] * len(self.models)
+
+    def reset_tables(self) -> None:
+        self.tables = {}
+        for p in self.table_specs():
+            if p.required:
+                self.tables[p.name] = self._uniform(self.default_value(p.name))
+
+    # -- the table --------------------------------------------------------------------------
+    def bands(self) -> list[tuple[int, int]]:
+        return make_bands(self.n_layers, self.band_mode)
+
+    def rows(self) -> list[Row]:
+        out = [Row("embed", None, "embed")]
+        out += [Row(band_label(b), b, None) for b in self.bands()]
+        out += [Row("final norm", None, "norm"), Row("head", None, "head")]
+        if self.has_other:
+            out.append(Row("other", None, "other"))
+        return out
+
+    def columns(self) -> list[str]:
+        return ["all", *GROUP_COLS]
+
+    def keys_of(self, row: Row, col: str) -> list[tuple]:
+        """Table keys a cell edits: one, three (a band's "all"), or none."""
+        if row.band is None:
+            return [(row.group, None)] if col == "all" else []
+        if col == "all":
+            return [(g, row.band) for g in GROUP_COLS]
+        return [(col, row.band)]
+
+    def _uniform(self, value: float) -> dict:
+        return uniform_table(value, len(self.models), self.bands())
+
+    def table(self, param: str) -> dict:
+        if param not in self.tables:
+            self.tables[param] = self._uniform(self.default_value(param))
+        return self.tables[param]
+
+    def value_at(self, param: str, layer: int | None, group: str, model: int, tables: dict | None = None) -> float:
+        """The value in force for one layer and group (bands looked up; defaults filled)."""
+        table = (self.tables if tables is None else tables).get(param)
+        return value_in_force(table, layer, group, model, self.default_value(param))
+
+    def cell_value(self, param: str, row: Row, col: str, model: int) -> float | None:
+        keys = self.keys_of(row, col)
+        if not keys:
+            return None
+        vals = {self.value_at(param, band[0] if band else None, g, model) for g, band in keys}
+        return vals.pop() if len(vals) == 1 else math.nan
+
+    def uniform_value(self, param: str) -> float | None:
+        """The one value `param` has for every included model everywhere, or None when it varies."""
+        table = self.tables.get(param)
+        idx = self.chosen()
+        if table is None:
+            return self.default_value(param) if self.spec.param(param) is not None else None
+        vals = {round(v[i], 9) for key, v in table.items() if self._used(key) for i in idx}
+        return vals.pop() if len(vals) == 1 else None
+
+    def set_band_mode(self, mode: int) -> None:
+        """Re-cut the bands; every new band takes the value in force at its first layer."""
+        old = copy.deepcopy(self.tables)
+        self.band_mode = mode
+        for param, table in old.items():
+            new = {k: v for k, v in table.items() if k[1] is None}
+            for band in self.bands():
+                for g in GROUP_COLS:
+                    new[(g, band)] = [self.value_at(param, band[0], g, i, tables=old) for i in range(len(self.models))]
+            self.tables[param] = new
+
+    def clamp(self, param: str, value: float) -> float:
+        spec = self.spec.param(param)
+        if spec is not None:
+            if spec.min is not None:
+                value = max(spec.min, value)
+            if spec.max is not None:
+                value = min(spec.max, value)
+        return round(value, 6)
+
+    def set_value(self, param: str, row: Row, col: str, model: int, value: float) -> None:
+        from mergescope.io.errors import InputError
+
+        if not math.isfinite(value):
+            raise InputError(f"{param}: {value} is not a finite number")
+        spec = self.spec.param(param)
+        if spec is not None:
+            if spec.min is not None and value < spec.min:
+                raise InputError(f"{param} must be ≥ {spec.min} ({spec.help or self.method})")
+            if spec.max is not None and value > spec.max:
+                raise InputError(f"{param} must be ≤ {spec.max} ({spec.help or self.method})")
+        table = self.table(param)
+        for key in self.keys_of(row, col):
+            vals = table.setdefault(key, [self.default_value(param)] * len(self.models))
+            vals[model] = round(float(value), 6)
+        self.custom = None
+
+    def step(self, param: str, row: Row, col: str, model: int, direction: int) -> float | None:
+        cur = self.cell_value(param, row, col, model)
+        if cur is None:
+            return None
+        if math.isnan(cur):
+            cur = self.value_at(
+                param, row.band[0] if row.band else None, GROUP_COLS[0] if row.band else row.group, model
+            )
+        new = self.clamp(param, cur + direction * STEP.get(param, 0.05))
+        self.set_value(param, row, col, model, new)
+        return new
+
+    def set_global(self, name: str, raw) -> None:
+        """Validate one global parameter with the method's spec (InputError with the reason)."""
+        from mergescope.io.errors import InputError
+        from mergescope.merge.plan import coerce_value
+
+        spec = self.spec.param(name)
+        if spec is None or spec.per_model:
+            raise InputError(f"{self.method} has no global parameter {name!r}")
+        if raw in (None, ""):
+            self.globals.pop(name, None)
+            return
+        try:
+            value = coerce_value(raw, spec)
+        except ValueError as exc:
+            raise InputError(f"{name}: {exc}") from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if spec.min is not None and value < spec.min:
+                raise InputError(f"{name} must be ≥ {spec.min}")
+            if spec.max is not None and value > spec.max:
+                raise InputError(f"{name} must be ≤ {spec.max}")
+        if value == self.global_value(name) and (name in self.globals or value == spec.default):
+            return  # unchanged (e.g. an input re-sent its value)
+        self.globals[name] = value
+        self.custom = None
+
+    def global_value(self, name: str):
+        if name in self.globals:
+            return self.globals[name]
+        spec = self.spec.param(name)
+        return spec.default if spec is not None else None
+
+    # -- Plan <-> state -----------------------------------------------------------------------
+    def chosen(self) -> list[int]:
+        return [i for i, inc in enumerate(self.included) if inc]
+
+    def to_plan(self):
+        """The Plan this state describes (InputError when it cannot be merged as it stands)."""
+        from mergescope.io.errors import InputError
+
+        if self.custom is not None:
+            return self.custom
+        idx = self.chosen()
+        if not idx:
+            raise InputError("the plan includes no model: press i on a model to include it")
+        spec = self.spec
+        if len(idx) < spec.min_models:
+            raise InputError(f"{self.method} needs at least {spec.min_models} model(s); {len(idx)} included")
+        if spec.max_models is not None and len(idx) > spec.max_models:
+            raise InputError(
+                f"{self.method} takes at most {spec.max_models} model(s) besides the base; "
+                f"{len(idx)} included: press i to leave some out"
+            )
+        models = [self.models[i] for i in idx]
+        base = self.base if spec.base is not BaseUse.INPUT else None
+        tables = {
+            p: {k: [v[i] for i in idx] for k, v in self.tables[p].items() if self._used(k)}
+            for p in self.table_params()
+            if p in self.tables
+        }
+        return plan_from_tables(
+            self.method,
+            base,
+            models,
+            tables,
+            num_layers=self.n_layers,
+            parameters=dict(self.globals),
+            names=self.names,
+            dtype=self.dtype,
+            out_dtype=self.out_dtype,
+            tokenizer_source=self.tokenizer_source,
+        )
+
+    def _used(self, key) -> bool:
+        group, band = key
+        if band is None:
+            return True
+        return band in self.bands()
+
+    @classmethod
+    def from_plan(cls, plan, report, names=None) -> PlanState:
+        """Editor state for a loaded plan: tables when it is a per-group table, else kept verbatim."""
+        from mergescope.io.errors import InputError
+        from mergescope.merge.plan import group_ratios_of
+        from mergescope.merge.whatif import is_base, plan_models_to_report
+
+        n_layers = len(report.layers())
+        state = cls(
+            report.base,
+            list(report.models),
+            n_layers,
+            method=plan.merge_method,
+            names=names,
+            has_other=any(s.group == "other" for s in report.sites),
+            analysis_density=report.density,
+        )
+        state.set_method(plan.merge_method)
+        to_idx = plan_models_to_report(plan, report)
+        base_check = is_base(plan, report)
+        refs = plan.input_models()
+        state.included = [False] * len(report.models)
+        for ref in refs:
+            if ref in to_idx:
+                state.included[to_idx[ref]] = True
+            elif not base_check(ref):
+                raise InputError(
+                    f"{plan.source or 'plan'}: model {ref} is not one of the analysed models; "
+                    f"open a set that includes it (o)"
+                )
+        state.globals = {
+            k: v
+            for k, v in (plan.parameters or {}).items()
+            if state.spec.param(k) is not None and not state.spec.param(k).per_model and not isinstance(v, (list, dict))
+        }
+        state.dtype, state.out_dtype = plan.dtype, plan.out_dtype
+        spec = plan.vocab_spec()
+        state.tokenizer_source = spec.source if spec is not None and spec.source in VOCAB_CHOICES else None
+        state.source = plan.source
+        order = [to_idx[r] for r in refs if r in to_idx]
+        tables = {}
+        try:
+            if plan.slices is not None or plan.modules is not None:
+                raise InputError("slices")
+            for p in state.table_specs():
+                try:
+                    t = group_ratios_of(plan, param=p.name, num_layers=n_layers)
+                except InputError:
+                    if p.required:
+                        raise
+                    continue
+                full = {}
+                for key, vals in t.items():
+                    row = [state.default_value(p.name)] * len(report.models)
+                    for k, i in enumerate(order):
+                        row[i] = float(vals[k] if len(vals) == len(order) else vals[0])
+                    full[key] = row
+                tables[p.name] = full
+            extra_globals = {k: v for k, v in (plan.parameters or {}).items() if isinstance(v, (list, dict))}
+            if extra_globals:
+                raise InputError("gradient globals")
+        except InputError:
+            state.custom = plan
+            return state
+        state.tables = tables
+        mode = next(m for m in BAND_MODES if _fits(tables, make_bands(n_layers, m)))  # per layer always fits
+        state.set_band_mode(mode)  # re-cut: each loaded band is a union of the new ones
+        return state
+
+
+def _fits(tables: dict, cut: list) -> bool:
+    edges = {a for a, _ in cut} | {b for _, b in cut}
+    return all(
+        b0 in edges and b1 in edges
+        for t in tables.values()
+        for (_, band) in t
+        if band is not None
+        for (b0, b1) in [band]
+    )
+
+
+def state_for_report(report, method: str = "task_arithmetic") -> PlanState:
+    names = sorted({t for s in report.sites for t in s.tensors})
+    st = PlanState(
+        report.base,
+        list(report.models),
+        len(report.layers()),
+        names=names,
+        has_other=any(s.group == "other" for s in report.sites),
+        analysis_density=report.density,
+    )
+    st.set_method(method)
+    return st
