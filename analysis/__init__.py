@@ -29,6 +29,7 @@ _API = {
     "load_plan": "merge.plan",
     "run_merge": "merge.run",
     "MergeResult": "merge.run",
+    "Cancelled": "io.progress",
     "MergeCancelled": "merge.run",
     "MergeError": "merge.run",
     "open_checkpoint": "io.checkpoint",
@@ -41,6 +42,7 @@ __all__ = ["__version__", *_API]
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads them
     from mergescope.io.checkpoint import open_checkpoint  # noqa: F401
     from mergescope.io.errors import InputError  # noqa: F401
+    from mergescope.io.progress import Cancelled  # noqa: F401
     from mergescope.merge.methods import REGISTRY  # noqa: F401
     from mergescope.merge.plan import Plan, load_plan  # noqa: F401
     from mergescope.merge.run import MergeCancelled, MergeError, MergeResult, run_merge  # noqa: F401

@@ -8,12 +8,13 @@ import torch
 import yaml
 
 from mergescope.io.errors import InputError
+from mergescope.io.progress import Cancelled
 from mergescope.io.units import parse_size
 from mergescope.merge import methods
 from mergescope.merge.methods.base import BaseUse, Linear, MergeMethod, ParamSpec
 from mergescope.merge.output import ModelWriter
 from mergescope.merge.plan import Plan
-from mergescope.merge.run import MergeCancelled, MergeError, run_merge
+from mergescope.merge.run import MergeError, run_merge
 from mergescope.tui.cli import main
 from tests.ckpt_utils import load_state, lora_delta, make_finetune, make_llama, make_lora
 
@@ -192,7 +193,7 @@ def test_cancel_leaves_nothing_and_keeps_existing_output(family):
         calls.append(1)
         return len(calls) > 20
 
-    with pytest.raises(MergeCancelled):
+    with pytest.raises(Cancelled):
         run_merge(plan, family / "out", force=True, shard_size="1KB", should_stop=should_stop)
     assert (family / "out" / "keep.txt").read_text() == "old"
     assert not [p.name for p in family.iterdir() if p.name.startswith(".out.")]

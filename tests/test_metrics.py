@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from mergescope.io.checkpoint import open_models
 from mergescope.io.naming import site_of
+from mergescope.io.progress import Cancelled
 from mergescope.stats.readiness import analyze
 from mergescope.stats.scan import analyze_checkpoints
 from tests.ckpt_utils import H, L, family_shapes, make_family
@@ -238,7 +239,6 @@ def test_json_contract_round_trip(tmp_path, monkeypatch):
 
 
 def test_progress_and_cancel(tmp_path):
-    from mergescope.stats.scan import AnalysisCancelled
 
     base_p, paths = make_family(tmp_path, n_models=2)
     base, models = open_models(base_p, paths)
@@ -246,7 +246,7 @@ def test_progress_and_cancel(tmp_path):
     analyze_checkpoints(base, models, progress=lambda d, t, label: seen.append((d, t)))
     assert seen and seen[-1][0] == seen[-1][1] and all(a <= b for (a, _), (b, _) in zip(seen, seen[1:]))
     calls = iter(range(1000))
-    with pytest.raises(AnalysisCancelled):
+    with pytest.raises(Cancelled):
         analyze_checkpoints(base, models, should_stop=lambda: next(calls) >= 3)
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from mergescope.io.progress import Cancelled
 from mergescope.stats import spectral as sp
 from mergescope.stats.readiness import analyze
 from mergescope.stats.report import Report
-from mergescope.stats.scan import AnalysisCancelled
 from mergescope.tui.cli import main
 from tests.ckpt_utils import load_state, make_finetune, make_llama, make_lora
 
@@ -170,7 +170,7 @@ def test_end_to_end_matches_reference_and_caches(tiny):
     data = json.loads(json.dumps(rep.to_json(), allow_nan=False))
     assert Report.from_json(data).to_json()["spectral"] == data["spectral"]
     assert plain.to_json()["spectral"] is None
-    with pytest.raises(AnalysisCancelled):  # the analysis is cached: only the spectral pass asks
+    with pytest.raises(Cancelled):  # the analysis is cached: only the spectral pass asks
         analyze(str(base), paths, spectral=5, should_stop=lambda: True)
     seen = []
     assert not analyze(str(base), paths, spectral=5, progress=lambda *a: seen.append(a)).spectral.from_cache

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from mergescope.io.progress import Cancelled
 from mergescope.tui.app import MergeScopeApp
 from mergescope.tui.dialogs.error import ErrorDialog
 from mergescope.tui.dialogs.help import HelpScreen
@@ -147,7 +148,6 @@ async def test_incompatible_model_shows_findings_not_a_crash(tmp_path, family):
 
 async def test_analysis_can_be_cancelled(family, monkeypatch):
     import mergescope.stats.readiness as analyze_mod
-    from mergescope.stats.scan import AnalysisCancelled
 
     started = []
 
@@ -155,7 +155,7 @@ async def test_analysis_can_be_cancelled(family, monkeypatch):
         started.append(True)
         for k in range(2000):
             if should_stop():
-                raise AnalysisCancelled()
+                raise Cancelled()
             progress(k, 2000, f"{k}/2000 tensor")
             time.sleep(0.005)
         raise AssertionError("not cancelled")

@@ -12,6 +12,7 @@ import types
 import pytest
 from textual.worker import WorkerFailed
 
+from mergescope.io.progress import Cancelled
 from mergescope.stats.readiness import analyze
 from mergescope.tui.app import MergeScopeApp
 from mergescope.tui.dialogs.error import ErrorDialog
@@ -231,7 +232,6 @@ async def test_escape_cancels_an_evaluation(here, monkeypatch):
     import time
 
     import mergescope.score.backends as scorers
-    from mergescope.score.evaluate import EvalCancelled
 
     started = []
 
@@ -239,7 +239,7 @@ async def test_escape_cancels_an_evaluation(here, monkeypatch):
         started.append(True)
         for k in range(2000):
             if self.should_stop():
-                raise EvalCancelled()
+                raise Cancelled()
             self.progress(k, 2000, f"{k}/2000")
             time.sleep(0.005)
         raise AssertionError("not cancelled")

@@ -20,6 +20,7 @@ from textual.binding import Binding
 from textual.widgets import TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from mergescope.io.progress import Cancelled
 from mergescope.stats.report import DEFAULT_DENSITY
 from mergescope.tui.actions.evaluate import EVAL_GROUP, EvalJobs
 from mergescope.tui.actions.plan_files import PlanFiles
@@ -155,7 +156,6 @@ class MergeScopeApp(PlanFiles, TuneJobs, EvalJobs, App):
 
     def _analyse(self, base: str, models: list[str], density: float, purpose: str) -> None:
         from mergescope.stats.readiness import analyze
-        from mergescope.stats.scan import AnalysisCancelled
 
         worker = get_current_worker()
         t0 = time.perf_counter()
@@ -174,7 +174,7 @@ class MergeScopeApp(PlanFiles, TuneJobs, EvalJobs, App):
                 should_stop=lambda: worker.is_cancelled,
                 spectral=self.spectral if purpose == "main" else None,
             )
-        except AnalysisCancelled:
+        except Cancelled:
             return
         if not worker.is_cancelled:
             self.post_message(AnalysisDone(report, base, models, purpose))
@@ -334,7 +334,7 @@ class MergeScopeApp(PlanFiles, TuneJobs, EvalJobs, App):
 
     @work(thread=True, exclusive=True, group="merge", exit_on_error=False, name="merge", description="merge")
     def merge_worker(self, plan, output_dir: str, seed: int | None, force: bool, report=None) -> None:
-        from mergescope.merge.run import MergeCancelled, run_merge
+        from mergescope.merge.run import run_merge
 
         worker = get_current_worker()
         t0 = time.perf_counter()
@@ -353,7 +353,7 @@ class MergeScopeApp(PlanFiles, TuneJobs, EvalJobs, App):
                 should_stop=lambda: worker.is_cancelled,
                 analysis=report,
             )
-        except MergeCancelled:
+        except Cancelled:
             return
         if not worker.is_cancelled:
             self.post_message(MergeDone(result, output_dir, plan))

@@ -31,13 +31,14 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from mergescope.io.checkpoint import open_models
 from mergescope.io.device import resolve_device
 from mergescope.io.errors import InputError
 from mergescope.io.naming import site_of
+from mergescope.io.progress import Progress
 from mergescope.lora.report import ExtractResult, MatrixResult, TensorNote, adapter_card
 from mergescope.merge.output.shards import (
     _safetensors_header,
@@ -204,7 +205,7 @@ def extract_lora(
     force: bool = False,
     device: str = "cpu",
     solver: str = "eigh",
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Progress | None = None,
 ) -> ExtractResult:
     """Write a PEFT LoRA adapter for MODEL − BASE into output_dir (atomically); see the module docstring."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:

@@ -26,18 +26,15 @@ and the tensor name. Without a seed they use torch's global RNG, like mergekit.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from mergescope.io.device import resolve_device
 from mergescope.io.errors import InputError
+from mergescope.io.progress import Cancelled, ShouldStop
 from mergescope.merge.plan import Plan, close_all
 from mergescope.merge.preflight import flag_for, run_checks
-
-
-class MergeCancelled(Exception):
-    """`should_stop()` returned true; nothing was kept."""
 
 
 class MergeError(RuntimeError):
@@ -63,7 +60,7 @@ class MergeRun:
     def total_bytes(self) -> int:
         return sum(j.nbytes for j in self.jobs)
 
-    def tensors(self, should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[object, object]]:
+    def tensors(self, should_stop: ShouldStop | None = None) -> Iterator[tuple[object, object]]:
         """(job, merged tensor in the job's output dtype, on CPU), in job order."""
 
         def compute_job(job):
@@ -204,7 +201,7 @@ def _compute(job, cks, method, dev, compute, seed):
             tensors = ins[1:] if job.base is not None else ins
             result = method.merge(base, tensors, job.model_params, job.params, ctx)
             del base, tensors
-    except (InputError, KeyboardInterrupt, MergeCancelled):
+    except (InputError, KeyboardInterrupt, Cancelled):
         raise
     except Exception as exc:
         raise MergeError(f"{method.name} failed on tensor {job.name}: {exc.__class__.__name__}: {exc}") from exc
@@ -232,11 +229,11 @@ def _range_releaser(job, cks):
 def _ordered_results(jobs, compute_job, workers: int, should_stop):
     """Yield (job, result) in job order; with workers > 1, up to workers + 1 tensors are in flight
     (reading the next inputs overlaps merging the current ones). `should_stop` is polled before
-    every tensor; cancelling waits for the tensors already running, then raises MergeCancelled."""
+    every tensor; cancelling waits for the tensors already running, then raises Cancelled."""
     if workers <= 1:
         for job in jobs:
             if should_stop is not None and should_stop():
-                raise MergeCancelled("merge cancelled; no output was written")
+                raise Cancelled("merge cancelled; no output was written")
             yield job, compute_job(job)
         return
     from collections import deque
@@ -257,7 +254,7 @@ def _ordered_results(jobs, compute_job, workers: int, should_stop):
         fill()
         while pending:
             if should_stop is not None and should_stop():
-                raise MergeCancelled("merge cancelled; no output was written")
+                raise Cancelled("merge cancelled; no output was written")
             job, fut = pending.popleft()
             result = fut.result()
             fill()

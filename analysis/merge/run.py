@@ -3,7 +3,7 @@
 (executor.py); nothing is loaded whole.
 
 No prints: progress goes to `progress(done_bytes, total_bytes, label)`; `should_stop()` is polled
-between tensors and cancels with `MergeCancelled`, leaving no output.
+between tensors and cancels with `Cancelled`, leaving no output.
 """
 
 from __future__ import annotations
@@ -11,18 +11,20 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mergescope.io.dtypes import plan_dtype
 from mergescope.io.errors import InputError
-from mergescope.merge.executor import MergeCancelled, MergeError, MergeRun, open_merge
+from mergescope.io.progress import Cancelled, Progress, ShouldStop
+from mergescope.merge.executor import MergeError, MergeRun, open_merge
 from mergescope.merge.output import DEFAULT_SHARD_SIZE, InputRecord, ModelWriter, check_output, model_card, provenance
 from mergescope.merge.plan import Plan
 from mergescope.merge.vocab import write_tokenizer
 
-__all__ = ["MergeCancelled", "MergeError", "MergeResult", "MergedModel", "merge_in_memory", "run_merge"]
+MergeCancelled = Cancelled  # the API's name for a cancelled merge
+
+__all__ = ["Cancelled", "MergeCancelled", "MergeError", "MergeResult", "MergedModel", "merge_in_memory", "run_merge"]
 
 
 @dataclass
@@ -59,8 +61,8 @@ def run_merge(
     seed: int | None = None,
     force: bool = False,
     shard_size: int | str = DEFAULT_SHARD_SIZE,
-    progress: Callable[[int, int, str], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
     hash_inputs: bool | None = None,
     threads: int | None = None,
     analysis=None,
@@ -70,7 +72,7 @@ def run_merge(
 ) -> MergeResult:
     """Merge as the plan says into `output_dir`; returns what was written.
 
-    Raises InputError for bad plans/paths/devices (before reading any tensor data), MergeCancelled
+    Raises InputError for bad plans/paths/devices (before reading any tensor data), Cancelled
     when `should_stop()` turns true, MergeError when a method fails. In every failure case (and on
     KeyboardInterrupt) no output and no temporary directory is left behind.
 
@@ -158,7 +160,7 @@ def _drain(run: MergeRun, add, progress, should_stop) -> list[str]:
         if progress:
             progress(done, total, f"{i + 1}/{n} {job.name}")
     if should_stop is not None and should_stop():
-        raise MergeCancelled("merge cancelled; no output was written")
+        raise Cancelled("merge cancelled; no output was written")
     return out_dtypes
 
 
@@ -181,8 +183,8 @@ def merge_in_memory(
     device: str = "cpu",
     seed: int | None = None,
     threads: int | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
     allow_non_finite: bool = False,
     force_incompatible: bool = False,
 ) -> MergedModel:

@@ -10,17 +10,17 @@ from __future__ import annotations
 import shlex
 import subprocess
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mergescope.io.errors import InputError
+from mergescope.io.progress import Progress, ShouldStop
 from mergescope.score.evaluate import (
     ACTIVATIONS,
     BACKENDS,
     BATCH_TOKENS,
     Model,
-    Progress,
     Score,
     bits_per_byte,
     nll_from_logits,
@@ -256,7 +256,7 @@ class Scorer:
     timeout: float | None = None
     seed: int | None = None
     progress: Progress | None = None
-    should_stop: Callable[[], bool] | None = None
+    should_stop: ShouldStop | None = None
 
     def models(self, models: Sequence[Model | str]) -> dict[str, dict[str, Score]]:
         if self.command:

@@ -24,17 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergescope.io.errors import InputError
+from mergescope.io.progress import Cancelled
 from mergescope.score.tokens import Encoded
 
 BATCH_TOKENS = 16384  # tokens per forward batch (windows x context), fewer for wide models
 ACTIVATIONS = 1 << 27  # float32 activations a batch may hold at its widest (the MLP): 512 MB
 BACKENDS = ("auto", "builtin", "transformers")
-
-Progress = Callable[[int, int, str], None]
-
-
-class EvalCancelled(Exception):
-    """`should_stop()` returned true."""
 
 
 @dataclass(frozen=True)
@@ -222,7 +217,7 @@ def window_nll(
     with torch.no_grad():
         for b0 in range(0, len(wins), per_batch):
             if should_stop is not None and should_stop():
-                raise EvalCancelled()
+                raise Cancelled()
             chunk = wins[b0 : b0 + per_batch]
             x = torch.stack([x_all[s : s + length] for s, _ in chunk])
             tok = nll_fn(x).float().cpu()

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mergescope.io.errors import InputError
-from mergescope.score.evaluate import EvalCancelled, Model, Progress
+from mergescope.io.progress import Cancelled, Progress, ShouldStop
+from mergescope.score.evaluate import Model
 from mergescope.search.tune_space import Objective, Space
 
 PRUNE_FRACTION = 0.25  # the slice of every text a trial is first scored on
@@ -107,10 +108,6 @@ def _cut(data: bytes, n: int) -> bytes:
     return data[:n]
 
 
-class Stopped(Exception):
-    """should_stop() turned true before a trial began."""
-
-
 def tune(
     space: Space,
     scorer,
@@ -119,7 +116,7 @@ def tune(
     n_trials: int,
     objective: Objective | None = None,
     prune: bool = True,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: ShouldStop | None = None,
     progress: Progress | None = None,
     log: Callable[[TrialRecord], None] | None = None,
 ) -> TuneResult:
@@ -130,7 +127,6 @@ def tune(
     optuna = require_optuna()
     from optuna.trial import TrialState
 
-    from mergescope.merge.executor import MergeCancelled
     from mergescope.merge.run import merge_in_memory
 
     objective = objective or Objective()
@@ -147,7 +143,7 @@ def tune(
 
     def run_trial(trial) -> float:
         if stop():
-            raise Stopped()
+            raise Cancelled()
         trial.set_user_attr("worker", worker)
         values = {d.name: trial.suggest_float(d.name, d.low, d.high) for d in space.dims}
         plan = space.plan_for(values)
@@ -189,7 +185,7 @@ def tune(
         cap = optuna.study.MaxTrialsCallback(n_trials, states=finished)
         try:
             study.optimize(guarded, n_trials=remaining, callbacks=[after, cap], catch=())
-        except (Stopped, EvalCancelled, MergeCancelled, KeyboardInterrupt):
+        except (Cancelled, KeyboardInterrupt):
             stopped = True
         stopped = stopped or (stop() and count() < n_trials)
     metric = "score" if scorer.command else "bits per byte"

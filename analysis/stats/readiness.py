@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from mergescope.io import cache
 from mergescope.io.checkpoint import open_models
 from mergescope.io.device import resolve_device
+from mergescope.io.progress import Progress, ShouldStop
 from mergescope.stats.findings import collect_meta, findings_for
 from mergescope.stats.report import DEFAULT_DENSITY, Report
-from mergescope.stats.scan import Progress, ShouldStop, analyze_checkpoints
+from mergescope.stats.scan import analyze_checkpoints
 from mergescope.stats.spectral import Weights
 
 
@@ -80,8 +81,7 @@ def analyze(
 def _spectral(base, models, rank, *, device, weights, weights_key, use_cache, cache_only, progress, should_stop):
     """The spectral result at `rank`: from its own cache entry (keyed by the inputs, K and the weights,
     not by the density), else computed and stored; None when `cache_only` finds none."""
-    from mergescope.stats.scan import AnalysisCancelled
-    from mergescope.stats.spectral import FORMAT, SpectralCancelled, SpectralResult, analyze_spectral
+    from mergescope.stats.spectral import FORMAT, SpectralResult, analyze_spectral
 
     key = None
     if use_cache and (weights is None or weights_key):
@@ -96,19 +96,16 @@ def _spectral(base, models, rank, *, device, weights, weights_key, use_cache, ca
                 pass  # recomputed and overwritten
     if cache_only:
         return None
-    try:
-        res = analyze_spectral(
-            base,
-            models,
-            rank=rank,
-            device=device,
-            weights=weights,
-            weights_label=weights_key or ("custom" if weights is not None else None),
-            progress=progress,
-            should_stop=should_stop,
-        )
-    except SpectralCancelled:
-        raise AnalysisCancelled() from None
+    res = analyze_spectral(
+        base,
+        models,
+        rank=rank,
+        device=device,
+        weights=weights,
+        weights_label=weights_key or ("custom" if weights is not None else None),
+        progress=progress,
+        should_stop=should_stop,
+    )
     if key:
         cache.store(key, res.to_json())
     return res

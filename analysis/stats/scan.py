@@ -8,21 +8,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from mergescope.io.naming import site_of
+from mergescope.io.progress import Cancelled, Progress, ShouldStop
 from mergescope.stats.report import DEFAULT_DENSITY, TOPK_FRACTION, Report, SiteStats, layer_sort_key
 
 # Elements per chunk in the per-tensor passes of the pairwise fallback: small enough that the
 # several passes over one chunk run from cache, large enough to amortise the per-op overhead.
 CHUNK = 1 << 20
-
-Progress = Callable[[int, int, str], None]
-ShouldStop = Callable[[], bool]
-
-
-class AnalysisCancelled(Exception):
-    """Raised when `should_stop()` returned True; nothing is cached."""
 
 
 def _tensor_stats_pairwise(base, models, nm: str, density: float, st: SiteStats, dev) -> dict:
@@ -169,7 +163,7 @@ def analyze_checkpoints(
     dev = torch.device(device)
     for ti, nm in enumerate(usable):
         if should_stop is not None and should_stop():
-            raise AnalysisCancelled()
+            raise Cancelled()
         site = site_of(nm)
         st = sites.get((site.layer, site.group, site.module))
         if st is None:

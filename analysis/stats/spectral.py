@@ -42,6 +42,7 @@ import numpy as np
 
 from mergescope.io.errors import InputError
 from mergescope.io.naming import GROUPS, site_of
+from mergescope.io.progress import Cancelled, Progress, ShouldStop
 
 DEFAULT_RANK = 64
 OVERSAMPLE = 32
@@ -52,11 +53,6 @@ SPECTRAL_GROUPS = ("attn", "mlp")
 FORMAT = 1  # in the cache key: bump when a definition or a solver default changes
 
 Weights = Callable[[str], "Sequence[float] | None"]  # tensor name -> per-model coefficients (None: all 1)
-Progress = Callable[[int, int, str], None]
-
-
-class SpectralCancelled(Exception):
-    """`should_stop()` returned True during the spectral pass; nothing is cached."""
 
 
 # -- one matrix: factors and their terms -------------------------------------------------------
@@ -438,7 +434,7 @@ def analyze_spectral(
     weights: Weights | None = None,
     weights_label: str | None = None,
     progress: Progress | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: ShouldStop | None = None,
     oversample: int = OVERSAMPLE,
     niter: int = POWER_ITERS,
 ) -> SpectralResult:
@@ -456,7 +452,7 @@ def analyze_spectral(
     sites: dict[tuple, SpectralSite] = {}
     for ti, nm in enumerate(names):
         if should_stop is not None and should_stop():
-            raise SpectralCancelled()
+            raise Cancelled()
         where = site_of(nm)
         key = (where.layer, where.group, where.module)
         st = sites.get(key) or sites.setdefault(key, SpectralSite(*key, len(models)))

@@ -15,6 +15,7 @@ from dataclasses import replace
 from textual import work
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from mergescope.io.progress import Cancelled
 from mergescope.tui.messages import EvalDone, EvalPartial, EvalProgress
 from mergescope.tui.state.evaluation import EvalEntry, make_job
 from mergescope.tui.widgets.eval_view import EvalView
@@ -63,8 +64,6 @@ class EvalJobs:
 
     @work(thread=True, exclusive=True, group=EVAL_GROUP, exit_on_error=False, name="evaluate", description="evaluate")
     def eval_worker(self, job) -> None:
-        from mergescope.merge.executor import MergeCancelled
-        from mergescope.score.evaluate import EvalCancelled
         from mergescope.tui.state.evaluation import run
 
         worker = get_current_worker()
@@ -79,7 +78,7 @@ class EvalJobs:
 
         try:
             result = run(job, device=self.device, post=post, should_stop=lambda: worker.is_cancelled, partial=partial)
-        except (EvalCancelled, MergeCancelled):
+        except Cancelled:
             return
         if not worker.is_cancelled:
             self.post_message(EvalDone(job, result, time.perf_counter() - t0))

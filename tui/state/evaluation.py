@@ -194,8 +194,8 @@ class Meter:
 
 def run(job: EvalJob, *, device: str = "cpu", post=None, should_stop=None, partial=None):
     """Compute the job: {row: {text: Score}} for a score, a SweepResult, a SoupResult. `partial(result
-    so far)` is called after each sweep point and soup step; cancelling raises EvalCancelled (scoring)
-    or MergeCancelled (merging)."""
+    so far)` is called after each sweep point and soup step; cancelling raises Cancelled (scoring)
+    or Cancelled (merging)."""
     from mergescope.score.backends import Scorer
 
     meter = Meter(job.phases(), post or (lambda *a: None))

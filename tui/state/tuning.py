@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mergescope.io.progress import ShouldStop
 from mergescope.tui.format import short_names
 from mergescope.tui.state.plan_state import PlanState, band_name
 
@@ -73,7 +74,7 @@ def make_job(state: PlanState | None, param: str, paths, *, device: str = "cpu",
 def run(
     job: TuneJob,
     *,
-    should_stop: Callable[[], bool],
+    should_stop: ShouldStop,
     log: Callable | None = None,
     progress: Callable | None = None,
     seed: int | None = None,
