@@ -112,8 +112,8 @@ def main(argv=None) -> int:
     from mergescope.demo import family_dir, heldout_dir
     from mergescope.merge.methods import REGISTRY
     from mergescope.merge.plan import Plan
-    from mergescope.score.backends import Scorer
-    from mergescope.score.evaluate import load_texts
+    from mergescope.score.candidate import Scorer
+    from mergescope.score.texts import load_texts
     from mergescope.stats.readiness import analyze
 
     fam, texts = family_dir(), load_texts(heldout_dir())

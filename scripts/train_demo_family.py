@@ -65,7 +65,8 @@ from tinylm import LlamaConfig, LlamaLM, encode, load_model, save_model  # noqa:
 
 from mergescope.io.checkpoint import open_checkpoint  # noqa: E402
 from mergescope.score.backends import score_models  # noqa: E402
-from mergescope.score.evaluate import Model, load_texts  # noqa: E402
+from mergescope.score.model import Model  # noqa: E402
+from mergescope.score.texts import load_texts  # noqa: E402
 
 DOMAINS = ("code", "prose", "dialog")
 NAMESPACE = "mergescope-demo"

@@ -83,6 +83,25 @@ def write_tokenizer(d: Path, vocab: int) -> None:
     (d / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 128}))
 
 
+def write_bpe_tokenizer(d: Path, text: str, bos: bool = False, vocab_size: int = 400) -> int:
+    """A byte-level BPE tokenizer.json trained on `text` (merges happen; `bos` prepends <s>); its size."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator([text] * 4, trainer)
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(Path(d) / "tokenizer.json"))
+    return tok.get_vocab_size()
+
+
 def llama_config(n_layers: int, hidden: int, vocab: int, dtype: torch.dtype, tied: bool = False) -> dict:
     return {
         "architectures": ["LlamaForCausalLM"],

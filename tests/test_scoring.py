@@ -5,16 +5,19 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from mergescope.io.errors import InputError
 from mergescope.score.backends import score_models
-from mergescope.score.evaluate import nll_from_logits, open_model, read_text, window_nll, windows
+from mergescope.score.model import open_model
+from mergescope.score.texts import read_text
 from mergescope.score.tokens import ByteTokenizer, tokenizer_for
+from mergescope.score.windows import nll_from_logits, token_nll, windows
 from mergescope.tui.cli import main
-from tests.ckpt_utils import llama_config, load_state, lora_delta, make_llama, make_lora
+from tests.ckpt_utils import llama_config, load_state, lora_delta, make_llama, make_lora, write_bpe_tokenizer
 
 TEXT = ("The quick brown fox jumps over the lazy dog. " * 12 + "Ünïcödé — 🙂 done.\n").encode()
 
@@ -29,21 +32,7 @@ def bytes_llama(tmp_path_factory):
 
 
 def _bpe_tokenizer(d: Path, bos: bool) -> int:
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<unk>", "<s>"],
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator([TEXT.decode()] * 4, trainer)
-    if bos:
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tok.save(str(d / "tokenizer.json"))
-    return tok.get_vocab_size()
+    return write_bpe_tokenizer(d, TEXT.decode(), bos)
 
 
 def test_every_target_is_scored_once():
@@ -68,7 +57,8 @@ def test_uniform_model_scores_exactly_eight_bits_per_byte(bytes_llama):
     def flat(ids):
         return torch.zeros(*ids.shape, 256)
 
-    nll, count = window_nll(nll_from_logits(flat), enc.ids, 64, 16)
+    nats = token_nll(nll_from_logits(flat), enc.ids, 64, 16)
+    nll, count = float(np.nansum(nats)), int(np.isfinite(nats).sum())
     assert count == len(TEXT) - 1 == enc.scored_bytes
     assert nll / math.log(2) / enc.scored_bytes == pytest.approx(8.0, rel=1e-6)
 

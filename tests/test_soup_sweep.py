@@ -8,7 +8,7 @@ import pytest
 
 from mergescope.io.errors import InputError
 from mergescope.merge.plan import Plan
-from mergescope.score.evaluate import Score
+from mergescope.score.result import Score
 from mergescope.search.soup import greedy_soup, soup_plan, uniform_soup
 from mergescope.search.sweep import parse_values, sweep, with_value
 from mergescope.tui.cli import main

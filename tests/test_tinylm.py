@@ -24,7 +24,8 @@ from tinylm import (
 from mergescope.demo import DEMO_MODELS, SOUP_MODELS
 from mergescope.io.checkpoint import open_checkpoint
 from mergescope.score.backends import score_models
-from mergescope.score.evaluate import Model, load_texts
+from mergescope.score.model import Model
+from mergescope.score.texts import load_texts
 
 DEMO = Path(__file__).resolve().parents[1] / "analysis" / "demo"
 FAMILY = DEMO / "family"
@@ -213,7 +214,7 @@ def test_matches_transformers_llama(models):
 
 def test_import_is_light():
     code = (
-        "import sys, tinylm, mergescope.score.evaluate; "
+        "import sys, tinylm, mergescope.score.backends; "
         "bad = [m for m in ('textual', 'transformers') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -20,6 +20,7 @@ COMMANDS = {
     "analyze": "mergescope.tui.commands.analyze",
     "merge": "mergescope.tui.commands.merge",
     "eval": "mergescope.tui.commands.evaluate",
+    "compare": "mergescope.tui.commands.compare",
     "soup": "mergescope.tui.commands.soup",
     "sweep": "mergescope.tui.commands.sweep",
     "tune": "mergescope.tui.commands.tune",

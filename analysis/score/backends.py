@@ -2,7 +2,12 @@
 
 `score_models` is the one entry point: it picks a backend per model (`auto`: built-in where the config
 is a Llama-family one, else transformers), encodes each text with the model's own tokenizer, and
-returns {model: {text: Score}} with progress in tokens. `command_scores` runs `--eval-cmd`.
+returns {model: {text: Score}} with progress in tokens; every score keeps its per-unit losses (for
+intervals). `command_scores` runs `--eval-cmd`, whose last line of output is the score.
+
+Backends: `builtin`, the pure-torch Llama-family forward in llama.py (weights cast one at a time from the
+memory-mapped files, so memory stays near the stored model); `transformers` (the `eval` extra) for every
+other causal LM.
 """
 
 from __future__ import annotations
@@ -11,24 +16,18 @@ import shlex
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from mergescope.io.errors import InputError
-from mergescope.io.progress import Progress, ShouldStop
-from mergescope.score.evaluate import (
-    ACTIVATIONS,
-    BACKENDS,
-    BATCH_TOKENS,
-    Model,
-    Score,
-    bits_per_byte,
-    nll_from_logits,
-    open_model,
-    window_nll,
-)
+from mergescope.io.progress import Progress
 from mergescope.score.llama import LlamaShape, Unsupported, check_tensors, forward
+from mergescope.score.model import Model, open_model
+from mergescope.score.result import Score, bits_per_byte
+from mergescope.score.texts import unit_index
 from mergescope.score.tokens import tokenizer_for
+from mergescope.score.windows import ACTIVATIONS, BATCH_TOKENS, nll_from_logits, token_nll
+
+BACKENDS = ("auto", "builtin", "transformers")
 
 
 def _builtin(model: Model, device: str):
@@ -141,8 +140,8 @@ def score_models(
                     if progress is not None:
                         progress(done[0], total, label)
 
-                nll, count = window_nll(fn, enc.ids, ctx, stride or ctx, should_stop, tick, batch)
-                row[t] = bits_per_byte(nll, count, enc, tok.has_tokens)
+                nats = token_nll(fn, enc.ids, ctx, stride or ctx, should_stop, tick, batch)
+                row[t] = bits_per_byte(nats, enc, tok.has_tokens, unit_index(texts[t])[0])
             out[m.label] = row
         return out
     finally:
@@ -231,61 +230,3 @@ def write_model(model: Model, out: Path) -> Path:
             if (model.tokenizer_dir / f).is_file():
                 shutil.copyfile(model.tokenizer_dir / f, out / f)
     return out
-
-
-def mean(row: Mapping[str, Score]) -> float:
-    vals = [s.value for s in row.values()]
-    return sum(vals) / len(vals)
-
-
-@dataclass
-class Scorer:
-    """One way of scoring, applied to models or plans: the texts plus the backend or command.
-
-    `plan(p)` merges `p` in memory (executor.py's jobs, nothing written) and scores the result;
-    soups, sweeps and tuning score their candidates this way."""
-
-    texts: Mapping[str, bytes]
-    text_paths: Mapping[str, Path] = field(default_factory=dict)
-    backend: str = "auto"
-    device: str = "cpu"
-    context: int | None = None
-    stride: int | None = None
-    command: str | None = None
-    higher_is_better: bool = False
-    timeout: float | None = None
-    seed: int | None = None
-    progress: Progress | None = None
-    should_stop: ShouldStop | None = None
-
-    def models(self, models: Sequence[Model | str]) -> dict[str, dict[str, Score]]:
-        if self.command:
-            return command_scores(
-                models,
-                self.command,
-                texts=self.text_paths,
-                higher_is_better=self.higher_is_better,
-                progress=self.progress,
-                timeout=self.timeout,
-            )
-        return score_models(
-            models,
-            self.texts,
-            backend=self.backend,
-            device=self.device,
-            context=self.context,
-            stride=self.stride,
-            progress=self.progress,
-            should_stop=self.should_stop,
-        )
-
-    def model(self, ref: Model | str) -> dict[str, Score]:
-        return next(iter(self.models([ref]).values()))
-
-    def plan(self, plan, label: str = "plan") -> dict[str, Score]:
-        from mergescope.merge.run import merge_in_memory
-
-        merged = merge_in_memory(
-            plan, device=self.device, seed=self.seed, progress=self.progress, should_stop=self.should_stop
-        )
-        return self.model(Model(label, merged.tensors, merged.config, merged.tokenizer_dir))

@@ -20,7 +20,12 @@ from mergescope.io.errors import InputError
 class Encoded:
     ids: list[int]
     n_bytes: int  # UTF-8 bytes of the text
-    unscored_bytes: int  # bytes of the first token when it is text (it is never predicted)
+    ends: list[int]  # the byte where each token ends (0 for a special token before the text)
+
+    @property
+    def unscored_bytes(self) -> int:
+        """Bytes of the first token when it is text (it is never predicted)."""
+        return self.ends[0] if self.ends else 0
 
     @property
     def scored_bytes(self) -> int:
@@ -34,7 +39,7 @@ class ByteTokenizer:
     has_tokens = False  # tokens are bytes: a per-token perplexity says nothing new
 
     def encode(self, text: bytes) -> Encoded:
-        return Encoded(list(text), len(text), 1 if text else 0)
+        return Encoded(list(text), len(text), list(range(1, len(text) + 1)))
 
 
 class JsonTokenizer:
@@ -55,10 +60,16 @@ class JsonTokenizer:
     def encode(self, text: bytes) -> Encoded:
         s = text.decode("utf-8")
         enc = self.tok.encode(s, add_special_tokens=True)
-        first = 0
-        if enc.ids and not enc.special_tokens_mask[0]:
-            first = len(s[: enc.offsets[0][1]].encode("utf-8"))
-        return Encoded(list(enc.ids), len(text), first)
+        import numpy as np
+
+        b = np.frombuffer(text, dtype=np.uint8)
+        char_at = np.append(np.flatnonzero((b & 0xC0) != 0x80), len(text)).tolist()  # byte of each character
+        ends, last = [], 0
+        for (_, e), special in zip(enc.offsets, enc.special_tokens_mask):
+            if not special:
+                last = max(last, char_at[min(e, len(char_at) - 1)])
+            ends.append(last)
+        return Encoded(list(enc.ids), len(text), ends)
 
 
 def _is_identity_bytes(path: Path) -> bool:

@@ -3,9 +3,11 @@ ingredient only when the held-out score does not get worse.
 
 Greedy: score every ingredient alone, sort best first, start the soup from the best, then try each
 next one: the candidate soup (equal weights over the kept ingredients plus it) is scored in memory and
-the ingredient stays if the candidate's score is not worse than the soup's. With several texts the
-objective is their mean. Every step is recorded (and printed by the CLI, kept in the model card).
-The result is an ordinary plan: `linear` with equal weights over the kept models.
+the ingredient stays if the candidate's objective is not worse than the soup's (the seed's rule), by at
+least `min_gain` when asked, and only when the paired interval of the gain excludes 0 with
+`significant`. Every step records that interval, so a step decided within noise says so. The choices are
+made on the selection split; the result is reported on the report split (outcome.py). The soup is an
+ordinary plan: `linear` with equal weights over the kept models.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from dataclasses import dataclass, field
 
 from mergescope.io.errors import InputError
 from mergescope.merge.plan import Plan
-from mergescope.score.evaluate import Score
+from mergescope.score.candidate import MEAN, Objective
+from mergescope.score.result import Score
+from mergescope.score.stats import Interval, reduced_diff, verdict
 
-# score_plan(plan) -> {text: Score}; score_model(path) -> {text: Score}
-PlanScorer = Callable[[Plan], Mapping[str, Score]]
+Row = Mapping[str, Score]
 
 
 def soup_plan(models: Sequence[str], dtype: str | None = None, out_dtype: str | None = None) -> Plan:
@@ -35,20 +38,15 @@ def soup_plan(models: Sequence[str], dtype: str | None = None, out_dtype: str | 
     )
 
 
-def objective(row: Mapping[str, Score]) -> float:
-    """The mean over texts, oriented so that lower is better."""
-    vals = [s.value for s in row.values()]
-    m = sum(vals) / len(vals)
-    return -m if next(iter(row.values())).higher_is_better else m
-
-
 @dataclass
 class SoupStep:
     model: str
-    own: Mapping[str, Score]  # the ingredient alone
-    soup: Mapping[str, Score]  # the candidate soup with it (the ingredient itself for the first step)
+    own: Row  # the ingredient alone
+    soup: Row  # the candidate soup with it (the ingredient itself for the first step)
     action: str  # "start" | "added" | "rejected"
     kept: list[str] = field(default_factory=list)  # the soup after this step
+    gain: Interval | None = None  # objective(candidate) − objective(soup before), paired, selection split
+    noise: str = ""  # verdict of the gain: better | worse | within noise | no interval
 
     def to_dict(self) -> dict:
         return {
@@ -57,6 +55,8 @@ class SoupStep:
             "own": {t: s.value for t, s in self.own.items()},
             "soup": {t: s.value for t, s in self.soup.items()},
             "kept": list(self.kept),
+            "change": self.gain.to_dict() if self.gain else None,
+            "verdict": self.noise or None,
         }
 
 
@@ -64,31 +64,39 @@ class SoupStep:
 class SoupResult:
     kind: str  # "greedy" | "uniform"
     plan: Plan
-    score: Mapping[str, Score]
+    score: Row  # on the selection split (the texts it chose on)
     steps: list[SoupStep]
+    objective: Objective = MEAN
+    outcome: object = None  # its outcome.Outcome on the report split, once a caller computed it
 
     @property
     def kept(self) -> list[str]:
         return [m.model for m in self.plan.models]
 
 
-def uniform_soup(models: Sequence[str], score_plan: PlanScorer, **dtypes) -> SoupResult:
+def uniform_soup(models: Sequence[str], score_plan: Callable[[Plan], Row], **dtypes) -> SoupResult:
     plan = soup_plan(models, **dtypes)
     return SoupResult("uniform", plan, score_plan(plan), [])
 
 
 def greedy_soup(
     models: Sequence[str],
-    score_plan: PlanScorer,
-    score_model: Callable[[str], Mapping[str, Score]],
+    score_plan: Callable[[Plan], Row],
+    score_model: Callable[[str], Row],
     log: Callable[[SoupStep], None] | None = None,
+    *,
+    objective: Objective = MEAN,
+    min_gain: float = 0.0,
+    significant: bool = False,
     **dtypes,
 ) -> SoupResult:
     """The greedy soup; `log(step)` is called after every step (the CLI prints it)."""
     if len(models) < 2:
         raise InputError(f"a greedy soup needs at least two models, got {len(models)}")
+    if min_gain < 0:
+        raise InputError(f"--min-gain {min_gain:g}: must be 0 or more (the improvement a step must bring)")
     own = {m: score_model(m) for m in models}
-    order = sorted(models, key=lambda m: objective(own[m]))
+    order = sorted(models, key=lambda m: objective.loss(own[m]))
     kept = [order[0]]
     best = own[order[0]]
     steps = [SoupStep(order[0], own[order[0]], own[order[0]], "start", list(kept))]
@@ -96,12 +104,16 @@ def greedy_soup(
         log(steps[-1])
     for m in order[1:]:
         candidate = score_plan(soup_plan([*kept, m], **dtypes))
-        if objective(candidate) <= objective(best):
+        hib = bool(next(iter(candidate.values())).higher_is_better)
+        gain = reduced_diff(candidate, best, objective.reducer(candidate))
+        noise = verdict(gain, hib)
+        good = objective.loss(candidate) <= objective.loss(best) - min_gain
+        if significant:
+            good = good and noise == "better"
+        if good:
             kept.append(m)
             best = candidate
-            steps.append(SoupStep(m, own[m], candidate, "added", list(kept)))
-        else:
-            steps.append(SoupStep(m, own[m], candidate, "rejected", list(kept)))
+        steps.append(SoupStep(m, own[m], candidate, "added" if good else "rejected", list(kept), gain, noise))
         if log:
             log(steps[-1])
-    return SoupResult("greedy", soup_plan(kept, **dtypes), best, steps)
+    return SoupResult("greedy", soup_plan(kept, **dtypes), best, steps, objective)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from mergescope.io.errors import InputError
 from mergescope.merge.plan import Plan
-from mergescope.score.evaluate import Score
+from mergescope.score.candidate import MEAN, Objective
+from mergescope.score.result import Score
 
 
 def parse_values(spec: str) -> list[float]:
@@ -77,16 +78,16 @@ class SweepResult:
     param: str
     model: str | None
     values: list[float]
-    scores: list[Mapping[str, Score]]  # per value: {text: Score}
+    scores: list[Mapping[str, Score]]  # per value: {text: Score}, on the selection split
+    objective: Objective = MEAN
+    outcome: object = None  # its outcome.Outcome on the report split, once a caller computed it
 
     def best(self, text: str | None = None) -> int:
-        """Index of the best value (for one text, or by the mean over texts)."""
+        """Index of the best value (for one text, or by the objective over texts)."""
 
         def key(i):
             row = self.scores[i]
-            vals = [row[text].value] if text else [s.value for s in row.values()]
-            m = sum(vals) / len(vals)
-            return -m if next(iter(row.values())).higher_is_better else m
+            return MEAN.loss({text: row[text]}) if text else self.objective.loss(row)
 
         return min(range(len(self.values)), key=key)
 
@@ -101,7 +102,8 @@ class SweepResult:
             "points": [
                 {"value": v, **{t: s.value for t, s in row.items()}} for v, row in zip(self.values, self.scores)
             ],
-            "best": {t: self.values[self.best(t)] for t in self.texts} | {"mean": self.values[self.best()]},
+            "best": {t: self.values[self.best(t)] for t in self.texts}
+            | {self.objective.describe(): self.values[self.best()]},
         }
 
 
@@ -112,6 +114,7 @@ def sweep(
     score_plan: Callable[[Plan], Mapping[str, Score]],
     model: str | None = None,
     log: Callable[[float, Mapping[str, Score]], None] | None = None,
+    objective: Objective = MEAN,
 ) -> SweepResult:
     """Score `plan` at every value; every variant is validated before the first is scored."""
     variants = [with_value(plan, param, v, model) for v in values]
@@ -120,4 +123,4 @@ def sweep(
         scores.append(score_plan(p))
         if log:
             log(v, scores[-1])
-    return SweepResult(param, model, list(values), scores)
+    return SweepResult(param, model, list(values), scores, objective)

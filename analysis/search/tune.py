@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from mergescope.io.errors import InputError
 from mergescope.io.progress import Cancelled, Progress, ShouldStop
-from mergescope.score.evaluate import Model
-from mergescope.search.tune_space import Objective, Space
+from mergescope.score.candidate import MEAN, Objective, score_plan
+from mergescope.search.tune_space import Space
 
 PRUNE_FRACTION = 0.25  # the slice of every text a trial is first scored on
 PRUNE_MIN_BYTES = 1024
@@ -91,23 +91,6 @@ def records(study) -> list[TrialRecord]:
     return sorted((record(t) for t in study.get_trials(deepcopy=False)), key=lambda r: r.number)
 
 
-def prune_scorer(scorer, fraction: float = PRUNE_FRACTION, min_bytes: int = PRUNE_MIN_BYTES):
-    """The scorer on the first `fraction` of every text, or None where that saves nothing (commands,
-    short texts)."""
-    if scorer.command or not scorer.texts:
-        return None
-    texts = {t: _cut(d, max(min_bytes, int(len(d) * fraction))) for t, d in scorer.texts.items()}
-    if all(len(texts[t]) >= len(d) for t, d in scorer.texts.items()):
-        return None
-    return dataclasses.replace(scorer, texts=texts, text_paths={})
-
-
-def _cut(data: bytes, n: int) -> bytes:
-    while 0 < n < len(data) and (data[n] & 0xC0) == 0x80:  # not inside a UTF-8 character
-        n -= 1
-    return data[:n]
-
-
 def tune(
     space: Space,
     scorer,
@@ -127,14 +110,12 @@ def tune(
     optuna = require_optuna()
     from optuna.trial import TrialState
 
-    from mergescope.merge.run import merge_in_memory
-
-    objective = objective or Objective()
-    objective.check(expected_texts(scorer))
+    objective = objective or MEAN
+    objective.check(scorer.text_names)
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     stop = should_stop or (lambda: False)
     scorer = dataclasses.replace(scorer, should_stop=stop)
-    first = prune_scorer(scorer) if prune else None
+    first = scorer.first_slice(PRUNE_FRACTION, PRUNE_MIN_BYTES) if prune else None
     worker = f"{socket.gethostname()}:{os.getpid()}"
     ran = [0]
 
@@ -148,15 +129,15 @@ def tune(
         values = {d.name: trial.suggest_float(d.name, d.low, d.high) for d in space.dims}
         plan = space.plan_for(values)
         plan.validate(check_paths=False)
-        merged = merge_in_memory(plan, device=scorer.device, seed=scorer.seed, should_stop=stop)
-        model = Model(f"trial {trial.number}", merged.tensors, merged.config, merged.tokenizer_dir)
-        if first is not None:
-            trial.report(objective(first.model(model)), 0)
+
+        def after_first(row) -> None:
+            trial.report(objective.value(row), 0)
             if trial.should_prune():
                 raise optuna.TrialPruned()
-        row = scorer.model(model)
+
+        row = score_plan(plan, scorer, label=f"trial {trial.number}", first=first, after_first=after_first)
         trial.set_user_attr("scores", {t: s.value for t, s in row.items()})
-        return objective(row)
+        return objective.value(row)
 
     def guarded(trial) -> float:
         try:
@@ -192,23 +173,19 @@ def tune(
     return TuneResult(study.study_name, metric, scorer.higher_is_better, n_trials, records(study), ran[0], stopped)
 
 
-def expected_texts(scorer) -> list[str]:
-    """The names of the scores a trial gets: the texts, or `score` for a command without {text}."""
-    if scorer.command and "{text}" not in scorer.command:
-        return ["score"]
-    return list(scorer.texts or scorer.text_paths)
-
-
-def best_yaml(result: TuneResult, space: Space, objective: Objective | None = None) -> str:
-    """The best trial's plan as YAML, the search's score in a comment on top."""
+def best_yaml(result: TuneResult, space: Space, objective: Objective | None = None, report=None) -> str:
+    """The best trial's plan as YAML, the search's scores in a comment on top (the selection split's, and
+    the report split's verdict when `report`, an outcome.Outcome, is given)."""
     best = result.best
     if best is None:
         raise InputError("no trial has finished yet: nothing to write; run more trials")
     how = "higher is better" if result.higher_is_better else "lower is better"
-    obj = (objective or Objective()).describe()
+    obj = (objective or MEAN).describe()
     per = ", ".join(f"{t} {v:.4f}" for t, v in best.scores.items())
     head = (
         f"# mergescope tune: trial {best.number}, the best of {len(result.done)} in study {result.study}\n"
-        f"# {obj} {result.metric} {best.value:.4f} ({how}); per text: {per}\n"
+        f"# selection split: {obj} {result.metric} {best.value:.4f} ({how}); per text: {per}\n"
     )
+    if report is not None:
+        head += f"# {report.split}: {report.summary()}\n"
     return head + space.plan_for(best.params).to_yaml()

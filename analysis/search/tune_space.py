@@ -25,7 +25,6 @@ from mergescope.merge.plan.tables import (
     table_specs,
     value_in_force,
 )
-from mergescope.score.evaluate import Score
 
 GROUPS = ("attn", "mlp", "norm", "embed", "head", "other")  # what --groups may name
 DEFAULT_RANGES = {"weight": (0.0, 1.5)}  # unbounded in the ParamSpec: the range the README's sweep covers
@@ -60,54 +59,6 @@ def parse_ranges(specs: Sequence[str] | None) -> dict[str, tuple[float, float]]:
             raise InputError(f"--range {item}: LOW must be below HIGH, e.g. --range {m.group(1)}=0:1.5")
         out[m.group(1)] = (low, high)
     return out
-
-
-@dataclass(frozen=True)
-class Objective:
-    """What a trial's scores (one per text) are reduced to: `mean`, `max` (the worst text: the largest
-    for lower-is-better scores) or `weights` (a weighted mean over named texts; others count 0)."""
-
-    kind: str = "mean"
-    weights: tuple[tuple[str, float], ...] = ()
-
-    @classmethod
-    def parse(cls, spec: str | None) -> Objective:
-        s = (spec or "mean").strip()
-        if s in ("mean", "max"):
-            return cls(s)
-        if s.startswith("weights:"):
-            pairs = []
-            for item in parse_list(s[len("weights:") :], "--objective"):
-                name, _, w = item.partition("=")
-                try:
-                    pairs.append((name, float(w)))
-                except ValueError:
-                    pairs = []
-                    break
-            if pairs and all(math.isfinite(w) and w >= 0 for _, w in pairs) and sum(w for _, w in pairs) > 0:
-                return cls("weights", tuple(pairs))
-        raise InputError(f"--objective {s}: use mean, max, or weights:TEXT=W,... (e.g. weights:code=2,prose=1)")
-
-    def check(self, texts: Sequence[str]) -> None:
-        unknown = [n for n, _ in self.weights if n not in texts]
-        if unknown:
-            raise InputError(
-                f"--objective: {', '.join(unknown)} is not one of the texts ({', '.join(texts)}); name texts by file stem"
-            )
-
-    def __call__(self, row: Mapping[str, Score]) -> float:
-        vals = {t: s.value for t, s in row.items()}
-        if self.kind == "weights":
-            w = dict(self.weights)
-            return sum(w.get(t, 0.0) * v for t, v in vals.items()) / sum(w.get(t, 0.0) for t in vals)
-        if self.kind == "max":
-            return (min if next(iter(row.values())).higher_is_better else max)(vals.values())
-        return sum(vals.values()) / len(vals)
-
-    def describe(self) -> str:
-        if self.kind == "weights":
-            return "weights:" + ",".join(f"{n}={w:g}" for n, w in self.weights)
-        return self.kind
 
 
 # ---------------------------------------------------------------------------------------------- space

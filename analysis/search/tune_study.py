@@ -19,8 +19,9 @@ import warnings
 from pathlib import Path
 
 from mergescope.io.errors import InputError
+from mergescope.score.candidate import Objective
 from mergescope.search.tune import INSTALL_HINT, require_optuna
-from mergescope.search.tune_space import Objective, Space
+from mergescope.search.tune_space import Space
 
 SEARCH_ATTR = "mergescope_search"  # the study's user attribute holding what it searches
 SAMPLERS = ("tpe", "cmaes")

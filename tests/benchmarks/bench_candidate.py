@@ -29,7 +29,8 @@ CHILD = r"""
 import json, sys, time
 import torch  # not timed: a loop pays it once
 from mergescope.merge.run import merge_in_memory
-from mergescope.score.backends import Model, score_models
+from mergescope.score.backends import score_models
+from mergescope.score.model import Model
 from mergescope.merge.plan import Plan
 plan = Plan.load(sys.argv[1]); texts = {"text": open(sys.argv[2], "rb").read()[: int(sys.argv[3])]}
 t0 = time.perf_counter(); m = merge_in_memory(plan); t1 = time.perf_counter()

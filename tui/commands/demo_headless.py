@@ -52,12 +52,13 @@ def demo_plans(family: Path) -> list[tuple[str, object]]:
     return plans
 
 
-def merge_and_score(out_root: Path, progress=None) -> dict[str, dict[str, float]]:
-    """Run the demo merges into `out_root` and score base, fine-tunes and merges on held-out text."""
+def merge_and_score(out_root: Path, progress=None) -> dict:
+    """Run the demo merges into `out_root` and score base, fine-tunes and merges on held-out text:
+    {label: {domain: Score}}."""
     from mergescope.demo import family_dir, heldout_dir
     from mergescope.merge.run import run_merge
-    from mergescope.score.backends import Scorer
-    from mergescope.score.evaluate import load_texts
+    from mergescope.score.candidate import Scorer
+    from mergescope.score.texts import load_texts
 
     fam = family_dir()
     merged = {}
@@ -67,43 +68,60 @@ def merge_and_score(out_root: Path, progress=None) -> dict[str, dict[str, float]
         merged[label] = dest
     paths = {"base": fam / "base", **{m: fam / m for m in ("code", "prose", "dialog")}, **merged}
     scores = Scorer(load_texts(heldout_dir()), progress=progress).models([str(v) for v in paths.values()])
-    return {k: {t: s.value for t, s in scores[str(v)].items()} for k, v in paths.items()}
+    return {k: scores[str(v)] for k, v in paths.items()}
 
 
 def soup_and_sweep(con) -> tuple[object, object]:
-    """The greedy soup of the code fine-tunes on held-out code, and the weight sweep of the first merge."""
+    """The greedy soup of the code fine-tunes on held-out code, and the weight sweep of the first merge;
+    each chooses on the first three quarters of its texts and is reported on the last quarter."""
     from mergescope import demo
-    from mergescope.score.backends import Scorer
+    from mergescope.score.candidate import MEAN, Scorer
+    from mergescope.score.texts import load_texts, part
+    from mergescope.search.outcome import outcome, split_label
     from mergescope.search.soup import greedy_soup
-    from mergescope.search.sweep import parse_values, sweep
-    from mergescope.tui.commands.sweep import print_sweep, sweep_plot
+    from mergescope.search.sweep import parse_values, sweep, with_value
+    from mergescope.tui.commands.scoring import print_outcome
+    from mergescope.tui.commands.sweep import print_sweep
+    from mergescope.tui.plots import draw_sweep, text_figure
 
     fam, held = demo.family_dir(), demo.heldout_dir()
-    texts = {d: (held / f"{d}.txt").read_bytes()[:EXTRA_BYTES] for d in ("code", "prose")}
+    texts = load_texts(held)
+    split = split_label(Scorer({}), False, 0.25)
     soup = None
     ingredients = [str(fam / m) for m in getattr(demo, "SOUP_MODELS", ()) if (fam / m).exists()]
     if len(ingredients) >= 2:
-        code = Scorer({"code": (held / "code.txt").read_bytes()})  # all of it: the ingredients are close
+        sel, rep = Scorer({"code": texts["code"]}).split()  # all of the code: the ingredients are close
         with con.status("greedy soup of the code fine-tunes…"):
-            soup = greedy_soup(ingredients, code.plan, code.model, dtype="float32")
-        con.print("[bold]greedy soup[/bold] of the code fine-tunes (bits per byte on held-out code):")
+            soup = greedy_soup(ingredients, sel.plan, sel.model, dtype="float32")
+            first = soup.steps[0].model
+            chosen, ref = f"greedy soup of {len(soup.kept)}", f"best single ({Path(first).name})"
+            cands = {chosen: soup.plan if len(soup.kept) > 1 else first, ref: first}
+            soup_out = outcome(cands, chosen, ref, rep, MEAN, split)
+        con.print("[bold]greedy soup[/bold] of the code fine-tunes (bits per byte on held-out code, selection split):")
         for st in soup.steps:
+            g = f"; change {st.gain.value:+.4f} [{st.gain.lo:+.4f}, {st.gain.hi:+.4f}] {st.noise}" if st.gain else ""
             con.print(
                 f"  {st.action:>8} {Path(st.model).name}: alone {st.own['code'].value:.4f}, "
-                f"soup {st.soup['code'].value:.4f}",
+                f"soup {st.soup['code'].value:.4f}{g}",
                 highlight=False,
             )
-        best_single = min(s.own["code"].value for s in soup.steps)
-        con.print(
-            f"  soup of {len(soup.kept)}: {soup.score['code'].value:.4f} vs the best single {best_single:.4f}",
-            highlight=False,
-        )
+        print_outcome(con, soup_out)
+        soup.outcome = soup_out
     label, param, values = SWEEP
     plan = dict(demo_plans(fam))["TA code+prose ×0.7"]
+    two = {d: part(texts[d], 0, EXTRA_BYTES) for d in ("code", "prose")}
+    sel, rep = Scorer(two).split()
     with con.status(f"sweeping the {param} of {label}…"):
-        result = sweep(plan, param, parse_values(values), Scorer(texts).plan)
+        result = sweep(plan, param, parse_values(values), sel.plan)
+        v = result.values[result.best()]
+        chosen = f"{param} = {v:g}"
+        sweep_out = outcome(
+            {chosen: with_value(plan, param, v), "weight 0.7": plan}, chosen, "weight 0.7", rep, MEAN, split
+        )
     print_sweep(con, result)
-    con.print(sweep_plot(result, width=min(con.width, 90), height=14), highlight=False, markup=False)
+    con.print(text_figure(lambda plt: draw_sweep(plt, result), min(con.width, 90), 16), highlight=False, markup=False)
+    print_outcome(con, sweep_out)
+    result.outcome = sweep_out
     return soup, result
 
 
@@ -145,8 +163,9 @@ def run_headless(output: str | None = None, use_cache: bool = True, console=None
         out_root = Path(output) if output else Path(tmp)
         out_root.mkdir(parents=True, exist_ok=True)
         with con.status("merging and scoring held-out text…"):
-            table = merge_and_score(out_root)
-    _print_table(con, table, sorted(next(iter(table.values()))))
+            rows = merge_and_score(out_root)
+    _print_table(con, rows, sorted(next(iter(rows.values()))))
+    table = {k: {t: s.value for t, s in row.items()} for k, row in rows.items()}
     lines = cross_domain_verdicts(table)
     for line in lines:
         con.print(line)
@@ -159,15 +178,26 @@ def run_headless(output: str | None = None, use_cache: bool = True, console=None
     return DemoRun(table, soup, sweep, lines)
 
 
-def _print_table(con, table: dict, domains: list[str]) -> None:
+def _print_table(con, rows: dict, domains: list[str]) -> None:
     from rich.table import Table
 
-    con.print("[bold]held-out bits per byte[/bold] (lower is better; best per domain in bold)")
+    from mergescope.score.stats import interval
+
+    con.print(
+        "[bold]held-out bits per byte[/bold] (lower is better; ± half of the 95 % interval over the text's "
+        "passages; best per domain in bold)"
+    )
     t = Table(header_style="bold")
     t.add_column("model")
     for d in domains:
         t.add_column(d, justify="right")
-    best = {d: min(row[d] for row in table.values()) for d in domains}
-    for label, row in table.items():
-        t.add_row(label, *[f"[bold]{row[d]:.3f}[/bold]" if row[d] == best[d] else f"{row[d]:.3f}" for d in domains])
+    best = {d: min(row[d].value for row in rows.values()) for d in domains}
+
+    def fmt(s, d: str) -> str:
+        iv = interval(s)
+        txt = f"{s.value:.3f}" + (f" ± {iv.half:.3f}" if iv else "")
+        return f"[bold]{txt}[/bold]" if s.value == best[d] else txt
+
+    for label, row in rows.items():
+        t.add_row(label, *[fmt(row[d], d) for d in domains])
     con.print(t)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from mergescope.tui.commands.evaluate import add_scoring_arguments
+from mergescope.tui.commands.scoring import add_scoring_arguments
 
 
 def add_arguments(p) -> None:
@@ -107,8 +107,8 @@ def run(args) -> int:
 def _score_after(args, plan, res, out) -> None:
     """Score the written model and its inputs; print the table and add it to the model card."""
     from mergescope.merge.output import append_to_card
-    from mergescope.tui.commands.evaluate import print_scores, scorer_from_args
     from mergescope.tui.commands.progress_bar import cli_progress
+    from mergescope.tui.commands.scoring import cell, print_scores, scorer_from_args
 
     scorer = scorer_from_args(args, "eval_text")
     inputs = [str(plan.model_path(r)) for r in plan.referenced_models() if plan.ref_paths(r)[1] is None]
@@ -121,10 +121,10 @@ def _score_after(args, plan, res, out) -> None:
     print_scores(out, table)
     cols = list(next(iter(table.values())))
     rows = ["## Held-out scores", "", "| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    rows += [f"| `{m}` | " + " | ".join(f"{row[c].value:.4f}" for c in cols) + " |" for m, row in table.items()]
+    rows += [f"| `{m}` | " + " | ".join(cell(row[c]) for c in cols) + " |" for m, row in table.items()]
     metric = (
-        "bits per byte, lower is better"
-        if next(iter(table[next(iter(table))].values())).nll_nats is not None
+        "bits per byte, lower is better; ± half of the 95 % interval over the text's passages"
+        if next(iter(table[next(iter(table))].values())).is_bits
         else ("the --eval-cmd score")
     )
     rows += ["", f"Scored by mergescope after the merge ({metric})."]

@@ -11,17 +11,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mergescope.tui.commands.evaluate import add_scoring_arguments, scorer_from_args
+from mergescope.tui.commands.scoring import (
+    add_scoring_arguments,
+    add_split_arguments,
+    print_outcome,
+    scorer_from_args,
+    split_from_args,
+)
 
 
 def add_arguments(p) -> None:
     p.add_argument("plan", metavar="PLAN.yml", help="the plan to tune: method, base, models, other parameters")
     add_scoring_arguments(p, text_flag="--eval-text", required=False)
+    add_split_arguments(p)
     p.add_argument(
         "--objective",
         default="mean",
         metavar="SPEC",
-        help="mean (default), max (the worst text) or weights:TEXT=W,... over the texts (named by file stem)",
+        help="mean (default), max (the worst text) or weights:TEXT=W,... over the texts (named by file stem; a "
+        "negative weight asks for that text to get worse, e.g. weights:code=1,dialog=-0.5)",
     )
     p.add_argument(
         "--trials", default="40", metavar="N", help="finished trials the study should hold, all workers together (40)"
@@ -66,8 +74,10 @@ def run(args) -> int:
     from mergescope.io.errors import InputError
     from mergescope.merge.plan import Plan
     from mergescope.merge.plan.tables import BAND_MODES
-    from mergescope.search.tune import expected_texts, require_optuna, tune
-    from mergescope.search.tune_space import Objective, build_space, parse_list, parse_ranges, plan_layout
+    from mergescope.score.candidate import Objective
+    from mergescope.search.outcome import outcome
+    from mergescope.search.tune import require_optuna, tune
+    from mergescope.search.tune_space import build_space, parse_list, parse_ranges, plan_layout
     from mergescope.search.tune_study import (
         SAMPLERS,
         default_study_name,
@@ -96,13 +106,14 @@ def run(args) -> int:
     plan.validate(check_paths=True)
     args.seed = seed
     scorer = scorer_from_args(args, "eval_text")
+    sel, rep, split = split_from_args(args, scorer)
     names, n_layers = plan_layout(plan)
     space = build_space(
         plan, params=params, band_mode=band_mode, groups=groups, ranges=ranges, names=names, num_layers=n_layers
     )
-    objective.check(expected_texts(scorer))
+    objective.check(scorer.text_names)
     url = storage_url(args.storage, args.plan)
-    search = search_of(space, objective, scorer)
+    search = search_of(space, objective, sel)
     name = args.study or default_study_name(args.plan, search, args.sampler)
     study = open_study(
         open_storage(url),
@@ -118,7 +129,8 @@ def run(args) -> int:
     con.print(
         f"[bold]tune[/bold] {args.plan}: {len(space.dims)} values ({', '.join(space.params)} × "
         f"{len(space.models)} models × {len(space.bands)} bands of {n_layers} layers × groups {','.join(space.groups)}); "
-        f"study {name} in {safe_url(url)}, {before}/{n_trials} trials done",
+        f"study {name} in {safe_url(url)}, {before}/{n_trials} trials done; choosing on the selection split, "
+        f"final numbers on the {split}",
         highlight=False,
     )
     best = [study.best_value if any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)) else None]
@@ -135,7 +147,7 @@ def run(args) -> int:
     with cli_progress("tune", unit="trials") as progress:
         result = tune(
             space,
-            scorer,
+            sel,
             study,
             n_trials=n_trials,
             objective=objective,
@@ -145,16 +157,37 @@ def run(args) -> int:
         )
     print_trials(con, result, space)
     if not args.no_plot and result.ranked():
-        con.print(tune_plot(result, width=min(con.width, 100)), highlight=False, markup=False)
+        from mergescope.tui.plots import draw_trials, text_figure
+
+        fig = text_figure(
+            lambda plt: draw_trials(plt, result.trials, result.higher_is_better, result.metric), min(con.width, 100)
+        )
+        con.print(fig, highlight=False, markup=False)
     out = Path(args.output) if args.output else Path(args.plan).with_name(Path(args.plan).stem + ".best.yml")
     if result.best is not None:
         from mergescope.search.tune import best_yaml
 
+        best_plan = space.plan_for(result.best.params)
+        chosen = f"trial {result.best.number}"
+        start = space.start_values()
+        reference = "the plan as given"
+        with cli_progress("report", unit="steps") as progress:
+            rep.progress = progress
+            report = outcome({chosen: best_plan, reference: plan}, chosen, reference, rep, objective, split)
+        print_outcome(con, report)
         try:
-            out.write_text(best_yaml(result, space, objective))
+            out.write_text(best_yaml(result, space, objective, report))
         except OSError as exc:
             raise InputError(f"-o {out}: cannot write ({exc.strerror}); pick a writable path") from None
-        con.print(f"best plan (trial {result.best.number}, {result.best.value:.4f}) written to {out}", highlight=False)
+        if report.verdict == "better":
+            con.print(f"best plan ({chosen}) written to {out}", highlight=False)
+        elif start is not None and result.best.params == start:
+            con.print(f"no trial beat the plan as given; it is written unchanged to {out}", highlight=False)
+        else:
+            con.print(
+                f"{chosen} written to {out}, but it is no improvement on the report split: keep the plan as given",
+                highlight=False,
+            )
     if result.stopped:
         con.print(
             f"stopped: {len(result.done)}/{n_trials} trials in study {name}; rerun the same command to continue",
@@ -209,24 +242,3 @@ def print_trials(con, result, space, top: int = 8) -> None:
         seen.append((d.param, d.key))
         b.add_row(label.strip(), *(f"{v:.3f}" for v in vals[d.param][d.key]))
     con.print(b)
-
-
-def tune_plot(result, width: int = 80, height: int = 16) -> str:
-    """The objective of every complete trial against its number, and the best so far (plotext)."""
-    import plotext as plt
-
-    done = sorted((t for t in result.trials if t.state == "complete"), key=lambda t: t.number)
-    xs = [t.number for t in done]
-    ys = [t.value for t in done]
-    pick = max if result.higher_is_better else min
-    best = [pick(ys[: i + 1]) for i in range(len(ys))]
-    plt.clear_figure()
-    plt.scatter(xs, ys, label="trial", marker="•")
-    plt.plot(xs, best, label="best so far", marker="braille")
-    plt.plotsize(width, height)
-    step = max(1, round((xs[-1] - xs[0]) / 5)) if xs else 1
-    plt.xticks(list(range(xs[0], xs[-1] + 1, step)) if xs else [])
-    plt.xlabel("trial")
-    plt.title(f"{result.metric} per trial")
-    plt.theme("clear")
-    return plt.uncolorize(plt.build())

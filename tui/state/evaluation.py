@@ -125,7 +125,7 @@ class EvalJob:
 def make_job(kind: str, session, paths: list[str], target: SweepTarget | None = None, values: str = "") -> EvalJob:
     """The job for the session's plan and these texts; InputError (one line) when it cannot run."""
     from mergescope.io.errors import InputError
-    from mergescope.score.evaluate import read_texts
+    from mergescope.score.texts import read_texts
 
     if session.report is None:
         raise InputError("no analysis yet: open a model set first (o)")
@@ -196,7 +196,7 @@ def run(job: EvalJob, *, device: str = "cpu", post=None, should_stop=None, parti
     """Compute the job: {row: {text: Score}} for a score, a SweepResult, a SoupResult. `partial(result
     so far)` is called after each sweep point and soup step; cancelling raises Cancelled (scoring)
     or Cancelled (merging)."""
-    from mergescope.score.backends import Scorer
+    from mergescope.score.candidate import Scorer
 
     meter = Meter(job.phases(), post or (lambda *a: None))
     scorer = Scorer(job.texts, device=device, progress=meter, should_stop=should_stop)

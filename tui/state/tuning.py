@@ -40,8 +40,8 @@ class TuneJob:
 def make_job(state: PlanState | None, param: str, paths, *, device: str = "cpu", n_trials: int = DEFAULT_TRIALS):
     """The job for the editor's plan and table; InputError (one line) when it cannot run."""
     from mergescope.io.errors import InputError
-    from mergescope.score.backends import Scorer
-    from mergescope.score.evaluate import read_texts
+    from mergescope.score.candidate import Scorer
+    from mergescope.score.texts import read_texts
     from mergescope.search.tune import require_optuna
     from mergescope.search.tune_space import build_space
 
@@ -83,8 +83,8 @@ def run(
     ended it early; the trials finished so far are kept either way)."""
     import warnings
 
+    from mergescope.score.candidate import Objective
     from mergescope.search.tune import require_optuna, tune
-    from mergescope.search.tune_space import Objective
     from mergescope.search.tune_study import open_study, search_of
 
     optuna = require_optuna()
