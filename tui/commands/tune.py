@@ -65,7 +65,7 @@ def run(args) -> int:
 
     from mergescope.io.errors import InputError
     from mergescope.merge.plan import Plan
-    from mergescope.merge.plan.tables import BAND_MODES
+    from mergescope.merge.plan.ratio_table import BAND_MODES
     from mergescope.search.tune import expected_texts, require_optuna, tune
     from mergescope.search.tune_space import Objective, build_space, parse_list, parse_ranges, plan_layout
     from mergescope.search.tune_study import (
@@ -168,7 +168,7 @@ def print_trials(con, result, space, top: int = 8) -> None:
     """The best trials (objective, per text), then the best table's searched values per model."""
     from rich.table import Table
 
-    from mergescope.merge.plan.tables import band_label
+    from mergescope.merge.plan.ratio_table import band_label
     from mergescope.tui.format import short_names
 
     counts = {s: sum(t.state == s for t in result.trials) for s in ("complete", "pruned", "fail")}
