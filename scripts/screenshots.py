@@ -189,7 +189,7 @@ async def shoot(
     # 5. the Evaluate tab: the plan scored, then the first sample model's weight over every block swept
     if want("evaluate"):
         from mergescope.demo import heldout_dir
-        from mergescope.tui.state.plan_state import BAND_MODES
+        from mergescope.merge.plan.ratio_table import BAND_MODES
 
         texts = [os.path.relpath(p, family) for p in sorted(heldout_dir().glob("*.txt"))]
         app = MergeScopeApp(base, models, blink=False, remember_set=False, sample_plan=sample, texts=texts)

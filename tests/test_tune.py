@@ -20,7 +20,7 @@ optuna = pytest.importorskip("optuna", reason="the tune extra is not installed: 
 from mergescope.demo import family_dir, heldout_dir  # noqa: E402
 from mergescope.io.errors import InputError  # noqa: E402
 from mergescope.merge.plan import Plan, group_ratios_of, plan_from_group_ratios  # noqa: E402
-from mergescope.merge.plan.tables import make_bands  # noqa: E402
+from mergescope.merge.plan.ratio_table import make_bands  # noqa: E402
 from mergescope.score.candidate import Objective, Scorer  # noqa: E402
 from mergescope.search.tune import best_yaml, tune  # noqa: E402
 from mergescope.search.tune_space import build_space, parse_ranges, plan_layout  # noqa: E402

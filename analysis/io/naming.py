@@ -14,9 +14,14 @@ from functools import lru_cache
 from mergescope.io.model_parts import matched
 
 GROUPS = ("embed", "attn", "mlp", "norm", "head", "vision", "projector", "other")
+BLOCK_GROUPS = ("attn", "mlp", "norm")  # the groups inside a block (a ratio table's columns)
+NON_BLOCK_GROUPS = ("embed", "norm", "head", "other")  # a ratio table's rows outside the blocks (norm: the final one)
+PROJECTION_GROUPS = ("attn", "mlp")  # a block's projection matrices
+END_GROUPS = ("embed", "head")  # the stack's two ends: the embeddings and the output head
 # A vision-language model's vision tower and projector are one group each (their blocks are not the
 # language model's layers). `vision_model.*` alone is a CLIP-style encoder and keeps its layers.
 _PART_GROUP = {"vision_tower": "vision", "multi_modal_projector": "projector"}
+PART_GROUPS = tuple(_PART_GROUP.values())  # ("vision", "projector")
 
 # Components that introduce a transformer block index.
 BLOCK_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|block|blocks|resblocks|encoder_layers|decoder_layers)\.(\d+)(?:\.|$)")

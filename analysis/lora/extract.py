@@ -37,7 +37,7 @@ from pathlib import Path
 from mergescope.io.checkpoint import open_models
 from mergescope.io.device import resolve_device
 from mergescope.io.errors import InputError
-from mergescope.io.naming import site_of
+from mergescope.io.naming import END_GROUPS, PROJECTION_GROUPS, site_of
 from mergescope.io.progress import Progress
 from mergescope.lora.report import ExtractResult, MatrixResult, TensorNote, adapter_card
 from mergescope.merge.output.shards import (
@@ -52,7 +52,7 @@ from mergescope.merge.output.shards import (
 SOLVERS = ("eigh", "svd", "lowrank")
 RANK_TOL = 1e-6  # energy fraction slack of the --sv-threshold rule (float32 rounding)
 CHUNK = 1 << 22  # elements per slice when only a tensor's energy is needed
-_LORA_GROUPS = ("attn", "mlp", "other")
+_LORA_GROUPS = (*PROJECTION_GROUPS, "other")
 _CONV1D_TYPES = ("gpt2", "openai-gpt")  # Conv1D stores [in, out]: PEFT needs fan_in_fan_out
 
 
@@ -177,7 +177,7 @@ def _modules(model, include, exclude, embeddings: bool, lora_only: bool) -> list
                 role = "lora"
             elif lora_weight is not None:
                 role = "not a matrix of a LoRA'd module (PEFT's lora_B.bias is not written)"
-            elif site.group in ("embed", "head") and not embeddings:
+            elif site.group in END_GROUPS and not embeddings:
                 role = "embedding/head (pass --embeddings to save it whole)"
             elif not module:
                 role = "a top-level tensor (no module to save whole)"

@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from mergescope.io.naming import site_of
+from mergescope.io.naming import PROJECTION_GROUPS, site_of
 from mergescope.stats.findings import (
     DIFFERENT_BASE_COSINE,
     DRIFT_COSINE,
@@ -146,7 +146,7 @@ def _matrices(ck, ref_ck) -> list[str]:
     names = [
         n
         for n in ref_ck.names()
-        if site_of(n).group in ("attn", "mlp")
+        if site_of(n).group in PROJECTION_GROUPS
         and len(ref_ck.info(n).shape) == 2
         and n in ck
         and ck.info(n).shape == ref_ck.info(n).shape

@@ -1,9 +1,9 @@
-"""The search space of `mergescope tune`: the plan editor's table of a plan, one value per model ×
-layer band × group for each tuned parameter, with its bounds; and what a trial's scores reduce to.
+"""The search space of `mergescope tune`: the RatioTable of a plan, each dimension one cell (model ×
+layer band × group) of a tuned parameter, with its bounds; and what a trial's scores reduce to.
 
 Built from the plan (method, base, models, the other parameters, and the values the search starts
-from) and the method's ParamSpec bounds (or --range). A point of the space is written by the same
-code as the app's editor (plan/tables.py), so the best plan opens there as the table it was found as.
+from) and the method's ParamSpec bounds (or --range). A point of the space is written as the app's
+editor writes its table (RatioTable.to_plan), so the best plan opens there as the table it was found as.
 """
 
 from __future__ import annotations
@@ -15,18 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mergescope.io.errors import InputError
-from mergescope.merge.plan import Plan, group_ratios_of
-from mergescope.merge.plan.tables import (
-    GROUP_COLS,
-    NON_BLOCK,
-    band_label,
-    make_bands,
-    plan_from_tables,
-    table_specs,
-    value_in_force,
-)
+from mergescope.merge.plan import Plan
+from mergescope.merge.plan.ratio_table import TABLE_GROUPS, RatioTable, band_label, param_defaults, table_specs
 
-GROUPS = ("attn", "mlp", "norm", "embed", "head", "other")  # what --groups may name
+GROUPS = TABLE_GROUPS  # what --groups may name
 DEFAULT_RANGES = {"weight": (0.0, 1.5)}  # unbounded in the ParamSpec: the range the README's sweep covers
 
 
@@ -86,7 +78,7 @@ class Dim:
 
 @dataclass
 class Space:
-    """The plan the search starts from, the editor's tables it writes and the values searched."""
+    """The plan the search starts from, the table it writes and the values searched."""
 
     plan: Plan
     models: list[str]
@@ -95,26 +87,29 @@ class Space:
     bands: list[tuple[int, int]]
     groups: list[str]
     params: list[str]
-    start: dict[str, dict]  # param -> full editor table with the plan's values
+    start: RatioTable  # every key of the cut with the plan's values
     dims: list[Dim]
     names: list[str] | None = None
     globals: dict = field(default_factory=dict)
 
-    def tables(self, values: Mapping[str, float]) -> dict[str, dict]:
+    def table(self, values: Mapping[str, float]) -> RatioTable:
+        """The start table with the searched cells at these values."""
         out = copy.deepcopy(self.start)
         for d in self.dims:
-            out[d.param][d.key][d.model] = round(float(values[d.name]), 6)  # as the editor rounds
+            out.values[d.param][d.key][d.model] = round(float(values[d.name]), 6)  # as the editor rounds
         return out
+
+    def tables(self, values: Mapping[str, float]) -> dict[str, dict]:
+        """{param: {(group, band): [value per model]}} for these values."""
+        return self.table(values).values
 
     def plan_for(self, values: Mapping[str, float]) -> Plan:
         """The plan the editor writes for these values (the other plan settings kept)."""
         p = self.plan
-        out = plan_from_tables(
+        out = self.table(values).to_plan(
             p.merge_method,
             p.base_model,
             self.models,
-            self.tables(values),
-            num_layers=self.num_layers,
             parameters=dict(self.globals),
             names=self.names,
             dtype=p.dtype,
@@ -126,7 +121,7 @@ class Space:
 
     def start_values(self) -> dict[str, float] | None:
         """The plan's own values (the first trial), or None when one lies outside its range."""
-        vals = {d.name: self.start[d.param][d.key][d.model] for d in self.dims}
+        vals = {d.name: self.start.values[d.param][d.key][d.model] for d in self.dims}
         ok = all(d.low <= vals[d.name] <= d.high for d in self.dims)
         return vals if ok else None
 
@@ -185,27 +180,32 @@ def build_space(
     bad = [g for g in groups if g not in all_groups]
     if bad:
         raise InputError(f"--groups {','.join(bad)}: not a group of this model; choose from {','.join(all_groups)}")
-    bands = make_bands(n_layers, band_mode)
     models = [m.model for m in plan.models]
     ranges = dict(ranges or {})
     stray = [r for r in ranges if r not in params]
     if stray:
         raise InputError(f"--range {stray[0]}: not in --space ({', '.join(params)}); add it there or drop the range")
-    start = {p: _start_table(plan, p, method, n_layers, bands, len(models)) for p in tparams if _in_plan(plan, p)}
+    defaults = param_defaults(method)
+    try:
+        read = RatioTable.from_plan(
+            plan, [p for p in tparams if _in_plan(plan, p)], n_layers=n_layers, band_mode=band_mode, defaults=defaults
+        )
+    except InputError as exc:
+        raise InputError(f"{exc}; tune starts from the plan's values: write them as numbers or an app table") from None
+    start = read.full()
     for p in params:
-        start.setdefault(p, _start_table(None, p, method, n_layers, bands, len(models)))
-    keys = [("embed", None)] + [(g, b) for b in bands for g in GROUP_COLS] + [("norm", None), ("head", None)]
-    keys += [("other", None)] if has_other else []
+        start.values.setdefault(p, start.cells_at(defaults[p]))
+    cells = [(g, b) for g, b in start.keys(other=has_other) if g in groups]
     dims = []
     for p in params:
         low, high = _range(method, p, ranges.get(p))
-        dims += [Dim(p, g, b, i, low, high) for g, b in keys if g in groups for i in range(len(models))]
+        dims += [Dim(p, g, b, i, low, high) for g, b in cells for i in range(len(models))]
     if not dims:
         raise InputError("--groups: the space is empty (no group chosen); e.g. --groups attn,mlp")
     spec = {s.name: s for s in method.params}
     globals_ = {k: v for k, v in (plan.parameters or {}).items() if k in spec and not spec[k].per_model}
     names = list(names) if names is not None else None
-    return Space(plan, models, n_layers, band_mode, bands, groups, params, start, dims, names, globals_)
+    return Space(plan, models, n_layers, band_mode, start.bands(), groups, params, start, dims, names, globals_)
 
 
 def _group_of(name: str) -> str:
@@ -216,33 +216,6 @@ def _group_of(name: str) -> str:
 
 def _in_plan(plan: Plan, param: str) -> bool:
     return any(param in (m.parameters or {}) for m in plan.models) or param in (plan.parameters or {})
-
-
-def _start_table(plan: Plan | None, param: str, method, n_layers: int, bands, n_models: int) -> dict:
-    """The editor's full table with the values in force in `plan` (the default without one)."""
-    spec = method.param(param)
-    default = float(spec.default) if spec.default is not None else 1.0
-    src = None
-    if plan is not None:
-        try:
-            src = group_ratios_of(plan, param=param, num_layers=n_layers)
-        except InputError as exc:
-            raise InputError(
-                f"{exc}; tune starts from the plan's values: write them as numbers or an app table"
-            ) from None
-    table = {}
-    for g in NON_BLOCK:
-        table[(g, None)] = [_at(src, None, g, i, default) for i in range(n_models)]
-    for b in bands:
-        for g in GROUP_COLS:
-            table[(g, tuple(b))] = [_at(src, b[0], g, i, default) for i in range(n_models)]
-    return table
-
-
-def _at(src, layer, group, i, default) -> float:
-    if src is not None and len(next(iter(src.values()), [0])) == 1:  # one value for every model
-        i = 0
-    return float(value_in_force(src, layer, group, i, default))
 
 
 def _range(method, param: str, given: tuple[float, float] | None) -> tuple[float, float]:

@@ -20,14 +20,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from mergescope.io.naming import GROUPS
+from mergescope.io.naming import GROUPS, PROJECTION_GROUPS
 from mergescope.stats.spectral import SpectralResult
 
 TOPK_FRACTION = 0.2
 DEFAULT_DENSITY = 0.2  # the TIES trim density the analysis measures at unless told otherwise
 SEVERITIES = ("error", "warning", "info")
 # The projection matrices: where independent inits are uncorrelated, so where a different base shows.
-WEIGHT_GROUPS = ("attn", "mlp")
+WEIGHT_GROUPS = PROJECTION_GROUPS
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mergescope.io.errors import InputError
-from mergescope.io.naming import GROUPS, site_of
+from mergescope.io.naming import GROUPS, PROJECTION_GROUPS, site_of
 from mergescope.io.progress import Cancelled, Progress, ShouldStop
 
 DEFAULT_RANK = 64
@@ -49,7 +49,7 @@ OVERSAMPLE = 32
 POWER_ITERS = 2
 SAR_ENERGY = 0.95
 NULL_TOL = 1e-5  # σ ≤ NULL_TOL·σ₁: numerically null, not part of the subspace
-SPECTRAL_GROUPS = ("attn", "mlp")
+SPECTRAL_GROUPS = PROJECTION_GROUPS
 FORMAT = 1  # in the cache key: bump when a definition or a solver default changes
 
 Weights = Callable[[str], "Sequence[float] | None"]  # tensor name -> per-model coefficients (None: all 1)

@@ -73,7 +73,7 @@ def run(args) -> int:
 
     from mergescope.io.errors import InputError
     from mergescope.merge.plan import Plan
-    from mergescope.merge.plan.tables import BAND_MODES
+    from mergescope.merge.plan.ratio_table import BAND_MODES
     from mergescope.score.candidate import Objective
     from mergescope.search.outcome import outcome
     from mergescope.search.tune import require_optuna, tune
@@ -201,7 +201,7 @@ def print_trials(con, result, space, top: int = 8) -> None:
     """The best trials (objective, per text), then the best table's searched values per model."""
     from rich.table import Table
 
-    from mergescope.merge.plan.tables import band_label
+    from mergescope.merge.plan.ratio_table import band_label
     from mergescope.tui.format import short_names
 
     counts = {s: sum(t.state == s for t in result.trials) for s in ("complete", "pruned", "fail")}

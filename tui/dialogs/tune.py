@@ -170,7 +170,7 @@ class TuneScreen(ModalScreen[dict | None]):
         best = self.best()
         if best is None:
             return Text("no trial finished yet", style="dim")
-        from mergescope.merge.plan.tables import band_label
+        from mergescope.merge.plan.ratio_table import band_label
         from mergescope.tui.format import short_names
 
         table = self.job.best_table(best.params)

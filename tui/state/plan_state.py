@@ -1,28 +1,21 @@
-"""The plan editor's state: method, global parameters and per-(group, layer band) tables per model.
+"""The plan editor's state: method, global parameters and the ratio table (per model × layer band ×
+group, for each per-model parameter).
 
-No widgets here: the editor shows and edits a `PlanState`, which turns into a `Plan`
-(`mergescope.merge.plan.plan_from_group_ratios`, one table per per-model parameter) and back
-(`group_ratios_of`). A loaded plan that is not of that form (hand-written mergekit filters, slices)
-is kept as it is: it can be inspected, predicted and merged, but its table is read-only.
+No widgets here: the editor shows and edits a `PlanState`, whose tables are a `RatioTable`'s: it
+turns into a `Plan` (`RatioTable.to_plan`) and back (`RatioTable.from_plan`). A loaded plan that is
+not of that form (hand-written mergekit filters, slices) is kept as it is: it can be inspected,
+predicted and merged, but its table is read-only.
 """
 
 from __future__ import annotations
 
-import copy
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from mergescope.io.naming import BLOCK_GROUPS
 from mergescope.merge.methods.base import BaseUse
-from mergescope.merge.plan.tables import (
-    BAND_MODES,
-    GROUP_COLS,
-    band_label,
-    make_bands,
-    plan_from_tables,
-    table_specs,
-    uniform_table,
-    value_in_force,
-)
+from mergescope.merge.plan.ratio_table import RatioTable, band_label, table_specs
 
 STEP = {"weight": 0.05, "density": 0.05, "gamma": 0.01, "epsilon": 0.01, "scale": 0.05, "t": 0.05}
 
@@ -120,8 +113,15 @@ class PlanState:
                 self.tables[p.name] = self._uniform(self.default_value(p.name))
 
     # -- the table --------------------------------------------------------------------------
+    def ratios(self, params: Iterable[str] | None = None) -> RatioTable:
+        """The tables as a RatioTable, holding the defaults of `params` (all the tables' when None);
+        it shares the tables: an edit through it is an edit of the state."""
+        params = self.tables if params is None else params
+        defaults = {p: self.default_value(p) for p in params}
+        return RatioTable(len(self.models), self.n_layers, self.band_mode, self.tables, defaults)
+
     def bands(self) -> list[tuple[int, int]]:
-        return make_bands(self.n_layers, self.band_mode)
+        return self.ratios(()).bands()
 
     def rows(self) -> list[Row]:
         out = [Row("embed", None, "embed")]
@@ -132,28 +132,27 @@ class PlanState:
         return out
 
     def columns(self) -> list[str]:
-        return ["all", *GROUP_COLS]
+        return ["all", *BLOCK_GROUPS]
 
     def keys_of(self, row: Row, col: str) -> list[tuple]:
         """Table keys a cell edits: one, three (a band's "all"), or none."""
         if row.band is None:
             return [(row.group, None)] if col == "all" else []
         if col == "all":
-            return [(g, row.band) for g in GROUP_COLS]
+            return [(g, row.band) for g in BLOCK_GROUPS]
         return [(col, row.band)]
 
     def _uniform(self, value: float) -> dict:
-        return uniform_table(value, len(self.models), self.bands())
+        return self.ratios(()).cells_at(value)
 
     def table(self, param: str) -> dict:
         if param not in self.tables:
             self.tables[param] = self._uniform(self.default_value(param))
         return self.tables[param]
 
-    def value_at(self, param: str, layer: int | None, group: str, model: int, tables: dict | None = None) -> float:
+    def value_at(self, param: str, layer: int | None, group: str, model: int) -> float:
         """The value in force for one layer and group (bands looked up; defaults filled)."""
-        table = (self.tables if tables is None else tables).get(param)
-        return value_in_force(table, layer, group, model, self.default_value(param))
+        return self.ratios([param]).value_in_force(param, layer, group, model)
 
     def cell_value(self, param: str, row: Row, col: str, model: int) -> float | None:
         keys = self.keys_of(row, col)
@@ -168,19 +167,14 @@ class PlanState:
         idx = self.chosen()
         if table is None:
             return self.default_value(param) if self.spec.param(param) is not None else None
-        vals = {round(v[i], 9) for key, v in table.items() if self._used(key) for i in idx}
+        cut = self.ratios(())
+        vals = {round(v[i], 9) for key, v in table.items() if cut.in_use(key) for i in idx}
         return vals.pop() if len(vals) == 1 else None
 
     def set_band_mode(self, mode: int) -> None:
         """Re-cut the bands; every new band takes the value in force at its first layer."""
-        old = copy.deepcopy(self.tables)
+        self.tables.update(self.ratios().recut(mode).values)
         self.band_mode = mode
-        for param, table in old.items():
-            new = {k: v for k, v in table.items() if k[1] is None}
-            for band in self.bands():
-                for g in GROUP_COLS:
-                    new[(g, band)] = [self.value_at(param, band[0], g, i, tables=old) for i in range(len(self.models))]
-            self.tables[param] = new
 
     def clamp(self, param: str, value: float) -> float:
         spec = self.spec.param(param)
@@ -214,7 +208,7 @@ class PlanState:
             return None
         if math.isnan(cur):
             cur = self.value_at(
-                param, row.band[0] if row.band else None, GROUP_COLS[0] if row.band else row.group, model
+                param, row.band[0] if row.band else None, BLOCK_GROUPS[0] if row.band else row.group, model
             )
         new = self.clamp(param, cur + direction * STEP.get(param, 0.05))
         self.set_value(param, row, col, model, new)
@@ -274,35 +268,25 @@ class PlanState:
             )
         models = [self.models[i] for i in idx]
         base = self.base if spec.base is not BaseUse.INPUT else None
-        tables = {
-            p: {k: [v[i] for i in idx] for k, v in self.tables[p].items() if self._used(k)}
-            for p in self.table_params()
-            if p in self.tables
-        }
-        return plan_from_tables(
-            self.method,
-            base,
-            models,
-            tables,
-            num_layers=self.n_layers,
-            parameters=dict(self.globals),
-            names=self.names,
-            dtype=self.dtype,
-            out_dtype=self.out_dtype,
-            tokenizer_source=self.tokenizer_source,
+        return (
+            self.ratios()
+            .select(idx, self.table_params())
+            .to_plan(
+                self.method,
+                base,
+                models,
+                parameters=dict(self.globals),
+                names=self.names,
+                dtype=self.dtype,
+                out_dtype=self.out_dtype,
+                tokenizer_source=self.tokenizer_source,
+            )
         )
-
-    def _used(self, key) -> bool:
-        group, band = key
-        if band is None:
-            return True
-        return band in self.bands()
 
     @classmethod
     def from_plan(cls, plan, report, names=None) -> PlanState:
         """Editor state for a loaded plan: tables when it is a per-group table, else kept verbatim."""
         from mergescope.io.errors import InputError
-        from mergescope.merge.plan import group_ratios_of
         from mergescope.merge.whatif import is_base, plan_models_to_report
 
         n_layers = len(report.layers())
@@ -338,45 +322,22 @@ class PlanState:
         state.tokenizer_source = spec.source if spec is not None and spec.source in VOCAB_CHOICES else None
         state.source = plan.source
         order = [to_idx[r] for r in refs if r in to_idx]
-        tables = {}
         try:
             if plan.slices is not None or plan.modules is not None:
                 raise InputError("slices")
-            for p in state.table_specs():
-                try:
-                    t = group_ratios_of(plan, param=p.name, num_layers=n_layers)
-                except InputError:
-                    if p.required:
-                        raise
-                    continue
-                full = {}
-                for key, vals in t.items():
-                    row = [state.default_value(p.name)] * len(report.models)
-                    for k, i in enumerate(order):
-                        row[i] = float(vals[k] if len(vals) == len(order) else vals[0])
-                    full[key] = row
-                tables[p.name] = full
-            extra_globals = {k: v for k, v in (plan.parameters or {}).items() if isinstance(v, (list, dict))}
-            if extra_globals:
+            params = state.table_params()
+            optional = [p.name for p in state.table_specs() if not p.required]
+            read = RatioTable.from_plan(
+                plan, params, n_layers=n_layers, optional=optional, defaults=state.ratios(params).defaults
+            )
+            if any(isinstance(v, (list, dict)) for v in (plan.parameters or {}).values()):
                 raise InputError("gradient globals")
         except InputError:
             state.custom = plan
             return state
-        state.tables = tables
-        mode = next(m for m in BAND_MODES if _fits(tables, make_bands(n_layers, m)))  # per layer always fits
-        state.set_band_mode(mode)  # re-cut: each loaded band is a union of the new ones
+        table = read.placed(order, len(report.models))  # the plan's models among the report's
+        state.band_mode, state.tables = table.band_mode, table.values
         return state
-
-
-def _fits(tables: dict, cut: list) -> bool:
-    edges = {a for a, _ in cut} | {b for _, b in cut}
-    return all(
-        b0 in edges and b1 in edges
-        for t in tables.values()
-        for (_, band) in t
-        if band is not None
-        for (b0, b1) in [band]
-    )
 
 
 def state_for_report(report, method: str = "task_arithmetic") -> PlanState:

@@ -17,11 +17,12 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
+from mergescope.merge.plan.ratio_table import BAND_MODES
 from mergescope.tui.format import short_names
 from mergescope.tui.state.evaluation import SweepTarget
 from mergescope.tui.state.heatdata import WHATIF_METRICS, HeatData, whatif_grid
 from mergescope.tui.state.plan_display import measured_grid, prediction_line, table_grid
-from mergescope.tui.state.plan_state import BAND_MODES, VOCAB_CHOICES, PlanState, band_name
+from mergescope.tui.state.plan_state import VOCAB_CHOICES, PlanState, band_name
 from mergescope.tui.widgets.heatmap import Heatmap
 from mergescope.tui.widgets.inputs import AppInput
 from mergescope.tui.widgets.legend import Legend

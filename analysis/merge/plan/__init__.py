@@ -36,13 +36,15 @@ The modules, each importing only those below it:
 - `checks`: inputs per method (model counts, the base, required parameters);
 - `modules`: `modules:` plans as one plan view per module;
 - `schema`: the `Plan` object, its YAML/dict form and `validate`;
-- `groups`: per-group ratio tables written as (and read back from) `models:` plans;
-- `tables`: the app's plan editor table (layer bands, its keys) and the plan a set of tables writes
-  (shared by the editor and `mergescope tune`).
+- `groups`: one parameter's per-group ratios written as (and read back from) mergekit filter lists;
+- `ratio_table`: `RatioTable`, the per-model × layer band × group table of every per-model parameter
+  (its bands, the one plan it writes, read back from a plan), shared by the app's plan editor and
+  `mergescope tune`.
 """
 
 from mergescope.io.dtypes import plan_dtype as normalize_dtype
 from mergescope.merge.plan.groups import GROUP_FILTERS, LLAMA_FILTERS, OTHER, group_ratios_of, plan_from_group_ratios
+from mergescope.merge.plan.ratio_table import RatioTable
 from mergescope.merge.plan.refs import close_all
 from mergescope.merge.plan.resolve import Resolved, TensorInput, TensorJob, layer_split, with_layer
 from mergescope.merge.plan.schema import (
@@ -81,6 +83,7 @@ __all__ = [
     "ModuleDef",
     "OutputSlice",
     "Plan",
+    "RatioTable",
     "Resolved",
     "SliceSource",
     "TensorInput",

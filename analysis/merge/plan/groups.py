@@ -1,8 +1,9 @@
-"""Per-group ratio tables: a {(group, layer band): value per model} table written as a `models:` plan.
+"""Per-group ratio tables as mergekit filter lists: one parameter's {(group, layer band): value per
+model} written as a `models:` plan, and read back.
 
-This is the form the TUI's plan editor edits and the what-if reads: one mergekit filter list per
-model, so the plan it writes stays a plain mergekit config. `group_ratios_of` reads such a plan
-back, and refuses plans that are not of that form.
+The codec under `RatioTable` (ratio_table.py, the table the plan editor and tune work on): one
+mergekit filter list per model, so the plan stays a plain mergekit config. `group_ratios_of` reads
+such a plan back, and refuses plans that are not of that form.
 
 A table maps (group, band) to one value per model: group in embed/attn/mlp/norm/head/vision/projector/other, band a
 half-open block range (start, end) for per-block groups, or None for tensors outside the blocks
@@ -31,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mergescope.io.errors import InputError
-from mergescope.io.naming import site_of
+from mergescope.io.naming import BLOCK_GROUPS, NON_BLOCK_GROUPS, PART_GROUPS, site_of
 from mergescope.merge.plan.resolve import layer_split
 from mergescope.merge.plan.schema import ModelEntry, Plan
 from mergescope.merge.plan.settings import gradient_position, interpolate, is_catch_all, matching_filter
@@ -82,15 +83,11 @@ def _slot_of(name: str) -> tuple:
     """The slot a tensor belongs to."""
     s = site_of(name)
     banded = layer_split(name) is not None
-    if s.group in ("vision", "projector"):
+    if s.group in PART_GROUPS:
         return (s.group, False)
-    if s.group in ("embed", "head") and not banded:
-        return (s.group, False)
-    if s.group == "norm" and not banded:
-        return ("norm", False)
-    if s.group in ("norm", "attn", "mlp") and banded:
-        return (s.group, True)
-    return OTHER
+    if banded:
+        return (s.group, True) if s.group in BLOCK_GROUPS else OTHER
+    return (s.group, False) if s.group in NON_BLOCK_GROUPS and s.group != OTHER[0] else OTHER
 
 
 def _choose_filters(names: Sequence[str] | None) -> list[tuple[str, bool, tuple[str, ...]]]:
@@ -159,7 +156,7 @@ def plan_from_group_ratios(
     else:
         other_vals = [float(other)] * n_vals if isinstance(other, (int, float)) else [float(v) for v in other]
     slots = _choose_filters(names)
-    own_slot = {g for g in ("vision", "projector") if names is not None and any(site_of(n).group == g for n in names)}
+    own_slot = {g for g in PART_GROUPS if names is not None and any(site_of(n).group == g for n in names)}
 
     def setting_for(i: int) -> list:
         entries = []
