@@ -181,8 +181,12 @@ def test_weights_and_lora_rank(tmp_path):
     base = make_llama(tmp_path / "base", n_layers=1, hidden=16, vocab=32, seed=0)
     ft = make_finetune(base, tmp_path / "ft", scale=0.01, seed=1)
     lora = make_lora(base, tmp_path / "lora", rank=2, targets=("q_proj", "v_proj"))
-    rep = analyze(str(base), [str(ft), str(lora)], spectral=4, spectral_weights=lambda nm: [1.0, 0.0])
-    q = rep.spectral.module_cell(0, "q_proj")
+    from mergescope.io.checkpoint import open_models
+    from mergescope.stats.spectral import analyze_spectral
+
+    b_ck, m_cks = open_models(str(base), [str(ft), str(lora)])
+    spectral = analyze_spectral(b_ck, m_cks, rank=4, weights=lambda nm: [1.0, 0.0], weights_label="custom")
+    q = spectral.module_cell(0, "q_proj")
     assert q.total.rank[1] == 2 and q.spectral_energy(1) == pytest.approx(1.0, abs=1e-5)  # rank ≤ K
     name = "model.layers.0.self_attn.q_proj.weight"
     b, f, adapted = load_state(base)[name].double(), load_state(ft)[name].double(), None
@@ -191,7 +195,7 @@ def test_weights_and_lora_rank(tmp_path):
     adapted = lora_delta(lora)[name].double()
     ref = reference([(f - b).numpy(), adapted.numpy()], 4, coeffs=[1.0, 0.0])
     assert q.sar(1) == pytest.approx(ref["sar"][1], abs=1e-3)
-    assert rep.spectral.weights == "custom" and rep.spectral.module_cell(0, "k_proj").total.rank[1] == 0
+    assert spectral.weights == "custom" and spectral.module_cell(0, "k_proj").total.rank[1] == 0
 
 
 def test_cli_spectral_table_json_and_rank_errors(tiny, tmp_path, capsys):

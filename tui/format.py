@@ -86,12 +86,3 @@ def display_names(paths: list[str]) -> dict[str, str]:
         rel = os.path.relpath(pp, common) if str(common) not in ("", ".") else str(pp)
         out[p] = rel if len(rel) < len(p) else p
     return out
-
-
-def duration(s: float | None) -> str:
-    if s is None or not math.isfinite(s):
-        return "--:--"
-    s = int(round(s))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"

@@ -353,10 +353,3 @@ def findings_for(report) -> list[Finding]:
     """All findings, errors first."""
     fs = structural_findings(report) + metric_findings(report) + spectral_findings(report)
     return sorted(fs, key=lambda f: SEVERITIES.index(f.severity))
-
-
-def worst_severity(findings) -> str | None:
-    for sev in SEVERITIES:
-        if any(f.severity == sev for f in findings):
-            return sev
-    return None

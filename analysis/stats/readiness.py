@@ -14,7 +14,6 @@ from mergescope.io.progress import Progress, ShouldStop
 from mergescope.stats.findings import collect_meta, findings_for
 from mergescope.stats.report import DEFAULT_DENSITY, Report
 from mergescope.stats.scan import analyze_checkpoints
-from mergescope.stats.spectral import Weights
 
 
 def analyze(
@@ -29,15 +28,11 @@ def analyze(
     labels: Sequence[str] | None = None,
     cache_only: bool = False,
     spectral: int | None = None,
-    spectral_weights: Weights | None = None,
-    spectral_weights_key: str | None = None,
 ) -> Report | None:
     """Analyse BASE + MODELS (paths); `labels` (base first) name them in the report instead of the paths.
     `cache_only`: return the cached report or None, never compute.
     `spectral=K` adds `report.spectral` (spectral.py, rank K), cached apart from the analysis (so a cached
-    analysis is reused and only the spectral pass runs). `spectral_weights` (tensor name -> per-model
-    coefficients, e.g. `spectral.weights_from_whatif`) weigh the merged task vector of the SAR; its result
-    is cached only under a `spectral_weights_key` naming those weights (e.g. a hash of the plan)."""
+    analysis is reused and only the spectral pass runs); its SAR weighs the models' task vectors equally."""
     if not model_paths:
         from mergescope.io.errors import InputError
 
@@ -67,8 +62,6 @@ def analyze(
             models,
             spectral,
             device=device,
-            weights=spectral_weights,
-            weights_key=spectral_weights_key,
             use_cache=use_cache,
             cache_only=cache_only,
             progress=progress,
@@ -78,14 +71,14 @@ def analyze(
     return report
 
 
-def _spectral(base, models, rank, *, device, weights, weights_key, use_cache, cache_only, progress, should_stop):
-    """The spectral result at `rank`: from its own cache entry (keyed by the inputs, K and the weights,
-    not by the density), else computed and stored; None when `cache_only` finds none."""
+def _spectral(base, models, rank, *, device, use_cache, cache_only, progress, should_stop):
+    """The spectral result at `rank`: from its own cache entry (keyed by the inputs and K, not by the
+    density), else computed and stored; None when `cache_only` finds none."""
     from mergescope.stats.spectral import FORMAT, SpectralResult, analyze_spectral
 
     key = None
-    if use_cache and (weights is None or weights_key):
-        key = cache.cache_key(base, models, spectral_rank=rank, spectral_format=FORMAT, weights=weights_key)
+    if use_cache:
+        key = cache.cache_key(base, models, spectral_rank=rank, spectral_format=FORMAT, weights=None)
         data = cache.load(key)
         if data is not None:
             try:
@@ -101,8 +94,6 @@ def _spectral(base, models, rank, *, device, weights, weights_key, use_cache, ca
         models,
         rank=rank,
         device=device,
-        weights=weights,
-        weights_label=weights_key or ("custom" if weights is not None else None),
         progress=progress,
         should_stop=should_stop,
     )

@@ -15,15 +15,14 @@ Definitions the metric table leaves open, fixed here:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from mergescope.io.naming import GROUPS, PROJECTION_GROUPS
+from mergescope.stats.sites import Aggregation, SiteSet, Sums, div, layer_sort_key
 from mergescope.stats.spectral import SpectralResult
 
-TOPK_FRACTION = 0.2
 DEFAULT_DENSITY = 0.2  # the TIES trim density the analysis measures at unless told otherwise
 SEVERITIES = ("error", "warning", "info")
 # The projection matrices: where independent inits are uncorrelated, so where a different base shows.
@@ -50,19 +49,15 @@ class Finding:
 # ----------------------------------------------------------------------------------------------
 # Raw sums per site
 # ----------------------------------------------------------------------------------------------
-_PER_MODEL = ("sq", "dot_base", "topk_energy", "nonzero", "nonfinite")
-_PER_PAIR = ("dot", "pair_both", "pair_opp")
-_SCALAR = ("numel", "base_sq", "multi_nz", "multi_conflict", "trim_multi_nz", "trim_multi_conflict")
-
-
 @dataclass
-class SiteStats:
+class SiteStats(Sums):
     """Additive sums for one (layer, group, module) over the tensors that sit there."""
 
-    layer: int | None
-    group: str
-    module: str
-    n_models: int
+    SCALARS = ("numel", "base_sq", "multi_nz", "multi_conflict", "trim_multi_nz", "trim_multi_conflict")
+    PER_MODEL = ("sq", "dot_base", "topk_energy", "nonzero", "nonfinite")
+    PER_PAIR = ("dot", "pair_both", "pair_opp")
+    INTS = ("nonzero", "nonfinite", "pair_both", "pair_opp")
+
     tensors: list[str] = field(default_factory=list)
     numel: int = 0
     base_sq: float = 0.0
@@ -79,60 +74,11 @@ class SiteStats:
     pair_both: np.ndarray = None  # [N, N] coordinates with τᵢ ≠ 0 and τⱼ ≠ 0
     pair_opp: np.ndarray = None  # [N, N] ... with opposite signs
 
-    def __post_init__(self):
-        n = self.n_models
-        for k in ("sq", "dot_base", "topk_energy"):
-            if getattr(self, k) is None:
-                setattr(self, k, np.zeros(n, dtype=np.float64))
-        for k in ("nonzero", "nonfinite"):
-            if getattr(self, k) is None:
-                setattr(self, k, np.zeros(n, dtype=np.int64))
-        if self.dot is None:
-            self.dot = np.zeros((n, n), dtype=np.float64)
-        for k in ("pair_both", "pair_opp"):
-            if getattr(self, k) is None:
-                setattr(self, k, np.zeros((n, n), dtype=np.int64))
 
-    @property
-    def key(self) -> tuple[int | None, str, str]:
-        return (self.layer, self.group, self.module)
-
-    def add(self, other: SiteStats) -> None:
-        self.tensors.extend(other.tensors)
-        for k in _SCALAR:
-            setattr(self, k, getattr(self, k) + getattr(other, k))
-        for k in _PER_MODEL + _PER_PAIR:
-            getattr(self, k).__iadd__(getattr(other, k))
-
-    def to_dict(self) -> dict:
-        d = {"layer": self.layer, "group": self.group, "module": self.module, "tensors": list(self.tensors)}
-        for k in _SCALAR:
-            d[k] = getattr(self, k)
-        for k in _PER_MODEL + _PER_PAIR:
-            d[k] = getattr(self, k).tolist()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict, n_models: int) -> SiteStats:
-        s = cls(d["layer"], d["group"], d["module"], n_models, tensors=list(d["tensors"]))
-        for k in _SCALAR:
-            setattr(s, k, type(getattr(s, k))(d[k]))
-        for k in _PER_MODEL + _PER_PAIR:
-            setattr(s, k, np.asarray(d[k], dtype=getattr(s, k).dtype))
-        return s
-
-
-def _div(a: float, b: float) -> float:
-    return float(a / b) if b else 0.0
-
-
-class Aggregate:
+class Aggregate(Aggregation):
     """Metrics of a set of sites (a cell, a module column, or the whole model)."""
 
-    def __init__(self, sites: Iterable[SiteStats], n_models: int):
-        self.total = SiteStats(None, "", "", n_models)
-        for s in sites:
-            self.total.add(s)
+    SUMS = SiteStats
 
     @property
     def tensors(self) -> list[str]:
@@ -146,11 +92,11 @@ class Aggregate:
         return math.sqrt(self.total.base_sq)
 
     def relative_norm(self, i: int) -> float:
-        return _div(self.norm(i), self.base_norm)
+        return div(self.norm(i), self.base_norm)
 
     def cosine(self, i: int, j: int) -> float:
         d = self.norm(i) * self.norm(j)
-        return _div(self.total.dot[i, j] if i != j else self.total.sq[i], d)
+        return div(self.total.dot[i, j] if i != j else self.total.sq[i], d)
 
     def cosine_to_base(self, i: int) -> float:
         """cos(θᵢ, θ₀) from ‖θᵢ‖² = ‖τᵢ‖² + 2⟨τᵢ,θ₀⟩ + ‖θ₀‖² and ⟨θᵢ,θ₀⟩ = ⟨τᵢ,θ₀⟩ + ‖θ₀‖²."""
@@ -161,18 +107,18 @@ class Aggregate:
         return float((t.dot_base[i] + t.base_sq) / math.sqrt(ti_sq * t.base_sq))
 
     def sign_conflict_pair(self, i: int, j: int) -> float:
-        return _div(self.total.pair_opp[i, j], self.total.pair_both[i, j])
+        return div(self.total.pair_opp[i, j], self.total.pair_both[i, j])
 
     def magnitude_ratio(self, i: int, j: int) -> float:
-        return _div(self.norm(i), self.norm(j)) if self.norm(j) else (math.inf if self.norm(i) else 0.0)
+        return div(self.norm(i), self.norm(j)) if self.norm(j) else (math.inf if self.norm(i) else 0.0)
 
     @property
     def sign_conflict(self) -> float:
-        return _div(self.total.multi_conflict, self.total.multi_nz)
+        return div(self.total.multi_conflict, self.total.multi_nz)
 
     @property
     def trimmed_sign_conflict(self) -> float:
-        return _div(self.total.trim_multi_conflict, self.total.trim_multi_nz)
+        return div(self.total.trim_multi_conflict, self.total.trim_multi_nz)
 
     @property
     def magnitude_asymmetry(self) -> float:
@@ -185,21 +131,14 @@ class Aggregate:
         return hi / lo
 
     def topk_energy(self, i: int) -> float:
-        return _div(self.total.topk_energy[i], self.total.sq[i])
+        return div(self.total.topk_energy[i], self.total.sq[i])
 
 
 # ----------------------------------------------------------------------------------------------
 # The report
 # ----------------------------------------------------------------------------------------------
-def layer_sort_key(layer: int | None, group: str) -> tuple:
-    # embeddings first, blocks in order, then final norm / head / other
-    if layer is None:
-        return (0 if group == "embed" else 2, GROUPS.index(group) if group in GROUPS else 9, -1)
-    return (1, layer, GROUPS.index(group) if group in GROUPS else 9)
-
-
 @dataclass
-class Report:
+class Report(SiteSet):
     """Everything one analysis found: raw sums per site, findings, and structural facts."""
 
     base: str
@@ -212,21 +151,9 @@ class Report:
     bytes_read: int = 0
     spectral: SpectralResult | None = None  # `analyze(spectral=K)` only (spectral.py); JSON key "spectral"
 
-    @property
-    def n(self) -> int:
-        return len(self.models)
+    AGGREGATE = Aggregate
 
-    # -- groupings --------------------------------------------------------------------------
-    def cell_keys(self) -> list[tuple[int | None, str]]:
-        keys = {(s.layer, s.group) for s in self.sites}
-        return sorted(keys, key=lambda k: layer_sort_key(*k))
-
-    def cell(self, layer: int | None, group: str) -> Aggregate:
-        return Aggregate((s for s in self.sites if s.layer == layer and s.group == group), self.n)
-
-    def module_cell(self, layer: int | None, module: str) -> Aggregate:
-        return Aggregate((s for s in self.sites if s.layer == layer and s.module == module), self.n)
-
+    # -- groupings (the rest: SiteSet) ------------------------------------------------------
     def rows(self) -> list[tuple[str, int | None, str | None]]:
         """Heatmap/table rows: (label, layer, group). Block rows have group None (all groups of the
         layer); embed sits first, final norm / head / other last."""
@@ -239,32 +166,12 @@ class Report:
         out.extend((g, None, g) for g in globals_ if g != "embed")
         return out
 
-    def row_cell(
-        self, layer: int | None, group: str | None, *, module: str | None = None, column_group: str | None = None
-    ) -> Aggregate:
-        """Aggregate of one row (see `rows`), optionally restricted to one module or one group."""
-
-        def keep(s: SiteStats) -> bool:
-            if s.layer != layer or (group is not None and s.group != group):
-                return False
-            if module is not None and s.module != module:
-                return False
-            return column_group is None or s.group == column_group
-
-        return Aggregate(filter(keep, self.sites), self.n)
-
-    def whole(self) -> Aggregate:
-        return Aggregate(self.sites, self.n)
-
     def weights(self) -> Aggregate:
         """The projection matrices (attention + MLP); all non-norm tensors when a model has none."""
         sites = [s for s in self.sites if s.group in WEIGHT_GROUPS]
         if not sites:
             sites = [s for s in self.sites if s.group != "norm"] or self.sites
         return Aggregate(sites, self.n)
-
-    def layers(self) -> list[int]:
-        return sorted({s.layer for s in self.sites if s.layer is not None})
 
     def modules(self) -> list[str]:
         """Module roles in a stable, readable order (attention, MLP, norms, then the rest)."""

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from mergescope.io.naming import site_of
 from mergescope.io.progress import Cancelled, Progress, ShouldStop
-from mergescope.stats.report import DEFAULT_DENSITY, TOPK_FRACTION, Report, SiteStats, layer_sort_key
+from mergescope.stats.report import DEFAULT_DENSITY, Report, SiteStats
+from mergescope.stats.sites import TOPK_FRACTION, layer_sort_key
 
 # Elements per chunk in the per-tensor passes of the pairwise fallback: small enough that the
 # several passes over one chunk run from cache, large enough to amortise the per-op overhead.

@@ -35,14 +35,15 @@ import hashlib
 import math
 import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from mergescope.io.errors import InputError
-from mergescope.io.naming import GROUPS, PROJECTION_GROUPS, site_of
+from mergescope.io.naming import PROJECTION_GROUPS, site_of
 from mergescope.io.progress import Cancelled, Progress, ShouldStop
+from mergescope.stats.sites import Aggregation, SiteSet, Sums, div, layer_sort_key
 
 DEFAULT_RANK = 64
 OVERSAMPLE = 32
@@ -176,19 +177,18 @@ def _interference(st: SpectralSite, facts: list, live: list[int], sqs: list[floa
 
 
 # -- sums per site, aggregates -----------------------------------------------------------------
-_PER_MODEL = ("sq", "top_sq", "proj_sq", "rank")
-_PER_PAIR = ("overlap_w", "pair_w")
-_SCALAR = ("sti_num", "sti_den", "merged", "merged_sq", "merged_kept", "sar_rank", "sar_capped")
 
 
 @dataclass
-class SpectralSite:
+class SpectralSite(Sums):
     """Additive spectral sums for one (layer, group, module) over its matrices."""
 
-    layer: int | None
-    group: str
-    module: str
-    n_models: int
+    SCALARS = ("sti_num", "sti_den", "merged", "merged_sq", "merged_kept", "sar_rank", "sar_capped")
+    PER_MODEL = ("sq", "top_sq", "proj_sq", "rank")
+    PER_PAIR = ("overlap_w", "pair_w")
+    INTS = ("rank",)
+    NAMES = "matrices"
+
     matrices: list[str] = field(default_factory=list)
     sti_num: float = 0.0  # Σ ‖(ÛᵀÛ − I) Σ̂ (V̂ᵀV̂ − I)‖₁
     sti_den: float = 0.0  # Σ ‖Σ̂‖₁
@@ -204,88 +204,45 @@ class SpectralSite:
     overlap_w: np.ndarray = None  # [N, N] Σ ‖Δᵢ‖‖Δⱼ‖·overlap
     pair_w: np.ndarray = None  # [N, N] Σ ‖Δᵢ‖‖Δⱼ‖
 
-    def __post_init__(self):
-        n = self.n_models
-        for k in _PER_MODEL + _PER_PAIR:
-            if getattr(self, k) is None:
-                shape, dtype = ((n, n) if k in _PER_PAIR else n), (np.int64 if k == "rank" else np.float64)
-                setattr(self, k, np.zeros(shape, dtype=dtype))
 
-    @property
-    def key(self) -> tuple[int | None, str, str]:
-        return (self.layer, self.group, self.module)
-
-    def add(self, other: SpectralSite) -> None:
-        self.matrices.extend(other.matrices)
-        for k in _SCALAR:
-            setattr(self, k, getattr(self, k) + getattr(other, k))
-        for k in _PER_MODEL + _PER_PAIR:
-            getattr(self, k).__iadd__(getattr(other, k))
-
-    def to_dict(self) -> dict:
-        d = {"layer": self.layer, "group": self.group, "module": self.module, "matrices": list(self.matrices)}
-        d.update({k: getattr(self, k) for k in _SCALAR})
-        d.update({k: getattr(self, k).tolist() for k in _PER_MODEL + _PER_PAIR})
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict, n_models: int) -> SpectralSite:
-        s = cls(d["layer"], d["group"], d["module"], n_models, matrices=list(d["matrices"]))
-        for k in _SCALAR:
-            setattr(s, k, type(getattr(s, k))(d[k]))
-        for k in _PER_MODEL + _PER_PAIR:
-            a = np.asarray(d[k], dtype=getattr(s, k).dtype)
-            if a.shape != getattr(s, k).shape:
-                raise ValueError(f"spectral site {k}: shape {a.shape}")
-            setattr(s, k, a)
-        return s
-
-
-def _div(a: float, b: float) -> float:
-    return float(a / b) if b else 0.0
-
-
-class SpectralAggregate:
+class SpectralAggregate(Aggregation):
     """Spectral metrics of a set of sites (a cell, a module column, a row, the whole model)."""
 
-    def __init__(self, sites: Iterable[SpectralSite], n_models: int):
-        self.total = SpectralSite(None, "", "", n_models)
-        for s in sites:
-            self.total.add(s)
+    SUMS = SpectralSite
 
     @property
     def matrices(self) -> int:
         return len(self.total.matrices)
 
     def spectral_energy(self, i: int) -> float:
-        return _div(self.total.top_sq[i], self.total.sq[i])
+        return div(self.total.top_sq[i], self.total.sq[i])
 
     def sar(self, i: int) -> float:
-        return math.sqrt(_div(self.total.proj_sq[i], self.total.sq[i]))
+        return math.sqrt(div(self.total.proj_sq[i], self.total.sq[i]))
 
     def subspace_overlap(self, i: int, j: int) -> float:
         if i == j:
             return 1.0 if self.total.sq[i] > 0 else 0.0
-        return _div(self.total.overlap_w[i, j], self.total.pair_w[i, j])
+        return div(self.total.overlap_w[i, j], self.total.pair_w[i, j])
 
     @property
     def sti(self) -> float:
-        return _div(self.total.sti_num, self.total.sti_den)
+        return div(self.total.sti_num, self.total.sti_den)
 
     @property
     def merged_energy(self) -> float:
         """Share of the merged task vector's energy P holds (0.95 unless capped at K)."""
-        return _div(self.total.merged_kept, self.total.merged_sq)
+        return div(self.total.merged_kept, self.total.merged_sq)
 
     @property
     def sar_rank(self) -> float:
         """Mean rank of P over the matrices."""
-        return _div(self.total.sar_rank, self.total.merged)
+        return div(self.total.sar_rank, self.total.merged)
 
     @property
     def sar_capped(self) -> float:
         """Fraction of the matrices where K triplets held < 95 % of the merged energy."""
-        return _div(self.total.sar_capped, self.total.merged)
+        return div(self.total.sar_capped, self.total.merged)
 
     def values(self) -> dict:
         """Every metric as plain numbers: per model lists, the pair matrix, scalars."""
@@ -298,13 +255,8 @@ class SpectralAggregate:
         }
 
 
-def _cell_order(key: tuple[int | None, str]) -> tuple:
-    layer, group = key
-    return (layer is None, -1 if layer is None else layer, GROUPS.index(group) if group in GROUPS else 9)
-
-
 @dataclass
-class SpectralResult:
+class SpectralResult(SiteSet):
     """The spectral pass over one base + models at rank K (`Report.spectral`)."""
 
     models: list[str]
@@ -318,40 +270,7 @@ class SpectralResult:
     bytes_read: int = 0
     from_cache: bool = False  # not written to JSON
 
-    @property
-    def n(self) -> int:
-        return len(self.models)
-
-    def cell_keys(self) -> list[tuple[int | None, str]]:
-        return sorted({(s.layer, s.group) for s in self.sites}, key=_cell_order)
-
-    def layers(self) -> list[int]:
-        return sorted({s.layer for s in self.sites if s.layer is not None})
-
-    def cell(self, layer: int | None, group: str) -> SpectralAggregate:
-        return self.row_cell(layer, group)
-
-    def module_cell(self, layer: int | None, module: str) -> SpectralAggregate:
-        return self.row_cell(layer, None, module=module)
-
-    def row_cell(
-        self, layer: int | None, group: str | None, *, module: str | None = None, column_group: str | None = None
-    ) -> SpectralAggregate:
-        """Like Report.row_cell: one heatmap row (group None = every group of the layer), optionally one
-        module or one group of it. Rows without matrices (norms, embeddings) aggregate nothing (0s)."""
-
-        def keep(s: SpectralSite) -> bool:
-            return (
-                s.layer == layer
-                and (group is None or s.group == group)
-                and (module is None or s.module == module)
-                and (column_group is None or s.group == column_group)
-            )
-
-        return SpectralAggregate(filter(keep, self.sites), self.n)
-
-    def whole(self) -> SpectralAggregate:
-        return SpectralAggregate(self.sites, self.n)
+    AGGREGATE = SpectralAggregate
 
     def cells(self) -> dict[tuple[int | None, str], dict]:
         """{(layer, group): SpectralAggregate.values()} for every cell with matrices."""
@@ -474,22 +393,10 @@ def analyze_spectral(
     return SpectralResult(
         models=[m.label for m in models],
         rank=rank,
-        sites=sorted(sites.values(), key=lambda s: (_cell_order((s.layer, s.group)), s.module)),
+        sites=sorted(sites.values(), key=lambda s: (layer_sort_key(s.layer, s.group), s.module)),
         oversample=oversample,
         power_iters=niter,
         weights=weights_label if weights is not None else None,
         elapsed_s=time.perf_counter() - t0,
         bytes_read=done,
     )
-
-
-def weights_from_whatif(whatif) -> Weights:
-    """Per-tensor coefficients of a plan's prediction (`whatif.from_plan(report, plan)`): its effective
-    coefficient per model at the tensor's site; sites the plan does not resolve get the plain sum."""
-
-    def weights(name: str):
-        s = site_of(name)
-        sc = whatif.site_coeffs.get((s.layer, s.group, s.module))
-        return None if sc is None else [float(c) for c in sc.coeff]
-
-    return weights

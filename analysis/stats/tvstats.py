@@ -28,8 +28,8 @@ from functools import cache
 import numpy as np
 import torch
 
-from mergescope.stats.report import TOPK_FRACTION
 from mergescope.stats.selection import float_bits, kth_in_bucket, radix_thresholds, settle_bucket
+from mergescope.stats.sites import TOPK_FRACTION
 
 CHUNK_CPU = 1 << 18
 CHUNK_GPU = 1 << 24

@@ -16,7 +16,7 @@ from rich.segment import Segment
 from rich.style import Style
 from textual.binding import Binding
 from textual.cache import LRUCache
-from textual.geometry import Region, Size
+from textual.geometry import Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
@@ -321,7 +321,3 @@ class Heatmap(ScrollView, can_focus=True):
         self._cache.clear()
         self._header = None
         self.refresh()
-
-    def region_of_cursor(self) -> Region:
-        r, c = self.cursor
-        return Region(self._label_w + c * CELL_W, r + 1, CELL_W, 1)

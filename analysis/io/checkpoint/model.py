@@ -167,10 +167,6 @@ class Checkpoint:
     def total_bytes(self) -> int:
         return sum(i.nbytes for i in self._infos.values())
 
-    @property
-    def total_params(self) -> int:
-        return sum(i.numel for i in self._infos.values())
-
     def close(self) -> None:
         for f in self._files:
             f.close()
