@@ -144,13 +144,16 @@ KERNELS = {
     ],
 )
 def test_metrics_match_reference(tmp_path, monkeypatch, kernel, dtype, shards, sparse, density):
+    import mergescope.stats.passes as passes
     import mergescope.stats.tvstats as tv
 
     for k, v in KERNELS[kernel].items():
         if k == "_C":
             monkeypatch.setenv("MERGESCOPE_NO_C_KERNELS", "1")
-        else:
-            monkeypatch.setattr(tv, k, v)
+        else:  # the kernel's settings live in passes.py; tvstats holds copies of some
+            for mod in (tv, passes):
+                if hasattr(mod, k):
+                    monkeypatch.setattr(mod, k, v)
     base_p, paths = make_family(tmp_path, dtype=dtype, shards=shards, sparse=sparse)
     base, models = open_models(base_p, paths)
     report = analyze_checkpoints(base, models, density=density)
@@ -273,7 +276,7 @@ def test_c_kernel_builds_and_is_used(tmp_path, monkeypatch):
     import shutil
 
     from mergescope.stats import kernels
-    from mergescope.stats.tvstats import _CPasses
+    from mergescope.stats.passes import CPasses as _CPasses
 
     if not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
         pytest.skip("no C compiler: the torch path is used")
@@ -299,7 +302,7 @@ def _stats(base, taus, density, monkeypatch, c: bool):
 def _route_counts(monkeypatch):
     """How the C route went: calls of the sign-code pass (bracket) and of pass 2, and how many
     coordinates were set aside (thresholds strictly inside a bucket)."""
-    from mergescope.stats.tvstats import _CPasses
+    from mergescope.stats.passes import CPasses as _CPasses
 
     seen = {"bracket": 0, "pass2": 0, "set_aside": 0}
     orig_bracket, orig_pass2 = _CPasses.bracket, _CPasses.pass2
@@ -349,9 +352,9 @@ def test_two_pass_route_equals_three_pass_torch(monkeypatch, case, segment):
         taus.append((base.float() + d).to(dtype))
     seen = _route_counts(monkeypatch)
     if segment:
-        from mergescope.stats import tvstats
+        from mergescope.stats import passes
 
-        monkeypatch.setattr(tvstats, "SEGMENT", segment)
+        monkeypatch.setattr(passes, "SEGMENT", segment)
     c = _stats(base, taus, 0.2, monkeypatch, c=True)
     t = _stats(base, taus, 0.2, monkeypatch, c=False)
     for f in ("numel", "multi_nz", "multi_conflict", "trim_multi_nz", "trim_multi_conflict"):
@@ -369,10 +372,10 @@ def test_two_pass_route_equals_three_pass_torch(monkeypatch, case, segment):
 
 def test_large_tensors_are_released_segment_by_segment(monkeypatch):
     """Resident memory stays at a segment per input: every pass releases each segment after it."""
-    from mergescope.stats import tvstats
+    from mergescope.stats import passes, tvstats
     from mergescope.stats.report import SiteStats
 
-    monkeypatch.setattr(tvstats, "SEGMENT", 1000)
+    monkeypatch.setattr(passes, "SEGMENT", 1000)
     g = torch.Generator().manual_seed(3)
     base = torch.randn(4500, generator=g)
     taus = [base + torch.randn(4500, generator=g) * 0.01 for _ in range(2)]

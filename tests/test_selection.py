@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mergescope.stats import selection as sel
-from mergescope.stats import tvstats
+from mergescope.stats import passes, tvstats
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 NAN = float("nan")
@@ -232,9 +232,9 @@ def _ref_streamed(base, raws, ks):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernel", [True, False])
 def test_streamed_thresholds(small, monkeypatch, dtype, kernel):
-    if kernel and not tvstats._CPasses.usable(torch.zeros(1), [torch.zeros(1)], torch.device("cpu")):
+    if kernel and not passes.CPasses.usable(torch.zeros(1), [torch.zeros(1)], torch.device("cpu")):
         pytest.skip("no C kernels")
-    monkeypatch.setattr(tvstats, "SEGMENT", 1000)  # the kernel reads the tensor in segments
+    monkeypatch.setattr(passes, "SEGMENT", 1000)  # the kernel reads the tensor in segments
     routes = {"sample": 0, "hist": 0}
 
     def counted(key, fn):
@@ -282,17 +282,17 @@ def test_streamed_thresholds_nan_inf_and_misses(small, monkeypatch):
 @pytest.mark.parametrize("c, ambiguous", [(True, tvstats.AMBIGUOUS_MAX), (True, -1.0), (False, None)])
 def test_analysis_thresholds_segmented(monkeypatch, c, ambiguous):
     """The C route (set-aside members, or pass 2 with AMBIGUOUS_MAX < 0) and the torch route."""
-    if c and not tvstats._CPasses.usable(torch.zeros(1), [torch.zeros(1)], torch.device("cpu")):
+    if c and not passes.CPasses.usable(torch.zeros(1), [torch.zeros(1)], torch.device("cpu")):
         pytest.skip("no C kernels")
-    monkeypatch.setattr(tvstats, "SEGMENT", 700)
+    monkeypatch.setattr(passes, "SEGMENT", 700)
     if ambiguous is not None:
         monkeypatch.setattr(tvstats, "AMBIGUOUS_MAX", ambiguous)
     n = 3000
     base, models = _family(n, torch.bfloat16, 9, n_models=2)
     models[1] = (base.float() + torch.randn(n, generator=torch.Generator().manual_seed(1)) * 1e-3).to(torch.bfloat16)
     models[1][:200] = base[:200]  # zeros
-    cls = tvstats._CPasses if c else tvstats._TorchPasses
-    backend = tvstats._cpu_backend(cls, base, models, n, None)
+    cls = passes.CPasses if c else passes.TorchPasses
+    backend = passes.cpu_backend(cls, base, models, n, None)
     k_trim, k_top = n // 5, n // 3
     ks = [k_trim, k_top]
     route = tvstats._two_passes if c else tvstats._three_passes

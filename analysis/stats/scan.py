@@ -131,7 +131,8 @@ def analyze_checkpoints(
     """One streaming pass over base + fine-tunes. Returns a Report (findings filled by findings.py)."""
     import torch
 
-    from mergescope.stats.tvstats import MAX_HIST_MODELS, tensor_stats
+    from mergescope.stats.passes import MAX_HIST_MODELS
+    from mergescope.stats.tvstats import tensor_stats
 
     if not 0.0 <= density <= 1.0:
         from mergescope.io.errors import InputError
