@@ -299,4 +299,4 @@ def test_analysis_thresholds_segmented(monkeypatch, c, ambiguous):
     thr = route(backend, n, ks, k_trim, k_top, 2)[2]
     for i, m in enumerate(models):
         for k in ks:
-            assert max(thr[i][k], tvstats._TINY) == max(ref_kth((m.float() - base.float()).abs(), k)[0], tvstats._TINY)
+            assert max(thr[i][k], passes.TINY) == max(ref_kth((m.float() - base.float()).abs(), k)[0], passes.TINY)
