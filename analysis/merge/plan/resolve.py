@@ -7,7 +7,6 @@ output tensor of opened checkpoints (what the executor runs), reading headers on
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -192,12 +191,15 @@ def shared_settings(plan) -> list[tuple[dict | None, str]]:
 
 # ---------------------------------------------------------------------- parameter resolution
 def _resolve_at(plan, method, sl: _NSlice, out_name: str, in_names: Mapping[str, str], t: float) -> tuple[dict, dict]:
+    """(global params, {model reference: per-model params}) of one tensor, complete: the value the plan's
+    settings give (scopes, gradients, filters), else the method's default (`MergeMethod.complete`)."""
     shared_chain = [(sl.parameters, f"{sl.path}.parameters"), *shared_settings(plan)]
-    params = {}
-    for spec in method.params:
-        if spec.per_model:
-            continue
-        params[spec.name] = _resolve_one(plan, spec, shared_chain, out_name, t, None)
+    given = {
+        spec.name: _resolve_one(plan, spec, shared_chain, out_name, t, None)
+        for spec in method.params
+        if not spec.per_model
+    }
+    params = method.complete_globals(given)
     model_params = {}
     for src in sl.sources:
         if src.model == sl.base:
@@ -205,13 +207,13 @@ def _resolve_at(plan, method, sl: _NSlice, out_name: str, in_names: Mapping[str,
         own = [(s.parameters, f"{s.path}.parameters") for s in sl.sources if s.model == src.model]
         chain = own + shared_chain
         name = in_names.get(src.model, out_name)
-        model_params[src.model] = {
-            spec.name: _resolve_one(plan, spec, chain, name, t, src) for spec in method.params if spec.per_model
-        }
+        given = {spec.name: _resolve_one(plan, spec, chain, name, t, src) for spec in method.params if spec.per_model}
+        model_params[src.model] = method.complete_model(given)
     return params, model_params
 
 
 def _resolve_one(plan, spec, chain, tensor_name, t, src):
+    """The value of the first scope whose setting applies to the tensor (None when none does)."""
     for settings, path in chain:
         if settings is not None and spec.name in settings:
             v = evaluate_setting(settings[spec.name], tensor_name, t, spec, f"{path}.{spec.name}", plan.where)
@@ -224,7 +226,7 @@ def _resolve_one(plan, spec, chain, tensor_name, t, src):
             f"no `{spec.name}` applies to tensor {tensor_name} (its filters match nothing and no "
             f"top-level default is set); add a catch-all `- value: ...` entry or a top-level `{spec.name}`",
         )
-    return copy.deepcopy(spec.default)
+    return None
 
 
 def resolve(plan, tensor_name: str, *, num_layers: int | None = None, checkpoints: Mapping | None = None) -> Resolved:
