@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 from mergescope.merge.methods._util import Inputs, define, flat, scratch
@@ -119,7 +120,7 @@ def arcee_fusion(inp: Inputs) -> torch.Tensor:
     return out.mul_(delta).add_(b)
 
 
-def whole_task_vector(x: CoefficientInputs):
+def whole_task_vector(x: CoefficientInputs) -> tuple[np.ndarray, np.ndarray]:
     """cᵢ = 1: the whole task vector (its outlier mask is not modelled)."""
     return x.shared(1.0)
 
