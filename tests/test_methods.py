@@ -773,7 +773,7 @@ def test_stream_kernel_bad_sample_falls_back_exactly(monkeypatch):
 def test_stream_kernel_non_finite_large_tensor_keeps_nan_semantics(monkeypatch):
     """The analysis kernel reads non-finite values as 0, which is not the merge's rule (NaN never
     counts toward k): such tensors take the sampled route and still equal the general path."""
-    from mergescope.stats import selection, tvstats
+    from mergescope.stats import passes, selection, tvstats
 
     monkeypatch.setattr(selection, "STREAM_DIRECT_MAX", 1 << 16)
     n = 200_000
@@ -783,7 +783,7 @@ def test_stream_kernel_non_finite_large_tensor_keeps_nan_semantics(monkeypatch):
     models[1][::997] = float("nan")
     models[1][5] = float("inf")
     assert tvstats.bucket_histograms(base, models) is None
-    if tvstats._CPasses.usable(base, models[:1], torch.device("cpu")):
+    if passes.CPasses.usable(base, models[:1], torch.device("cpu")):
         assert tvstats.bucket_histograms(base, models[:1]) is not None  # the finite one alone would use it
     _stream_vs_merge(
         "ties",

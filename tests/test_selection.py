@@ -12,8 +12,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mergescope.stats import selection as sel
 from mergescope.stats import passes, tvstats
+from mergescope.stats import selection as sel
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 NAN = float("nan")

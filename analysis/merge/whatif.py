@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mergescope.merge.methods.base import CoefficientInputs
+
 
 def _method(name: str):
     from mergescope.merge.methods import REGISTRY
@@ -54,7 +56,7 @@ def method_note(method: str) -> str:
     from mergescope.merge.methods.base import Linear, Trim
 
     m = _method(method)
-    if m is None:
+    if m is None or m.coefficients is None:
         return f"{method}: not modelled"
     if m.trim is Trim.NONE and not m.elects_signs and m.linear in (Linear.TASK_SUM, Linear.WEIGHTED_MEAN):
         return f"{method}: exact (a weighted sum of task vectors)"
@@ -96,84 +98,28 @@ def coefficients(
     cosine: float | None = None,
     energy: Sequence[float] | None = None,
 ) -> SiteCoefficients:
-    """Effective coefficients for one tensor, by the method's linearisation (its registry trait).
-    `model_params[i]` holds model i's resolved per-model parameters, or None when model i is not in the
-    plan (coefficient 0). `base_param`: the base's own per-model parameters when the method takes the
-    base as a plain input (linear). `cosine`: the mean pairwise task-vector cosine (model_stock).
-    `energy`: each model's mean square task-vector entry at the site (sce)."""
-    from mergescope.merge.methods.base import Linear
+    """Effective coefficients for one tensor, by the method's own linearisation (its registry entry's
+    `coefficients`). `model_params[i]` holds model i's per-model parameters, or None when model i is not
+    in the plan (coefficient 0); parameters left out take the method's defaults. `base_param`: the base's
+    own per-model parameters when the method takes the base as a plain input (linear). `cosine`: the mean
+    pairwise task-vector cosine (model_stock). `energy`: each model's mean square task-vector entry at the
+    site (sce)."""
+    return _coefficients(_method(method), params, model_params, base_param, cosine, energy)[0]
 
-    m = _method(method)
-    kind = m.linear if m is not None else None
+
+def _coefficients(m, params, model_params, base_param, cosine, energy) -> tuple[SiteCoefficients, bool]:
+    """(the coefficients, whether they read the site's measurements); `cosine` and `energy` may be
+    callables, computed only when the method reads them."""
     n = len(model_params)
-    w = np.array([_num((mp or {}).get("weight"), 0.0 if mp is None else 1.0) for mp in model_params], dtype=np.float64)
-    dens = np.array(
-        [_num((mp or {}).get("density"), math.nan) if mp is not None else math.nan for mp in model_params],
-        dtype=np.float64,
-    )
-    present = np.array([mp is not None for mp in model_params])
-    c = np.zeros(n, dtype=np.float64)
-    if kind is Linear.TASK_SUM:
-        c = w.copy()
-        if params.get("normalize"):
-            s = w[present].sum()
-            if abs(s) >= 1e-8:
-                c = c / s
-        c = c * float(params.get("lambda", 1.0) if params.get("lambda") is not None else 1.0)
-    elif kind is Linear.WEIGHTED_MEAN:
-        c = w.copy()
-        total = w[present].sum() + (_num((base_param or {}).get("weight"), 0.0) if base_param is not None else 0.0)
-        if params.get("normalize", True) and abs(total) >= 1e-8:
-            c = c / total
-    elif kind is Linear.INTERPOLATION:
-        t = _num(params.get("t"), 0.5)
-        c = np.where(present, t, 0.0)
-        w = c.copy()
-    elif kind is Linear.WEIGHT_SHARES:
-        s = w[present].sum()
-        c = w / s if abs(s) >= 1e-8 and params.get("normalize_weights", True) else w
-        if int(present.sum()) == 1:  # multislerp returns a lone model as it is
-            c = np.where(present, 1.0, 0.0)
-    elif kind is Linear.STOCK_RATIO:
-        k = int(present.sum())
-        cos = 0.0 if cosine is None or not math.isfinite(cosine) else cosine
-        denom = 1 + (k - 1) * cos
-        t = (k * cos / denom) if k and abs(denom) > 1e-12 else 0.0
-        c = np.where(present, t / max(k, 1), 0.0)
-        w = c.copy()
-    elif kind is Linear.SCALE:
-        c = np.array([_num((mp or {}).get("scale"), 1.0) if mp is not None else 0.0 for mp in model_params])
-        w = c.copy()
-    elif kind is Linear.OVERLAP_MEAN:  # exact where every model moves every entry (dense fine-tunes)
-        c = np.where(present, 1.0 / max(int(present.sum()), 1), 0.0)
-        w = c.copy()
-    elif kind is Linear.EQUAL_MEAN:  # karcher: each input weighs 1/N, the base too when it is one
-        k = int(present.sum()) + (1 if base_param is not None else 0)
-        c = np.where(present, 1.0 / max(k, 1), 0.0)
-        w = c.copy()
-    elif kind is Linear.SUBSPACE:  # tsv / iso: alpha·Σ τᵢ to first order (exact for orthogonal task subspaces)
-        c = np.where(present, _num(params.get("alpha"), 1.0), 0.0)
-        w = c.copy()
-    elif kind is Linear.CLIPPED:  # nearswap: θ₀ + clip(τ, −t, t), at most the whole task vector
-        c = np.where(present, 1.0, 0.0)
-        w = c.copy()
-    elif kind is Linear.ENERGY_SHARES:  # sce: mean squares over their sum, uniform when the sum is < 1e-6
-        e = np.where(present, np.asarray(energy, dtype=np.float64) if energy is not None else 0.0, 0.0)
-        total = float(e.sum())
-        c = e / total if abs(total) >= 1e-6 else np.where(present, 1.0 / max(int(present.sum()), 1), 0.0)
-        w = c.copy()
-    c = np.where(present, c, 0.0)
-    w = np.where(present, w, 0.0)
-    return SiteCoefficients(c, w, dens)
-
-
-def _num(v, default: float) -> float:
-    if v is None or isinstance(v, bool):
-        return default
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return default
+    present = np.array([mp is not None for mp in model_params], dtype=bool)
+    if m is None or m.coefficients is None:
+        return SiteCoefficients(np.zeros(n), np.zeros(n), np.full(n, math.nan)), False
+    mps = [None if mp is None else m.complete_model(mp, params, i) for i, mp in enumerate(model_params)]
+    base = None if base_param is None else m.complete_model(base_param, params)
+    inputs = CoefficientInputs(m.complete_globals(params), mps, base, cosine, energy)
+    c, w = m.coefficients(inputs)
+    dens = np.array([math.nan if (mp or {}).get("density") is None else mp["density"] for mp in mps], dtype=np.float64)
+    return SiteCoefficients(np.where(present, c, 0.0), np.where(present, w, 0.0), dens), inputs.measured
 
 
 @dataclass
@@ -342,11 +288,8 @@ def from_plan(report, plan, *, conflict_report=None) -> WhatIf:
     """Resolve the plan's parameters at one tensor of every site of the report and build a WhatIf.
 
     Raises the plan's InputError when it cannot be resolved (e.g. a required weight matches nothing)."""
-    from mergescope.merge.methods.base import Linear
-
     method = plan.merge_method
     m = _method(method)
-    method_linear = m.linear if m is not None else None
     n_layers = len(report.layers())
     to_idx = plan_models_to_report(plan, report)
     base_check = is_base(plan, report)
@@ -372,27 +315,33 @@ def from_plan(report, plan, *, conflict_report=None) -> WhatIf:
                 mps[to_idx[ref]] = mp
             elif base_check(ref):
                 base_param = mp
-        cos = None
-        if method_linear is Linear.STOCK_RATIO:
-            live = [i for i in range(report.n) if mps[i] is not None]
-            vals = []
-            for a in live:
-                for b in live:
-                    if a < b and s.sq[a] > 0 and s.sq[b] > 0:
-                        vals.append(s.dot[a, b] / math.sqrt(s.sq[a] * s.sq[b]))
-            cos = float(np.mean(vals)) if vals else 0.0
-            site_coeffs[s.key] = coefficients(method, res.params, mps, base_param=base_param, cosine=cos)
-            continue
-        if method_linear is Linear.ENERGY_SHARES:
-            energy = np.asarray(s.sq, dtype=np.float64) / max(int(s.numel), 1)
-            site_coeffs[s.key] = coefficients(method, res.params, mps, base_param=base_param, energy=energy)
-            continue
-        ck = (_freeze(res.params), tuple(_freeze(m) for m in mps), _freeze(base_param))
-        sc = cache.get(ck)
+        key = (_freeze(res.params), tuple(_freeze(mp) for mp in mps), _freeze(base_param))
+        sc = cache.get(key)
         if sc is None:
-            sc = cache[ck] = coefficients(method, res.params, mps, base_param=base_param)
+            sc, measured = _coefficients(
+                m, res.params, mps, base_param, lambda s=s, mps=mps: _mean_cosine(s, mps), lambda s=s: _energy(s)
+            )
+            if not measured:  # the same parameters give the same coefficients at every site
+                cache[key] = sc
         site_coeffs[s.key] = sc
     return WhatIf(report, method, site_coeffs, note=note, conflict_report=conflict_report, warnings=warnings)
+
+
+def _mean_cosine(site, mps: Sequence[dict | None]) -> float:
+    """The mean pairwise cosine of the task vectors of the plan's models at a site (0 without a pair)."""
+    live = [i for i, mp in enumerate(mps) if mp is not None]
+    vals = [
+        site.dot[a, b] / math.sqrt(site.sq[a] * site.sq[b])
+        for a in live
+        for b in live
+        if a < b and site.sq[a] > 0 and site.sq[b] > 0
+    ]
+    return float(np.mean(vals)) if vals else 0.0
+
+
+def _energy(site) -> np.ndarray:
+    """Each model's mean square task-vector entry at a site."""
+    return np.asarray(site.sq, dtype=np.float64) / max(int(site.numel), 1)
 
 
 def _freeze(d):

@@ -1,5 +1,12 @@
-"""Helpers shared by the merge methods: parameter lookup, dtype/device alignment, seeded generators
-and a per-thread scratch-buffer pool.
+"""What the merge methods share: the preamble every method runs (`define`), dtype/device alignment,
+seeded generators and a per-thread scratch-buffer pool.
+
+The preamble: a method's file holds its math, `kernel(inputs) -> tensor`, and its declaration,
+`METHOD = define(name, kernel, base=..., params=..., ...)`. The entry's `merge(base, tensors,
+model_params, params, ctx)` checks the inputs against the declaration (the base, how many models, their
+shapes), completes the parameters (`MergeMethod.complete`: every ParamSpec, its kind, its default; a
+plan's jobs come complete, direct callers may leave parameters out), casts the tensors to their common
+dtype on the context's device, and calls the kernel with an `Inputs`.
 
 Scratch buffers: on CPU a fresh multi-hundred-megabyte tensor costs more in page faults than the
 arithmetic done in it, so methods borrow their temporaries from a per-thread pool keyed by purpose.
@@ -9,17 +16,19 @@ A borrowed buffer never escapes the method that borrowed it (results are always 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
 from mergescope.io.errors import InputError
-from mergescope.merge.methods.base import MergeContext, ParamSpec
+from mergescope.merge.methods.base import BaseUse, MergeContext, MergeMethod
 
 # Temporaries smaller than this are plain allocations; page faults only matter for big ones.
 _POOL_MIN_NUMEL = 1 << 18
@@ -83,64 +92,6 @@ def where(ctx: MergeContext) -> str:
     return f" (tensor {ctx.tensor_name})" if ctx.tensor_name else ""
 
 
-def global_params(specs: Sequence[ParamSpec], params: dict | None, ctx: MergeContext, method: str) -> dict[str, Any]:
-    """Global parameters with spec defaults filled in; a missing required one is an InputError."""
-    params = params or {}
-    out: dict[str, Any] = {}
-    for spec in specs:
-        if spec.per_model:
-            continue
-        value = params.get(spec.name)
-        if value is None:
-            if spec.required:
-                raise InputError(
-                    f"merge method {method}: parameter '{spec.name}' is required{where(ctx)}; "
-                    f"set it under top-level `parameters:`"
-                )
-            value = spec.default
-        out[spec.name] = value
-    return out
-
-
-def model_params(
-    specs: Sequence[ParamSpec],
-    model_params: Sequence[dict] | None,
-    n: int,
-    params: dict | None,
-    ctx: MergeContext,
-    method: str,
-) -> list[dict[str, Any]]:
-    """Per-model ("tensor") parameters for each of `n` models.
-
-    Lookup order as mergekit: the model's own value, then the global `parameters:` value (mergekit's
-    per-model parameter sources end with the top-level parameters), then the spec default.
-    """
-    params = params or {}
-    mps = list(model_params or [])
-    if len(mps) < n:
-        mps += [{}] * (n - len(mps))
-    out = []
-    for i in range(n):
-        mp = mps[i] or {}
-        resolved: dict[str, Any] = {}
-        for spec in specs:
-            if not spec.per_model:
-                continue
-            value = mp.get(spec.name)
-            if value is None:
-                value = params.get(spec.name)
-            if value is None:
-                if spec.required:
-                    raise InputError(
-                        f"merge method {method}: parameter '{spec.name}' is required for model #{i + 1}"
-                        f"{where(ctx)}; set it in that model's `parameters:` or globally"
-                    )
-                value = spec.default
-            resolved[spec.name] = value
-        out.append(resolved)
-    return out
-
-
 def common_dtype(tensors: Sequence[torch.Tensor | None]) -> torch.dtype:
     """mergekit promotes a group's inputs to one dtype before merging (after loading in `dtype:`)."""
     import torch
@@ -174,22 +125,6 @@ def check_shapes(base: torch.Tensor | None, tensors: Sequence[torch.Tensor], ctx
             )
 
 
-def base_and_one(base, tensors, ctx: MergeContext, method: str, base_role: str = ""):
-    """The inputs of a method that merges one model into the base (slerp, nearswap, arcee_fusion):
-    (device, common dtype, base, model), both moved and cast; InputError for any other input count."""
-    import torch
-
-    if base is None or len(tensors) != 1:
-        raise InputError(
-            f"merge method {method} needs a base model (`base_model:`{base_role}) and exactly one other model "
-            f"(got {'no base, ' if base is None else ''}{len(tensors)} models)"
-        )
-    check_shapes(base, tensors, ctx, method)
-    device = torch.device(ctx.device)
-    dtype = common_dtype([base, tensors[0]])
-    return device, dtype, align(base, dtype, device), align(tensors[0], dtype, device)
-
-
 def flat(t: torch.Tensor) -> torch.Tensor:
     """A 1-D view (a copy only if the tensor is not contiguous)."""
     return t.reshape(-1)
@@ -199,3 +134,143 @@ def weight_sum(wvec: torch.Tensor, ndim: int) -> torch.Tensor:
     """Σ wᵢ as mergekit computes it: the weights unsqueezed to [N, 1, ...] (one axis per tensor
     dimension) summed over dim 0 (for N >= 5 torch's reduction order depends on the layout)."""
     return wvec.view(-1, *([1] * ndim)).sum(dim=0).reshape(())
+
+
+# ---------------------------------------------------------------------- the preamble
+@dataclass
+class Inputs:
+    """One tensor's inputs as a method's math gets them: the parameters complete, the tensors checked
+    and cast to `dtype` on `device` (streaming kernels get the stored tensors as they are, `dtype` None)."""
+
+    base: torch.Tensor | None  # None when the method takes no base, or an optional one is not given
+    models: list[torch.Tensor]
+    params: dict
+    model_params: list[dict]
+    ctx: MergeContext
+    dtype: torch.dtype | None
+    device: torch.device
+
+    @property
+    def shape(self) -> torch.Size:
+        return (self.base if self.base is not None else self.models[0]).shape
+
+    @property
+    def where(self) -> str:
+        return where(self.ctx)
+
+    def values(self, name: str) -> list:
+        """Each model's per-model parameter `name`."""
+        return [mp[name] for mp in self.model_params]
+
+    def generator(self) -> torch.Generator | None:
+        return tensor_generator(self.ctx, self.device)
+
+    def task_vectors(self, key: str) -> torch.Tensor:
+        """[N, numel] scratch rows, θᵢ − θ₀ flattened (θᵢ itself without a base): borrowed, never returned."""
+        import torch
+
+        rows = scratch(key, (len(self.models), self.models[0].numel()), self.dtype, self.device)
+        b = flat(self.base) if self.base is not None else None
+        for i, t in enumerate(self.models):
+            if b is None:
+                rows[i].copy_(flat(t))
+            else:
+                torch.sub(flat(t), b, out=rows[i])
+        return rows
+
+
+_WORDS = {1: "one", 2: "two"}
+
+
+def _count(k: int, what: str) -> str:
+    return f"{_WORDS.get(k, k)} {what}{'s' if k != 1 else ''}"
+
+
+@dataclass(frozen=True)
+class _Preamble:
+    """`MergeMethod.merge` of a method declared with `define`: the checks and casts, then the kernel."""
+
+    kernel: Callable[[Inputs], torch.Tensor]
+    method: MergeMethod
+    empty_gives_base: bool
+    base_role: str
+
+    def __call__(self, base, tensors, model_params=None, params=None, ctx=None):
+        import torch
+
+        ctx = ctx or MergeContext()
+        m = self.method
+        tensors = list(tensors)
+        if m.base is BaseUse.INPUT:
+            base = None  # the base is an input like the others (the plan passes it among `tensors`)
+        self._check_counts(base, len(tensors))
+        check_shapes(base, tensors, ctx, m.name)
+        params, mps = m.complete(params, model_params, len(tensors), where(ctx))
+        device = torch.device(ctx.device)
+        dtype = common_dtype([base, *tensors])
+        inputs = Inputs(
+            align(base, dtype, device), [align(t, dtype, device) for t in tensors], params, mps, ctx, dtype, device
+        )
+        if not tensors and self.empty_gives_base:
+            return inputs.base.clone()
+        return self.kernel(inputs)
+
+    def _check_counts(self, base, n: int) -> None:
+        m = self.method
+        lo, hi = m.min_models, m.max_models
+        if n == 0 and self.empty_gives_base:
+            lo = 0
+        ok = lo <= n and (hi is None or n <= hi)
+        if m.base is BaseUse.REQUIRED and (base is None or not ok):
+            need = "exactly one other model" if hi == lo == 1 else self._need("model besides the base")
+            raise InputError(
+                f"merge method {m.name} needs a base model (`base_model:`{self.base_role}) and {need} "
+                f"(got {'no base, ' if base is None else ''}{n} models)"
+            )
+        if not ok:
+            what = "input model" if m.base is BaseUse.INPUT else "model besides the base"
+            raise InputError(f"merge method {m.name} needs {self._need(what)} (got {n})")
+
+    def _need(self, what: str) -> str:
+        lo, hi = self.method.min_models, self.method.max_models
+        if hi == lo:
+            return f"exactly {_count(lo, what)}"
+        return f"at least {_count(lo, what)}" if hi is None else f"{lo} to {hi} {what}s"
+
+
+@dataclass(frozen=True)
+class _StreamPreamble:
+    """`MergeMethod.stream` of a method declared with `define`: the parameters completed, the stored
+    tensors untouched (the kernel returns None for what it does not handle)."""
+
+    kernel: Callable[..., torch.Tensor | None]
+    method: MergeMethod
+
+    def __call__(self, raw_base, raws, model_params, params, ctx, out_dtype):
+        import torch
+
+        ctx = ctx or MergeContext()
+        params, mps = self.method.complete(params, model_params, len(raws), where(ctx))
+        inputs = Inputs(raw_base, list(raws), params, mps, ctx, None, torch.device(ctx.device))
+        return self.kernel(inputs, out_dtype)
+
+
+def define(
+    name: str,
+    kernel: Callable[[Inputs], torch.Tensor],
+    *,
+    stream: Callable[[Inputs, torch.dtype], torch.Tensor | None] | None = None,
+    empty_gives_base: bool = False,
+    base_role: str = "",
+    **declaration,
+) -> MergeMethod:
+    """The registry entry of a method whose math is `kernel(inputs)` (see the module docstring) and whose
+    streaming kernel, if any, is `stream(inputs over the stored tensors, out_dtype)`; `declaration`: the
+    other MergeMethod fields. `empty_gives_base`: no model besides the base gives the base back (a sum of
+    no task vectors); `base_role`: what the base is, for messages."""
+    declared = MergeMethod(name=name, merge=None, **declaration)  # what the preamble checks against
+    return dataclasses.replace(
+        declared,
+        merge=_Preamble(kernel, declared, empty_gives_base, base_role),
+        stream=_StreamPreamble(stream, declared) if stream is not None else None,
+    )

@@ -25,10 +25,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
-from mergescope.merge.methods._util import base_and_one, flat, scratch
-from mergescope.merge.methods.base import BaseUse, Linear, MergeContext, MergeMethod, Trim
+from mergescope.merge.methods._util import Inputs, define, flat, scratch
+from mergescope.merge.methods.base import BaseUse, CoefficientInputs, Linear, Trim
 
 SAMPLE_SIZE = 1_000_000  # mergekit's quantile sample (and the size above which it samples)
 EPS = 1e-8  # added to both softmaxes
@@ -102,23 +103,16 @@ def fusion_threshold(importance: torch.Tensor, generator: torch.Generator | None
     return med + 1.5 * (q3 - q1)
 
 
-def arcee_fusion_merge(
-    base: torch.Tensor | None,
-    tensors: list[torch.Tensor],
-    model_params: list[dict] | None,
-    params: dict | None,
-    ctx: MergeContext | None = None,
-) -> torch.Tensor:
+def arcee_fusion(inp: Inputs) -> torch.Tensor:
     import torch
 
-    ctx = ctx or MergeContext()
-    device, dtype, b, m = base_and_one(base, tensors, ctx, "arcee_fusion")
+    dtype, b, m = inp.dtype, inp.base, inp.models[0]
     out_dtype = torch.promote_types(dtype, torch.float32)  # δ times a float32 mask
     if b.numel() == 0:
         return b.to(out_dtype, copy=True)
     delta = torch.sub(m, b)
     importance = torch.abs(delta).mul_(row_kl(m, b))
-    threshold = fusion_threshold(importance, ctx.generator)
+    threshold = fusion_threshold(importance, inp.ctx.generator)
     keep = torch.ge(importance, threshold)
     del importance
     out = keep.to(out_dtype)  # 1.0 / 0.0
@@ -126,14 +120,20 @@ def arcee_fusion_merge(
     return out.mul_(delta).add_(b)
 
 
-METHOD = MergeMethod(
-    name="arcee_fusion",
-    merge=arcee_fusion_merge,
+def whole_task_vector(x: CoefficientInputs) -> tuple[np.ndarray, np.ndarray]:
+    """cᵢ = 1: the whole task vector (its outlier mask is not modelled)."""
+    return x.shared(1.0)
+
+
+METHOD = define(
+    "arcee_fusion",
+    arcee_fusion,
     base=BaseUse.REQUIRED,
     linear=Linear.TASK_SUM,
     min_models=1,
     max_models=1,
     params=(),
     trim=Trim.IMPORTANCE_OUTLIERS,
+    coefficients=whole_task_vector,
     description="Arcee Fusion: the model's entries whose |delta|·KL is an upper outlier, the base elsewhere",
 )

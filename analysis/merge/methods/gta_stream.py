@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mergescope.merge.methods._util import global_params, model_params, weight_sum
+from mergescope.merge.methods._util import Inputs, weight_sum
 from mergescope.stats.selection import streamed_thresholds
 from mergescope.stats.tvstats import bucket_histograms
 
@@ -45,7 +45,7 @@ def supports(sparsification: str | None, gp: dict, dtype: torch.dtype, device, n
         return False
     if sparsification is None:
         return True
-    return sparsification == "magnitude" and not bool(gp.get("rescale"))
+    return sparsification == "magnitude" and not gp["rescale"]
 
 
 def _delta_into(out: torch.Tensor, raw: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -123,42 +123,31 @@ def _sum_rows(D: torch.Tensor, out: torch.Tensor) -> None:
         out.add_(D[i])
 
 
-def stream_gta(
-    raw_base: torch.Tensor,
-    raws: list[torch.Tensor],
-    model_params_: list[dict] | None,
-    params: dict | None,
-    *,
-    specs,
-    name: str,
-    sparsification: str | None,
-    consensus: bool,
-    out_dtype: torch.dtype,
-    ctx=None,
-) -> torch.Tensor:
-    """The merged tensor in `out_dtype` (float32 arithmetic) from the stored inputs (any float dtype)."""
+def stream_gta(inp: Inputs, out_dtype: torch.dtype, *, sparsification: str | None, consensus: bool) -> torch.Tensor:
+    """The merged tensor in `out_dtype` (float32 arithmetic) from the stored inputs (any float dtype):
+    `inp` is the method's `Inputs` over the stored tensors, its parameters complete."""
+    raw_base = inp.base
     shape = raw_base.shape
     n = raw_base.numel()
     rb = raw_base.reshape(-1)
-    rs = [r.reshape(-1) for r in raws]
+    rs = [r.reshape(-1) for r in inp.models]
     n_models = len(rs)
-    gp = global_params(specs, params, ctx, name) if ctx is not None else global_params(specs, params, _Ctx(), name)
-    mps = model_params(specs, model_params_, n_models, params, ctx or _Ctx(), name)
+    gp, mps = inp.params, inp.model_params
     work = torch.float32
-    wvec = torch.tensor([float(mp["weight"]) for mp in mps], dtype=work)
+    wvec = torch.tensor(inp.values("weight"), dtype=work)
     weights = wvec.tolist()
-    lam = float(gp["lambda"])
+    lam = gp["lambda"]
     out = torch.empty(n, dtype=out_dtype)
     if n == 0:
         return out.view(shape)
-    release = _batched(getattr(ctx, "release", None), n, raw_base.element_size())
+    release = _batched(inp.ctx.release, n, raw_base.element_size())
     if n_models == 0:
         return out.copy_(rb).view(shape)
 
     if sparsification == "magnitude":
         ks = []
         for mp in mps:
-            density = float(mp["density"])
+            density = mp["density"]
             ks.append(None if density >= 1 else (0 if density <= 0 else max(1, int(density * n))))
         plans = _thresholds(rb, rs, ks, release)
     else:
@@ -172,7 +161,7 @@ def stream_gta(
     T = torch.empty(chunk, dtype=work)
     scaled = any(w != 1.0 for w in weights)
     wcol = wvec.view(-1, 1)
-    normalize = bool(gp["normalize"])
+    normalize = gp["normalize"]
     divisor_all = None
     if not consensus and normalize:
         divisor_all = weight_sum(wvec, len(shape))
@@ -255,7 +244,3 @@ class _batched:
         if self.stop > self.start:
             self.release(self.start, self.stop)
         self.start = self.stop
-
-
-class _Ctx:
-    tensor_name = ""

@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-from mergescope.merge.methods._util import global_params
-from mergescope.merge.methods.base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec
-from mergescope.merge.methods.tsv import ALPHA, mean_merge, polar, task_vectors
+from mergescope.merge.methods._util import Inputs, define
+from mergescope.merge.methods.base import BaseUse, Linear, MergeMethod, ParamSpec
+from mergescope.merge.methods.tsv import ALPHA, mean_merge, polar, subspace_coefficients, task_vectors
 
 ISO_C_PARAMS = (ALPHA,)
 ISO_CTS_PARAMS = (
@@ -57,18 +57,11 @@ ISO_CTS_PARAMS = (
 )
 
 
-def iso_c_merge(
-    base: torch.Tensor | None,
-    tensors: list[torch.Tensor],
-    model_params: list[dict] | None,
-    params: dict | None,
-    ctx: MergeContext | None = None,
-) -> torch.Tensor:
+def iso_c(inp: Inputs) -> torch.Tensor:
     import torch
 
-    ctx = ctx or MergeContext()
-    b, deltas, out_dtype = task_vectors(base, tensors, ctx, "iso_c")
-    alpha = float(global_params(ISO_C_PARAMS, params, ctx, "iso_c")["alpha"])
+    b, deltas = task_vectors(inp)
+    alpha, out_dtype = inp.params["alpha"], inp.dtype
     if b.ndim != 2:
         return mean_merge(b, deltas, alpha, out_dtype)
     u, s, vh = torch.linalg.svd(_sum(deltas), full_matrices=False)
@@ -90,22 +83,14 @@ def split(r: int, n_tasks: int, fraction: float) -> tuple[int, int]:
     return r - t, t // n_tasks
 
 
-def iso_cts_merge(
-    base: torch.Tensor | None,
-    tensors: list[torch.Tensor],
-    model_params: list[dict] | None,
-    params: dict | None,
-    ctx: MergeContext | None = None,
-) -> torch.Tensor:
+def iso_cts(inp: Inputs) -> torch.Tensor:
     import torch
 
-    ctx = ctx or MergeContext()
-    b, deltas, out_dtype = task_vectors(base, tensors, ctx, "iso_cts")
-    gp = global_params(ISO_CTS_PARAMS, params, ctx, "iso_cts")
-    alpha = float(gp["alpha"])
+    b, deltas = task_vectors(inp)
+    alpha, out_dtype = inp.params["alpha"], inp.dtype
     if b.ndim != 2:
         return mean_merge(b, deltas, alpha, out_dtype)
-    k, p = split(min(b.shape), len(deltas), float(gp["common_space_fraction"]))
+    k, p = split(min(b.shape), len(deltas), inp.params["common_space_fraction"])
     u, s, vh = torch.linalg.svd(_sum(deltas), full_matrices=False)
     uc, sc, vhc = u[:, :k].clone(), s[:k], vh[:k].clone()  # copies: views would keep the whole factors alive
     del u, s, vh
@@ -125,26 +110,28 @@ def iso_cts_merge(
 
 
 METHODS: tuple[MergeMethod, ...] = (
-    MergeMethod(
-        name="iso_c",
-        merge=iso_c_merge,
+    define(
+        "iso_c",
+        iso_c,
         base=BaseUse.REQUIRED,
         linear=Linear.SUBSPACE,
         min_models=1,
         max_models=None,
         params=ISO_C_PARAMS,
         extension=True,
+        coefficients=subspace_coefficients,
         description="Iso-C: the sum of the task vectors with its singular values all set to their mean",
     ),
-    MergeMethod(
-        name="iso_cts",
-        merge=iso_cts_merge,
+    define(
+        "iso_cts",
+        iso_cts,
         base=BaseUse.REQUIRED,
         linear=Linear.SUBSPACE,
         min_models=1,
         max_models=None,
         params=ISO_CTS_PARAMS,
         extension=True,
+        coefficients=subspace_coefficients,
         description="Iso-CTS: the sum's top singular directions plus each task's own, orthogonalised, isotropic",
     ),
 )

@@ -20,11 +20,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
-from mergescope.io.errors import InputError
-from mergescope.merge.methods._util import align, check_shapes, common_dtype, flat, global_params, scratch
-from mergescope.merge.methods.base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec
+from mergescope.merge.methods._util import Inputs, define, flat, scratch
+from mergescope.merge.methods.base import BaseUse, CoefficientInputs, Linear, ParamSpec
 
 PARAMS = (
     ParamSpec("max_iter", 10, "int", min=0, help="most iterations of the Karcher mean"),
@@ -32,25 +32,12 @@ PARAMS = (
 )
 
 
-def karcher_merge(
-    base: torch.Tensor | None,
-    tensors: list[torch.Tensor],
-    model_params: list[dict] | None,
-    params: dict | None,
-    ctx: MergeContext | None = None,
-) -> torch.Tensor:
+def karcher(inp: Inputs) -> torch.Tensor:
     import torch
 
-    ctx = ctx or MergeContext()
-    if not tensors:
-        raise InputError("merge method karcher needs at least one input model")
-    check_shapes(None, tensors, ctx, "karcher")
-    gp = global_params(PARAMS, params, ctx, "karcher")
-    max_iter, tol = int(gp["max_iter"]), float(gp["tol"])
-    device = torch.device(ctx.device)
-    dtype = common_dtype(tensors)
-    shape = tensors[0].shape
-    xs = [flat(align(t, dtype, device)) for t in tensors]
+    max_iter, tol = inp.params["max_iter"], inp.params["tol"]
+    dtype, device, shape = inp.dtype, inp.device, inp.shape
+    xs = [flat(t) for t in inp.models]
     if len(xs) == 1:
         return xs[0].clone().view(shape)
     norm_dtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -112,13 +99,20 @@ def karcher_merge(
     return torch.mul(scale, mean, out=mean).view(shape)
 
 
-METHOD = MergeMethod(
-    name="karcher",
-    merge=karcher_merge,
+def equal_mean_coefficients(x: CoefficientInputs) -> tuple[np.ndarray, np.ndarray]:
+    """cᵢ = 1/N over the inputs, the base included when it is one (linearised: ≈ the plain mean of the
+    inputs for small angles)."""
+    return x.shared(1.0 / max(x.count + (1 if x.base_param is not None else 0), 1))
+
+
+METHOD = define(
+    "karcher",
+    karcher,
     base=BaseUse.INPUT,
     linear=Linear.EQUAL_MEAN,
     min_models=1,
     max_models=None,
     params=PARAMS,
+    coefficients=equal_mean_coefficients,
     description="Karcher mean: the inputs' average direction on the sphere, at their average norm (equal weights)",
 )

@@ -13,11 +13,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 from mergescope.io.errors import InputError
-from mergescope.merge.methods._util import align, check_shapes, common_dtype, global_params, model_params, where
-from mergescope.merge.methods.base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec
+from mergescope.merge.methods._util import Inputs, define
+from mergescope.merge.methods.base import BaseUse, CoefficientInputs, Linear, ParamSpec
 
 PARAMS = (
     ParamSpec("weight", None, "float", per_model=True, required=True, help="this model's share"),
@@ -25,49 +26,44 @@ PARAMS = (
 )
 
 
-def linear_merge(
-    base: torch.Tensor | None,
-    tensors: list[torch.Tensor],
-    model_params_: list[dict] | None,
-    params: dict | None,
-    ctx: MergeContext | None = None,
-) -> torch.Tensor:
+def linear(inp: Inputs) -> torch.Tensor:
     import torch
 
-    ctx = ctx or MergeContext()
-    if not tensors:
-        raise InputError("merge method linear needs at least one model")
-    check_shapes(None, tensors, ctx, "linear")
-    device = torch.device(ctx.device)
-    dtype = common_dtype(tensors)
+    dtype = inp.dtype
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    gp = global_params(PARAMS, params, ctx, "linear")
-    mps = model_params(PARAMS, model_params_, len(tensors), params, ctx, "linear")
     # mergekit's weight tensor is in the working dtype
-    weights = torch.tensor([float(mp["weight"]) for mp in mps], dtype=work).tolist()
-    first = align(tensors[0], dtype, device)
+    weights = torch.tensor(inp.values("weight"), dtype=work).tolist()
+    first = inp.models[0]
     out = torch.mul(first, weights[0]) if dtype == work else first.to(work).mul_(weights[0])
-    for t, w in zip(tensors[1:], weights[1:]):
-        out.add_(align(t, dtype, device), alpha=w)
-    if gp["normalize"]:
+    for t, w in zip(inp.models[1:], weights[1:]):
+        out.add_(t, alpha=w)
+    if inp.params["normalize"]:
         total = torch.tensor(weights, dtype=work).sum()
         if float(total) == 0.0:
             # mergekit divides anyway and writes inf/NaN; refuse instead.
             raise InputError(
-                f"merge method linear: the weights sum to 0{where(ctx)} with normalize: true; "
+                f"merge method linear: the weights sum to 0{inp.where} with normalize: true; "
                 "change the weights or set normalize: false"
             )
-        out.div_(total.to(device))
+        out.div_(total.to(inp.device))
     return out if out.dtype == dtype else out.to(dtype)
 
 
-METHOD = MergeMethod(
-    name="linear",
-    merge=linear_merge,
+def linear_coefficients(x: CoefficientInputs) -> tuple[np.ndarray, np.ndarray]:
+    """cᵢ = wᵢ / Σw over the inputs, the base's own weight included when it is one."""
+    w = x.values("weight")
+    total = w[x.present].sum() + (x.base_param["weight"] if x.base_param is not None else 0.0)
+    return (w / total if x.params["normalize"] and abs(total) >= 1e-8 else w.copy()), w
+
+
+METHOD = define(
+    "linear",
+    linear,
     base=BaseUse.INPUT,
     linear=Linear.WEIGHTED_MEAN,
     min_models=1,
     max_models=None,
     params=PARAMS,
+    coefficients=linear_coefficients,
     description="weighted average of the models (normalized by the sum of weights by default)",
 )

@@ -17,11 +17,11 @@ import itertools
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
-from mergescope.io.errors import InputError
-from mergescope.merge.methods._util import align, check_shapes, common_dtype, flat, global_params, scratch
-from mergescope.merge.methods.base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec
+from mergescope.merge.methods._util import Inputs, define, flat, scratch
+from mergescope.merge.methods.base import BaseUse, CoefficientInputs, Linear, ParamSpec
 
 PARAMS = (ParamSpec("filter_wise", False, "bool", help="one interpolation factor per row instead of per tensor"),)
 
@@ -39,31 +39,15 @@ def _t_from_cos(cos, count: int):
     return 0.0 if abs(denom) < 1e-6 else count * cos / denom
 
 
-def model_stock_merge(
-    base: torch.Tensor | None,
-    tensors: list[torch.Tensor],
-    model_params: list[dict] | None,
-    params: dict | None,
-    ctx: MergeContext | None = None,
-) -> torch.Tensor:
+def model_stock(inp: Inputs) -> torch.Tensor:
     import torch
 
-    ctx = ctx or MergeContext()
-    if base is None or len(tensors) < 2:
-        raise InputError(
-            f"merge method model_stock needs a base model and at least two other models "
-            f"(got {'no base, ' if base is None else ''}{len(tensors)} models)"
-        )
-    check_shapes(base, tensors, ctx, "model_stock")
-    gp = global_params(PARAMS, params, ctx, "model_stock")
-    device = torch.device(ctx.device)
-    dtype = common_dtype([base, *tensors])
-    w0 = align(base, dtype, device)
-    ws = [align(t, dtype, device) for t in tensors]
+    dtype, device = inp.dtype, inp.device
+    w0, ws = inp.base, inp.models
     count = len(ws)
     shape = w0.shape
 
-    if gp["filter_wise"]:
+    if inp.params["filter_wise"]:
         r0 = w0 if w0.dim() > 1 else w0.unsqueeze(0)
         offsets = [(w if w.dim() > 1 else w.unsqueeze(0)) - r0 for w in ws]
         norms = [torch.linalg.vector_norm(o, dim=-1) for o in offsets]
@@ -103,13 +87,26 @@ def model_stock_merge(
     return out.view(shape)
 
 
-METHOD = MergeMethod(
-    name="model_stock",
-    merge=model_stock_merge,
+def stock_ratio_coefficients(x: CoefficientInputs) -> tuple[np.ndarray, np.ndarray]:
+    """The interpolation ratio t from the site's measured mean pairwise cosine (mergekit computes it per
+    tensor), shared by the models: cᵢ = t / N."""
+    import math
+
+    k = x.count
+    cos = 0.0 if x.cosine is None or not math.isfinite(x.cosine) else x.cosine
+    denom = 1 + (k - 1) * cos
+    t = (k * cos / denom) if k and abs(denom) > 1e-12 else 0.0
+    return x.shared(t / max(k, 1))
+
+
+METHOD = define(
+    "model_stock",
+    model_stock,
     base=BaseUse.REQUIRED,
     linear=Linear.STOCK_RATIO,
     min_models=2,
     max_models=None,
     params=PARAMS,
+    coefficients=stock_ratio_coefficients,
     description="Model Stock: move from the base toward the models' average by their pairwise agreement",
 )

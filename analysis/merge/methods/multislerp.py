@@ -23,20 +23,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 from mergescope.io.errors import InputError
-from mergescope.merge.methods._util import (
-    align,
-    check_shapes,
-    common_dtype,
-    flat,
-    global_params,
-    model_params,
-    scratch,
-    where,
-)
-from mergescope.merge.methods.base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec
+from mergescope.merge.methods._util import Inputs, define, flat, scratch
+from mergescope.merge.methods.base import BaseUse, CoefficientInputs, Linear, ParamSpec
 
 PARAMS = (
     ParamSpec("weight", None, "float", per_model=True, required=True, help="this model's share of the interpolation"),
@@ -45,49 +37,29 @@ PARAMS = (
 )
 
 
-def multislerp_merge(
-    base: torch.Tensor | None,
-    tensors: list[torch.Tensor],
-    model_params_: list[dict] | None,
-    params: dict | None,
-    ctx: MergeContext | None = None,
-) -> torch.Tensor:
+def multislerp(inp: Inputs) -> torch.Tensor:
     import torch
 
-    ctx = ctx or MergeContext()
-    if not tensors:
-        raise InputError("merge method multislerp needs at least one model besides the base")
-    check_shapes(base, tensors, ctx, "multislerp")
-    gp = global_params(PARAMS, params, ctx, "multislerp")
-    mps = model_params(PARAMS, model_params_, len(tensors), params, ctx, "multislerp")
-    eps = float(gp["eps"])
-    device = torch.device(ctx.device)
-    dtype = common_dtype([base, *tensors])
-    shape = tensors[0].shape
-    if len(tensors) == 1:
-        return align(tensors[0], dtype, device).clone()
-    b = flat(align(base, dtype, device)) if base is not None else None
-    xs = [flat(align(t, dtype, device)) for t in tensors]
-    count, n = len(xs), xs[0].numel()
+    eps, dtype, device, shape = inp.params["eps"], inp.dtype, inp.device, inp.models[0].shape
+    if len(inp.models) == 1:
+        return inp.models[0].clone()
+    b = flat(inp.base) if inp.base is not None else None
+    xs = [flat(t) for t in inp.models]
+    count = len(xs)
 
-    weights = torch.tensor([float(mp["weight"]) for mp in mps], dtype=dtype, device=device)
-    if gp["normalize_weights"]:
+    weights = torch.tensor(inp.values("weight"), dtype=dtype, device=device)
+    if inp.params["normalize_weights"]:
         total = weights.sum()
         if float(total) == 0.0:
             raise InputError(
-                f"merge method multislerp: the weights sum to 0{where(ctx)} with normalize_weights: true; "
+                f"merge method multislerp: the weights sum to 0{inp.where} with normalize_weights: true; "
                 "change the weights or set normalize_weights: false"
             )
         weights = weights / total
     wcol = weights.view(-1, 1)
 
-    units = scratch("multislerp.units", (count, n), dtype, device)
-    tmp = scratch("multislerp.tmp", (count, n), dtype, device)
-    for i, x in enumerate(xs):
-        if b is None:
-            units[i].copy_(x)
-        else:
-            torch.sub(x, b, out=units[i])
+    units = inp.task_vectors("multislerp.units")
+    tmp = scratch("multislerp.tmp", units.shape, dtype, device)
     norms = torch.linalg.vector_norm(units, dim=-1, keepdim=True)
     units.div_(norms + eps)
     torch.mul(units, wcol, out=tmp)
@@ -99,7 +71,7 @@ def multislerp_merge(
             out = d0 * weights[0] + d1 * weights[1]
             return (out if b is None else out + b).view(shape)
         raise InputError(
-            f"merge method multislerp: the weighted mean direction is zero{where(ctx)} (antipodal models "
+            f"merge method multislerp: the weighted mean direction is zero{inp.where} (antipodal models "
             "whose weights balance out); change the weights"
         )
     mean.div_(mean_norm)
@@ -118,13 +90,31 @@ def multislerp_merge(
     return out.view(shape)
 
 
-METHOD = MergeMethod(
-    name="multislerp",
-    merge=multislerp_merge,
+def weight_shares(x: CoefficientInputs, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """cᵢ = wᵢ / Σw (wᵢ when not `normalize`), 1 for a lone model (returned as it is): the spherical
+    interpolations (multislerp, nuslerp) linearised."""
+    import numpy as np
+
+    w = x.values("weight")
+    s = w[x.present].sum()
+    c = w / s if abs(s) >= 1e-8 and normalize else w
+    if x.count == 1:
+        c = np.where(x.present, 1.0, 0.0)
+    return c, w
+
+
+def multislerp_coefficients(x: CoefficientInputs) -> tuple[np.ndarray, np.ndarray]:
+    return weight_shares(x, x.params["normalize_weights"])
+
+
+METHOD = define(
+    "multislerp",
+    multislerp,
     base=BaseUse.OPTIONAL,
     linear=Linear.WEIGHT_SHARES,
     min_models=1,
     max_models=None,
     params=PARAMS,
+    coefficients=multislerp_coefficients,
     description="Multi-SLERP: weighted spherical mean of any number of models (of task vectors with a base)",
 )

@@ -16,10 +16,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
-from mergescope.merge.methods._util import base_and_one, flat, global_params, scratch
-from mergescope.merge.methods.base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec
+from mergescope.merge.methods._util import Inputs, define, flat, scratch
+from mergescope.merge.methods.base import BaseUse, CoefficientInputs, Linear, ParamSpec
 
 PARAMS = (
     ParamSpec(
@@ -36,19 +37,11 @@ _MIN_DIFF = 1e-6
 _CHUNK = 1 << 20
 
 
-def nearswap_merge(
-    base: torch.Tensor | None,
-    tensors: list[torch.Tensor],
-    model_params: list[dict] | None,
-    params: dict | None,
-    ctx: MergeContext | None = None,
-) -> torch.Tensor:
+def nearswap(inp: Inputs) -> torch.Tensor:
     import torch
 
-    ctx = ctx or MergeContext()
-    device, dtype, a, b = base_and_one(base, tensors, ctx, "nearswap")
-    t = float(global_params(PARAMS, params, ctx, "nearswap")["t"])
-    a, b = flat(a), flat(b)
+    dtype, device, t = inp.dtype, inp.device, inp.params["t"]
+    a, b = flat(inp.base), flat(inp.models[0])
     n = a.numel()
     out = torch.empty(n, dtype=dtype, device=device)
     w = scratch("nearswap.w", min(n, _CHUNK), dtype, device)
@@ -60,16 +53,22 @@ def nearswap_merge(
         torch.mul(ws, b[s:e], out=o)
         ws.neg_().add_(1).mul_(a[s:e])  # (1 − w)·a, the same two roundings
         o.add_(ws)
-    return out.view(base.shape)
+    return out.view(inp.shape)
 
 
-METHOD = MergeMethod(
-    name="nearswap",
-    merge=nearswap_merge,
+def clipped_coefficients(x: CoefficientInputs) -> tuple[np.ndarray, np.ndarray]:
+    """cᵢ = 1, an upper bound: θ₀ + clip(τ, −t, t) is at most the whole task vector."""
+    return x.shared(1.0)
+
+
+METHOD = define(
+    "nearswap",
+    nearswap,
     base=BaseUse.REQUIRED,
     linear=Linear.CLIPPED,
     min_models=1,
     max_models=1,
     params=PARAMS,
+    coefficients=clipped_coefficients,
     description="NearSwap: the other model's values where they are within t of the base, moves cut to ±t elsewhere",
 )

@@ -12,14 +12,15 @@ else (sin((1−t)θ)·u + sin(tθ)·v) / sin θ with θ = acos c. Computed in th
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
-from mergescope.io.errors import InputError
-from mergescope.merge.methods._util import align, check_shapes, common_dtype, flat, global_params, model_params
-from mergescope.merge.methods.base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec
+from mergescope.merge.methods._util import Inputs, define, flat
+from mergescope.merge.methods.base import BaseUse, Linear, ParamSpec
+from mergescope.merge.methods.multislerp import weight_shares
 
 PARAMS = (
     ParamSpec("weight", None, "float", per_model=True, required=True, help="relative weight of this model"),
@@ -71,43 +72,28 @@ def nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, dim: int = -1, flatten
     return res.reshape(shape)
 
 
-def nuslerp_merge(
-    base: torch.Tensor | None,
-    tensors: list[torch.Tensor],
-    model_params_: list[dict] | None,
-    params: dict | None,
-    ctx: MergeContext | None = None,
-) -> torch.Tensor:
-    import torch
-
-    ctx = ctx or MergeContext()
-    if len(tensors) != 2:
-        raise InputError(f"merge method nuslerp needs exactly two models besides the base (got {len(tensors)})")
-    check_shapes(base, tensors, ctx, "nuslerp")
-    gp = global_params(PARAMS, params, ctx, "nuslerp")
-    mps = model_params(PARAMS, model_params_, 2, params, ctx, "nuslerp")
-    w0, w1 = float(mps[0]["weight"]), float(mps[1]["weight"])
+def nuslerp_merge(inp: Inputs) -> torch.Tensor:
+    w0, w1 = inp.values("weight")
     total = w0 + w1
     t = 0.5 if abs(total) < 1e-6 else w1 / total
-    device = torch.device(ctx.device)
-    dtype = common_dtype([base, *tensors])
-    x0, x1 = (align(x, dtype, device) for x in tensors)
-    dim = 0 if gp["nuslerp_row_wise"] else -1
-    flatten = bool(gp["nuslerp_flatten"])
-    if base is None:
+    x0, x1 = inp.models
+    dim = 0 if inp.params["nuslerp_row_wise"] else -1
+    flatten = inp.params["nuslerp_flatten"]
+    b = inp.base
+    if b is None:
         return nuslerp(t, x0, x1, dim=dim, flatten=flatten)
-    b = align(base, dtype, device)
     out = nuslerp(t, x0 - b, x1 - b, dim=dim, flatten=flatten)
     return out.add_(b)
 
 
-METHOD = MergeMethod(
-    name="nuslerp",
-    merge=nuslerp_merge,
+METHOD = define(
+    "nuslerp",
+    nuslerp_merge,
     base=BaseUse.OPTIONAL,
     linear=Linear.WEIGHT_SHARES,
     min_models=2,
     max_models=2,
     params=PARAMS,
+    coefficients=partial(weight_shares, normalize=True),
     description="slerp of two models (or of their task vectors when a base is given), t from the weights",
 )

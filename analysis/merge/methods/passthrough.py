@@ -10,39 +10,36 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
-from mergescope.io.errors import InputError
-from mergescope.merge.methods._util import align, common_dtype, model_params
-from mergescope.merge.methods.base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec
+from mergescope.merge.methods._util import Inputs, define
+from mergescope.merge.methods.base import BaseUse, CoefficientInputs, Linear, ParamSpec
 
 PARAMS = (ParamSpec("scale", None, "float", per_model=True, help="multiply the tensor by this (unset: copy as is)"),)
 
 
-def passthrough_merge(
-    base: torch.Tensor | None,
-    tensors: list[torch.Tensor],
-    model_params_: list[dict] | None,
-    params: dict | None,
-    ctx: MergeContext | None = None,
-) -> torch.Tensor:
-    import torch
-
-    ctx = ctx or MergeContext()
-    if len(tensors) != 1:
-        raise InputError(f"merge method passthrough takes exactly one model per slice (got {len(tensors)})")
-    scale = model_params(PARAMS, model_params_, 1, params, ctx, "passthrough")[0]["scale"]
-    t = align(tensors[0], common_dtype(tensors), torch.device(ctx.device))
-    return t if scale is None else t * float(scale)
+def passthrough(inp: Inputs) -> torch.Tensor:
+    scale, t = inp.model_params[0]["scale"], inp.models[0]
+    return t if scale is None else t * scale
 
 
-METHOD = MergeMethod(
-    name="passthrough",
-    merge=passthrough_merge,
+def scale_coefficients(x: CoefficientInputs) -> tuple[np.ndarray, np.ndarray]:
+    """cᵢ = the model's `scale` (unset: 1, the tensor as it is)."""
+    import numpy as np
+
+    c = np.array([0.0 if mp is None else 1.0 if mp["scale"] is None else mp["scale"] for mp in x.model_params])
+    return c, c.copy()
+
+
+METHOD = define(
+    "passthrough",
+    passthrough,
     base=BaseUse.INPUT,
     linear=Linear.SCALE,
     min_models=1,
     max_models=1,
     params=PARAMS,
+    coefficients=scale_coefficients,
     description="copy one model's tensors (optionally scaled): layer stacking with slices",
 )

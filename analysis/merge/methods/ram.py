@@ -26,11 +26,11 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
-from mergescope.io.errors import InputError
-from mergescope.merge.methods._util import align, check_shapes, common_dtype, flat, global_params
-from mergescope.merge.methods.base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec
+from mergescope.merge.methods._util import Inputs, define, flat
+from mergescope.merge.methods.base import BaseUse, CoefficientInputs, Linear, MergeMethod, ParamSpec
 
 _EPSILON = ParamSpec(
     "epsilon", 1e-5, "float", help="a model moves an entry when |model − base| exceeds this (ramplus_tl: and ρ floor)"
@@ -63,31 +63,12 @@ def _deltas(b: torch.Tensor, ms: list[torch.Tensor], s: int, e: int, buf: torch.
     return tv
 
 
-def ram_merge(
-    base: torch.Tensor | None,
-    tensors: list[torch.Tensor],
-    model_params: list[dict] | None,
-    params: dict | None,
-    ctx: MergeContext | None = None,
-    *,
-    plus: bool = False,
-) -> torch.Tensor:
+def ram(inp: Inputs, *, plus: bool = False) -> torch.Tensor:
     import torch
 
-    ctx = ctx or MergeContext()
-    name = "ramplus_tl" if plus else "ram"
-    if base is None:
-        raise InputError(f"merge method {name} needs a base model (`base_model:`)")
-    check_shapes(base, tensors, ctx, name)
-    gp = global_params(RAMPLUS_PARAMS if plus else RAM_PARAMS, params, ctx, name)
-    eps = float(gp["epsilon"])
-    device = torch.device(ctx.device)
-    dtype = common_dtype([base, *tensors])
-    b0 = align(base, dtype, device)
-    if not tensors:
-        return b0.clone()
-    b = flat(b0)
-    ms = [flat(align(t, dtype, device)) for t in tensors]
+    eps, dtype, device = inp.params["epsilon"], inp.dtype, inp.device
+    b = flat(inp.base)
+    ms = [flat(t) for t in inp.models]
     n_models, n = len(ms), b.numel()
     buf = torch.empty((n_models, min(n, _CHUNK)), dtype=dtype, device=device)
 
@@ -102,7 +83,7 @@ def ram_merge(
             shared += (nonzero & overlap).sum(dim=1)
             unique += (nonzero & single).sum(dim=1)
         rho = shared / unique.clamp(min=eps)  # float32, as mergekit (an integer tensor clamped by a float)
-        lam = (1 + float(gp["r"]) * rho.clamp(min=0, max=float(gp["alpha"]))).unsqueeze(-1)
+        lam = (1 + inp.params["r"] * rho.clamp(min=0, max=inp.params["alpha"])).unsqueeze(-1)
         out_dtype = torch.promote_types(dtype, lam.dtype)
     else:
         out_dtype = dtype
@@ -120,39 +101,48 @@ def ram_merge(
         torch.sum(alone.add_(shared_part), dim=0, out=out[s:e])
         out[s:e].add_(b[s:e])
         del tv, nonzero, count, overlap, single, alone, shared_part
-    return out.view(base.shape)
+    return out.view(inp.shape)
 
 
 def _ramplus_check(params: dict, mp: dict) -> str | None:
     """ρ divides by max(unique count, epsilon): epsilon <= 0 makes it 0/0 for a model that moves no entry
     alone, and that NaN spreads over the whole tensor (mergekit writes it)."""
-    eps = params.get("epsilon")
-    eps = float(_EPSILON.default if eps is None else eps)
+    eps = params["epsilon"]
     if not eps > 0:
         return f"ramplus_tl needs epsilon > 0 (it floors the unique count that ρ divides by), got {eps:g}"
     return None
 
 
+def overlap_mean(x: CoefficientInputs) -> tuple[np.ndarray, np.ndarray]:
+    """cᵢ = 1/N: the mean of the task vectors, exact where every model moves every entry (dense
+    fine-tunes); the entries one model alone moves keep it whole."""
+    return x.shared(1.0 / max(x.count, 1))
+
+
 METHODS: tuple[MergeMethod, ...] = (
-    MergeMethod(
-        name="ram",
-        merge=partial(ram_merge, plus=False),
+    define(
+        "ram",
+        partial(ram, plus=False),
+        empty_gives_base=True,
         base=BaseUse.REQUIRED,
         linear=Linear.OVERLAP_MEAN,
         min_models=1,
         max_models=None,
         params=RAM_PARAMS,
+        coefficients=overlap_mean,
         description="RAM: entries one model moves keep its delta, entries several move get their mean",
     ),
-    MergeMethod(
-        name="ramplus_tl",
-        merge=partial(ram_merge, plus=True),
+    define(
+        "ramplus_tl",
+        partial(ram, plus=True),
+        empty_gives_base=True,
         base=BaseUse.REQUIRED,
         linear=Linear.OVERLAP_MEAN,
         min_models=1,
         max_models=None,
         params=RAMPLUS_PARAMS,
         check=_ramplus_check,
+        coefficients=overlap_mean,
         description="RAM+ (tensor-local): RAM with each model's unique entries boosted by its shared/unique ratio",
     ),
 )

@@ -24,11 +24,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
-from mergescope.io.errors import InputError
-from mergescope.merge.methods._util import align, check_shapes, common_dtype, flat, global_params, scratch
-from mergescope.merge.methods.base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec, Trim
+from mergescope.merge.methods._util import Inputs, define, scratch
+from mergescope.merge.methods.base import BaseUse, CoefficientInputs, Linear, ParamSpec, Trim
 
 PARAMS = (
     ParamSpec("int8_mask", False, "bool", help="mergekit memory option; no numerical effect"),
@@ -69,33 +69,17 @@ def _selection_mask(var: torch.Tensor, fraction: float) -> torch.Tensor | float:
     return mask
 
 
-def sce_merge(
-    base: torch.Tensor | None,
-    tensors: list[torch.Tensor],
-    model_params: list[dict] | None,
-    params: dict | None,
-    ctx: MergeContext | None = None,
-) -> torch.Tensor:
+def sce(inp: Inputs) -> torch.Tensor:
     import torch
 
-    ctx = ctx or MergeContext()
-    if base is None:
-        raise InputError("merge method sce needs a base model (`base_model:`)")
-    check_shapes(base, tensors, ctx, "sce")
-    gp = global_params(PARAMS, params, ctx, "sce")
-    device = torch.device(ctx.device)
-    dtype = common_dtype([base, *tensors])
-    base = align(base, dtype, device)
-    if not tensors or base.numel() == 0:
+    base, dtype, device = inp.base, inp.dtype, inp.device
+    if base.numel() == 0:
         return base.clone()
-    count, shape, n = len(tensors), base.shape, base.numel()
-    b = flat(base)
-    deltas = scratch("sce.deltas", (count, n), dtype, device)
-    for i, t in enumerate(tensors):
-        torch.sub(flat(align(t, dtype, device)), b, out=deltas[i])
+    count, shape, n = len(inp.models), base.shape, base.numel()
+    deltas = inp.task_vectors("sce.deltas")
     stacked = deltas.view(count, *shape)  # mergekit's layout for the reductions over the models
 
-    fraction = float(gp["select_topk"])
+    fraction = inp.params["select_topk"]
     if fraction < 1:
         mask = _selection_mask(torch.var(stacked, dim=0, unbiased=False).view(-1), fraction)
         deltas.mul_(mask)
@@ -121,9 +105,21 @@ def sce_merge(
     return out.add_(base)
 
 
-METHOD = MergeMethod(
-    name="sce",
-    merge=sce_merge,
+def energy_shares(x: CoefficientInputs) -> tuple[np.ndarray, np.ndarray]:
+    """cᵢ = the model's measured mean square task-vector entry over their sum (uniform when the sum is
+    below 1e-6, as the method's weights), before selection and election."""
+    import numpy as np
+
+    e = np.where(x.present, np.asarray(x.energy, dtype=np.float64) if x.energy is not None else 0.0, 0.0)
+    total = float(e.sum())
+    c = e / total if abs(total) >= _UNIFORM_BELOW else x.uniform(1.0 / max(x.count, 1))
+    return c, c.copy()
+
+
+METHOD = define(
+    "sce",
+    sce,
+    empty_gives_base=True,
     base=BaseUse.REQUIRED,
     linear=Linear.ENERGY_SHARES,
     min_models=1,
@@ -131,5 +127,6 @@ METHOD = MergeMethod(
     params=PARAMS,
     trim=Trim.VARIANCE,
     elects_signs=True,
+    coefficients=energy_shares,
     description="SCE: keep the entries that vary most across models, weight each task vector by its energy, TIES signs",
 )

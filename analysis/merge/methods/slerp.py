@@ -17,10 +17,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
-from mergescope.merge.methods._util import base_and_one, flat, global_params, scratch
-from mergescope.merge.methods.base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec
+from mergescope.merge.methods._util import Inputs, define, flat, scratch
+from mergescope.merge.methods.base import BaseUse, CoefficientInputs, Linear, ParamSpec
 
 PARAMS = (
     ParamSpec(
@@ -74,23 +75,15 @@ def slerp_coefficients(t: float, a: torch.Tensor, b: torch.Tensor) -> tuple[torc
     return coef_a.view(()), coef_b.view(())
 
 
-def slerp_merge(
-    base: torch.Tensor | None,
-    tensors: list[torch.Tensor],
-    model_params: list[dict] | None,
-    params: dict | None,
-    ctx: MergeContext | None = None,
-) -> torch.Tensor:
+def slerp(inp: Inputs) -> torch.Tensor:
     import torch
 
-    ctx = ctx or MergeContext()
-    device, dtype, a, b = base_and_one(base, tensors, ctx, "slerp", ", the t = 0 end")
-    t = float(global_params(PARAMS, params, ctx, "slerp")["t"])
+    dtype, device, shape = inp.dtype, inp.device, inp.shape
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    a, b = flat(a), flat(b)
+    a, b = flat(inp.base), flat(inp.models[0])
     if a.numel() == 0:
-        return a.clone().view(base.shape)
-    ca, cb = slerp_coefficients(t, a, b)
+        return a.clone().view(shape)
+    ca, cb = slerp_coefficients(inp.params["t"], a, b)
     # coef_a*a + coef_b*b as two rounded products and a rounded sum (no fused multiply-add), chunked
     # so the float32 temporaries stay small for bf16 inputs.
     out = torch.empty(a.shape, dtype=work, device=device)
@@ -101,16 +94,23 @@ def slerp_merge(
         o.copy_(a[s:e]).mul_(ca)  # in the working dtype (a 0-dim factor would not promote bf16)
         u.copy_(b[s:e]).mul_(cb)
         o.add_(u)
-    return (out if dtype == work else out.to(dtype)).view(base.shape)
+    return (out if dtype == work else out.to(dtype)).view(shape)
 
 
-METHOD = MergeMethod(
-    name="slerp",
-    merge=slerp_merge,
+def interpolation_coefficients(x: CoefficientInputs) -> tuple[np.ndarray, np.ndarray]:
+    """cᵢ = t: slerp linearised (≈ lerp for small angles)."""
+    return x.shared(x.params["t"])
+
+
+METHOD = define(
+    "slerp",
+    slerp,
+    base_role=", the t = 0 end",
     base=BaseUse.REQUIRED,
     linear=Linear.INTERPOLATION,
     min_models=1,
     max_models=1,
     params=PARAMS,
+    coefficients=interpolation_coefficients,
     description="spherical interpolation between the base model (t=0) and one other model (t=1)",
 )

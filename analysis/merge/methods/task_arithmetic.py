@@ -30,21 +30,11 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
-from mergescope.io.errors import InputError
-from mergescope.merge.methods._util import (
-    align,
-    check_shapes,
-    common_dtype,
-    flat,
-    global_params,
-    model_params,
-    scratch,
-    tensor_generator,
-    weight_sum,
-)
-from mergescope.merge.methods.base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec, Trim
+from mergescope.merge.methods._util import Inputs, define, flat, scratch, weight_sum
+from mergescope.merge.methods.base import BaseUse, CoefficientInputs, Linear, MergeMethod, ParamSpec, Trim
 
 _WEIGHT = ParamSpec(
     "weight",
@@ -91,63 +81,39 @@ def _globals(normalize: bool, rescale: bool) -> tuple[ParamSpec, ...]:
     )
 
 
-def gta_merge(
-    base: torch.Tensor | None,
-    tensors: list[torch.Tensor],
-    model_params_: list[dict] | None,
-    params: dict | None,
-    ctx: MergeContext | None = None,
-    *,
-    specs: tuple[ParamSpec, ...] = (),
-    name: str = "task_arithmetic",
-    sparsification: str | None = None,
-    consensus: bool = False,
-) -> torch.Tensor:
-    """The shared kernel; `specs` supply defaults for parameters missing from the dicts."""
+def gta(inp: Inputs, *, sparsification: str | None = None, consensus: bool = False) -> torch.Tensor:
+    """The shared kernel."""
     import torch
 
     from mergescope.merge.methods import sparsify as sp  # deferred with torch: declaring the methods needs neither
 
-    ctx = ctx or MergeContext()
-    if base is None:
-        raise InputError(f"merge method {name} needs a base model (`base_model:`)")
-    check_shapes(base, tensors, ctx, name)
-    device = torch.device(ctx.device)
-    dtype = common_dtype([base, *tensors])
-    base = align(base, dtype, device)
-    if not tensors:
-        return base.clone()
-    gp = global_params(specs, params, ctx, name)
-    mps = model_params(specs, model_params_, len(tensors), params, ctx, name)
+    base, dtype, device = inp.base, inp.dtype, inp.device
     # mergekit builds the weight vector in the working dtype, so weights are rounded to it.
-    wvec = torch.tensor([float(mp["weight"]) for mp in mps], dtype=dtype, device=device)
+    wvec = torch.tensor(inp.values("weight"), dtype=dtype, device=device)
     weights = wvec.tolist()
-    rescale = bool(gp["rescale"])
-    lam = float(gp["lambda"])
-    generator = tensor_generator(ctx, device) if sparsification in ("random", "della_magprune") else None
+    rescale = inp.params["rescale"]
+    lam = inp.params["lambda"]
+    generator = inp.generator() if sparsification in ("random", "della_magprune") else None
 
-    n_models, shape, n = len(tensors), base.shape, base.numel()
+    shape, n = base.shape, base.numel()
     b = flat(base)
-    deltas = scratch("gta.deltas", (n_models, n), dtype, device)
-    for i, t in enumerate(tensors):
-        d = deltas[i]
-        torch.sub(flat(align(t, dtype, device)), b, out=d)
-        mp = mps[i]
-        density = float(mp["density"])
+    deltas = inp.task_vectors("gta.deltas")
+    for d, mp in zip(deltas, inp.model_params):
+        density = mp["density"]
         if sparsification == "magnitude":
             sp.magnitude_(d, density, rescale)
         elif sparsification == "random":
             sp.bernoulli_(d, density, rescale, generator)
         elif sparsification == "magnitude_outliers":
-            sp.magnitude_outliers_(d, density, float(mp["gamma"]), rescale)
+            sp.magnitude_outliers_(d, density, mp["gamma"], rescale)
         elif sparsification == "della_magprune":
-            sp.della_(d, shape, density, float(mp["epsilon"]), rescale, generator)
+            sp.della_(d, shape, density, mp["epsilon"], rescale, generator)
     if any(w != 1.0 for w in weights):
         deltas.mul_(wvec.view(-1, 1))
 
     if not consensus:
         out = torch.sum(deltas, dim=0)
-        if gp["normalize"]:
+        if inp.params["normalize"]:
             divisor = weight_sum(wvec, len(shape))
             if abs(float(divisor)) >= 1e-8:
                 out.div_(divisor)
@@ -163,7 +129,7 @@ def gta_merge(
         torch.sub(upper, big, out=lower)  # 0 or -MAX
         deltas.clamp_(min=lower, max=upper)
         torch.sum(deltas, dim=0, out=out)  # mixed
-        if gp["normalize"]:
+        if inp.params["normalize"]:
             deltas.ne_(0)  # 1.0 where kept (a kept entry is never 0)
             deltas.mul_(wvec.view(-1, 1))  # wᵢ where kept: mergekit's weights * mask ...
             divisor = scratch("gta.divisor", n, dtype, device)
@@ -177,6 +143,18 @@ def gta_merge(
         out.mul_(lam)
     out.add_(b)
     return out.view(shape)
+
+
+def task_sum_coefficients(x: CoefficientInputs) -> tuple[np.ndarray, np.ndarray]:
+    """cᵢ = wᵢ (÷ Σw when normalize) · lambda: exact without trimming and sign election, else the same
+    weights without them."""
+    w = x.values("weight")
+    c = w.copy()
+    if x.params["normalize"]:
+        s = w[x.present].sum()
+        if abs(s) >= 1e-8:
+            c = c / s
+    return c * x.params["lambda"], w
 
 
 # (name, sparsification, consensus, default normalize, default rescale, description)
@@ -206,39 +184,26 @@ _VARIANTS = (
 )
 
 
-def _stream(raw_base, raws, model_params_, params, ctx, out_dtype, *, specs, name, sparsification, consensus):
+def _stream(inp: Inputs, out_dtype: torch.dtype, *, sparsification, consensus) -> torch.Tensor | None:
     """The streaming kernel (gta_stream) when it handles this tensor's parameters, else None."""
     import torch
 
     from mergescope.merge.methods import gta_stream
 
-    if not raws:
-        return None
-    gp = global_params(specs, params, ctx, name)
-    if not gta_stream.supports(sparsification, gp, torch.float32, ctx.device, len(raws)):
+    raw_base, raws = inp.base, inp.models
+    if not raws or not gta_stream.supports(sparsification, inp.params, torch.float32, inp.device, len(raws)):
         return None
     if (
         any(r.shape != raw_base.shape or not r.dtype.is_floating_point for r in raws)
         or not raw_base.dtype.is_floating_point
     ):
         return None  # the general path reports it
-    return gta_stream.stream_gta(
-        raw_base,
-        raws,
-        model_params_,
-        params,
-        specs=specs,
-        name=name,
-        sparsification=sparsification,
-        consensus=consensus,
-        out_dtype=out_dtype,
-        ctx=ctx,
-    )
+    return gta_stream.stream_gta(inp, out_dtype, sparsification=sparsification, consensus=consensus)
 
 
 def _della_check(params: dict, mp: dict) -> str | None:
     """DELLA keeps entries with probabilities density ± epsilon: both must stay inside (0, 1)."""
-    d, e = float(mp.get("density", 1.0)), float(mp.get("epsilon", 0.15))
+    d, e = mp["density"], mp["epsilon"]
     if d < 1 and not (0 < d - e and d + e < 1):
         return f"della needs 0 < density - epsilon and density + epsilon < 1, got density {d:g}, epsilon {e:g}"
     return None
@@ -259,25 +224,23 @@ def _make(name, sparsification, consensus, normalize, rescale, description) -> M
         per_model.append(_GAMMA)
     if sparsification == "della_magprune":
         per_model.append(_EPSILON)
-    specs = (*_globals(normalize, rescale), *per_model)
-    fn = partial(gta_merge, specs=specs, name=name, sparsification=sparsification, consensus=consensus)
-    stream = None
-    if sparsification in (None, "magnitude"):
-        stream = partial(_stream, specs=specs, name=name, sparsification=sparsification, consensus=consensus)
-    return MergeMethod(
-        name=name,
-        merge=fn,
+    variant = {"sparsification": sparsification, "consensus": consensus}
+    return define(
+        name,
+        partial(gta, **variant),
+        stream=partial(_stream, **variant) if sparsification in (None, "magnitude") else None,
+        empty_gives_base=True,
         base=BaseUse.REQUIRED,
         linear=Linear.TASK_SUM,
         min_models=1,
         max_models=None,
-        params=specs,
+        params=(*_globals(normalize, rescale), *per_model),
         trim=_TRIMS[sparsification],
         elects_signs=consensus,
         check=_della_check if sparsification == "della_magprune" else None,
         randomized=sparsification in ("random", "della_magprune"),
+        coefficients=task_sum_coefficients,
         description=description,
-        stream=stream,
     )
 
 

@@ -28,11 +28,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
-from mergescope.io.errors import InputError
-from mergescope.merge.methods._util import align, check_shapes, common_dtype, global_params
-from mergescope.merge.methods.base import BaseUse, Linear, MergeContext, MergeMethod, ParamSpec
+from mergescope.merge.methods._util import Inputs, define
+from mergescope.merge.methods.base import BaseUse, CoefficientInputs, Linear, ParamSpec
 
 ALPHA = ParamSpec("alpha", 1.0, "float", help="scale of the merged task vector (the papers tune it, up to 3)")
 PARAMS = (ALPHA,)
@@ -45,21 +45,11 @@ def svd_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def task_vectors(
-    base: torch.Tensor | None, tensors: list[torch.Tensor], ctx: MergeContext, name: str
-) -> tuple[torch.Tensor, list[torch.Tensor], torch.dtype]:
-    """(base, [Δᵢ], output dtype), base and Δᵢ in the SVD dtype on the context's device."""
-    import torch
-
-    if base is None:
-        raise InputError(f"merge method {name} needs a base model (`base_model:`)")
-    if not tensors:
-        raise InputError(f"merge method {name} needs at least one model besides the base")
-    check_shapes(base, tensors, ctx, name)
-    out_dtype = common_dtype([base, *tensors])
-    work, device = svd_dtype(out_dtype), torch.device(ctx.device)
-    b = align(base, work, device)
-    return b, [align(t, work, device) - b for t in tensors], out_dtype
+def task_vectors(inp: Inputs) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(base, [Δᵢ]) in the SVD dtype."""
+    work = svd_dtype(inp.dtype)
+    b = inp.base.to(work)
+    return b, [t.to(work) - b for t in inp.models]
 
 
 def polar(a: torch.Tensor) -> torch.Tensor:
@@ -78,18 +68,11 @@ def mean_merge(base: torch.Tensor, deltas: list[torch.Tensor], alpha: float, out
     return base.add(mean, alpha=alpha).to(out_dtype)
 
 
-def tsv_merge(
-    base: torch.Tensor | None,
-    tensors: list[torch.Tensor],
-    model_params: list[dict] | None,
-    params: dict | None,
-    ctx: MergeContext | None = None,
-) -> torch.Tensor:
+def tsv(inp: Inputs) -> torch.Tensor:
     import torch
 
-    ctx = ctx or MergeContext()
-    b, deltas, out_dtype = task_vectors(base, tensors, ctx, "tsv")
-    alpha = float(global_params(PARAMS, params, ctx, "tsv")["alpha"])
+    b, deltas = task_vectors(inp)
+    alpha, out_dtype = inp.params["alpha"], inp.dtype
     if b.ndim != 2:
         return mean_merge(b, deltas, alpha, out_dtype)
     k = max(1, min(b.shape) // len(deltas))
@@ -105,14 +88,21 @@ def tsv_merge(
     return torch.add(b, merged, alpha=alpha).to(out_dtype)
 
 
-METHOD = MergeMethod(
-    name="tsv",
-    merge=tsv_merge,
+def subspace_coefficients(x: CoefficientInputs) -> tuple[np.ndarray, np.ndarray]:
+    """cᵢ = alpha: alpha·Σ τᵢ to first order (exact for orthogonal task subspaces); the per-matrix
+    subspaces and rescaled spectrum are not modelled."""
+    return x.shared(x.params["alpha"])
+
+
+METHOD = define(
+    "tsv",
+    tsv,
     base=BaseUse.REQUIRED,
     linear=Linear.SUBSPACE,
     min_models=1,
     max_models=None,
     params=PARAMS,
     extension=True,
+    coefficients=subspace_coefficients,
     description="TSV-Merge: each task's top singular directions, decorrelated (polar factor), then summed",
 )

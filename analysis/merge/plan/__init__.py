@@ -32,7 +32,8 @@ The modules, each importing only those below it:
 
 - `settings`: value coercion, gradients, filter lists and the checks of one setting;
 - `refs`: model references on disk (`BASE+ADAPTER`), opening checkpoints, layer counts;
-- `resolve`: the plan as slices of inputs, per-tensor parameters, tensor jobs;
+- `resolve`: the plan as slices of inputs, per-tensor parameters (complete);
+- `jobs`: the tensor jobs over opened checkpoints (what the executor runs);
 - `checks`: inputs per method (model counts, the base, required parameters);
 - `modules`: `modules:` plans as one plan view per module;
 - `schema`: the `Plan` object, its YAML/dict form and `validate`;
@@ -44,9 +45,10 @@ The modules, each importing only those below it:
 
 from mergescope.io.dtypes import plan_dtype as normalize_dtype
 from mergescope.merge.plan.groups import GROUP_FILTERS, LLAMA_FILTERS, OTHER, group_ratios_of, plan_from_group_ratios
+from mergescope.merge.plan.jobs import TensorInput, TensorJob
 from mergescope.merge.plan.ratio_table import RatioTable
 from mergescope.merge.plan.refs import close_all
-from mergescope.merge.plan.resolve import Resolved, TensorInput, TensorJob, layer_split, with_layer
+from mergescope.merge.plan.resolve import Resolved, layer_split, with_layer
 from mergescope.merge.plan.schema import (
     MODEL_KEYS,
     MODULE_KEYS,

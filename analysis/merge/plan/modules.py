@@ -85,11 +85,11 @@ def _sub(plan, view, cks: Mapping, split_cache: dict | None = None) -> dict:
 
 def tensor_jobs(plan, cks: Mapping) -> Iterator:
     """Every module's jobs, module after module (headers only)."""
-    from mergescope.merge.plan import resolve
+    from mergescope.merge.plan import jobs
 
     split_cache: dict = {}  # each checkpoint's names split once, not once per module
     for view in views(plan):
-        yield from resolve.tensor_jobs(view, _sub(plan, view, cks, split_cache))
+        yield from jobs.tensor_jobs(view, _sub(plan, view, cks, split_cache))
 
 
 def implied(plan, cks: Mapping):

@@ -19,7 +19,7 @@ import yaml
 from mergescope.io.dtypes import PLAN_DTYPES, plan_dtype
 from mergescope.io.errors import InputError
 from mergescope.merge.methods.base import BaseUse
-from mergescope.merge.plan import checks, modules, refs, resolve
+from mergescope.merge.plan import checks, jobs, modules, refs, resolve
 from mergescope.merge.plan.parse import (  # noqa: F401  (re-exported)
     MODEL_KEYS,
     MODULE_KEYS,
@@ -398,17 +398,17 @@ class Plan:
             return modules.resolve(own, tensor_name, checkpoints=checkpoints)
         return resolve.resolve(self, tensor_name, num_layers=num_layers, checkpoints=checkpoints)
 
-    def tensor_jobs(self, checkpoints, models: Sequence | None = None) -> Iterator[resolve.TensorJob]:
+    def tensor_jobs(self, checkpoints, models: Sequence | None = None) -> Iterator[jobs.TensorJob]:
         """One job per output tensor, in output order (embeddings, layers, final norm/head).
 
         `checkpoints`: {model reference: Checkpoint} (from `open_checkpoints`), or a base Checkpoint
         with `models` the other checkpoints in `input_models()` order. Reads headers only; raises
         InputError for missing tensors, shape mismatches and unresolvable parameters."""
-        cks = resolve.checkpoint_map(self, checkpoints, models)
+        cks = jobs.checkpoint_map(self, checkpoints, models)
         if self.modules is not None:
             return modules.tensor_jobs(self, cks)
         implied = modules.implied(self, cks)  # a multi-module checkpoint: module by module, as mergekit
-        return modules.tensor_jobs(implied, cks) if implied is not None else resolve.tensor_jobs(self, cks)
+        return modules.tensor_jobs(implied, cks) if implied is not None else jobs.tensor_jobs(self, cks)
 
     # ------------------------------------------------------------------ output metadata
     def config_donor(self) -> str:

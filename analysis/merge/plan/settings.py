@@ -10,29 +10,14 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from mergescope.io.dtypes import PLAN_ALIASES, PLAN_DTYPES, plan_dtype
 from mergescope.io.errors import InputError
+from mergescope.merge.methods.base import ParamValueError as _CoerceError
 
 COND_KEYS = ("filter", "value")
-
-_BOOL_STRINGS = {
-    "true": True,
-    "false": False,
-    "yes": True,
-    "no": False,
-    "on": True,
-    "off": False,
-    "1": True,
-    "0": False,
-    "t": True,
-    "f": False,
-    "y": True,
-    "n": False,
-}
 
 
 def did_you_mean(word: str, options: Sequence[str]) -> str:
@@ -54,58 +39,13 @@ def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-class _CoerceError(ValueError):
-    pass
-
-
 def coerce_value(value, spec) -> Any:
-    """Validate one scalar against a ParamSpec the way mergekit's pydantic validators do (lax mode)."""
-    kind = spec.kind
-    if kind == "float":
-        if isinstance(value, bool):
-            raise _CoerceError(f"expects a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            out = float(value)
-        elif isinstance(value, str):
-            try:
-                out = float(value.strip())
-            except ValueError:
-                raise _CoerceError(f"expects a number, got {value!r}") from None
-        else:
-            raise _CoerceError(f"expects a number, got {value!r}")
-        if not math.isfinite(out):
-            raise _CoerceError(f"must be a finite number, got {out}")
-    elif kind == "int":
-        if isinstance(value, bool):
-            raise _CoerceError(f"expects an integer, got {value!r}")
-        if isinstance(value, int):
-            out = value
-        elif isinstance(value, float) and value.is_integer():
-            out = int(value)
-        elif isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
-            out = int(value)
-        else:
-            raise _CoerceError(f"expects an integer, got {value!r}")
-    elif kind == "bool":
-        if isinstance(value, bool):
-            out = value
-        elif isinstance(value, int) and value in (0, 1):
-            out = bool(value)
-        elif isinstance(value, float) and value in (0.0, 1.0):
-            out = bool(value)
-        elif isinstance(value, str) and value.strip().lower() in _BOOL_STRINGS:
-            out = _BOOL_STRINGS[value.strip().lower()]
-        else:
-            raise _CoerceError(f"expects true or false, got {value!r}")
-    elif kind == "str":
-        if not isinstance(value, str):
-            raise _CoerceError(f"expects a string, got {value!r}")
-        out = value
-    else:  # unknown kind: accept scalars as they are
-        if not is_scalar(value):
-            raise _CoerceError(f"expects a scalar, got {value!r}")
-        out = value
+    """Validate one scalar against a ParamSpec the way mergekit's pydantic validators do (lax mode): its
+    kind (`ParamSpec.coerce`), a finite number, within the spec's range."""
+    out = spec.coerce(value)
     if is_number(out):
+        if spec.kind == "float" and not math.isfinite(out):
+            raise _CoerceError(f"must be a finite number, got {out}")
         ex = getattr(spec, "exclusive", False)
         if spec.min is not None and (out <= spec.min if ex else out < spec.min):
             raise _CoerceError(f"must be {'>' if ex else '>='} {spec.min}, got {out}")
