@@ -1,12 +1,16 @@
 #!/usr/bin/env python
 """Train the tiny demo model family shipped in `analysis/demo/` (deterministic, CPU, a few minutes).
 
-    python scripts/train_demo_family.py [--out analysis/demo] [--threads 2]
+    python scripts/train_demo_family.py [--out analysis/demo] [--threads 1] [--only NAME ...] [--no-report]
+    python scripts/train_demo_family.py --family second --out DIR      # another family, not shipped
 
-Writes `<out>/family/{base,code,prose,dialog,overtrained,other_base,other_ft,code_b,code_c}/` (HF Llama layout:
-config.json, model.safetensors in bf16, tokenizer.json, README.md) and `<out>/heldout/<domain>.txt`,
-then prints held-out bits per byte (`mergescope.score.backends`, the model's context, no overlap), task-vector
-metrics, a few inline task-arithmetic / TIES merges and the uniform soup of the `code` runs.
+Writes `<out>/family/{base,code,prose,dialog,overtrained,other_base,other_ft,code_b,code_c,sibling_base,
+sib_code,sib_prose,sib_dialog}/` (HF Llama layout: config.json, model.safetensors in bf16, tokenizer.json,
+README.md) and `<out>/heldout/<domain>.txt`, then prints held-out bits per byte (`mergescope.score.backends`, the
+model's context, no overlap), task-vector metrics, a few inline task-arithmetic / TIES merges, the uniform
+soup of the `code` runs and merges of the sibling base's fine-tunes against both bases.
+`--only sibling_base sib_code` trains just those (their parents are loaded from `<out>`); every member has
+its own seeds, so the others' bytes do not depend on which members are trained, or in which order.
 
 Data (all from the Python installation running the script, so it exists on any machine):
 - code:   top-level `.py` files of the standard library, in sorted order. Held out: `textwrap.py`
@@ -28,12 +32,24 @@ Recipe (see RECIPE; AdamW betas (0.9, 0.95), eps 1e-5, grad clip 1.0, sequences 
   tiny model forgets the other domains so badly that no merge can help).
 - overtrained: `base` on pure code, 900 steps at a constant 3e-3: drifted far from its base.
 - other_ft: the `code` recipe applied to `other_base`.
+- sibling_base: a "v2" of `base`: `base` trained 300 more steps x 32 sequences on the mixture, LR 5e-4
+  cosine to 5e-5, weight decay 0.05: ||sibling_base - base|| / ||base|| = 0.05 (a fine-tune's is 0.08).
+- sib_code, sib_prose, sib_dialog: the code / prose / dialog recipes applied to `sibling_base` (seeds 30-32).
+  Analysed against `base` (the wrong base), their task vectors share the base offset sibling_base - base.
 - code_b, code_c: soup ingredients, i.e. the `code` recipe (same data, steps, schedule, replay) with other
   seeds (26, 25: the data order) and a modestly different peak LR (8.5e-4, 1.2e-3): same base,
   same task, different hyperparameters, the model-soup setting. The uniform soup (equal-weight average)
   of `code`, `code_b` and `code_c` scores better on held-out code than the best of them alone (checked
   below). Tried first: LR 7e-4 / 1.4e-3 with seeds 25 / 26, where the high-LR run alone beat the soup.
 Fine-tunes start from the bf16 weights as saved, so task vectors are exact differences of stored values.
+
+`--family second` (written to `--out`, never shipped): an independent family for evidence that is not
+calibrated on the demo: 6 layers, hidden 96, MLP 256, 6 heads / 2 KV heads (640 k parameters), trained on
+other data: the code of standard-library packages (sub-directories; held out: json, zoneinfo) and their
+docstrings (the pre-training mixture), and a generated server log (a domain new to the base). Members:
+base (400 steps), sibling_base (200 steps at 5e-4), fine-tunes pkg / docs / logs (200 steps), soup
+ingredients pkg_b / pkg_c (the pkg recipe, other seeds) and sib_pkg / sib_docs / sib_logs (fine-tunes of
+sibling_base). About 9 minutes on one CPU thread.
 
 Determinism: fixed seeds, `torch.use_deterministic_algorithms(True)`, a fixed thread count. Same
 Python, torch build, CPU type and `--threads` => same bytes.
@@ -53,6 +69,8 @@ import sys
 import sysconfig
 import textwrap
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -103,10 +121,25 @@ RECIPE = {
     # Soup ingredients: the `code` recipe with another data-order seed and peak LR.
     "code_b": dict(parent="base", data="code", steps=300, batch=16, lr=8.5e-4, sched="linear", replay=0.25, seed=26),
     "code_c": dict(parent="base", data="code", steps=300, batch=16, lr=1.2e-3, sched="linear", replay=0.25, seed=25),
+    # A sibling base ("v2" of `base`: pre-training continued on the mixture) and fine-tunes of it.
+    "sibling_base": dict(parent="base", data="mix", steps=300, batch=32, lr=5e-4, sched="cosine", seed=12),
+    "sib_code": dict(
+        parent="sibling_base", data="code", steps=300, batch=16, lr=1e-3, sched="linear", replay=0.25, seed=30
+    ),
+    "sib_prose": dict(
+        parent="sibling_base", data="prose", steps=300, batch=16, lr=1e-3, sched="linear", replay=0.25, seed=31
+    ),
+    "sib_dialog": dict(
+        parent="sibling_base", data="dialog", steps=300, batch=16, lr=1e-3, sched="linear", replay=0.25, seed=32
+    ),
 }
 # Display order.
 MEMBERS = ["base", "code", "prose", "dialog", "overtrained", "other_base", "other_ft", "code_b", "code_c"]
+MEMBERS += ["sibling_base", "sib_code", "sib_prose", "sib_dialog"]
 SOUP = ("code", "code_b", "code_c")  # same base, same task, other seeds / LR: averaged in the soup report
+# The sibling base and its fine-tunes (reported apart: merged against `base`, the wrong base, and their own).
+SIBLING_BASE = "sibling_base"
+SIBLINGS = ("sib_code", "sib_prose", "sib_dialog")
 DESCRIPTIONS = {
     "base": "A base model trained from scratch (init seed 0) on a uniform mixture of Python standard-library "
     "source code, English prose from the Python docs, and templated two-person dialogues.",
@@ -122,6 +155,15 @@ DESCRIPTIONS = {
     "recipe of `code` but another data-order seed and a lower peak LR.",
     "code_c": "A soup ingredient: a third fine-tune of `base` on Python standard-library source code, with the "
     "recipe of `code` but another data-order seed and a higher peak LR.",
+    "sibling_base": "A sibling of `base` (a 'v2'): `base` with its pre-training continued on the same uniform "
+    "mixture for 300 more steps at a low LR. Same architecture and tokenizer, weights a few percent away "
+    "from `base` (relative norm of the difference about 0.05).",
+    "sib_code": "A fine-tune of `sibling_base` (not `base`!) on Python standard-library source code, with the "
+    "recipe of `code`.",
+    "sib_prose": "A fine-tune of `sibling_base` (not `base`!) on English prose from the Python documentation, "
+    "with the recipe of `prose`.",
+    "sib_dialog": "A fine-tune of `sibling_base` (not `base`!) on templated two-person dialogues, with the "
+    "recipe of `dialog`.",
 }
 
 
@@ -461,28 +503,203 @@ def corpora() -> tuple[dict[str, bytes], dict[str, bytes]]:
 
 
 # --------------------------------------------------------------------------------------------
+# A second, independent family (`--family second`): another size and other data, so that evidence
+# need not be calibrated on the demo itself. Not shipped: it is written where `--out` says.
+# --------------------------------------------------------------------------------------------
+
+SECOND_DOMAINS = ("pkg", "docs", "logs")
+# Source of these standard-library packages (sub-directories, which the demo never reads); `tests` dropped.
+SECOND_PKGS = (
+    "asyncio",
+    "collections",
+    "concurrent",
+    "ctypes",
+    "curses",
+    "dbm",
+    "email",
+    "http",
+    "importlib",
+    "json",
+    "logging",
+    "multiprocessing",
+    "re",
+    "sqlite3",
+    "tomllib",
+    "unittest",
+    "urllib",
+    "wsgiref",
+    "xmlrpc",
+    "zoneinfo",
+)
+SECOND_HELDOUT = ("json", "zoneinfo")  # held out: their code (pkg) and their docstrings (docs)
+SECOND_HELD_BYTES = 30_000
+
+
+def _cap(text: bytes, n: int = SECOND_HELD_BYTES) -> bytes:
+    """At most `n` bytes, cut after a line."""
+    return text if len(text) <= n else text[: text.rfind(b"\n", 0, n) + 1]
+
+
+SERVICES = ["auth", "db", "cache", "api", "worker", "scheduler", "mailer", "billing", "search", "gateway"]
+USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
+ROUTES = ["users", "orders", "items", "sessions", "reports", "invoices", "search", "health"]
+ERRORS = ["timeout", "connection reset", "broken pipe", "too many connections", "deadlock detected"]
+
+
+def _log_lines(r: random.Random, n_bytes: int) -> str:
+    """A server log: one stream, timestamps ascending, a handful of line templates with random fields."""
+    t, out, size = r.randrange(10**8), [], 0
+    while size < n_bytes:
+        t += r.randrange(1, 4000)
+        ts = f"2024-{1 + t // 2_600_000 % 12:02d}-{1 + t // 86400 % 28:02d} {t // 3600 % 24:02d}:{t // 60 % 60:02d}:{t % 60:02d}"
+        svc, k = r.choice(SERVICES), r.randrange(6)
+        if k == 0:
+            msg = f"INFO {svc}: {r.choice(['GET', 'POST', 'PUT', 'DELETE'])} /{r.choice(ROUTES)}/{r.randrange(1, 5000)} -> "
+            msg += f"{r.choice([200, 200, 200, 201, 204, 404, 500])} in {r.randrange(1, 900)} ms"
+        elif k == 1:
+            msg = f"INFO {svc}: user {r.choice(USERS)} logged in from 10.{r.randrange(256)}.{r.randrange(256)}.{r.randrange(256)}"
+        elif k == 2:
+            msg = f"WARNING {svc}: retry {r.randrange(1, 6)}/5 after {r.choice(ERRORS)}"
+        elif k == 3:
+            msg = f"ERROR {svc}: {r.choice(ERRORS)} while talking to {r.choice(SERVICES)}:{r.choice([5432, 6379, 8080, 9200])}"
+        elif k == 4:
+            msg = f"DEBUG {svc}: cache hit ratio {r.random():.2f}, {r.randrange(10, 100000)} keys"
+        else:
+            msg = f"INFO {svc}: job {r.randrange(10**5, 10**6)} finished in {r.randrange(1, 600) / 10:.1f} s"
+        line = f"{ts} {msg}\n"
+        out.append(line)
+        size += len(line)
+    return "".join(out)
+
+
+def second_corpora() -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The second family's data: pkg = code of the standard library's packages (docstrings removed),
+    docs = those docstrings as re-wrapped paragraphs, logs = a generated server log (train seed 3001,
+    held-out seed 4002; its timestamps make every line unique)."""
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    code = {True: [], False: []}
+    docs = {True: [], False: []}
+    for pkg in SECOND_PKGS:
+        held = pkg in SECOND_HELDOUT
+        for p in sorted((lib / pkg).rglob("*.py")) if (lib / pkg).is_dir() else []:
+            if {"test", "tests", "__pycache__"} & set(p.relative_to(lib).parts):
+                continue
+            src, ds = split_docstrings(p.read_text(encoding="utf-8", errors="replace"))
+            code[held].append(src + "\n")
+            docs[held].extend(ds)
+    held_paras = [q for d in docs[True] for q in _paragraphs(d)]
+    seen = set(held_paras)
+    train_paras = []
+    for d in docs[False]:
+        for q in _paragraphs(d):
+            if q not in seen and ">>>" not in q:
+                seen.add(q)
+                train_paras.append(q)
+    wrap = lambda ps: "".join(textwrap.fill(q, 72) + "\n\n" for q in ps).encode("utf-8")  # noqa: E731
+    return (
+        {
+            "pkg": "".join(code[False]).encode(),
+            "docs": wrap(train_paras),
+            "logs": _log_lines(random.Random(3001), 400_000).encode(),
+        },
+        {
+            "pkg": _cap("".join(code[True]).encode()),
+            "docs": _cap(wrap(dict.fromkeys(held_paras))),
+            "logs": _log_lines(random.Random(4002), 20_000).encode(),
+        },
+    )
+
+
+SECOND_CONFIG = dict(
+    CONFIG, hidden_size=96, intermediate_size=256, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=2
+)
+_FT2 = dict(parent="base", steps=200, batch=16, lr=1e-3, sched="linear", replay=0.25)
+SECOND_RECIPE = {
+    "base": dict(parent=None, init_seed=100, data="mix", steps=400, batch=32, lr=3e-3, sched="cosine", seed=110),
+    "sibling_base": dict(parent="base", data="mix", steps=200, batch=32, lr=5e-4, sched="cosine", seed=112),
+    "pkg": dict(_FT2, data="pkg", seed=120),
+    "docs": dict(_FT2, data="docs", seed=121),
+    "logs": dict(_FT2, data="logs", seed=122),
+    # Soup ingredients: the `pkg` recipe with other data-order seeds only (the demo's vary the LR too).
+    "pkg_b": dict(_FT2, data="pkg", seed=126),
+    "pkg_c": dict(_FT2, data="pkg", seed=125),
+    "sib_pkg": dict(_FT2, parent="sibling_base", data="pkg", seed=130),
+    "sib_docs": dict(_FT2, parent="sibling_base", data="docs", seed=131),
+    "sib_logs": dict(_FT2, parent="sibling_base", data="logs", seed=132),
+}
+SECOND_DESCRIPTIONS = {
+    "base": "The second family's base, trained from scratch (init seed 100) on a uniform mixture of the code of "
+    "standard-library packages and their docstrings (not on the third domain, a generated server log).",
+    "sibling_base": "A sibling of `base` (a 'v2'): its pre-training continued on the same mixture at a low LR.",
+    "pkg": "A fine-tune of `base` on the code of standard-library packages.",
+    "docs": "A fine-tune of `base` on docstrings of standard-library packages.",
+    "logs": "A fine-tune of `base` on a generated server log.",
+    "pkg_b": "A soup ingredient: the `pkg` recipe with another data-order seed.",
+    "pkg_c": "A soup ingredient: the `pkg` recipe with a third data-order seed.",
+    "sib_pkg": "A fine-tune of `sibling_base` (not `base`!) with the recipe of `pkg`.",
+    "sib_docs": "A fine-tune of `sibling_base` (not `base`!) with the recipe of `docs`.",
+    "sib_logs": "A fine-tune of `sibling_base` (not `base`!) with the recipe of `logs`.",
+}
+
+
+@dataclass(frozen=True)
+class Family:
+    """What `--family` selects: architecture, recipes, data and the roles the report needs."""
+
+    namespace: str
+    config: dict
+    recipe: dict
+    descriptions: dict
+    domains: tuple
+    corpora: Callable[[], tuple[dict[str, bytes], dict[str, bytes]]]
+    members: list  # display order
+    soup: tuple  # same base, same task, other seeds / LR
+    siblings: tuple  # fine-tunes of `sibling_base`
+    mix: tuple | None = None  # the pre-training mixture's domains (default: all)
+
+
+FAMILIES = {
+    "demo": Family(NAMESPACE, CONFIG, RECIPE, DESCRIPTIONS, DOMAINS, corpora, MEMBERS, SOUP, SIBLINGS),
+    "second": Family(
+        "mergescope-demo2",
+        SECOND_CONFIG,
+        SECOND_RECIPE,
+        SECOND_DESCRIPTIONS,
+        SECOND_DOMAINS,
+        second_corpora,
+        list(SECOND_RECIPE),
+        ("pkg", "pkg_b", "pkg_c"),
+        ("sib_pkg", "sib_docs", "sib_logs"),
+        mix=("pkg", "docs"),  # logs: a domain new to the base
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
 
 
 class Sampler:
-    """Random windows of SEQ+1 bytes. data "mix": each row picks a domain uniformly; data "<domain>":
-    each row is from that domain, except that with probability `replay` it picks a domain uniformly
-    (a little replay of the base's mixture keeps a fine-tune from forgetting everything else)."""
+    """Random windows of SEQ+1 bytes. data "mix": each row picks a domain of the mixture (`mix`, default all
+    domains) uniformly; data "<domain>": each row is from that domain, except that with probability `replay`
+    it picks a mixture domain uniformly (a little replay of the base's mixture keeps a fine-tune from
+    forgetting everything else)."""
 
-    def __init__(self, train: dict[str, bytes], data: str, seed: int, replay: float = 0.0):
-        self.domains = list(DOMAINS)
+    def __init__(self, train: dict[str, bytes], data: str, seed: int, replay: float = 0.0, domains=DOMAINS, mix=None):
+        self.domains = list(domains)
+        self.mix = list(mix or domains)
         self.ids = {d: encode(train[d]) for d in self.domains}
-        self.target = None if data == "mix" else self.domains.index(data)
+        self.target = None if data == "mix" else data
         self.replay = 1.0 if data == "mix" else replay
         self.g = torch.Generator().manual_seed(seed)
 
     def batch(self, b: int) -> torch.Tensor:
         rows = []
         mixed = (torch.rand(b, generator=self.g) < self.replay).tolist()
-        dom = torch.randint(len(self.domains), (b,), generator=self.g).tolist()
+        dom = torch.randint(len(self.mix), (b,), generator=self.g).tolist()
         for mix, k in zip(mixed, dom):
-            ids = self.ids[self.domains[k if mix else self.target]]
+            ids = self.ids[self.mix[k] if mix else self.target]
             s = int(torch.randint(ids.numel() - SEQ - 1, (1,), generator=self.g))
             rows.append(ids[s : s + SEQ + 1])
         return torch.stack(rows)
@@ -525,29 +742,32 @@ def train(model: LlamaLM, sampler: Sampler, steps: int, batch: int, lr: float, s
     return ema
 
 
-def train_one(out: str, name: str, threads: int, train_text: dict[str, bytes]) -> tuple[str, float, float]:
+def train_one(
+    out: str, name: str, threads: int, train_text: dict[str, bytes], family: str = "demo"
+) -> tuple[str, float, float]:
     """Train and save one family member (its parent must already be saved). Runs in a worker process."""
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     t0 = time.perf_counter()
+    fs = FAMILIES[family]
     fam = Path(out) / "family"
-    r = RECIPE[name]
+    r = fs.recipe[name]
     if r["parent"] is None:
-        model = LlamaLM(LlamaConfig(**CONFIG)).init_weights(r["init_seed"])
+        model = LlamaLM(LlamaConfig(**fs.config)).init_weights(r["init_seed"])
         base_model = None
     else:
         model = load_model(fam / r["parent"])  # bf16 as stored -> float32
-        base_model = f"{NAMESPACE}/{r['parent']}"
+        base_model = f"{fs.namespace}/{r['parent']}"
     torch.manual_seed(r["seed"])
     loss = train(
         model,
-        Sampler(train_text, r["data"], r["seed"], r.get("replay", 0.0)),
+        Sampler(train_text, r["data"], r["seed"], r.get("replay", 0.0), fs.domains, fs.mix),
         r["steps"],
         r["batch"],
         r["lr"],
         r["sched"],
     )
-    data = "uniform mixture of code / prose / dialog" if r["data"] == "mix" else r["data"]
+    data = f"uniform mixture of {' / '.join(fs.mix or fs.domains)}" if r["data"] == "mix" else r["data"]
     if r.get("replay"):
         data += f", with {r['replay']:.0%} of rows replayed from the uniform mixture"
     how = (
@@ -557,18 +777,21 @@ def train_one(out: str, name: str, threads: int, train_text: dict[str, bytes]) -
     save_model(
         model,
         fam / name,
-        name=f"{NAMESPACE}/{name}",
+        name=f"{fs.namespace}/{name}",
         base_model=base_model,
-        description=DESCRIPTIONS[name] + "\n\n" + how,
+        description=fs.descriptions[name] + "\n\n" + how,
     )
     return name, loss, time.perf_counter() - t0
 
 
-def build_family(out: Path, names: list[str], jobs: int, threads: int, train_text: dict[str, bytes], log=print) -> None:
+def build_family(
+    out: Path, names: list[str], jobs: int, threads: int, train_text: dict[str, bytes], log=print, family: str = "demo"
+) -> None:
     """Train `names` in dependency order, up to `jobs` models at a time (one process each)."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    RECIPE = FAMILIES[family].recipe  # noqa: N806
     todo = [n for n in RECIPE if n in names]
     done = {n for n in RECIPE if n not in names}
     running = {}
@@ -577,7 +800,7 @@ def build_family(out: Path, names: list[str], jobs: int, threads: int, train_tex
             for n in list(todo):
                 parent = RECIPE[n]["parent"]
                 if len(running) < jobs and (parent is None or parent in done):
-                    running[pool.submit(train_one, str(out), n, threads, train_text)] = n
+                    running[pool.submit(train_one, str(out), n, threads, train_text, family)] = n
                     todo.remove(n)
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for f in finished:
@@ -607,12 +830,14 @@ def in_memory(label: str, tensors: dict[str, torch.Tensor], like: Path) -> Model
     return Model(label, {n: v.to(torch.bfloat16) for n, v in tensors.items()}, config, like)
 
 
-def heldout_bpb(models: dict[str, Path | Model], held: dict[str, bytes]) -> dict[str, dict[str, float]]:
+def heldout_bpb(
+    models: dict[str, Path | Model], held: dict[str, bytes], domains=DOMAINS
+) -> dict[str, dict[str, float]]:
     """`{label: {domain: bits per byte}}` on the held-out texts (lower is better)."""
     refs = [m if isinstance(m, Model) else str(m) for m in models.values()]
-    res = score_models(refs, {d: held[d] for d in DOMAINS})
+    res = score_models(refs, {d: held[d] for d in domains})
     keys = [m.label if isinstance(m, Model) else str(m) for m in models.values()]
-    return {label: {d: res[k][d].value for d in DOMAINS} for label, k in zip(models, keys)}
+    return {label: {d: res[k][d].value for d in domains} for label, k in zip(models, keys)}
 
 
 def uniform_soup(fam: Path, names) -> dict[str, torch.Tensor]:
@@ -691,37 +916,86 @@ def fmt_table(rows: dict[str, dict[str, float]], cols, width=8, prec=3) -> str:
     return "\n".join(lines)
 
 
+def sibling_report(fs: Family, fam: Path, held: dict[str, bytes], bpb: dict, summary: dict, check) -> None:
+    """Two fine-tunes of `sibling_base` merged against `base` (the wrong base: their task vectors carry the
+    base offset) and against `sibling_base` (theirs), and linearly (weights sum to 1: no base involved)."""
+    a, b = fs.siblings[:2]
+    da, db = fs.recipe[a]["data"], fs.recipe[b]["data"]
+    base, sib = load_tensors(fam / "base"), load_tensors(fam / "sibling_base")
+    fts = [load_tensors(fam / a), load_tensors(fam / b)]
+    merges = {}
+    for w in (1.0, 0.7):
+        merges[f"TA {a}+{b} {w}/{w} vs base"] = task_arithmetic(base, fts, [w, w])
+        merges[f"TA {a}+{b} {w}/{w} vs sibling_base"] = task_arithmetic(sib, fts, [w, w])
+    merges[f"linear {a}+{b} 0.5/0.5"] = {n: 0.5 * (fts[0][n] + fts[1][n]) for n in base}
+    res = heldout_bpb({k: in_memory(k, v, fam / "base") for k, v in merges.items()}, held, fs.domains)
+    print("\nfine-tunes of sibling_base merged against base (wrong) and sibling_base (theirs) (bits per byte):")
+    print(fmt_table({**{n: bpb[n] for n in ("base", "sibling_base", *fs.siblings)}, **res}, fs.domains))
+
+    rel = summary["sibling_base"]["relative_norm"]
+    check(0.02 <= rel <= 0.08, f"sibling_base is a few percent away from base: relative norm {rel:.4f}")
+    for n in fs.siblings:
+        d = fs.recipe[n]["data"]
+        check(
+            bpb[n][d] < bpb["sibling_base"][d] - 0.04,
+            f"{n} beats sibling_base on {d}: {bpb[n][d]:.3f} vs {bpb['sibling_base'][d]:.3f} bits per byte",
+        )
+    wrong, right = res[f"TA {a}+{b} 1.0/1.0 vs base"], res[f"TA {a}+{b} 1.0/1.0 vs sibling_base"]
+    check(
+        wrong[da] > right[da] + 0.05 and wrong[db] > right[db] + 0.05,
+        f"TA {a}+{b} 1.0/1.0 suffers from the wrong base: {da} {wrong[da]:.3f} vs {right[da]:.3f}, "
+        f"{db} {wrong[db]:.3f} vs {right[db]:.3f} bits per byte against base vs sibling_base",
+    )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "analysis" / "demo")
+    ap.add_argument(
+        "--family",
+        choices=list(FAMILIES),
+        default="demo",
+        help="demo: the family shipped in analysis/demo; second: another size and data (needs --out)",
+    )
+    ap.add_argument("--out", type=Path, default=None, help="default: analysis/demo (the demo family only)")
     ap.add_argument("--jobs", type=int, default=2, help="models trained in parallel (one process each)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per job (fixed, for reproducibility)")
     ap.add_argument(
         "--models",
         "--only",
         nargs="+",
-        choices=list(RECIPE),
-        default=list(RECIPE),
-        help="retrain only these (their parents must exist in --out)",
+        default=None,
+        help="train only these (default: all of the family); members not named, parents included, are "
+        "loaded from --out",
     )
     ap.add_argument("--write-heldout", action="store_true", help="(re)write heldout/*.txt from this Python")
     ap.add_argument("--report-only", action="store_true", help="skip training; report on an existing family")
+    ap.add_argument("--no-report", action="store_true", help="train, then stop (no held-out scores or checks)")
     args = ap.parse_args(argv)
+    fs = FAMILIES[args.family]
+    if args.out is None:
+        if args.family != "demo":
+            ap.error(f"--family {args.family} is not shipped: give --out DIR")
+        args.out = ROOT / "analysis" / "demo"
+    models = args.models or list(fs.recipe)
+    unknown = [m for m in models if m not in fs.recipe]
+    if unknown:
+        ap.error(f"--models: {', '.join(unknown)} not in the {args.family} family ({', '.join(fs.recipe)})")
+    domains = fs.domains
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     random.seed(0)
     torch.manual_seed(0)
 
-    train_text, held_new = corpora()
+    train_text, held_new = fs.corpora()
     hdir = args.out / "heldout"
     hdir.mkdir(parents=True, exist_ok=True)
-    for d in DOMAINS:
+    for d in domains:
         if args.write_heldout or not (hdir / f"{d}.txt").is_file():
             (hdir / f"{d}.txt").write_bytes(held_new[d])
     held = load_texts(hdir)
     # Guard against train/held-out overlap (e.g. a held-out file from another Python version).
-    for d in DOMAINS:
+    for d in domains:
         h = held[d]
         probes = [h[i : i + 200] for i in range(0, max(1, len(h) - 200), 997)]
         hits = sum(1 for p in probes if p in train_text[d])
@@ -732,24 +1006,27 @@ def main(argv=None) -> int:
             )
     print(
         "training text:",
-        ", ".join(f"{d} {len(train_text[d]) / 1e3:.0f} KB" for d in DOMAINS),
+        ", ".join(f"{d} {len(train_text[d]) / 1e3:.0f} KB" for d in domains),
         "| held-out:",
-        ", ".join(f"{d} {len(held[d]) / 1e3:.1f} KB" for d in DOMAINS),
+        ", ".join(f"{d} {len(held[d]) / 1e3:.1f} KB" for d in domains),
     )
 
     fam = args.out / "family"
     t0 = time.perf_counter()
     if not args.report_only:
         print(f"training ({args.jobs} jobs x {args.threads} thread):")
-        build_family(args.out, args.models, args.jobs, args.threads, train_text)
+        build_family(args.out, models, args.jobs, args.threads, train_text, family=args.family)
     train_s = time.perf_counter() - t0
+    if args.no_report:
+        print(f"\ntraining {train_s:.0f}s")
+        return 0
 
-    names = list(MEMBERS)
+    names = list(fs.members)
     t1 = time.perf_counter()
-    bpb = heldout_bpb({n: fam / n for n in names}, held)
+    bpb = heldout_bpb({n: fam / n for n in names}, held, domains)
     eval_s = time.perf_counter() - t1
-    print(f"\nheld-out bits per byte (context {CONFIG['max_position_embeddings']}, no overlap; eval {eval_s:.1f}s):")
-    print(fmt_table(bpb, DOMAINS))
+    print(f"\nheld-out bits per byte (context {fs.config['max_position_embeddings']}, no overlap; eval {eval_s:.1f}s):")
+    print(fmt_table(bpb, domains))
 
     summary, pair = model_metrics(fam, [n for n in names if n != "base"])
     print("\ntask vectors vs base (whole model, from the stored bf16 values):")
@@ -758,18 +1035,22 @@ def main(argv=None) -> int:
     for (a, b), v in pair.items():
         print(f"  {a:>12s} . {b:<12s} {v:+.4f}")
 
-    merges_bpb = merge_report(fam, held)
-    print("\ninline merges of the domain fine-tunes (held-out bits per byte):")
-    print(fmt_table({**{d: bpb[d] for d in ("base",) + DOMAINS}, **merges_bpb}, DOMAINS))
+    task_ft = [n for n in names if fs.recipe[n]["parent"] == "base" and fs.recipe[n]["data"] in domains]
+    if args.family == "demo":
+        merges_bpb = merge_report(fam, held)
+        print("\ninline merges of the domain fine-tunes (held-out bits per byte):")
+        print(fmt_table({**{d: bpb[d] for d in ("base",) + DOMAINS}, **merges_bpb}, DOMAINS))
+        task_ft = list(DOMAINS)
 
-    soup_label = "uniform soup " + "+".join(SOUP)
-    soup = heldout_bpb({soup_label: in_memory(soup_label, uniform_soup(fam, SOUP), fam / "base")}, held)[soup_label]
+    soup_d = fs.recipe[fs.soup[0]]["data"]
+    soup_label = "uniform soup " + "+".join(fs.soup)
+    soup_model = in_memory(soup_label, uniform_soup(fam, fs.soup), fam / "base")
+    soup = heldout_bpb({soup_label: soup_model}, held, domains)[soup_label]
     print("\nsoup ingredients (same base, same task, other seeds / LR) and their uniform soup (bits per byte):")
-    print(fmt_table({**{n: bpb[n] for n in ("base", *SOUP)}, soup_label: soup}, DOMAINS))
+    print(fmt_table({**{n: bpb[n] for n in ("base", *fs.soup)}, soup_label: soup}, domains))
 
     # The checks below were set on perplexity per byte (= 2 ** bits per byte): keep them as they were.
     ppl = {m: {d: 2**v for d, v in row.items()} for m, row in bpb.items()}
-    merges = {m: {d: 2**v for d, v in row.items()} for m, row in merges_bpb.items()}
 
     print("\nchecks:")
     ok = True
@@ -779,46 +1060,52 @@ def main(argv=None) -> int:
         ok &= cond
         print(f"  [{'ok' if cond else 'FAIL'}] {msg}")
 
-    for d in DOMAINS:
+    for n in task_ft:
+        d = fs.recipe[n]["data"]
         check(
-            ppl[d][d] < 0.97 * ppl["base"][d],
-            f"{d} fine-tune beats base on {d}: {ppl[d][d]:.3f} vs {ppl['base'][d]:.3f}",
+            ppl[n][d] < 0.97 * ppl["base"][d],
+            f"{n} fine-tune beats base on {d}: {ppl[n][d]:.3f} vs {ppl['base'][d]:.3f}",
         )
-    for label in ("TA code+prose 0.7/0.7", "TIES code+prose d0.5 w1"):
-        m = merges[label]
+    if args.family == "demo":
+        merges = {m: {d: 2**v for d, v in row.items()} for m, row in merges_bpb.items()}
+        for label in ("TA code+prose 0.7/0.7", "TIES code+prose d0.5 w1"):
+            m = merges[label]
+            check(
+                m["code"] < ppl["prose"]["code"] and m["prose"] < ppl["code"]["prose"],
+                f"{label} beats each fine-tune on the other domain: code {m['code']:.3f} < "
+                f"{ppl['prose']['code']:.3f}, prose {m['prose']:.3f} < {ppl['code']['prose']:.3f}",
+            )
+            check(
+                m["code"] < 1.08 * ppl["code"]["code"] and m["prose"] < 1.08 * ppl["prose"]["prose"],
+                f"{label} stays close on its own domains: code {m['code'] / ppl['code']['code'] - 1:+.1%}, "
+                f"prose {m['prose'] / ppl['prose']['prose'] - 1:+.1%}",
+            )
+    lead = fs.soup[0]
+    for n in fs.soup[1:]:
         check(
-            m["code"] < ppl["prose"]["code"] and m["prose"] < ppl["code"]["prose"],
-            f"{label} beats each fine-tune on the other domain: code {m['code']:.3f} < {ppl['prose']['code']:.3f}, "
-            f"prose {m['prose']:.3f} < {ppl['code']['prose']:.3f}",
+            ppl[n][soup_d] < 0.97 * ppl["base"][soup_d] and bpb[n][soup_d] < bpb[lead][soup_d] + 0.05,
+            f"soup ingredient {n} beats base on {soup_d} and is close to `{lead}`: {bpb[n][soup_d]:.4f} vs base "
+            f"{bpb['base'][soup_d]:.4f}, {lead} {bpb[lead][soup_d]:.4f} bits per byte",
         )
-        check(
-            m["code"] < 1.08 * ppl["code"]["code"] and m["prose"] < 1.08 * ppl["prose"]["prose"],
-            f"{label} stays close on its own domains: code {m['code'] / ppl['code']['code'] - 1:+.1%}, "
-            f"prose {m['prose'] / ppl['prose']['prose'] - 1:+.1%}",
-        )
-    for n in SOUP[1:]:
-        check(
-            ppl[n]["code"] < 0.97 * ppl["base"]["code"] and bpb[n]["code"] < bpb["code"]["code"] + 0.05,
-            f"soup ingredient {n} beats base on code and is close to `code`: {bpb[n]['code']:.4f} vs base "
-            f"{bpb['base']['code']:.4f}, code {bpb['code']['code']:.4f} bits per byte",
-        )
-    best = min(SOUP, key=lambda n: bpb[n]["code"])
+    best = min(fs.soup, key=lambda n: bpb[n][soup_d])
     check(
-        soup["code"] <= bpb[best]["code"],
-        f"the uniform soup of {', '.join(SOUP)} scores at least as well on code as the best single one ({best}): "
-        f"{soup['code']:.4f} vs {bpb[best]['code']:.4f} bits per byte",
+        soup[soup_d] <= bpb[best][soup_d],
+        f"the uniform soup of {', '.join(fs.soup)} scores at least as well on {soup_d} as the best single one "
+        f"({best}): {soup[soup_d]:.4f} vs {bpb[best][soup_d]:.4f} bits per byte",
     )
-    true_ft = [summary[d] for d in DOMAINS]
-    check(
-        summary["other_ft"]["cosine_to_base"] < min(t["cosine_to_base"] for t in true_ft) - 0.3,
-        f"other_ft cosine to base {summary['other_ft']['cosine_to_base']:.3f} far below the fine-tunes' "
-        f"(min {min(t['cosine_to_base'] for t in true_ft):.4f})",
-    )
-    check(
-        summary["overtrained"]["relative_norm"] > 4 * max(t["relative_norm"] for t in true_ft),
-        f"overtrained relative norm {summary['overtrained']['relative_norm']:.3f} >> fine-tunes' "
-        f"(max {max(t['relative_norm'] for t in true_ft):.3f})",
-    )
+    if args.family == "demo":
+        true_ft = [summary[d] for d in DOMAINS]
+        check(
+            summary["other_ft"]["cosine_to_base"] < min(t["cosine_to_base"] for t in true_ft) - 0.3,
+            f"other_ft cosine to base {summary['other_ft']['cosine_to_base']:.3f} far below the fine-tunes' "
+            f"(min {min(t['cosine_to_base'] for t in true_ft):.4f})",
+        )
+        check(
+            summary["overtrained"]["relative_norm"] > 4 * max(t["relative_norm"] for t in true_ft),
+            f"overtrained relative norm {summary['overtrained']['relative_norm']:.3f} >> fine-tunes' "
+            f"(max {max(t['relative_norm'] for t in true_ft):.3f})",
+        )
+    sibling_report(fs, fam, held, bpb, summary, check)
 
     digest = hashlib.sha256()
     for n in names:
