@@ -82,6 +82,8 @@ def read_text(path: str | os.PathLike, max_bytes: int | None = None, what: str =
         raise InputError(f"{what} {path}: cannot read ({exc.strerror}); check the permissions") from None
     if not data.strip():
         raise InputError(f"{what} {path}: is empty; give a file with held-out text")
+    if max_bytes is not None and max_bytes < 1:
+        raise InputError(f"--max-bytes {max_bytes}: must be a positive number of bytes")
     if max_bytes is not None and len(data) > max_bytes:
         cut = max(0, int(max_bytes))
         while 0 < cut < len(data) and (data[cut] & 0xC0) == 0x80:  # not inside a UTF-8 character
@@ -203,6 +205,8 @@ def window_nll(
     of each next token (nll_from_logits turns a logits function into one)."""
     import torch
 
+    if context < 2:
+        raise InputError(f"--context {context}: a window needs at least 2 tokens (one to predict the next)")
     if not 0 < stride <= context:
         raise InputError(f"--stride {stride}: must be between 1 and the context length ({context})")
     x_all = torch.tensor(ids, dtype=torch.long)

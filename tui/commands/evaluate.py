@@ -5,9 +5,9 @@ Each MODEL is a checkpoint directory or file, `BASE+ADAPTER`, or a LoRA adapter 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from mergescope.tui.commands import outputs
 from mergescope.tui.format import short_names
 
 
@@ -29,16 +29,24 @@ def add_scoring_arguments(p, text_flag: str = "--text", required: bool = True, d
         "--eval-cmd",
         metavar="'CMD {model}'",
         help="score with a command instead: {model} is the model directory, {text} a text file; the last "
-        "line it prints is the score",
+        "line it prints is the score. Run without a shell: the command is split into words as a shell would "
+        "(quotes group), then {model}/{text} are put into the words as they are, so no name is ever run as "
+        "code; for pipes or redirections call sh -c 'CMD \"$1\"' _ {model}",
     )
     p.add_argument("--higher-is-better", action="store_true", help="with --eval-cmd: the score is an accuracy")
-    p.add_argument("--eval-timeout", type=float, metavar="S", help="with --eval-cmd: seconds per run")
+    p.add_argument(
+        "--eval-timeout",
+        type=float,
+        metavar="S",
+        help="with --eval-cmd: seconds per run; then the command and every process it started are killed",
+    )
 
 
 def add_arguments(p) -> None:
     p.add_argument("models", metavar="MODEL", nargs="+", help="checkpoints to score")
     add_scoring_arguments(p, required=False)
     p.add_argument("--json", metavar="FILE", help="write the scores as JSON")
+    outputs.add_force(p, "an existing --json FILE")
 
 
 def scorer_from_args(args, text_attr: str = "text", progress=None):
@@ -48,10 +56,15 @@ def scorer_from_args(args, text_attr: str = "text", progress=None):
     from mergescope.score.evaluate import read_texts
 
     flag = f"--{text_attr.replace('_', '-')}"
+    check_numbers(args)
     paths = getattr(args, text_attr) or []
     texts = read_texts(paths, args.max_bytes, what=flag) if paths else {}
     if not texts and not args.eval_cmd:
         raise InputError(f"{flag}: give at least one held-out text file (or --eval-cmd)")
+    if args.eval_cmd:
+        from mergescope.score.command import check_command
+
+        check_command(args.eval_cmd, bool(texts))
     return Scorer(
         texts,
         dict(zip(texts, [Path(p) for p in paths])),
@@ -67,11 +80,29 @@ def scorer_from_args(args, text_attr: str = "text", progress=None):
     )
 
 
+def check_numbers(args) -> None:
+    """The scoring options' numbers, before any file is read (a window needs a token to predict)."""
+    from mergescope.io.errors import InputError
+
+    for flag, attr, low in (("--max-bytes", "max_bytes", 1), ("--context", "context", 2), ("--stride", "stride", 1)):
+        v = getattr(args, attr, None)
+        if v is not None and v < low:
+            what = {"max_bytes": "bytes of each text", "context": "tokens per window", "stride": "tokens"}[attr]
+            raise InputError(f"{flag} {v}: must be at least {low} ({what}); give a larger number or leave it out")
+    t = getattr(args, "eval_timeout", None)
+    if t is not None and not t > 0:
+        raise InputError(f"--eval-timeout {t:g}: must be a positive number of seconds")
+
+
 def run(args) -> int:
     from rich.console import Console
 
+    from mergescope.io.guard import check_io
     from mergescope.tui.commands.progress_bar import cli_progress
 
+    check_numbers(args)
+    reads = [*outputs.models(args.models), *outputs.texts(args)]
+    check_io(reads, outputs.file_out(args.json, "--json"), force=args.force)
     scorer = scorer_from_args(args)
     con = Console()
     with cli_progress("score", unit="tokens" if not args.eval_cmd else "runs") as progress:
@@ -136,9 +167,4 @@ def scores_json(table: dict, names: dict | None = None) -> dict:
 
 
 def write_json(path: str, table: dict, names: dict | None = None) -> None:
-    try:
-        Path(path).write_text(json.dumps(scores_json(table, names), indent=1))
-    except OSError as exc:
-        from mergescope.io.errors import InputError
-
-        raise InputError(f"--json {path}: cannot write ({exc.strerror}); pick a writable path") from None
+    outputs.write_json(path, "--json", scores_json(table, names), indent=1)

@@ -4,8 +4,7 @@ get worse) or uniform (the plain average). Candidates are merged and scored in m
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from mergescope.tui.commands import outputs
 from mergescope.tui.commands.evaluate import add_scoring_arguments, print_scores, scorer_from_args
 from mergescope.tui.format import short_names
 
@@ -20,21 +19,28 @@ def add_arguments(p) -> None:
     p.add_argument("--plan-out", metavar="PLAN.yml", help="write the soup's plan (mergekit YAML) here")
     p.add_argument("--dtype", help="compute dtype of the merge (default float32)")
     p.add_argument("--out-dtype", help="dtype of the written soup (default: the inputs')")
-    p.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an OUT_DIR that mergescope wrote, and --plan-out/--json files it did not (never an input)",
+    )
     p.add_argument("--json", metavar="FILE", help="write the steps and scores as JSON")
 
 
 def run(args) -> int:
-    import json
-
     from rich.console import Console
 
+    from mergescope.io.guard import Write, check_io, distinct
     from mergescope.search.soup import greedy_soup, objective, uniform_soup
     from mergescope.tui.commands.progress_bar import cli_progress
 
+    models = [str(m) for m in args.models]
+    distinct(models)
+    writes = [*([Write(args.output, "-o", folder=True)] if args.output else [])]
+    writes += outputs.file_out(args.plan_out, "--plan-out") + outputs.file_out(args.json, "--json")
+    check_io([*outputs.models(models), *outputs.texts(args, "eval_text")], writes, force=args.force)
     con = Console()
     scorer = scorer_from_args(args, "eval_text")
-    models = [str(m) for m in args.models]
     _check_ingredients(models, con)
     dtypes = {"dtype": args.dtype, "out_dtype": args.out_dtype}
     names = dict(zip(models, short_names(models, 40)))
@@ -59,7 +65,7 @@ def run(args) -> int:
     label = f"{result.kind} soup of {len(result.kept)}"
     print_scores(con, {label: result.score}, title=f"[bold]{label}[/bold]: {', '.join(names[m] for m in result.kept)}")
     if args.plan_out:
-        Path(args.plan_out).write_text(result.plan.to_yaml())
+        outputs.write_plan(args.plan_out, "--plan-out", result.plan.to_yaml(), f"soup: {label}")
         con.print(f"plan written to {args.plan_out}")
     if args.output:
         from mergescope.merge.run import run_merge
@@ -74,7 +80,7 @@ def run(args) -> int:
             "steps": [s.to_dict() for s in result.steps],
             "plan": result.plan.to_dict(),
         }
-        Path(args.json).write_text(json.dumps(data, indent=1))
+        outputs.write_json(args.json, "--json", data, indent=1)
     return 0
 
 

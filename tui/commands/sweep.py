@@ -4,8 +4,7 @@ a table (value × text, best per text marked), a plot in the terminal, and the b
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from mergescope.tui.commands import outputs
 from mergescope.tui.commands.evaluate import add_scoring_arguments, scorer_from_args
 
 
@@ -21,20 +20,23 @@ def add_arguments(p) -> None:
     p.add_argument("--json", metavar="FILE", help="write the points and the best values as JSON")
     p.add_argument("--write-best", metavar="OUT.yml", help="write the plan at the best mean value")
     p.add_argument("--no-plot", action="store_true", help="the table only")
+    outputs.add_force(p, "an existing --json or --write-best file (--write-best PLAN.yml keeps PLAN.yml.bak)")
 
 
 def run(args) -> int:
-    import json
-
     from rich.console import Console
 
+    from mergescope.io.guard import check_io, same_file
     from mergescope.merge.plan import Plan
+    from mergescope.merge.run import plan_reads
     from mergescope.search.sweep import parse_values, sweep, with_value
     from mergescope.tui.commands.progress_bar import cli_progress
 
     con = Console()
     plan = Plan.load(args.plan)
     plan.validate(check_paths=True)
+    writes = outputs.file_out(args.json, "--json") + outputs.file_out(args.write_best, "--write-best", plan=True)
+    check_io([*plan_reads(plan), *outputs.texts(args, "eval_text")], writes, force=args.force)
     values = parse_values(args.values)
     scorer = scorer_from_args(args, "eval_text")
 
@@ -48,11 +50,19 @@ def run(args) -> int:
     if not args.no_plot:
         con.print(sweep_plot(result, width=min(con.width, 100)), highlight=False, markup=False)
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
+        outputs.write_json(args.json, "--json", result.to_dict(), indent=1)
     if args.write_best:
-        best = with_value(plan, args.param, result.values[result.best()], args.model)
-        Path(args.write_best).write_text(best.to_yaml())
-        con.print(f"best plan ({args.param} = {result.values[result.best()]:g}) written to {args.write_best}")
+        value = result.values[result.best()]
+        best = with_value(plan, args.param, value, args.model)
+        what = f"sweep: {args.param} = {value:g}, the best mean of {len(result.values)} values"
+        kept = outputs.write_plan(
+            args.write_best, "--write-best", best.to_yaml(), what, same_file(args.write_best, args.plan)
+        )
+        con.print(
+            f"best plan ({args.param} = {value:g}) written to {args.write_best}"
+            + (f"; the plan it replaced is kept as {kept}" if kept else ""),
+            highlight=False,
+        )
     return 0
 
 

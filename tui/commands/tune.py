@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mergescope.tui.commands import outputs
 from mergescope.tui.commands.evaluate import add_scoring_arguments, scorer_from_args
 
 
@@ -41,6 +42,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-prune", action="store_true", help="score every trial on all of the text")
     p.add_argument("-o", "--output", metavar="BEST.yml", help="where the best plan goes (default PLAN.best.yml)")
     p.add_argument("--no-plot", action="store_true", help="the table only")
+    outputs.add_force(p, "an existing BEST.yml (-o PLAN.yml keeps PLAN.yml.bak)")
 
 
 def _int(raw, flag: str, allowed=None, low: int | None = None) -> int | None:
@@ -64,8 +66,10 @@ def run(args) -> int:
     from rich.console import Console
 
     from mergescope.io.errors import InputError
+    from mergescope.io.guard import Write, check_io, same_file
     from mergescope.merge.plan import Plan
     from mergescope.merge.plan.tables import BAND_MODES
+    from mergescope.merge.run import plan_reads
     from mergescope.search.tune import expected_texts, require_optuna, tune
     from mergescope.search.tune_space import Objective, build_space, parse_list, parse_ranges, plan_layout
     from mergescope.search.tune_study import (
@@ -94,6 +98,12 @@ def run(args) -> int:
     ranges = parse_ranges(args.range)
     plan = Plan.load(args.plan)
     plan.validate(check_paths=True)
+    out = Path(args.output) if args.output else Path(args.plan).with_name(Path(args.plan).stem + ".best.yml")
+    url = storage_url(args.storage, args.plan)
+    writes = [Write(out, "-o", plan=True)]
+    if url.startswith("sqlite:///"):
+        writes.append(Write(url.split(":///", 1)[1], "--storage", store=True))
+    check_io([*plan_reads(plan), *outputs.texts(args, "eval_text")], writes, force=args.force)
     args.seed = seed
     scorer = scorer_from_args(args, "eval_text")
     names, n_layers = plan_layout(plan)
@@ -101,7 +111,6 @@ def run(args) -> int:
         plan, params=params, band_mode=band_mode, groups=groups, ranges=ranges, names=names, num_layers=n_layers
     )
     objective.check(expected_texts(scorer))
-    url = storage_url(args.storage, args.plan)
     search = search_of(space, objective, scorer)
     name = args.study or default_study_name(args.plan, search, args.sampler)
     study = open_study(
@@ -146,15 +155,15 @@ def run(args) -> int:
     print_trials(con, result, space)
     if not args.no_plot and result.ranked():
         con.print(tune_plot(result, width=min(con.width, 100)), highlight=False, markup=False)
-    out = Path(args.output) if args.output else Path(args.plan).with_name(Path(args.plan).stem + ".best.yml")
     if result.best is not None:
         from mergescope.search.tune import best_yaml
 
-        try:
-            out.write_text(best_yaml(result, space, objective))
-        except OSError as exc:
-            raise InputError(f"-o {out}: cannot write ({exc.strerror}); pick a writable path") from None
-        con.print(f"best plan (trial {result.best.number}, {result.best.value:.4f}) written to {out}", highlight=False)
+        kept = outputs.write_plan(out, "-o", best_yaml(result, space, objective), "tune", same_file(out, args.plan))
+        con.print(
+            f"best plan (trial {result.best.number}, {result.best.value:.4f}) written to {out}"
+            + (f"; the plan it replaced is kept as {kept}" if kept else ""),
+            highlight=False,
+        )
     if result.stopped:
         con.print(
             f"stopped: {len(result.done)}/{n_trials} trials in study {name}; rerun the same command to continue",

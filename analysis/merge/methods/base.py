@@ -115,6 +115,9 @@ class MergeMethod:
     # Optional check(params, model_params) -> problem or None, run on every tensor's resolved parameters
     # when the plan is resolved (before any tensor is read): constraints one ParamSpec cannot express.
     check: Callable[[dict, dict], str | None] | None = None
+    # Parameters the method accepts (as mergekit does) that change nothing in its result, e.g. `density`
+    # of task_arithmetic, which sparsifies nothing: a sweep or search over them is refused.
+    ignores: tuple[str, ...] = ()
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)

@@ -278,6 +278,7 @@ def _make(name, sparsification, consensus, normalize, rescale, description) -> M
         randomized=sparsification in ("random", "della_magprune"),
         description=description,
         stream=stream,
+        ignores=("density", "rescale") if sparsification is None else (),
     )
 
 
