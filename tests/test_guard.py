@@ -187,6 +187,9 @@ def test_tune_never_writes_the_plan_it_reads(fam, tmp_path):
     print(refused(cli(*args, "-o", plan), f"-o {plan}: would overwrite the input", "--force"))
     refused(cli(*args, "--storage", fts[0] / "model.safetensors"), "--storage", "would overwrite")
     assert plan.read_bytes() == original and not (tmp_path / "p.tune.db").exists()
+    rc, out, err = cli(*args, "-o", plan, "--force", "--no-plot")
+    assert rc == 0, err
+    assert Path(f"{plan}.bak").read_bytes() == original and plan.read_text().startswith("# mergescope tune")
 
 
 def test_two_spellings_of_one_model_are_one_model(fam, tmp_path):
@@ -204,3 +207,13 @@ def test_two_spellings_of_one_model_are_one_model(fam, tmp_path):
     assert not (tmp_path / "o").exists()
     with pytest.raises(InputError, match="is listed twice"):
         Plan.from_yaml(f"merge_method: linear\nmodels:\n- model: {code}\n- model: {code}\n").validate()
+
+
+def test_demo_headless_output_replaces_only_earlier_demo_merges(tmp_path):
+    from mergescope.tui.commands.demo_headless import merge_folders
+
+    mine = tmp_path / merge_folders()[0]
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    print(refused(cli("demo", "--headless", "--output", tmp_path), "did not write it (it holds notes.txt)"))
+    assert (mine / "notes.txt").read_text() == "mine" and len(list(tmp_path.iterdir())) == 1

@@ -72,6 +72,8 @@ def test_a_model_card_alias_bomb_is_ignored_quickly(fam, tmp_path):
     root, base, fts = fam
     model = copy_model(fts[0], tmp_path / "card")
     (model / "README.md").write_text(f"---\nbase_model: base\n{BOMB}---\n# card\n")
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**cfg, "_name_or_path": {"not": ["a", "name"] * 5000}}))
     t0 = time.monotonic()
     rc, out, err = cli("analyze", base, model, "-q", "--no-cache", timeout=120)
     assert rc == 0 and time.monotonic() - t0 < 60, err
@@ -111,6 +113,7 @@ def test_eval_cmd_builds_the_argument_vector_itself(fam, tmp_path):
     ]
     with pytest.raises(InputError, match="cannot split it into words"):
         command_argv("score '{model}", "m")
+    assert "without a shell" in " ".join(cli("eval", "--help")[1].split())  # the rule is in --help
     evil = copy_model(base, tmp_path / "m;touch PWNED1;$(touch PWNED2)`touch PWNED3`\"'")
     script = tmp_path / "score.py"  # 1 when it was given the model folder itself, as one argument
     script.write_text("import os, sys; print(int(len(sys.argv) == 2 and os.path.isfile(sys.argv[1] + '/config.json')))")

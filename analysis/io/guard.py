@@ -151,23 +151,7 @@ def check_io(reads: Iterable[Read], writes: Sequence[Write], *, force: bool = Fa
                 raise InputError(f"{name}: is {what}; write into a new folder instead")
             if _inside(place, real):
                 raise InputError(f"{name}: holds {what}; write into a new folder instead")
-        key = file_key(real)
-        for i in inputs:
-            src = _named(i.read.flag, i.read.path)
-            if real == i.real or key in i.keys:
-                what = f"the input {src}" if real == i.real or key == file_key(i.real) else f"a file of the input {src}"
-                if w.plan and i.read.plan and force:
-                    continue  # replaced at the end, the plan kept as PLAN.bak (write_file)
-                fix = (
-                    f"; choose another path, or pass --force to replace it (the plan is kept as {shown(w.path)}.bak)"
-                    if w.plan and i.read.plan
-                    else "; write it elsewhere"
-                )
-                raise InputError(f"{name}: would overwrite {what}{fix}")
-            if _inside(real, i.real):
-                raise InputError(f"{name}: lies inside the input folder {src}; write it outside the inputs")
-            if _inside(i.real, real):
-                raise InputError(f"{name}: holds the input {src}; choose a folder that holds no input")
+        _check_inputs(w, name, real, inputs, force)
         for other, oreal in seen:
             oname = _named(other.flag, other.path)
             if real == oreal:
@@ -181,6 +165,25 @@ def check_io(reads: Iterable[Read], writes: Sequence[Write], *, force: bool = Fa
             raise InputError(f"{name}: the folder {shown(parent)} does not exist; create it first")
         if not os.access(parent, os.W_OK):
             raise InputError(f"{name}: cannot write into {shown(parent)} (permission denied); choose another path")
+
+
+def _check_inputs(w: Write, name: str, real: Path, inputs: list[_Input], force: bool) -> None:
+    key = file_key(real)
+    for i in inputs:
+        src = _named(i.read.flag, i.read.path)
+        if real == i.real or key in i.keys:
+            if w.plan and i.read.plan and force:
+                continue  # replaced at the end, the plan kept as PLAN.bak (write_file)
+            whole = real == i.real or key == file_key(i.real)
+            what = f"the input {src}" if whole else f"a file of the input {src}"
+            fix = "; write it elsewhere"
+            if w.plan and i.read.plan:
+                fix = f"; choose another path, or pass --force to replace it (the plan is kept as {shown(w.path)}.bak)"
+            raise InputError(f"{name}: would overwrite {what}{fix}")
+        if _inside(real, i.real):
+            raise InputError(f"{name}: lies inside the input folder {src}; write it outside the inputs")
+        if _inside(i.real, real):
+            raise InputError(f"{name}: holds the input {src}; choose a folder that holds no input")
 
 
 def _check_existing(w: Write, name: str, real: Path, force: bool) -> None:
