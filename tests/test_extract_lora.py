@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from mergescope.io.checkpoint import AdaptedCheckpoint, LoraCheckpoint, open_checkpoint, open_models
 from mergescope.io.errors import InputError
+from mergescope.io.guard import MARKER
 from mergescope.lora.extract import choose_rank, extract_lora, truncated_svd
 from mergescope.tui.cli import main
 from tests.ckpt_utils import load_state, lora_delta, make_finetune, make_llama, make_lora, write_state
@@ -196,12 +197,14 @@ def test_bad_input_is_one_line_and_exit_2(lowrank_ft, tmp_path, capsys):
     other = make_llama(tmp_path / "other", n_layers=2, hidden=16, vocab=40)
     _one_line_error(capsys, [str(base), str(other), "-o", out, "-r", "2"], "lm_head.weight", "[40, 16]", "[32, 16]")
     _one_line_error(capsys, [str(base), str(base), "-o", out, "-r", "2"], "nothing to extract")
-    _one_line_error(capsys, [str(base), str(ft), "-o", str(ft / "lora"), "-r", "2"], "overlaps")
+    _one_line_error(capsys, [str(base), str(ft), "-o", str(ft / "lora"), "-r", "2"], "inside the input folder")
     _one_line_error(capsys, [str(base), str(ft), "-o", out, "-r", "2", "--include", "nomatch"], "no matrix selected")
     assert not (tmp_path / "out").exists()
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("x")
     _one_line_error(capsys, [str(base), str(ft), "-o", out, "-r", "2"], "not empty", "--force")
+    _one_line_error(capsys, [str(base), str(ft), "-o", out, "-r", "2", "--force"], "did not write it", "keep.txt")
+    (tmp_path / "out" / MARKER).write_text("")  # an earlier output: --force may replace it
     assert main(["extract-lora", str(base), str(ft), "-o", out, "-r", "2", "--force", "-q"]) == 0
     assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "adapter_config.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]

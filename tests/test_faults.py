@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mergescope.io.guard import MARKER
 from mergescope.merge.plan import Plan
 from mergescope.tui.cli import main
 from tests.ckpt_utils import make_finetune, make_llama
@@ -102,6 +103,7 @@ def test_existing_output_is_untouched_without_force_and_replaced_only_when_compl
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
+    (out / MARKER).write_text("")  # an earlier output (a file added to it): --force may replace it
     assert main(["merge", str(_plan(root, base, fts)), str(out), "-q"]) == 2
     assert "--force" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"
     proc = _slow_merge(root, _plan(root, base, fts), out, 0.1, "--force")

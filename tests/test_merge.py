@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from mergescope.io.errors import InputError
+from mergescope.io.guard import MARKER
 from mergescope.io.progress import Cancelled
 from mergescope.io.units import parse_size
 from mergescope.merge import methods
@@ -187,6 +188,7 @@ def test_cancel_leaves_nothing_and_keeps_existing_output(family):
     plan = Plan.from_yaml("merge_method: linear\nmodels:\n- model: ft1\n  parameters: {weight: 1}\n")
     (family / "out").mkdir()
     (family / "out" / "keep.txt").write_text("old")
+    (family / "out" / MARKER).write_text("")  # an earlier output: --force may replace it
     calls = []
 
     def should_stop():
@@ -206,12 +208,15 @@ def test_refuse_non_empty_output_without_force(family, capsys):
     (family / "out" / "x").write_text("x")
     with pytest.raises(InputError, match=r"out: output directory exists and is not empty.*--force"):
         run_merge(plan, family / "out")
+    with pytest.raises(InputError, match=r"mergescope did not write it \(it holds x\).*--force replaces only"):
+        run_merge(plan, family / "out", force=True)
+    (family / "out" / MARKER).write_text("")  # an output mergescope wrote: --force replaces it
     assert (family / "out" / "x").exists()
     run_merge(plan, family / "out", force=True)
     assert not (family / "out" / "x").exists() and (family / "out" / "model.safetensors").exists()
     (family / "empty").mkdir()
     run_merge(plan, family / "empty")  # an existing empty directory is fine
-    with pytest.raises(InputError, match="overlaps the input model ft1"):
+    with pytest.raises(InputError, match="ft1: would overwrite the input"):
         run_merge(plan, family / "ft1", force=True)
     (family / "plan.yml").write_text("merge_method: linear\nmodels:\n- model: ft1\n  parameters: {weight: 1}\n")
     assert main(["merge", "plan.yml", "out"]) == 2

@@ -242,7 +242,7 @@ BAD = [
     (["--objective", "median"], "--objective median"),
     (["--objective", "weights:prose=1"], "--objective"),
     (["--storage", "postgresql://nobody@127.0.0.1:9/none"], "--storage postgresql://nobody@127.0.0.1:9/none"),
-    (["--storage", "sqlite:////nonexistent/dir/x.db"], "--storage sqlite:////nonexistent/dir/x.db"),
+    (["--storage", "sqlite:////nonexistent/dir/x.db"], "/nonexistent/dir does not exist"),
 ]
 
 

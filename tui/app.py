@@ -321,6 +321,7 @@ class MergeScopeApp(PlanFiles, TuneJobs, EvalJobs, App):
             if not out:
                 raise InputError("choose an output directory first")
             seed = view.seed
+            _check_merge_output(plan, os.path.expanduser(out), view.force)
         except ValueError as exc:
             self.show_error(InputError(f"seed: {exc}"), what="merge")
             return
@@ -440,3 +441,12 @@ class MergeScopeApp(PlanFiles, TuneJobs, EvalJobs, App):
             await node.run_action(binding.action)
 
         return run
+
+
+def _check_merge_output(plan, out: str, force: bool) -> None:
+    """The merge's io.guard check (as `mergescope merge` and run_merge make it), before the worker starts."""
+    from mergescope.io.guard import Write, check_io
+    from mergescope.merge.run import plan_reads
+
+    plan.validate(check_paths=True)
+    check_io(plan_reads(plan), [Write(out, "", folder=True)], force=force)

@@ -37,13 +37,13 @@ from pathlib import Path
 from mergescope.io.checkpoint import open_models
 from mergescope.io.device import resolve_device
 from mergescope.io.errors import InputError
+from mergescope.io.guard import Write, check_io, model_reads
 from mergescope.io.naming import END_GROUPS, PROJECTION_GROUPS, site_of
 from mergescope.io.progress import Progress
 from mergescope.lora.report import ExtractResult, MatrixResult, TensorNote, adapter_card
 from mergescope.merge.output.shards import (
     _safetensors_header,
     _write_tensor,
-    check_output,
     commit_dir,
     staging_dir,
     write_text,
@@ -137,14 +137,6 @@ def _check_inputs(base, model, base_path, model_path) -> None:
         )
 
 
-def _check_output_outside_inputs(out: Path, inputs: Sequence[str]) -> None:
-    out_r = out.expanduser().resolve()
-    for p in inputs:
-        p_r = Path(p).expanduser().resolve()
-        if p_r == out_r or out_r in p_r.parents or p_r in out_r.parents:
-            raise InputError(f"{out}: the output overlaps the input {p}; choose an output directory outside the inputs")
-
-
 def _modules(model, include, exclude, embeddings: bool, lora_only: bool) -> list[tuple[str, list[tuple[str, str]]]]:
     """[(module, [(tensor, role)])] in checkpoint order. Roles: "lora" (the LoRA weight), "full" (saved whole
     with its module if a selected tensor of it changed), or the reason it is lost when it changed."""
@@ -218,8 +210,8 @@ def extract_lora(
         raise InputError("--embeddings saves the embedding and head whole, which --lora-only forbids; drop one")
     inc, exc = _compile(include, "--include"), _compile(exclude, "--exclude")
     dev = resolve_device(device)
-    out = check_output(output_dir, force)
-    _check_output_outside_inputs(out, [str(base_path), str(model_path)])
+    check_io([*model_reads(base_path), *model_reads(model_path)], [Write(output_dir, "", folder=True)], force=force)
+    out = Path(output_dir).expanduser()
     base, (model,) = open_models(base_path, [model_path])
     _check_inputs(base, model, base_path, model_path)
     plan = _modules(model, inc, exc, embeddings, lora_only)

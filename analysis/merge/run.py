@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mergescope.io.dtypes import plan_dtype
-from mergescope.io.errors import InputError
+from mergescope.io.guard import Read, Write, check_io, model_reads
 from mergescope.io.progress import Cancelled, Progress, ShouldStop
 from mergescope.merge.executor import MergeError, MergeRun, open_merge
-from mergescope.merge.output import DEFAULT_SHARD_SIZE, InputRecord, ModelWriter, check_output, model_card, provenance
+from mergescope.merge.output import DEFAULT_SHARD_SIZE, InputRecord, ModelWriter, model_card, provenance
 from mergescope.merge.plan import Plan
 from mergescope.merge.vocab import write_tokenizer
 
@@ -40,17 +40,17 @@ class MergeResult:
     findings: list = field(default_factory=list)  # the readiness checks' warnings and overridden errors
 
 
-def _check_not_overwriting_inputs(plan: Plan, out: Path) -> None:
-    out_r = out.expanduser().resolve()
+def plan_reads(plan: Plan) -> list[Read]:
+    """What merging `plan` reads, for io.guard.check_io: the plan file (when it is one) and every model,
+    adapter and tokenizer source it names."""
+    reads = []
+    if plan.source and Path(plan.source).is_file():
+        reads.append(Read(plan.source, "", plan=True))
     for ref in plan.path_refs():
         for p in plan.ref_paths(ref):
-            if p is None or not p.exists():
-                continue
-            p_r = p.resolve()
-            if p_r == out_r or out_r in p_r.parents or p_r in out_r.parents:
-                raise InputError(
-                    f"{out}: the output overlaps the input model {ref}; choose an output directory outside the inputs"
-                )
+            if p is not None:
+                reads += model_reads(p)
+    return reads
 
 
 def run_merge(
@@ -86,8 +86,8 @@ def run_merge(
     if not isinstance(plan, Plan):
         plan = Plan.load(plan)
     plan.validate(check_paths=True)  # a bad plan is reported before the output directory
-    out = check_output(output_dir, force)
-    _check_not_overwriting_inputs(plan, out)
+    check_io(plan_reads(plan), [Write(output_dir, "", folder=True)], force=force)
+    out = Path(output_dir).expanduser()
     with open_merge(
         plan,
         device=device,

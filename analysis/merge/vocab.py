@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mergescope.io.bounded import load_json_object
 from mergescope.io.errors import InputError
 from mergescope.io.vocabulary import ModelVocab, model_vocab, vocab_of
 
@@ -233,7 +234,7 @@ def tokenizer_files(vplan: VocabPlan, out_dir: Path, chat_template: str | None) 
     (out_dir / "tokenizer.json").write_text(json.dumps(vplan.tokenizer, ensure_ascii=False, indent=2), encoding="utf-8")
     written.append("tokenizer.json")
     cfg_path = vplan.tokenizer_dir / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+    cfg = load_json_object(cfg_path, "tokenizer config") if cfg_path.is_file() else {}
     cfg["added_tokens_decoder"] = {
         str(e["id"]): {
             k: e[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special") if k in e
@@ -270,7 +271,7 @@ def chat_template(plan, cks: dict) -> str | None:
         root = cks[r].tokenizer_dir
         cfg = root / "tokenizer_config.json" if root is not None else None
         if cfg is not None and cfg.is_file():
-            ct = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template")
+            ct = load_json_object(cfg, "tokenizer config").get("chat_template")
             if isinstance(ct, str) and ct:
                 found.append(ct)
     return Counter(found).most_common(1)[0][0] if found else None
@@ -293,7 +294,7 @@ def write_tokenizer(plan, cks: dict, vplan: VocabPlan | None, donor_dir: Path | 
                 written.append(f)
     if template:
         cfg_path = out_dir / "tokenizer_config.json"
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+        cfg = load_json_object(cfg_path, "tokenizer config") if cfg_path.is_file() else {}
         cfg["chat_template"] = template
         cfg_path.write_text(json.dumps(cfg, ensure_ascii=False, indent=2), encoding="utf-8")
         (out_dir / "chat_template.jinja").unlink(missing_ok=True)  # it would override tokenizer_config's

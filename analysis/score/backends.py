@@ -12,14 +12,13 @@ other causal LM.
 
 from __future__ import annotations
 
-import shlex
-import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mergescope.io.errors import InputError
 from mergescope.io.progress import Progress
+from mergescope.score.command import check_command, command_argv, run_command
 from mergescope.score.llama import LlamaShape, Unsupported, check_tensors, forward
 from mergescope.score.model import Model, open_model
 from mergescope.score.result import Score, bits_per_byte
@@ -159,14 +158,11 @@ def command_scores(
     progress: Progress | None = None,
     timeout: float | None = None,
 ) -> dict[str, dict[str, Score]]:
-    """Run `command` per model (`{model}` is the model directory; `{text}`, when present, each text file)
-    and read the number on its last line of stdout. In-memory models are written to a temporary
-    directory first."""
-    if "{model}" not in command:
-        raise InputError(f"--eval-cmd {command!r}: must contain {{model}}, where the model directory goes")
+    """Run `command` per model (`{model}` is the model directory; `{text}`, when present, each text file;
+    no shell: command.py) and read the number on its last line of stdout. In-memory models are written
+    to a temporary directory first."""
+    check_command(command, bool(texts))
     per_text = "{text}" in command
-    if per_text and not texts:
-        raise InputError(f"--eval-cmd {command!r}: uses {{text}}, so give --text FILE ...")
     jobs = list((texts or {}).items()) if per_text else [("score", None)]
     total = len(models) * len(jobs)
     out: dict[str, dict[str, Score]] = {}
@@ -183,34 +179,13 @@ def command_scores(
                 path = write_model(m, Path(tmp) / "model")
             row = {}
             for tname, tpath in jobs:
-                cmd = command.replace("{model}", shlex.quote(str(path)))
-                if tpath is not None:
-                    cmd = cmd.replace("{text}", shlex.quote(str(tpath)))
-                row[tname] = Score(_run(cmd, label, timeout), higher_is_better)
+                argv = command_argv(command, str(path), None if tpath is None else str(tpath))
+                row[tname] = Score(run_command(argv, label, timeout), higher_is_better)
                 done += 1
                 if progress is not None:
                     progress(done, total, f"{label} / {tname}")
             out[label] = row
     return out
-
-
-def _run(cmd: str, label: str, timeout: float | None) -> float:
-    try:
-        res = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise InputError(f"--eval-cmd on {label}: no answer within {timeout:g} s; raise --eval-timeout") from None
-    if res.returncode != 0:
-        tail = (res.stderr.strip().splitlines() or ["(no stderr)"])[-1][:160]
-        raise InputError(f"--eval-cmd on {label}: exited with {res.returncode} ({tail}); run it by hand to see why")
-    lines = [ln for ln in res.stdout.strip().splitlines() if ln.strip()]
-    last = lines[-1].strip() if lines else ""
-    try:
-        return float(last.split()[-1])
-    except (ValueError, IndexError):
-        raise InputError(
-            f"--eval-cmd on {label}: its last line of output is {last[:80]!r}, not a number; make the command "
-            "print the score last"
-        ) from None
 
 
 def write_model(model: Model, out: Path) -> Path:

@@ -51,6 +51,14 @@ def with_value(plan: Plan, param: str, value: float, model: str | None = None) -
     if spec is None:
         names = ", ".join(p.name for p in method.params)
         raise InputError(f"--param {param}: {method.name} has no parameter {param!r}; it takes: {names}")
+    if param in method.ignores:
+        from mergescope.merge.methods import REGISTRY
+
+        users = [m.name for m in REGISTRY.values() if m.param(param) is not None and param not in m.ignores]
+        raise InputError(
+            f"--param {param}: {method.name} accepts `{param}` but ignores it (every value gives the same merge); "
+            f"sweep another parameter, or use a method that uses it: {', '.join(users)}"
+        )
     if spec.kind not in ("float", "int"):
         raise InputError(f"--param {param}: not a number ({spec.kind}); sweep a numeric parameter")
     d = plan.to_dict()

@@ -156,8 +156,9 @@ def open_study(
 ):
     """Create the study or load it to continue; InputError when it holds another search.
 
-    The sampler's seed is `seed` plus the trials the study already holds, so a resumed run does not
-    replay the first run's random start. `start`: Space.start_values(), where CMA-ES begins."""
+    The sampler's seed is `stream_seed(seed, trials the study already holds)`, so a resumed run does not
+    replay the first run's random start and two workers never share a stream. `start`:
+    Space.start_values(), where CMA-ES begins."""
     optuna = require_optuna()
     pruner = (
         optuna.pruners.PercentilePruner(75.0, n_startup_trials=5, n_warmup_steps=0)
@@ -188,5 +189,13 @@ def open_study(
             "options or pick a new --study name"
         )
     if seed is not None:
-        study.sampler = make_sampler(sampler, seed + len(study.get_trials(deepcopy=False)), start)
+        study.sampler = make_sampler(sampler, stream_seed(seed, len(study.get_trials(deepcopy=False))), start)
     return study
+
+
+def stream_seed(seed: int, trials: int) -> int:
+    """The sampler's seed for a worker started with `seed` on a study holding `trials` trials: a hash of
+    both, so workers given different seeds never draw the same stream (with `seed + trials`, seed 1 at
+    2 trials and seed 3 at 0 trials did), and one command rerun the same way repeats itself."""
+    digest = hashlib.sha256(f"mergescope-tune:{int(seed)}:{int(trials)}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")

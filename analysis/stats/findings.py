@@ -53,13 +53,19 @@ def collect_meta(ck) -> dict:
     return {
         "path": str(ck.path),
         "tokenizer": ck.tokenizer_fingerprint(),
-        "declared_base": ck.declared_base,
-        "name_or_path": ck.name_or_path,
-        "model_type": ck.model_type,
+        "declared_base": _text(ck.declared_base),
+        "name_or_path": _text(ck.name_or_path),
+        "model_type": _text(ck.model_type),
         "vocab_size": ck.vocab_size,
         "embed_rows": embed_rows,
         "is_lora": bool(getattr(ck, "lora", None) is not None or ck.is_delta),
     }
+
+
+def _text(value, limit: int = 300) -> str | None:
+    """A name from a model card or config as the checks compare it: a short string, or None (a list or
+    an object there is not a name, and a long one is cut so the cached report stays small)."""
+    return str(value)[:limit] if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
 
 
 def _short(names: list[str], k: int = 3) -> str:

@@ -5,11 +5,9 @@ Streams every tensor once; prints findings first, then a per-layer table. Exit 1
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from mergescope.stats.report import DEFAULT_DENSITY
 from mergescope.stats.spectral import DEFAULT_RANK
+from mergescope.tui.commands import outputs
 from mergescope.tui.format import SEV_GLYPH, SEV_STYLE  # shared with the Textual app
 from mergescope.tui.format import fmt as _fmt
 from mergescope.tui.format import heat as _heat
@@ -47,14 +45,17 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write the analysis cache")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no tables (findings only)")
+    outputs.add_force(p, "an existing --json FILE")
 
 
 def run(args) -> int:
     from rich.console import Console
 
+    from mergescope.io.guard import check_io
     from mergescope.stats.readiness import analyze
     from mergescope.stats.report import SEVERITIES
 
+    check_io(outputs.models([args.base, *args.models]), outputs.file_out(args.json, "--json"), force=args.force)
     err = Console(stderr=True)
     out = Console()
     if args.rank is not None and not args.spectral:
@@ -63,13 +64,7 @@ def run(args) -> int:
         raise InputError(f"--rank {args.rank}: only used by --spectral; add --spectral or drop --rank")
     report = _analyze_with_progress(analyze, args, err)
     if args.json:
-        path = Path(args.json)
-        try:
-            path.write_text(json.dumps(report.to_json(), indent=1, allow_nan=False))
-        except OSError as exc:
-            from mergescope.io.errors import InputError
-
-            raise InputError(f"--json {args.json}: cannot write ({exc.strerror}); pick a writable path") from None
+        outputs.write_json(args.json, "--json", report.to_json(), indent=1, allow_nan=False)
     print_report(report, out, quiet=args.quiet)
     if args.fail_on:
         limit = SEVERITIES.index(args.fail_on)

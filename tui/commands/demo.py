@@ -40,6 +40,16 @@ def add_arguments(p) -> None:
     p.add_argument("--output", metavar="DIR", help="with --headless: keep the merged models in DIR")
 
 
+def _check_output(output: str) -> None:
+    """--output DIR gets one folder per demo merge: each is created, or replaces an earlier demo's."""
+    from mergescope.io.guard import Read, Write, check_io
+    from mergescope.tui.commands.demo_headless import merge_folders
+
+    root = Path(output).expanduser()
+    writes = [Write(root / f, "--output", folder=True) for f in merge_folders()] if root.is_dir() else []
+    check_io([Read(demo.family_dir())], writes or [Write(root, "--output", folder=True)], force=True)
+
+
 def build_app(no_plan: bool = False, use_cache: bool = True, **kw):
     """The demo app, ready to run: the headless path and tests build it the same way."""
     from mergescope.tui.app import MergeScopeApp
@@ -65,6 +75,8 @@ def run(args) -> int:
     if args.headless:
         from mergescope.tui.commands.demo_headless import run_headless
 
+        if args.output:
+            _check_output(args.output)
         run_headless(args.output, use_cache=not args.no_cache)
         return 0
     app = build_app(no_plan=args.no_plan, use_cache=not args.no_cache)

@@ -52,6 +52,11 @@ def demo_plans(family: Path) -> list[tuple[str, object]]:
     return plans
 
 
+def merge_folders() -> list[str]:
+    """The folder each demo merge is written to (under the output folder)."""
+    return [re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_") for label, *_ in DEMO_MERGES]
+
+
 def merge_and_score(out_root: Path, progress=None) -> dict:
     """Run the demo merges into `out_root` and score base, fine-tunes and merges on held-out text:
     {label: {domain: Score}}."""
@@ -62,8 +67,8 @@ def merge_and_score(out_root: Path, progress=None) -> dict:
 
     fam = family_dir()
     merged = {}
-    for label, plan in demo_plans(fam):
-        dest = out_root / re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")
+    for (label, plan), folder in zip(demo_plans(fam), merge_folders()):
+        dest = out_root / folder
         run_merge(plan, dest, force=True)
         merged[label] = dest
     paths = {"base": fam / "base", **{m: fam / m for m in ("code", "prose", "dialog")}, **merged}

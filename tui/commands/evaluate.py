@@ -8,8 +8,10 @@ of a .jsonl file); `--json` writes them and, per passage, the bits and bytes the
 
 from __future__ import annotations
 
+from mergescope.tui.commands import outputs
 from mergescope.tui.commands.scoring import (
     add_scoring_arguments,
+    check_numbers,
     print_scores,
     scorer_from_args,
     scores_json,
@@ -21,13 +23,18 @@ def add_arguments(p) -> None:
     p.add_argument("models", metavar="MODEL", nargs="+", help="checkpoints to score")
     add_scoring_arguments(p, required=False)
     p.add_argument("--json", metavar="FILE", help="write the scores, their intervals and per-passage numbers as JSON")
+    outputs.add_force(p, "an existing --json FILE")
 
 
 def run(args) -> int:
     from rich.console import Console
 
+    from mergescope.io.guard import check_io
     from mergescope.tui.commands.progress_bar import cli_progress
 
+    check_numbers(args)
+    reads = [*outputs.models(args.models), *outputs.texts(args)]
+    check_io(reads, outputs.file_out(args.json, "--json"), force=args.force)
     scorer = scorer_from_args(args)
     con = Console()
     with cli_progress("score", unit="tokens" if not args.eval_cmd else "runs") as progress:

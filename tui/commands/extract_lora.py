@@ -7,8 +7,7 @@ error or Ctrl-C nothing is left behind. Exit 0 on success, 2 on bad input (one l
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from mergescope.tui.commands import outputs
 
 
 def add_arguments(p) -> None:
@@ -38,7 +37,11 @@ def add_arguments(p) -> None:
         help="write LoRA pairs only: changed norms/biases are reported as lost instead of saved whole",
     )
     p.add_argument("--solver", default="eigh", choices=("eigh", "svd", "lowrank"), help="SVD routine (default eigh)")
-    p.add_argument("--force", action="store_true", help="replace a non-empty OUT (only once the adapter is complete)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an OUT that mergescope wrote (only once the adapter is complete), and a --json file it did not",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--json", metavar="FILE", default=None, help="write per-matrix ranks and kept energy as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -48,15 +51,16 @@ def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from mergescope.io.guard import Write, check_io
     from mergescope.io.units import fmt_bytes
     from mergescope.lora.extract import extract_lora
     from mergescope.lora.report import GROUP_HEADER, group_rows
     from mergescope.tui.commands.progress_bar import cli_progress
 
+    writes = [Write(args.output, "-o", folder=True), *outputs.file_out(args.json, "--json")]
+    check_io(outputs.models([args.base, args.model]), writes, force=args.force)
     err = Console(stderr=True)
     out = Console()
-    if args.json:
-        _check_json_path(args.json)
     with cli_progress("extract", quiet=args.quiet, console=err) as progress:
         res = extract_lora(
             args.base,
@@ -95,13 +99,5 @@ def run(args) -> int:
             highlight=False,
         )
     if args.json:
-        Path(args.json).write_text(json.dumps(res.to_dict(), indent=2) + "\n", encoding="utf-8")
+        outputs.write_json(args.json, "--json", res.to_dict(), indent=2)
     return 0
-
-
-def _check_json_path(path: str) -> None:
-    from mergescope.io.errors import InputError
-
-    parent = Path(path).expanduser().absolute().parent
-    if not parent.is_dir():
-        raise InputError(f"--json {path}: directory {parent} does not exist; create it first")

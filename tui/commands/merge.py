@@ -18,7 +18,10 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--seed", type=int, default=None, help="seed for randomized methods (dare_*, della*)")
     p.add_argument(
-        "--force", action="store_true", help="replace a non-empty OUTPUT_DIR (only once the merge is complete)"
+        "--force",
+        action="store_true",
+        help="replace an OUTPUT_DIR that mergescope wrote (only once the merge is complete); a folder "
+        "mergescope did not write is never replaced",
     )
     p.add_argument(
         "--shard-size",
@@ -52,16 +55,22 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from rich.console import Console
 
+    from mergescope.io.guard import Write, check_io
     from mergescope.io.units import fmt_bytes, parse_size
     from mergescope.merge.plan import Plan
-    from mergescope.merge.run import MergeError, run_merge
+    from mergescope.merge.run import MergeError, plan_reads, run_merge
+    from mergescope.tui.commands import outputs
     from mergescope.tui.commands.progress_bar import cli_progress
+    from mergescope.tui.commands.scoring import scorer_from_args
 
     err = Console(stderr=True)
     out = Console()
     shard_size = parse_size(args.shard_size)
     plan = Plan.load(args.config)
     plan.validate(check_paths=True)
+    reads = [*plan_reads(plan), *outputs.texts(args, "eval_text")]
+    check_io(reads, [Write(args.output, "", folder=True)], force=args.force)
+    scorer = scorer_from_args(args, "eval_text") if args.eval_text or args.eval_cmd else None  # texts read now
     from mergescope.stats.readiness import analysis_for_plan
 
     report = analysis_for_plan(plan, compute=args.analyze, device=args.device)
@@ -99,18 +108,17 @@ def run(args) -> int:
     if report is None:  # with a cached analysis its findings were summarised above
         for f in res.findings:
             err.print(f"[yellow]{f.severity}[/yellow] {f.code} {f.model or ''}: {f.message}", highlight=False)
-    if args.eval_text or args.eval_cmd:
-        _score_after(args, plan, res, out)
+    if scorer is not None:
+        _score_after(args, plan, res, out, scorer)
     return 0
 
 
-def _score_after(args, plan, res, out) -> None:
+def _score_after(args, plan, res, out, scorer) -> None:
     """Score the written model and its inputs; print the table and add it to the model card."""
     from mergescope.merge.output import append_to_card
     from mergescope.tui.commands.progress_bar import cli_progress
-    from mergescope.tui.commands.scoring import cell, print_scores, scorer_from_args
+    from mergescope.tui.commands.scoring import cell, print_scores
 
-    scorer = scorer_from_args(args, "eval_text")
     inputs = [str(plan.model_path(r)) for r in plan.referenced_models() if plan.ref_paths(r)[1] is None]
     with cli_progress("score", unit="tokens", quiet=args.quiet) as progress:
         scorer.progress = progress

@@ -4,7 +4,6 @@ a search's outcome are printed and written as JSON."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from mergescope.tui.format import short_names
@@ -28,10 +27,17 @@ def add_scoring_arguments(p, text_flag: str = "--text", required: bool = True, d
         "--eval-cmd",
         metavar="'CMD {model}'",
         help="score with a command instead: {model} is the model directory, {text} a text file; the last "
-        "line it prints is the score",
+        "line it prints is the score. Run without a shell: the command is split into words as a shell would "
+        "(quotes group), then {model}/{text} are put into the words as they are, so no name is ever run as "
+        "code; for pipes or redirections call sh -c 'CMD \"$1\"' _ {model}",
     )
     p.add_argument("--higher-is-better", action="store_true", help="with --eval-cmd: the score is an accuracy")
-    p.add_argument("--eval-timeout", type=float, metavar="S", help="with --eval-cmd: seconds per run")
+    p.add_argument(
+        "--eval-timeout",
+        type=float,
+        metavar="S",
+        help="with --eval-cmd: seconds per run; then the command and every process it started are killed",
+    )
 
 
 def add_split_arguments(p) -> None:
@@ -52,10 +58,15 @@ def scorer_from_args(args, text_attr: str = "text", progress=None):
     from mergescope.score.texts import read_texts
 
     flag = f"--{text_attr.replace('_', '-')}"
+    check_numbers(args)
     paths = getattr(args, text_attr) or []
     texts = read_texts(paths, args.max_bytes, what=flag) if paths else {}
     if not texts and not args.eval_cmd:
         raise InputError(f"{flag}: give at least one held-out text file (or --eval-cmd)")
+    if args.eval_cmd:
+        from mergescope.score.command import check_command
+
+        check_command(args.eval_cmd, bool(texts))
     return Scorer(
         texts,
         dict(zip(texts, [Path(p) for p in paths])),
@@ -69,6 +80,20 @@ def scorer_from_args(args, text_attr: str = "text", progress=None):
         seed=getattr(args, "seed", None),
         progress=progress,
     )
+
+
+def check_numbers(args) -> None:
+    """The scoring options' numbers, before any file is read (a window needs a token to predict)."""
+    from mergescope.io.errors import InputError
+
+    for flag, attr, low in (("--max-bytes", "max_bytes", 1), ("--context", "context", 2), ("--stride", "stride", 1)):
+        v = getattr(args, attr, None)
+        if v is not None and v < low:
+            what = {"max_bytes": "bytes of each text", "context": "tokens per window", "stride": "tokens"}[attr]
+            raise InputError(f"{flag} {v}: must be at least {low} ({what}); give a larger number or leave it out")
+    t = getattr(args, "eval_timeout", None)
+    if t is not None and not t > 0:
+        raise InputError(f"--eval-timeout {t:g}: must be a positive number of seconds")
 
 
 def split_from_args(args, scorer):
@@ -165,10 +190,8 @@ def scores_json(table: dict, names: dict | None = None, units: bool = False) -> 
     }
 
 
-def write_json(path: str, data: dict) -> None:
-    try:
-        Path(path).write_text(json.dumps(data, indent=1))
-    except OSError as exc:
-        from mergescope.io.errors import InputError
+def write_json(path: str, data: dict, flag: str = "--json") -> None:
+    """Stamped (a rerun may replace it) and written atomically (tui/commands/outputs.py)."""
+    from mergescope.tui.commands import outputs
 
-        raise InputError(f"--json {path}: cannot write ({exc.strerror}); pick a writable path") from None
+    outputs.write_json(path, flag, data, indent=1)

@@ -4,8 +4,7 @@ get worse) or uniform (the plain average). Candidates are merged and scored in m
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from mergescope.tui.commands import outputs
 from mergescope.tui.commands.scoring import (
     add_scoring_arguments,
     add_split_arguments,
@@ -42,7 +41,11 @@ def add_arguments(p) -> None:
     p.add_argument("--plan-out", metavar="PLAN.yml", help="write the soup's plan (mergekit YAML) here")
     p.add_argument("--dtype", help="compute dtype of the merge (default float32)")
     p.add_argument("--out-dtype", help="dtype of the written soup (default: the inputs')")
-    p.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an OUT_DIR that mergescope wrote, and --plan-out/--json files it did not (never an input)",
+    )
     p.add_argument("--json", metavar="FILE", help="write the steps and scores as JSON")
 
 
@@ -50,13 +53,19 @@ def run(args) -> int:
     from rich.console import Console
 
     from mergescope.io.errors import InputError
+    from mergescope.io.guard import Write, check_io, distinct
     from mergescope.score.candidate import Objective
     from mergescope.search.outcome import outcome
     from mergescope.search.soup import greedy_soup, soup_plan, uniform_soup
     from mergescope.tui.commands.progress_bar import cli_progress
 
-    con = Console()
     models = [str(m) for m in args.models]
+    distinct(models)
+    writes = [*([Write(args.output, "-o", folder=True)] if args.output else [])]
+    writes += outputs.file_out(args.plan_out, "--plan-out") + outputs.file_out(args.json, "--json")
+    reads = [*outputs.models(models), *outputs.texts(args, "eval_text"), *outputs.texts(args, "report_text")]
+    check_io(reads, writes, force=args.force)
+    con = Console()
     objective = Objective.parse(args.objective)
     needs_text = not args.uniform
     if needs_text and not (args.eval_text or args.eval_cmd):
@@ -114,7 +123,9 @@ def run(args) -> int:
             out = outcome(cands, chosen, reference, rep, objective, split)
         print_outcome(con, out)
     if args.plan_out:
-        Path(args.plan_out).write_text(result.plan.to_yaml())
+        outputs.write_plan(
+            args.plan_out, "--plan-out", result.plan.to_yaml(), f"{result.kind} soup of {len(result.kept)}"
+        )
         con.print(f"plan written to {args.plan_out}")
     if args.output:
         from mergescope.merge.run import run_merge

@@ -4,8 +4,7 @@ a table (value × text, best per text marked), a plot in the terminal, and the b
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from mergescope.tui.commands import outputs
 from mergescope.tui.commands.scoring import (
     add_scoring_arguments,
     add_split_arguments,
@@ -32,12 +31,15 @@ def add_arguments(p) -> None:
         "--write-best", metavar="OUT.yml", help="write the plan at the best value (chosen on the selection split)"
     )
     p.add_argument("--no-plot", action="store_true", help="the table only")
+    outputs.add_force(p, "an existing --json or --write-best file (--write-best PLAN.yml keeps PLAN.yml.bak)")
 
 
 def run(args) -> int:
     from rich.console import Console
 
+    from mergescope.io.guard import check_io, same_file
     from mergescope.merge.plan import Plan
+    from mergescope.merge.run import plan_reads
     from mergescope.score.candidate import Objective
     from mergescope.search.outcome import outcome
     from mergescope.search.sweep import parse_values, sweep, with_value
@@ -47,6 +49,9 @@ def run(args) -> int:
     con = Console()
     plan = Plan.load(args.plan)
     plan.validate(check_paths=True)
+    writes = outputs.file_out(args.json, "--json") + outputs.file_out(args.write_best, "--write-best", plan=True)
+    reads = [*plan_reads(plan), *outputs.texts(args, "eval_text"), *outputs.texts(args, "report_text")]
+    check_io(reads, writes, force=args.force)
     values = parse_values(args.values)
     objective = Objective.parse(args.objective)
     scorer = scorer_from_args(args, "eval_text")
@@ -75,8 +80,15 @@ def run(args) -> int:
     if args.json:
         write_json(args.json, {**result.to_dict(), "report": out.to_dict()})
     if args.write_best:
-        Path(args.write_best).write_text(best.to_yaml())
-        con.print(f"best plan ({chosen}, chosen on the selection split) written to {args.write_best}", highlight=False)
+        what = f"sweep: {chosen}, the best of {len(result.values)} values on the selection split; {out.summary()}"
+        kept = outputs.write_plan(
+            args.write_best, "--write-best", best.to_yaml(), what, same_file(args.write_best, args.plan)
+        )
+        con.print(
+            f"best plan ({chosen}, chosen on the selection split) written to {args.write_best}"
+            + (f"; the plan it replaced is kept as {kept}" if kept else ""),
+            highlight=False,
+        )
     return 0
 
 

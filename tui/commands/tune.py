@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mergescope.tui.commands import outputs
 from mergescope.tui.commands.scoring import (
     add_scoring_arguments,
     add_split_arguments,
@@ -49,6 +50,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-prune", action="store_true", help="score every trial on all of the text")
     p.add_argument("-o", "--output", metavar="BEST.yml", help="where the best plan goes (default PLAN.best.yml)")
     p.add_argument("--no-plot", action="store_true", help="the table only")
+    outputs.add_force(p, "an existing BEST.yml (-o PLAN.yml keeps PLAN.yml.bak)")
 
 
 def _int(raw, flag: str, allowed=None, low: int | None = None) -> int | None:
@@ -72,8 +74,10 @@ def run(args) -> int:
     from rich.console import Console
 
     from mergescope.io.errors import InputError
+    from mergescope.io.guard import Write, check_io, same_file
     from mergescope.merge.plan import Plan
     from mergescope.merge.plan.ratio_table import BAND_MODES
+    from mergescope.merge.run import plan_reads
     from mergescope.score.candidate import Objective
     from mergescope.search.outcome import outcome
     from mergescope.search.tune import require_optuna, tune
@@ -104,6 +108,13 @@ def run(args) -> int:
     ranges = parse_ranges(args.range)
     plan = Plan.load(args.plan)
     plan.validate(check_paths=True)
+    out = Path(args.output) if args.output else Path(args.plan).with_name(Path(args.plan).stem + ".best.yml")
+    url = storage_url(args.storage, args.plan)
+    writes = [Write(out, "-o", plan=True)]
+    if url.startswith("sqlite:///"):
+        writes.append(Write(url.split(":///", 1)[1], "--storage", store=True))
+    reads = [*plan_reads(plan), *outputs.texts(args, "eval_text"), *outputs.texts(args, "report_text")]
+    check_io(reads, writes, force=args.force)
     args.seed = seed
     scorer = scorer_from_args(args, "eval_text")
     sel, rep, split = split_from_args(args, scorer)
@@ -112,7 +123,6 @@ def run(args) -> int:
         plan, params=params, band_mode=band_mode, groups=groups, ranges=ranges, names=names, num_layers=n_layers
     )
     objective.check(scorer.text_names)
-    url = storage_url(args.storage, args.plan)
     search = search_of(space, objective, sel)
     name = args.study or default_study_name(args.plan, search, args.sampler)
     study = open_study(
@@ -163,7 +173,6 @@ def run(args) -> int:
             lambda plt: draw_trials(plt, result.trials, result.higher_is_better, result.metric), min(con.width, 100)
         )
         con.print(fig, highlight=False, markup=False)
-    out = Path(args.output) if args.output else Path(args.plan).with_name(Path(args.plan).stem + ".best.yml")
     if result.best is not None:
         from mergescope.search.tune import best_yaml
 
@@ -175,10 +184,11 @@ def run(args) -> int:
             rep.progress = progress
             report = outcome({chosen: best_plan, reference: plan}, chosen, reference, rep, objective, split)
         print_outcome(con, report)
-        try:
-            out.write_text(best_yaml(result, space, objective, report))
-        except OSError as exc:
-            raise InputError(f"-o {out}: cannot write ({exc.strerror}); pick a writable path") from None
+        kept = outputs.write_plan(
+            out, "-o", best_yaml(result, space, objective, report), "tune", same_file(out, args.plan)
+        )
+        if kept:
+            con.print(f"the plan it replaces is kept as {kept}", highlight=False)
         if report.verdict == "better":
             con.print(f"best plan ({chosen}) written to {out}", highlight=False)
         elif start is not None and result.best.params == start:

@@ -50,6 +50,7 @@ class ErrorDialog(ModalScreen[None]):
         message = str(exc) if exc is not None else "unknown error"
         if what == "merge":  # the core speaks CLI; here the flag is a checkbox
             message = message.replace("pass --force to replace it", "tick “replace existing” to replace it")
+            message = message.replace("--force replaces only", "“replace existing” replaces only")
             for flag in ("--force-incompatible", "--allow-non-finite"):  # CLI-only overrides
                 message = message.replace(
                     f"pass {flag} to merge anyway",

@@ -15,7 +15,7 @@ class LoraCheckpoint(Checkpoint):
     is_delta = True
 
     def __init__(self, path: Path, label: str):
-        cfg = read_json(path / "adapter_config.json") or {}
+        cfg = read_json(path / "adapter_config.json", what="adapter config") or {}
         weights = path / "adapter_model.safetensors"
         if weights.is_file():
             f = SafetensorsFile(weights)
@@ -28,6 +28,12 @@ class LoraCheckpoint(Checkpoint):
         self.adapter_config = cfg
         r = cfg.get("r", 8)
         alpha = cfg.get("lora_alpha", r)
+        for key, v in (("r", r), ("lora_alpha", alpha)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or (key == "r" and v != int(v)):
+                raise CheckpointError(
+                    f"{path / 'adapter_config.json'}: `{key}` is {v!r}; a LoRA's {key} is a positive "
+                    f"{'whole number' if key == 'r' else 'number'} — fix the adapter config"
+                )
         self.scale = alpha / (r**0.5) if cfg.get("use_rslora") else alpha / r
         self.pairs: dict[str, tuple[str, str]] = {}
         self.full: dict[str, str] = {}
@@ -41,6 +47,11 @@ class LoraCheckpoint(Checkpoint):
                     raise CheckpointError(f"{weights}: {name} has no matching lora_B tensor; the adapter is incomplete")
                 self.pairs[target] = (name, b_name)
                 a_shape, b_shape = f.entries[name][1], f.entries[b_name][1]
+                if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != b_shape[1]:
+                    raise CheckpointError(
+                        f"{weights}: {name} is {list(a_shape)} but {b_name} is {list(b_shape)}; lora_A must be "
+                        "[rank, in] and lora_B [out, rank] with one rank — the adapter is corrupt, re-export it"
+                    )
                 infos[target] = TensorInfo(target, (b_shape[0], a_shape[1]), f.entries[name][0])
             elif ".lora_B" in name:
                 continue

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mergescope.io.bounded import MAX_CARD_BYTES, load_json_object, load_yaml, read_head
 from mergescope.io.checkpoint.files import VOCAB_FILES
 from mergescope.io.dtypes import BY_CODE
 from mergescope.io.errors import InputError
@@ -53,20 +54,21 @@ class TensorInfo:
         return getattr(torch, BY_CODE[self.dtype_name].name)
 
 
-def read_json(path: Path, unique_keys: bool = False) -> dict | None:
-    """The JSON file's content (None when absent); `unique_keys`: a key given twice is an error (an
-    index naming a tensor twice would otherwise keep the last silently)."""
+def read_json(path: Path, unique_keys: bool = False, what: str = "JSON file") -> dict | None:
+    """The JSON object in the file (None when absent; at most MAX_JSON_BYTES, never another JSON type);
+    `unique_keys`: a key given twice is an error (an index naming a tensor twice would otherwise keep the
+    last silently). `what` names the kind of file in messages ("model config")."""
     if not path.is_file():
         return None
     try:
         hook = _unique if unique_keys else None
-        return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=hook)
+        return load_json_object(path, what, hook=hook)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror}); check the permissions") from None
     except _Twice as exc:
         raise CheckpointError(f"{path}: names {exc} twice; re-download or fix the file") from None
     except ValueError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc}); fix or remove the file") from None
+        raise CheckpointError(f"{path}: not valid JSON ({str(exc)[:120]}); fix or remove the file") from None
 
 
 class _Twice(ValueError):
@@ -83,10 +85,12 @@ def _unique(pairs):
 
 
 def front_matter(readme: Path) -> dict:
+    """The model card's YAML front matter, read from its first MAX_CARD_BYTES only and parsed without
+    YAML aliases ({} when there is none, it is cut by the limit, or it does not parse)."""
     if not readme.is_file():
         return {}
     try:
-        text = readme.read_text(encoding="utf-8", errors="replace")
+        text = read_head(readme, MAX_CARD_BYTES).decode("utf-8", errors="replace")
     except OSError:
         return {}
     m = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, re.S)
@@ -95,7 +99,7 @@ def front_matter(readme: Path) -> dict:
     import yaml
 
     try:
-        data = yaml.safe_load(m.group(1))
+        data = load_yaml(m.group(1), aliases=False, budget=20_000)
     except yaml.YAMLError:
         return {}
     return data if isinstance(data, dict) else {}
@@ -112,7 +116,7 @@ class Checkpoint:
         self._files = files
         self._where = weight_map  # name -> index into files
         self.root = root  # directory holding config/tokenizer files, if any
-        self.config: dict = (read_json(root / "config.json") if root else None) or {}
+        self.config: dict = (read_json(root / "config.json", what="model config") if root else None) or {}
         self._infos: dict[str, TensorInfo] = {}
         for name, idx in weight_map.items():
             entry = files[idx].entries[name]
@@ -207,7 +211,7 @@ class Checkpoint:
         bm = front_matter(self.root / "README.md").get("base_model")
         if isinstance(bm, list):
             bm = bm[0] if bm else None
-        return str(bm) if bm else None
+        return str(bm) if isinstance(bm, (str, int, float)) and bm else None
 
     @property
     def tokenizer_dir(self) -> Path | None:

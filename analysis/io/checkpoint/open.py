@@ -13,14 +13,14 @@ from mergescope.io.checkpoint.model import Checkpoint, CheckpointError, read_jso
 def _open_safetensors_dir(path: Path, label: str) -> Checkpoint:
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        idx = read_json(index, unique_keys=True)
+        idx = read_json(index, unique_keys=True, what="shard index")
         wm = idx.get("weight_map") if isinstance(idx, dict) else None
         if not isinstance(wm, dict) or not wm:
             raise CheckpointError(f"{index}: no 'weight_map' in the index; re-download it")
-        shard_names = sorted(set(wm.values()))
+        shard_names = sorted(set(_shard_names(index, wm)))
         files = []
         for s in shard_names:
-            sp = path / s
+            sp = _shard_path(index, path, s, wm)
             if not sp.is_file():
                 raise CheckpointError(f"{index}: lists shard {s}, which is missing; download it")
             files.append(SafetensorsFile(sp))
@@ -51,17 +51,47 @@ def _open_safetensors_dir(path: Path, label: str) -> Checkpoint:
 def _open_bin_dir(path: Path, label: str) -> Checkpoint:
     index = path / "pytorch_model.bin.index.json"
     if index.is_file():
-        idx = read_json(index, unique_keys=True) or {}
-        shard_names = sorted(set((idx.get("weight_map") or {}).values()))
+        idx = read_json(index, unique_keys=True, what="shard index") or {}
+        wm = idx.get("weight_map") or {}
+        if not isinstance(wm, dict):
+            raise CheckpointError(f"{index}: 'weight_map' is not an object; re-download it")
+        shard_names = sorted(set(_shard_names(index, wm)))
     else:
-        shard_names = ["pytorch_model.bin"]
+        shard_names, wm = ["pytorch_model.bin"], {}
     files = []
     for s in shard_names:
-        if not (path / s).is_file():
+        sp = _shard_path(index, path, s, wm)
+        if not sp.is_file():
             raise CheckpointError(f"{path / s}: missing; download it")
-        files.append(TorchBinFile(path / s))
+        files.append(TorchBinFile(sp))
     weight_map = {name: i for i, f in enumerate(files) for name in f.entries}
     return Checkpoint(path, label, files, weight_map, path)
+
+
+def _shard_names(index: Path, wm: dict) -> list[str]:
+    bad = next(((k, v) for k, v in wm.items() if not isinstance(v, str) or not v), None)
+    if bad is not None:
+        raise CheckpointError(f"{index}: weight_map entry {bad[0]!r} names no shard file; re-download the index")
+    return list(wm.values())
+
+
+def _shard_path(index: Path, folder: Path, name: str, wm: dict) -> Path:
+    """The shard file an index names; it must lie inside the model folder once symlinks are followed
+    (the Hugging Face cache's blobs/ of the same repository counts as inside: its snapshots link there)."""
+    sp = folder / name
+    real, root = Path(os.path.realpath(sp)), Path(os.path.realpath(folder))
+    roots = [root]
+    if root.parent.name == "snapshots":
+        roots.append(root.parent.parent / "blobs")
+    lexical = Path(os.path.normpath(name))
+    if lexical.is_absolute() or lexical.parts[:1] == ("..",) or not any(r in real.parents for r in roots):
+        entry = next(k for k, v in wm.items() if v == name)
+        via = f" (a link to {real})" if not lexical.is_absolute() and lexical.parts[:1] != ("..",) else ""
+        raise CheckpointError(
+            f"{index}: weight_map entry {entry!r} names the shard {name!r}{via}, outside the model folder {folder}; "
+            "shards must lie inside the model's folder — fix or re-download the index"
+        )
+    return sp
 
 
 def open_checkpoint(path: str | os.PathLike, label: str | None = None) -> Checkpoint:

@@ -191,6 +191,9 @@ class MergeMethod:
     # The what-if: coefficients(CoefficientInputs) -> (cᵢ, wᵢ) per report model, the method read to first
     # order as θ₀ + Σᵢ cᵢ·τᵢ (wᵢ: the raw weight shown beside it). None: not modelled.
     coefficients: Callable[[CoefficientInputs], tuple[np.ndarray, np.ndarray]] | None = None
+    # Parameters the method accepts (as mergekit does) that change nothing in its result, e.g. `density`
+    # of task_arithmetic, which sparsifies nothing: a sweep or search over them is refused.
+    ignores: tuple[str, ...] = ()
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)

@@ -241,6 +241,7 @@ def _make(name, sparsification, consensus, normalize, rescale, description) -> M
         randomized=sparsification in ("random", "della_magprune"),
         coefficients=task_sum_coefficients,
         description=description,
+        ignores=("density", "rescale") if sparsification is None else (),
     )
 
 

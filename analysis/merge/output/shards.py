@@ -36,28 +36,18 @@ from mergescope._version import __version__
 from mergescope.io.checkpoint.files import TOKENIZER_FILES
 from mergescope.io.dtypes import BY_NAME
 from mergescope.io.errors import InputError
+from mergescope.io.guard import Write, check_io, mark_folder, replaceable_folder
 from mergescope.io.units import parse_size
 
 DEFAULT_SHARD_SIZE = 5 * 1000**3  # "5GB", as mergekit/transformers count it
 
 
 def check_output(output_dir: str | os.PathLike, force: bool = False) -> Path:
-    """Refuse an existing non-empty OUTPUT (unless force) or a path that is a file. Cheap; call early."""
-    out = Path(output_dir).expanduser()
-    if out.exists():
-        if not out.is_dir():
-            raise InputError(f"{output_dir}: exists and is not a directory; choose another output path")
-        if any(out.iterdir()) and not force:
-            raise InputError(
-                f"{output_dir}: output directory exists and is not empty; choose another path "
-                f"or pass --force to replace it"
-            )
-    parent = out.absolute().parent
-    if not parent.is_dir():
-        raise InputError(f"{output_dir}: parent directory {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"{output_dir}: cannot write into {parent} (permission denied); choose another path")
-    return out
+    """The output folder rules of io.guard (a non-empty OUTPUT is refused, and with `force` replaced
+    only when mergescope wrote it; never `/`, home or the current folder), without the inputs. Cheap;
+    call early."""
+    check_io([], [Write(output_dir, "", folder=True)], force=force)
+    return Path(output_dir).expanduser()
 
 
 @dataclass
@@ -384,12 +374,13 @@ def staging_dir(out: Path) -> Path:
 
 
 def commit_dir(tmp: Path, out: Path, force: bool, what: str = "merge") -> None:
-    """Move the finished `tmp` into place as OUT: an existing OUT is replaced only with `force` and only
-    now; a failure puts it back, so OUT is always the old or the new output, never a mix."""
+    """Mark the finished `tmp` as mergescope's (io.guard.MARKER) and move it into place as OUT: an
+    existing OUT is replaced only with `force`, only when mergescope wrote it, and only now; a failure
+    puts it back, so OUT is always the old or the new output, never a mix."""
     old = None
+    mark_folder(tmp, what)
     if out.exists():
-        if any(out.iterdir()) and not force:  # appeared while we were writing
-            raise InputError(f"{out}: output directory is no longer empty; pass --force to replace it")
+        replaceable_folder(out, force)  # again: it may have changed while we were writing
         old = out.parent / f".{out.name}.old-{os.getpid()}-{int(time.time())}"
         out.rename(old)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from mergescope.merge.methods.base import BaseUse
+from mergescope.merge.plan import refs
 from mergescope.merge.plan.resolve import base_is_input, model_inputs, shared_settings, slice_base
 
 
@@ -21,9 +22,7 @@ def check_inputs(plan, method) -> None:
             for i, s in enumerate(plan.slices)
         ]
     for path, group, base in groups:
-        dup = next((r for r in group if group.count(r) > 1), None)
-        if dup is not None:
-            plan.fail(path, f"{dup!r} is listed twice; each model may appear once per slice")
+        _check_distinct(plan, path, group, None if base_input else base)
         if base and not base_input and base not in group:
             plan.fail(
                 path,
@@ -42,6 +41,22 @@ def check_inputs(plan, method) -> None:
             if method.base is BaseUse.INPUT and plan.base_model and plan.models is not None:
                 extra = " (mergekit merges base_model as one more input for this method; remove base_model if it should not be one)"
             plan.fail(path, f"{method.name} takes {need} {what}, got {n}{extra}")
+
+
+def _check_distinct(plan, path: str, group: list[str], base: str | None) -> None:
+    """No model twice in one slice, however spelled (paths compared resolved, files by identity); a
+    model that is the base (for methods where the base is not an input) must be written as the base."""
+    seen: dict = {}
+    base_id = refs.identity(plan, base) if base else None
+    for r in group:
+        k = refs.identity(plan, r)
+        if k in seen:
+            first = seen[k]
+            how = "is listed twice" if first == r else f"is the same model as {first!r} under another spelling"
+            plan.fail(path, f"{r!r} {how}; each model may appear once per slice")
+        seen[k] = r
+        if base and r != base and k == base_id:
+            plan.fail(path, f"{r!r} is base_model {base!r} under another spelling; write it as {base!r}")
 
 
 def model_param_chains(plan, base_input: bool) -> Iterator[tuple[str, str, list]]:

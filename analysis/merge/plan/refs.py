@@ -7,12 +7,12 @@ key path of the reference, so the user sees which line of the plan to fix.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mergescope.io.checkpoint.model import read_json
 from mergescope.io.errors import InputError
 
 
@@ -35,6 +35,15 @@ def ref_paths(plan, ref: str) -> tuple[Path, Path | None]:
         if pa.exists() and pb.exists():
             return pa, pb
     return p, None
+
+
+def identity(plan, ref: str):
+    """What makes two references one model: the files they point at (resolved, by st_dev/st_ino), so
+    `ckpt/code` and `ckpt/code/../code/` (or a symlink to it) are the same model."""
+    from mergescope.io.guard import file_key
+
+    p, adapter = ref_paths(plan, ref)
+    return file_key(p), None if adapter is None else file_key(adapter)
 
 
 def key_of(plan, ref: str) -> str:
@@ -186,7 +195,7 @@ def layers_of(plan, ref: str, checkpoints: Mapping | None, cache: dict[str, int]
     cfg = cfg_dir / "config.json"
     if cfg.is_file():
         try:
-            c = json.loads(cfg.read_text())
+            c = read_json(cfg, what="model config") or {}
             if module:
                 from mergescope.io.model_parts import layer_count_from_config
 
@@ -194,7 +203,7 @@ def layers_of(plan, ref: str, checkpoints: Mapping | None, cache: dict[str, int]
             else:
                 keys = ("num_hidden_layers", "n_layer", "num_layers")
                 n = next((c[k] for k in keys if isinstance(c.get(k), int)), None)
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError):
             n = None
     if n is None:
         from mergescope.io.naming import layer_count

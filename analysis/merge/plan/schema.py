@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from mergescope.io.bounded import MAX_PLAN_BYTES, YamlTooBig, load_yaml, read_limited
 from mergescope.io.dtypes import PLAN_DTYPES, plan_dtype
 from mergescope.io.errors import InputError
 from mergescope.merge.methods.base import BaseUse
@@ -99,30 +100,27 @@ class Plan:
     def load(cls, path: str | os.PathLike) -> Plan:
         p = Path(path)
         try:
-            text = p.read_text(encoding="utf-8")
+            text = read_limited(p, MAX_PLAN_BYTES, "plan").decode("utf-8")
         except FileNotFoundError:
             raise InputError(f"{path}: no such plan file; check the path") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(
                 f"{path}: cannot read the plan ({getattr(exc, 'strerror', None) or exc}); check the file"
             ) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise InputError(f"{path}: not valid YAML{where} ({problem}); fix the syntax") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_yaml(text, source=str(path))
 
     @classmethod
     def from_yaml(cls, text: str, source: str | None = None) -> Plan:
+        where = source or "plan"
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text)
+        except YamlTooBig as exc:
+            raise InputError(f"{where}: refused: {exc}; a plan lists models and parameters, fix the file") from None
         except yaml.YAMLError as exc:
-            raise InputError(
-                f"{source or 'plan'}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax"
-            ) from None
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise InputError(f"{where}: not valid YAML{at} ({problem}); fix the syntax") from None
         return cls.from_dict(data, source=source)
 
     @classmethod
