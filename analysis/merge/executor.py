@@ -190,15 +190,7 @@ def _compute(job, cks, method, dev, compute, seed):
         if stream is not None and dev == "cpu" and compute == torch.float32 and job.base is not None:
             result = stream(ins[0], ins[1:], job.model_params, job.params, ctx, job.out_dtype)
         if result is None:
-            ins = [x.to(device=dev, dtype=compute) for x in ins]
-            if job.vocab is not None:  # rows re-indexed by token to the output vocabulary
-                from mergescope.merge.vocab import align
-
-                models = [x.model for x in job.all_inputs]
-                aligned = align(job.vocab, dict(zip(models, ins)), models)
-                ins = [aligned[m] for m in models]
-            base = ins[0] if job.base is not None else None
-            tensors = ins[1:] if job.base is not None else ins
+            base, tensors = job_inputs(job, ins, dev, compute)
             result = method.merge(base, tensors, job.model_params, job.params, ctx)
             del base, tensors
     except (InputError, KeyboardInterrupt, Cancelled):
@@ -210,6 +202,19 @@ def _compute(job, cks, method, dev, compute, seed):
         got = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
         raise MergeError(f"{method.name} returned {got} for tensor {job.name}, expected shape {list(job.shape)}")
     return result.to(dtype=job.out_dtype).cpu()
+
+
+def job_inputs(job, ins: list, dev, compute) -> tuple:
+    """(base or None, the other inputs) of a job as its method gets them: in the compute dtype on the
+    device, rows re-indexed by token where the output vocabulary differs."""
+    ins = [x.to(device=dev, dtype=compute) for x in ins]
+    if job.vocab is not None:  # rows re-indexed by token to the output vocabulary
+        from mergescope.merge.vocab import align
+
+        models = [x.model for x in job.all_inputs]
+        aligned = align(job.vocab, dict(zip(models, ins)), models)
+        ins = [aligned[m] for m in models]
+    return (ins[0], ins[1:]) if job.base is not None else (None, ins)
 
 
 def _range_releaser(job, cks):

@@ -196,6 +196,13 @@ class _Preamble:
     base_role: str
 
     def __call__(self, base, tensors, model_params=None, params=None, ctx=None):
+        inputs = self.inputs(base, tensors, model_params, params, ctx)
+        if not inputs.models and self.empty_gives_base:
+            return inputs.base.clone()
+        return self.kernel(inputs)
+
+    def inputs(self, base, tensors, model_params=None, params=None, ctx=None) -> Inputs:
+        """The checks and casts every kernel of the method gets its Inputs through."""
         import torch
 
         ctx = ctx or MergeContext()
@@ -208,12 +215,9 @@ class _Preamble:
         params, mps = m.complete(params, model_params, len(tensors), where(ctx))
         device = torch.device(ctx.device)
         dtype = common_dtype([base, *tensors])
-        inputs = Inputs(
+        return Inputs(
             align(base, dtype, device), [align(t, dtype, device) for t in tensors], params, mps, ctx, dtype, device
         )
-        if not tensors and self.empty_gives_base:
-            return inputs.base.clone()
-        return self.kernel(inputs)
 
     def _check_counts(self, base, n: int) -> None:
         m = self.method
@@ -239,6 +243,17 @@ class _Preamble:
 
 
 @dataclass(frozen=True)
+class _PartsPreamble:
+    """`MergeMethod.parts` of a method declared with `define`: the same checks and casts as its merge."""
+
+    kernel: Callable[[Inputs], object]
+    preamble: _Preamble
+
+    def __call__(self, base, tensors, model_params=None, params=None, ctx=None):
+        return self.kernel(self.preamble.inputs(base, tensors, model_params, params, ctx))
+
+
+@dataclass(frozen=True)
 class _StreamPreamble:
     """`MergeMethod.stream` of a method declared with `define`: the parameters completed, the stored
     tensors untouched (the kernel returns None for what it does not handle)."""
@@ -260,17 +275,21 @@ def define(
     kernel: Callable[[Inputs], torch.Tensor],
     *,
     stream: Callable[[Inputs, torch.dtype], torch.Tensor | None] | None = None,
+    parts: Callable[[Inputs], object] | None = None,
     empty_gives_base: bool = False,
     base_role: str = "",
     **declaration,
 ) -> MergeMethod:
     """The registry entry of a method whose math is `kernel(inputs)` (see the module docstring) and whose
     streaming kernel, if any, is `stream(inputs over the stored tensors, out_dtype)`; `declaration`: the
-    other MergeMethod fields. `empty_gives_base`: no model besides the base gives the base back (a sum of
-    no task vectors); `base_role`: what the base is, for messages."""
+    other MergeMethod fields; `parts(inputs)`: the method as a differentiable function of its weights
+    (base.Parts). `empty_gives_base`: no model besides the base gives the base back (a sum of no task
+    vectors); `base_role`: what the base is, for messages."""
     declared = MergeMethod(name=name, merge=None, **declaration)  # what the preamble checks against
+    preamble = _Preamble(kernel, declared, empty_gives_base, base_role)
     return dataclasses.replace(
         declared,
-        merge=_Preamble(kernel, declared, empty_gives_base, base_role),
+        merge=preamble,
         stream=_StreamPreamble(stream, declared) if stream is not None else None,
+        parts=_PartsPreamble(parts, preamble) if parts is not None else None,
     )

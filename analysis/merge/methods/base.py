@@ -191,6 +191,9 @@ class MergeMethod:
     # The what-if: coefficients(CoefficientInputs) -> (cᵢ, wᵢ) per report model, the method read to first
     # order as θ₀ + Σᵢ cᵢ·τᵢ (wᵢ: the raw weight shown beside it). None: not modelled.
     coefficients: Callable[[CoefficientInputs], tuple[np.ndarray, np.ndarray]] | None = None
+    # Optional parts(base, tensors, model_params, params, ctx) -> Parts: the method as a differentiable
+    # function of its per-model weights, everything else frozen at the plan's values (fit, sensitivity).
+    parts: Callable[..., Parts] | None = None
     # Parameters the method accepts (as mergekit does) that change nothing in its result, e.g. `density`
     # of task_arithmetic, which sparsifies nothing: a sweep or search over them is refused.
     ignores: tuple[str, ...] = ()
@@ -239,6 +242,38 @@ class MergeMethod:
             return spec.coerce(value)
         except ParamValueError as exc:
             raise InputError(f"merge method {self.name}: parameter '{spec.name}'{who} {exc}{where}") from None
+
+
+@dataclass
+class Parts:
+    """One tensor of a merge read as a differentiable function of the models' weights w, with whatever
+    else the method decides (trims, elected signs) frozen at the plan's values:
+
+        out = offset + scale · Σᵢ wᵢ·termsᵢ / D(w),  D = Σᵢ wᵢ·keptᵢ per entry (0 → 1) with `kept`,
+        Σᵢ wᵢ when `normalize` (|D| < 1e-8 → 1), else 1.
+
+    At the plan's weights this is the method's own result (up to rounding)."""
+
+    offset: torch.Tensor | None  # flat θ₀ (None: the terms are the models themselves)
+    terms: torch.Tensor  # [N, numel] float32
+    kept: torch.Tensor | None = None  # [N, numel] 0/1: which model's entry each divisor counts
+    normalize: bool = False
+    scale: float = 1.0
+
+    def merged(self, w: torch.Tensor) -> torch.Tensor:
+        """The flat merged tensor at weights w [N] (autograd flows to w)."""
+        import torch
+
+        out = w @ self.terms
+        if self.kept is not None:
+            d = w @ self.kept
+            out = out / torch.where(d == 0, torch.ones_like(d), d)
+        elif self.normalize:
+            d = w.sum()
+            out = out / torch.where(d.abs() < 1e-8, torch.ones_like(d), d)
+        if self.scale != 1:
+            out = out * self.scale
+        return out if self.offset is None else out + self.offset
 
 
 class CoefficientInputs:

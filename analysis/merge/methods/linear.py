@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 from mergescope.io.errors import InputError
 from mergescope.merge.methods._util import Inputs, define
-from mergescope.merge.methods.base import BaseUse, CoefficientInputs, Linear, ParamSpec
+from mergescope.merge.methods.base import BaseUse, CoefficientInputs, Linear, ParamSpec, Parts
 
 PARAMS = (
     ParamSpec("weight", None, "float", per_model=True, required=True, help="this model's share"),
@@ -49,6 +49,14 @@ def linear(inp: Inputs) -> torch.Tensor:
     return out if out.dtype == dtype else out.to(dtype)
 
 
+def linear_parts(inp: Inputs) -> Parts:
+    """Σ wᵢθᵢ (÷ Σ wᵢ when normalize): already a function of the weights."""
+    import torch
+
+    terms = torch.stack([t.reshape(-1).to(torch.float32) for t in inp.models])
+    return Parts(None, terms, None, bool(inp.params["normalize"]))
+
+
 def linear_coefficients(x: CoefficientInputs) -> tuple[np.ndarray, np.ndarray]:
     """cᵢ = wᵢ / Σw over the inputs, the base's own weight included when it is one."""
     w = x.values("weight")
@@ -59,6 +67,7 @@ def linear_coefficients(x: CoefficientInputs) -> tuple[np.ndarray, np.ndarray]:
 METHOD = define(
     "linear",
     linear,
+    parts=linear_parts,
     base=BaseUse.INPUT,
     linear=Linear.WEIGHTED_MEAN,
     min_models=1,

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import torch
 
 from mergescope.merge.methods._util import Inputs, define, flat, scratch, weight_sum
-from mergescope.merge.methods.base import BaseUse, CoefficientInputs, Linear, MergeMethod, ParamSpec, Trim
+from mergescope.merge.methods.base import BaseUse, CoefficientInputs, Linear, MergeMethod, ParamSpec, Parts, Trim
 
 _WEIGHT = ParamSpec(
     "weight",
@@ -85,29 +85,17 @@ def gta(inp: Inputs, *, sparsification: str | None = None, consensus: bool = Fal
     """The shared kernel."""
     import torch
 
-    from mergescope.merge.methods import sparsify as sp  # deferred with torch: declaring the methods needs neither
-
     base, dtype, device = inp.base, inp.dtype, inp.device
     # mergekit builds the weight vector in the working dtype, so weights are rounded to it.
     wvec = torch.tensor(inp.values("weight"), dtype=dtype, device=device)
     weights = wvec.tolist()
-    rescale = inp.params["rescale"]
     lam = inp.params["lambda"]
     generator = inp.generator() if sparsification in ("random", "della_magprune") else None
 
     shape, n = base.shape, base.numel()
     b = flat(base)
     deltas = inp.task_vectors("gta.deltas")
-    for d, mp in zip(deltas, inp.model_params):
-        density = mp["density"]
-        if sparsification == "magnitude":
-            sp.magnitude_(d, density, rescale)
-        elif sparsification == "random":
-            sp.bernoulli_(d, density, rescale, generator)
-        elif sparsification == "magnitude_outliers":
-            sp.magnitude_outliers_(d, density, mp["gamma"], rescale)
-        elif sparsification == "della_magprune":
-            sp.della_(d, shape, density, mp["epsilon"], rescale, generator)
+    _trim(deltas, inp, sparsification, generator)
     if any(w != 1.0 for w in weights):
         deltas.mul_(wvec.view(-1, 1))
 
@@ -143,6 +131,43 @@ def gta(inp: Inputs, *, sparsification: str | None = None, consensus: bool = Fal
         out.mul_(lam)
     out.add_(b)
     return out.view(shape)
+
+
+def _trim(deltas, inp: Inputs, sparsification: str | None, generator) -> None:
+    """Each task vector (a row of `deltas`) sparsified in place, as the method's parameters say."""
+    from mergescope.merge.methods import sparsify as sp
+
+    rescale = inp.params["rescale"]
+    for d, mp in zip(deltas, inp.model_params):
+        density = mp["density"]
+        if sparsification == "magnitude":
+            sp.magnitude_(d, density, rescale)
+        elif sparsification == "random":
+            sp.bernoulli_(d, density, rescale, generator)
+        elif sparsification == "magnitude_outliers":
+            sp.magnitude_outliers_(d, density, mp["gamma"], rescale)
+        elif sparsification == "della_magprune":
+            sp.della_(d, inp.shape, density, mp["epsilon"], rescale, generator)
+
+
+def gta_parts(inp: Inputs, *, sparsification: str | None = None, consensus: bool = False) -> Parts:
+    """The kernel as a function of the weights: the trims as `gta` draws them (same seed, same masks)
+    and, with sign consensus, the signs elected at the plan's weights and the entries they keep."""
+    import torch
+
+    w = torch.tensor(inp.values("weight"), dtype=torch.float32, device=inp.device)
+    deltas = inp.task_vectors("gta.parts").to(torch.float32, copy=True)
+    generator = inp.generator() if sparsification in ("random", "della_magprune") else None
+    _trim(deltas, inp, sparsification, generator)
+    kept = None
+    if consensus:
+        weighted = deltas * w.view(-1, 1)
+        elected = weighted.sum(0) >= 0
+        keep = torch.where(elected, weighted > 0, weighted < 0)
+        deltas.mul_(keep)
+        kept = keep.to(torch.float32) if inp.params["normalize"] else None
+    normalize = inp.params["normalize"] and not consensus
+    return Parts(flat(inp.base).to(torch.float32), deltas, kept, normalize, float(inp.params["lambda"]))
 
 
 def task_sum_coefficients(x: CoefficientInputs) -> tuple[np.ndarray, np.ndarray]:
@@ -229,6 +254,7 @@ def _make(name, sparsification, consensus, normalize, rescale, description) -> M
         name,
         partial(gta, **variant),
         stream=partial(_stream, **variant) if sparsification in (None, "magnitude") else None,
+        parts=partial(gta_parts, **variant),
         empty_gives_base=True,
         base=BaseUse.REQUIRED,
         linear=Linear.TASK_SUM,

@@ -50,19 +50,26 @@ def param_defaults(method) -> dict[str, float]:
     return {p.name: float(p.default) if p.default is not None else DEFAULT_VALUE for p in table_specs(method)}
 
 
-def _in_force(table: Mapping | None, layer: int | None, group: str, model: int, default: float) -> float:
-    """The value one parameter's table gives one model at one layer (None: outside the blocks) and
-    group: its band's, else the catch-all `other`, else `default`."""
+def key_in_force(table: Mapping | None, layer: int | None, group: str) -> tuple | None:
+    """The key of one parameter's table whose value holds at one layer (None: outside the blocks) and
+    group: its band's (or its row's), else the catch-all `other`, else None (the default holds)."""
     if table is None:
-        return default
+        return None
     if layer is None:
-        v = table.get((group, None)) or table.get(OTHER)
-        return v[model] if v else default
-    for (g, band), vals in table.items():
-        if g == group and band is not None and band[0] <= layer < band[1]:
-            return vals[model]
-    v = table.get(OTHER)
-    return v[model] if v else default
+        if table.get((group, None)):
+            return (group, None)
+    else:
+        for g, band in table:
+            if g == group and band is not None and band[0] <= layer < band[1]:
+                return (g, band)
+    return OTHER if table.get(OTHER) else None
+
+
+def _in_force(table: Mapping | None, layer: int | None, group: str, model: int, default: float) -> float:
+    """The value one parameter's table gives one model at one layer and group (key_in_force), else
+    `default`."""
+    key = key_in_force(table, layer, group)
+    return table[key][model] if key is not None else default
 
 
 @dataclass
