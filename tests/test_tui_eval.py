@@ -1,5 +1,7 @@
-"""The Evaluate tab: score the plan in memory against its base and inputs, sweep the plan editor's cell
-with its plot, a greedy soup of the open models, Esc, bad texts, results kept per plan; one snapshot.
+"""The Evaluate tab: score the plan in memory against its base and inputs (intervals, the plan against
+each input, the passages where it lost), sweep the plan editor's cell with its plot and a greedy soup of
+the open models (chosen on the selection split, reported on the report split), Esc, bad texts, results
+kept per plan; snapshots at 120×40 and 80×24.
 
 Tiny byte-level Llamas (vocab 256, no tokenizer files) and two short texts keep every job under a
 second; the demo is only checked for the texts it preselects.
@@ -17,14 +19,17 @@ from mergescope.stats.readiness import analyze
 from mergescope.tui.app import MergeScopeApp
 from mergescope.tui.dialogs.error import ErrorDialog
 from mergescope.tui.state.evaluation import PLAN_ROW, EvalStore, Meter, default_values
-from mergescope.tui.widgets.eval_view import EvalView, score_table
+from mergescope.tui.widgets.eval_view import EvalView
 from tests.ckpt_utils import make_finetune, make_llama
 
 SIZE = (120, 40)
 SAMPLE = {"method": "task_arithmetic", "models": ["ft0", "ft1"], "weight": 1.0}
 TEXTS = {
     "a": b"def add(a, b):\n    return a + b\n\n" * 12,
-    "b": b"The river ran slowly past the mill, and the miller watched it. " * 6,
+    "b": b"".join(
+        f"The river ran {w} past the mill, and the miller watched it for {k} hours.\n\n".encode()
+        for k, w in enumerate(["slowly", "fast", "high", "low", "cold", "dark", "clear", "wide"])
+    ),
 }
 
 
@@ -118,6 +123,48 @@ def test_store_marks_the_latest_stale_for_another_plan():
     assert store.get("score", "plan-1", ["a.txt"])[1]  # dropped: bounded
 
 
+def _score(values, seed: int):
+    """A bits-per-byte score with per-passage units (what an interval resamples)."""
+    import random
+
+    from mergescope.score.result import Score
+
+    rng = random.Random(seed)
+    num = tuple(v * 100 + rng.uniform(-5, 5) for v in values)
+    den = (100.0,) * len(values)
+    return Score(sum(num) / sum(den), False, 1.0, 10, 100 * len(values), None, num, den, tuple(range(len(values))))
+
+
+def test_score_tables_bold_the_best_and_fit_80_columns():
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    from mergescope.tui.state.evaluation import Scored
+    from mergescope.tui.widgets.eval_tables import scores_table
+
+    texts = ["code", "dialog", "prose"]
+    rows = {
+        PLAN_ROW: {t: _score([2.0 + k] * 12, k) for k, t in enumerate(texts)},
+        "base": {t: _score([2.1 + k] * 12, k + 5) for k, t in enumerate(texts)},
+        "code": {t: _score([1.9 + k * 1.1] * 12, k + 9) for k, t in enumerate(texts)},
+    }
+    scored = Scored.of(rows, "whole texts")
+    console = Console(width=200)
+    widths = []
+    for width, sep in ((120, " ± "), (72, "±")):  # too wide for 72 columns: the compact form
+        group = scores_table(scored, "base", width)
+        table = group.renderables[1]
+        widths.append(Measurement.get(console, console.options, table).maximum)
+        assert widths[-1] <= width
+        for col in table.columns[1:]:
+            cells = list(col._cells)
+            values = [float(c.plain.split("±")[0]) for c in cells]
+            assert all(sep in c.plain for c in cells)
+            assert [c.style == "bold" for c in cells] == [v == min(values) for v in values]
+    assert widths[0] > 72 > widths[1]
+    assert "on the whole texts" in group.renderables[0].plain
+
+
 def test_demo_preselects_its_held_out_texts():
     from mergescope.demo import heldout_dir
     from mergescope.tui.cli import build_parser
@@ -134,8 +181,20 @@ def test_demo_preselects_its_held_out_texts():
 # ---- the tab -----------------------------------------------------------------------------------
 
 
+def body(view) -> str:
+    """Everything the tab's results column shows, as a user reads it."""
+    return "\n".join(plain(w) for w in view.query("#eval-results > Static") if w.display)
+
+
+def pm(value, iv) -> str:
+    return f"{value:.4f} ± {iv.half:.3f}"
+
+
 @pytest.mark.asyncio
-async def test_score_table_plan_base_and_inputs(here):
+async def test_score_shows_intervals_and_where_the_plan_lost(here):
+    from mergescope.score.stats import interval, reduced, verdict
+    from mergescope.tui.state.evaluation import ScoreResult
+
     app = app_for()
     async with app.run_test(size=SIZE) as pilot:
         await ready(app, pilot)
@@ -146,22 +205,50 @@ async def test_score_table_plan_base_and_inputs(here):
         await pilot.press("s")
         await ready(app, pilot)
         got, stale = entry(app, "score")
-        assert not stale and list(got.result) == [PLAN_ROW, "base", "ft0", "ft1"]
-        assert all(set(row) == {"a", "b"} for row in got.result.values())
-        body = plain(view.query_one("#eval-tables"))
-        for word in ("Score", "plan (merged)", "base", "ft0", "ft1", "mean", "bits per byte"):
-            assert word in body
-        # the best of each column is bold
-        table = score_table(got.result, "base")
-        for col in table.columns[1:]:
-            cells = col._cells
-            values = [float(c.plain) for c in cells]
-            assert [c.style == "bold" for c in cells] == [v == min(values) for v in values]
+        assert not stale and isinstance(got.result, ScoreResult)
+        rows = got.result.scored.rows
+        assert list(rows) == [PLAN_ROW, "base", "ft0", "ft1"]
+        assert all(set(row) == {"a", "b"} for row in rows.values())
+        text = body(view)
+        for word in ("Score", "plan (merged)", "base", "ft0", "ft1", "mean", "bits per byte", "whole texts"):
+            assert word in text
+        # every score with the half-width of its own 95 % interval; the mean with the objective's
+        for row in rows.values():
+            for score in row.values():
+                iv = interval(score)
+                assert iv is not None and iv.lo < score.value < iv.hi
+                assert pm(score.value, iv) in text
+            mean = reduced(row, lambda v: (v["a"] + v["b"]) / 2)
+            assert pm(mean.value, mean) in text
+        # the plan against each input (not the base), per text, with the paired verdict
+        pairs = got.result.pairs
+        assert [(p.text, p.parent) for p in pairs] == [("a", "ft0"), ("a", "ft1"), ("b", "ft0"), ("b", "ft1")]
+        assert "The plan against each input" in text and "plan − input" in text
+        for p in pairs:
+            assert p.diff is not None and p.verdict == verdict(p.diff)
+            assert len(p.passages) == {"a": 12, "b": 8}[p.text]  # blank-line paragraphs of the texts
+            assert f"{p.diff.value:+.4f} [{p.diff.lo:+.4f}, {p.diff.hi:+.4f}]" in text
+            assert f"{len(p.regressed)}/{len(p.passages)} ({p.regressed_share:.0%})" in text
+        lines = text.splitlines()
+        for parent in ("ft0", "ft1"):
+            worst = sorted(
+                ((q, p.text) for p in pairs if p.parent == parent for q in p.passages if q.bits > 0),
+                key=lambda x: -x[0].bits,
+            )
+            k = lines.index(next(x for x in lines if x.startswith(f"lost most against {parent}")))
+            if not worst:
+                assert "no passage got worse" in lines[k]
+                continue
+            q, t = worst[0]
+            assert lines[k + 1].split()[:5] == [f"{q.delta:+.3f}", "×", str(q.bytes), "B", t]
+            assert f"#{q.index}" in lines[k + 1] and q.snippet[:40] in lines[k + 1]
         assert "scored the plan and 3 model(s)" in plain(view.query_one("#eval-status"))
 
 
 @pytest.mark.asyncio
-async def test_sweep_varies_the_cell_under_the_cursor_with_a_plot(here):
+async def test_sweep_chooses_on_selection_and_reports_on_the_rest(here):
+    from mergescope.tui.state.evaluation import SearchResult
+
     app = app_for()
     async with app.run_test(size=SIZE) as pilot:
         await ready(app, pilot)
@@ -173,38 +260,51 @@ async def test_sweep_varies_the_cell_under_the_cursor_with_a_plot(here):
         assert "weight of ft0 at L0" in plain(view.query_one("#eval-target"))
         assert view.values == "0:1.5:0.25"  # from the parameter's spec
         view.query_one("#eval-values").value = "0,0.5,1"
-        await pilot.press("s")
-        await ready(app, pilot)
         await pilot.press("w")
         await ready(app, pilot)
         got, stale = entry(app, "sweep")
-        result = got.result
-        assert not stale and result.values == [0.0, 0.5, 1.0] and result.param == "weight"
-        # at the plan's own value the sweep's plan is the plan: the same score
-        score = entry(app, "score")[0].result[PLAN_ROW]
-        assert all(abs(result.scores[2][t].value - score[t].value) < 1e-9 for t in score)
-        # only ft0's parameters change from point to point
+        assert not stale and isinstance(got.result, SearchResult)
+        result, out = got.result.search, got.result.outcome
+        assert result.values == [0.0, 0.5, 1.0] and result.param == "weight" and result.outcome is out
+        # only ft0's parameters change from point to point; at the plan's own value it is the plan
         plans = got.job.plans
         assert plans[0].models[1].parameters == plans[2].models[1].parameters
         assert plans[0].models[0].parameters != plans[2].models[0].parameters
-        # the plot beside the table, the best marked in both
-        plot = view.query_one("#eval-plot")
-        assert plot.display and plot.has_class("-shown") and plot.region.width > 20
+        assert plans[2].to_yaml() == app.session.current_plan().to_yaml()
+        # chosen on the selection split, reported on the rest: together they cover each text once
         best = result.values[result.best()]
+        assert out.chosen == f"weight = {best:g}" and out.reference == "the plan (weight = 1)"
+        for t, data in TEXTS.items():
+            sel = result.scores[0][t].n_bytes + 1  # the first token is never predicted
+            rep = out.rows[out.reference][t].n_bytes + 1
+            assert sel + rep == len(data) and rep < sel
+        text = body(view)
+        assert "Sweep" in text and "✱" in text and "◂" in text
+        assert "on the selection (first 75% of each text, used to choose)" in text
+        assert "on the report (last 25% of each text, not used to choose)" in text
+        assert out.summary() in " ".join(text.split())
+        assert f"best weight = {best:g} on the selection split" in plain(view.query_one("#eval-status"))
+        if out.verdict != "same candidate":
+            assert out.verdict in ("better", "worse", "within noise") and out.diff is not None
+            assert f"{out.diff.value:+.4f} [{out.diff.lo:+.4f}, {out.diff.hi:+.4f}]" in text
+            for label in (out.chosen, out.reference):
+                iv = out.interval(label)
+                assert pm(out.value(label), iv) in text
+        # the plot under the table, one panel per text, each several rows high
+        plot = view.query_one("#eval-plot")
+        assert plot.display and plot.region.height >= 16 and plot.region.width > 60
         assert f"best weight = {result.values[result.best('a')]:g}" in plot.render().plain
-        body = plain(view.query_one("#eval-tables"))
-        assert "Sweep" in body and "✱" in body and "◂" in body
-        assert f"best weight = {best:g}" in plain(view.query_one("#eval-status"))
-        await pilot.press("h")  # away and back: drawn again, beside each other
+        await pilot.press("h")  # away and back: drawn again
         await ready(app, pilot)
         await pilot.press("u")
         await ready(app, pilot)
-        results = view.query_one("#eval-results")
-        assert plot.display and results.region.width > 40 and plot.region.x >= results.region.right
+        assert plot.display and body(view) == text
 
 
 @pytest.mark.asyncio
-async def test_greedy_soup_lists_its_steps_as_they_happen(here, monkeypatch):
+async def test_greedy_soup_lists_its_steps_with_their_intervals(here, monkeypatch):
+    from mergescope.score.stats import verdict
+
     seen = []
     shown = EvalView.show_partial
 
@@ -219,19 +319,50 @@ async def test_greedy_soup_lists_its_steps_as_they_happen(here, monkeypatch):
         await pilot.press("u", "g")
         await ready(app, pilot)
         got, _ = entry(app, "soup")
-        assert [s.model for s in got.result.steps] and "other" not in [s.model for s in got.result.steps]
-        assert len(got.result.steps) == 3 and seen[-1] == [s.action for s in got.result.steps]
+        soup, out = got.result.search, got.result.outcome
+        assert [s.model for s in soup.steps] and "other" not in [s.model for s in soup.steps]
+        assert len(soup.steps) == 3 and seen[-1] == [s.action for s in soup.steps]
         assert [len(s) for s in seen] == [1, 2, 3] and seen[0] == ["start"]
-        body = plain(app.main.query_one("#eval-tables"))
-        assert "left out: other: different-base" in body and "start" in body
-        assert ("added" in body or "rejected" in body) and "best single model" in body
+        text = body(app.main.query_one(EvalView))
+        assert "left out: other: different-base" in text and "start" in text
+        assert "on the selection (first 75% of each text, used to choose)" in text
+        assert "on the report (last 25% of each text, not used to choose)" in text
+        for step in soup.steps[1:]:  # every step's change with its interval and verdict
+            g = step.gain
+            assert g is not None and step.noise == verdict(g)
+            line = next(x for x in text.splitlines() if f"{g.value:+.4f} [{g.lo:+.4f}, {g.hi:+.4f}]" in x)
+            assert step.action in line and step.noise in line
+        first = soup.steps[0].model
+        assert out.reference == f"best single ({first})" and out.chosen == f"greedy soup of {len(soup.kept)}"
+        assert out.summary() in " ".join(text.split())
+        if len(soup.kept) == 1:
+            assert out.verdict == "same candidate" and "nothing beat it" in text
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("key", ["w", "g"])
+async def test_a_text_too_short_to_split_is_one_error_dialog(here, tmp_path, key):
+    short = tmp_path / "short.txt"
+    short.write_bytes(b"x")
+    app = app_for()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await pilot.press("e", "down")
+        await ready(app, pilot)
+        await pilot.press("u")
+        await pilot.pause()
+        app.main.query_one("#eval-texts").value = f"a.txt {short}"
+        await pilot.press(key)
+        await pilot.pause()
+        assert isinstance(app.screen, ErrorDialog) and not app.running_jobs()
+        assert "too short to split" in plain(app.screen.query_one("#error-message"))
 
 
 @pytest.mark.asyncio
 async def test_escape_cancels_an_evaluation(here, monkeypatch):
     import time
 
-    import mergescope.score.backends as scorers
+    import mergescope.score.candidate as scorers
 
     started = []
 
@@ -306,23 +437,23 @@ async def test_results_are_kept_per_plan_across_tabs(here, monkeypatch):
         await ready(app, pilot)
         await pilot.press("u", "s")
         await ready(app, pilot)
-        tables = app.main.query_one("#eval-tables")
-        first = plain(tables)
+        view = app.main.query_one(EvalView)
+        first = body(view)
         await pilot.press("h")
         await ready(app, pilot)
         await pilot.press("u")
         await ready(app, pilot)
-        assert runs == ["score"] and plain(tables) == first and "stale" not in first
+        assert runs == ["score"] and body(view) == first and "stale" not in first
         await pilot.press("e", "plus")  # the plan changes: the old table is marked stale
         await ready(app, pilot)
         await pilot.press("u")
         await ready(app, pilot)
-        assert "stale" in plain(tables) and "plan (merged)" in plain(tables)
+        assert "stale" in body(view) and "plan (merged)" in body(view)
         await pilot.press("e", "minus")  # back to the scored plan: its table again
         await ready(app, pilot)
         await pilot.press("u")
         await ready(app, pilot)
-        assert plain(tables) == first and runs == ["score"]
+        assert body(view) == first and runs == ["score"]
 
 
 @pytest.mark.asyncio
@@ -338,21 +469,41 @@ async def test_evaluate_is_in_help_and_the_palette(here):
         assert entry(app, "score")[0] is not None
 
 
-# ---- snapshot ----------------------------------------------------------------------------------
-def test_evaluate_tab_after_a_sweep(here, monkeypatch, snap_compare):
+# ---- snapshots ---------------------------------------------------------------------------------
+@pytest.fixture
+def frozen(here, monkeypatch):
     import mergescope.tui.actions.evaluate as eval_jobs
 
     monkeypatch.setattr(eval_jobs, "time", types.SimpleNamespace(perf_counter=lambda: 0.0))  # "0.0 s"
     analyze("base", ["ft0", "ft1", "ft2"])  # warm cache
 
-    async def run_before(pilot):
-        await ready(pilot.app, pilot)
-        await pilot.press("e", "down")
-        await ready(pilot.app, pilot)
-        await pilot.press("u")
-        await pilot.pause()
-        pilot.app.main.query_one("#eval-values").value = "0:1.5:0.25"
-        await pilot.press("w")
-        await ready(pilot.app, pilot)
 
-    assert snap_compare(app_for(), run_before=run_before, terminal_size=SIZE)
+async def _score_and_sweep(pilot):
+    await ready(pilot.app, pilot)
+    await pilot.press("e", "down")
+    await ready(pilot.app, pilot)
+    await pilot.press("u")
+    await pilot.pause()
+    pilot.app.main.query_one("#eval-values").value = "0:1.5:0.25"
+    await pilot.press("s")
+    await ready(pilot.app, pilot)
+    await pilot.press("w")
+    await ready(pilot.app, pilot)
+
+
+def test_evaluate_tab_after_a_score_and_a_sweep(frozen, snap_compare):
+    assert snap_compare(app_for(), run_before=_score_and_sweep, terminal_size=SIZE)
+
+
+def test_evaluate_tab_80x24(frozen, snap_compare):
+    assert snap_compare(app_for(), run_before=_score_and_sweep, terminal_size=(80, 24))
+
+
+def test_evaluate_tab_80x24_sweep_plot(frozen, snap_compare):
+    async def run_before(pilot):
+        await _score_and_sweep(pilot)
+        view = pilot.app.main.query_one(EvalView)
+        view.query_one("#eval-results").scroll_to_widget(view.query_one("#eval-plot"), top=True, animate=False)
+        await pilot.pause()
+
+    assert snap_compare(app_for(), run_before=run_before, terminal_size=(80, 24))

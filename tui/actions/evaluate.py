@@ -99,11 +99,12 @@ class EvalJobs:
         self.session.evals.put(EvalEntry(replace(job, texts={}), result, message.seconds))  # the bytes go
         self.timings[f"eval_{job.kind}"] = message.seconds
         if job.kind == "sweep":
-            text = f"sweep of {len(job.values)} values: best {job.param} = {result.values[result.best()]:g}"
+            best = result.search.values[result.search.best()]
+            text = f"sweep of {len(job.values)} values: best {job.param} = {best:g} on the selection split"
         elif job.kind == "soup":
-            text = f"greedy soup: kept {len(result.kept)} of {len(job.models)}"
+            text = f"greedy soup: kept {len(result.search.kept)} of {len(job.models)}"
         else:
-            text = f"scored the plan and {len(result) - 1} model(s)"
+            text = f"scored the plan and {len(result.scored.rows) - 1} model(s)"
         self.main.query_one(EvalView).finished(job, message.seconds, text)
         self.show_eval()
 

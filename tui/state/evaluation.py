@@ -2,6 +2,11 @@
 the plan editor's cell under the cursor, a greedy soup of the open models), their progress over
 candidates, and the results kept per plan.
 
+A score is on the whole texts and says, per text and passage, where the plan lost against each input
+(score/compare.py). A sweep and a soup choose on the selection split of every text and report the
+chosen candidate against the plan as it is (sweep) or the best single ingredient (soup) on the report
+split, as the CLI does. Every interval is computed here, in the worker (a bootstrap each).
+
 `run` executes a job in the app's worker thread and only calls back; the widgets never see it.
 """
 
@@ -12,11 +17,16 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mergescope.score.candidate import MEAN, Objective
+from mergescope.score.texts import REPORT_FRACTION
 from mergescope.tui.format import short_names
 from mergescope.tui.state.plan_state import PlanState, Row
 
 PLAN_ROW = "plan"  # the score table's row for the plan merged in memory
 KEPT = 24  # results kept (every kind, plan and text list together)
+TOP = 3  # passages listed per input where the plan lost most
+WHOLE = "whole texts"
+SELECTION = f"selection (first {1 - REPORT_FRACTION:.0%} of each text, used to choose)"
 
 
 def parse_paths(raw: str) -> list[str]:
@@ -102,7 +112,7 @@ class EvalJob:
     key: str  # what its result is kept for: the plan's YAML (the models, for a soup)
     text_paths: tuple[str, ...]
     texts: dict = field(default_factory=dict, repr=False)  # {name: bytes}
-    plan: object = None  # score: the plan
+    plan: object = None  # score: the plan; sweep: the plan as it is (the reference)
     base: str | None = None  # score: the base it is compared with
     models: list[str] = field(default_factory=list)  # score: the plan's inputs; soup: the ingredients
     plans: list = field(default_factory=list, repr=False)  # sweep: one plan per value
@@ -116,21 +126,23 @@ class EvalJob:
     def phases(self) -> int:
         """Scoring one model is one phase; a plan is merged, then scored: two."""
         if self.kind == "score":
-            return 3
+            return len(self.models) + 3  # the base and each input, then the plan merged and scored
         if self.kind == "sweep":
-            return 2 * len(self.plans)
-        return len(self.models) + 2 * (len(self.models) - 1)
+            return 2 * len(self.plans) + 4  # then the best and the plan on the report split
+        return len(self.models) + 2 * (len(self.models) - 1) + 3  # then the soup and the best single
 
 
 def make_job(kind: str, session, paths: list[str], target: SweepTarget | None = None, values: str = "") -> EvalJob:
     """The job for the session's plan and these texts; InputError (one line) when it cannot run."""
     from mergescope.io.errors import InputError
-    from mergescope.score.texts import read_texts
+    from mergescope.score.texts import read_texts, split_texts
 
     if session.report is None:
         raise InputError("no analysis yet: open a model set first (o)")
     texts = read_texts(paths, what="text")
     common = {"text_paths": tuple(paths), "texts": texts}
+    if kind in ("sweep", "soup"):
+        split_texts(texts)  # a text too short to split is said now, not by the worker
     if kind == "soup":
         models, left_out = soup_models(session.report)
         if len(models) < 2:
@@ -160,6 +172,7 @@ def make_job(kind: str, session, paths: list[str], target: SweepTarget | None = 
     return EvalJob(
         "sweep",
         key,
+        plan=plan,
         plans=plans,
         values=vals,
         param=target.param,
@@ -192,30 +205,89 @@ class Meter:
         self.post(overall, self.phases, f"{self.what} · {label}")
 
 
+@dataclass
+class Scored:
+    """Scores {label: {text: Score}} on one split, with the 95 % interval of each and of each row's
+    objective (None where a score has none)."""
+
+    rows: dict
+    split: str
+    objective: Objective = MEAN
+    cells: dict = field(default_factory=dict)  # label -> {text: Interval | None}
+    means: dict = field(default_factory=dict)  # label -> Interval | None
+
+    @classmethod
+    def of(cls, rows, split: str, objective: Objective = MEAN) -> Scored:
+        from mergescope.score.stats import interval, reduced
+
+        cells = {k: {t: interval(s) for t, s in row.items()} for k, row in rows.items()}
+        means = {k: reduced(row, objective.reducer(row)) for k, row in rows.items()}
+        return cls(dict(rows), split, objective, cells, means)
+
+
+@dataclass
+class ScoreResult:
+    """The plan, its base and inputs on the whole texts, and the plan against each input per text."""
+
+    scored: Scored
+    pairs: list  # score.compare.Pair: (text, plan, input) with the paired difference and the passages
+
+
+@dataclass
+class SearchResult:
+    """A sweep's or soup's choice, made on the selection split, and its outcome on the report split."""
+
+    search: object  # SweepResult | SoupResult (its .outcome set)
+    outcome: object  # search.outcome.Outcome
+    report: Scored  # the outcome's rows with their intervals
+    diffs: dict = field(default_factory=dict)  # text -> paired Interval of chosen − reference
+
+
+def reported(search, out) -> SearchResult:
+    from mergescope.score.stats import paired
+
+    search.outcome = out
+    chosen, ref = out.rows[out.chosen], out.rows[out.reference]
+    diffs = {t: paired(chosen[t], ref[t]) for t in chosen if t in ref} if chosen is not ref else {}
+    return SearchResult(search, out, Scored.of(out.rows, out.split, out.objective), diffs)
+
+
 def run(job: EvalJob, *, device: str = "cpu", post=None, should_stop=None, partial=None):
-    """Compute the job: {row: {text: Score}} for a score, a SweepResult, a SoupResult. `partial(result
-    so far)` is called after each sweep point and soup step; cancelling raises Cancelled (scoring)
-    or Cancelled (merging)."""
+    """Compute the job: a ScoreResult, or a SearchResult for a sweep or a soup. `partial(result so
+    far)` is called after each sweep point (a SweepResult) and soup step (the steps); cancelling
+    raises Cancelled."""
     from mergescope.score.candidate import Scorer
+    from mergescope.search.outcome import outcome, split_label
 
     meter = Meter(job.phases(), post or (lambda *a: None))
     scorer = Scorer(job.texts, device=device, progress=meter, should_stop=should_stop)
     partial = partial or (lambda _: None)
     if job.kind == "score":
+        from mergescope.score.compare import compare
+
         refs = [job.base, *job.models]
         meter.begin("score base and inputs")
         rows = dict(zip(refs, scorer.models(refs).values()))
         meter.begin("score the plan (in memory)")
-        return {PLAN_ROW: scorer.plan(job.plan), **rows}
+        rows = {PLAN_ROW: scorer.plan(job.plan), **rows}
+        return ScoreResult(Scored.of(rows, WHOLE), compare(job.texts, rows, [PLAN_ROW], job.models))
+    sel, rep = scorer.split()
+    split = split_label(scorer, False, REPORT_FRACTION)
     if job.kind == "sweep":
         from mergescope.search.sweep import SweepResult
 
         scores = []
         for k, (v, plan) in enumerate(zip(job.values, job.plans)):
             meter.begin(f"sweep {k + 1}/{len(job.values)} {job.param}={v:g}")
-            scores.append(scorer.plan(plan))
+            scores.append(sel.plan(plan))
             partial(SweepResult(job.param, job.model, job.values[: k + 1], list(scores)))
-        return SweepResult(job.param, job.model, list(job.values), scores)
+        result = SweepResult(job.param, job.model, list(job.values), scores)
+        i = result.best()
+        chosen = f"{job.param} = {result.values[i]:g}"
+        reference = "the plan" + (f" ({job.param} = {job.now:g})" if job.now is not None else "")
+        meter.begin("report split: the best value and the plan")
+        out = outcome({chosen: job.plans[i], reference: job.plan}, chosen, reference, rep, MEAN, split)
+        return reported(result, out)
     from mergescope.search.soup import greedy_soup
 
     names = dict(zip(job.models, short_names(job.models, 20)))
@@ -223,17 +295,22 @@ def run(job: EvalJob, *, device: str = "cpu", post=None, should_stop=None, parti
 
     def alone(model):
         meter.begin(f"soup: {names[model]} alone")
-        return scorer.model(model)
+        return sel.model(model)
 
     def candidate(plan):
         meter.begin(f"soup: + {names.get(plan.models[-1].model, 'candidate')}")
-        return scorer.plan(plan)
+        return sel.plan(plan)
 
     def log(step):
         steps.append(step)
         partial(list(steps))
 
-    return greedy_soup(job.models, candidate, alone, log=log)
+    result = greedy_soup(job.models, candidate, alone, log=log)
+    first = result.steps[0].model
+    chosen, reference = f"greedy soup of {len(result.kept)}", f"best single ({names[first]})"
+    meter.begin("report split: the soup and the best single model")
+    cands = {chosen: result.plan if len(result.kept) > 1 else first, reference: first}
+    return reported(result, outcome(cands, chosen, reference, rep, MEAN, split))
 
 
 @dataclass

@@ -1,15 +1,15 @@
-"""The Evaluate tab: held-out texts; a score of the plan (merged in memory) against its base and inputs;
-a sweep of the plan editor's cell under the cursor, with its plot; a greedy soup of the open models.
+"""The Evaluate tab: held-out texts; a score of the plan (merged in memory) against its base and inputs,
+with where it lost against each input; a sweep of the plan editor's cell under the cursor, with its
+plot; a greedy soup of the open models. Sweep and soup choose on the selection split and report on the
+report split. Everything scrolls in one column, so that an 80×24 terminal shows it whole.
 
 The app hands it the session (`show`) and a running job's result so far (`show_partial`); the view
-posts `Run` for a job and computes nothing.
+posts `Run` for a job and computes nothing (the tables are in eval_tables.py).
 """
 
 from __future__ import annotations
 
 from rich.console import Group
-from rich.measure import Measurement
-from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -18,16 +18,23 @@ from textual.message import Message
 from textual.widgets import Button, Label, Static
 from textual_plotext import PlotextPlot
 
-from mergescope.tui.format import display_names, short_names
-from mergescope.tui.state.evaluation import PLAN_ROW, default_values, join_paths, parse_paths
+from mergescope.tui.format import short_names
+from mergescope.tui.plots import MAX_TEXTS, draw_sweep
+from mergescope.tui.state.evaluation import SearchResult, default_values, join_paths, parse_paths
+from mergescope.tui.widgets.eval_tables import (
+    outcome_section,
+    pairs_section,
+    scores_table,
+    soup_steps,
+    sweep_table,
+)
 from mergescope.tui.widgets.inputs import AppInput
 
 KINDS = ("score", "sweep", "soup")
 TITLES = {"score": "Score", "sweep": "Sweep", "soup": "Greedy soup"}
 KEYS = {"score": "s", "sweep": "w", "soup": "g"}
-MARKERS = ("braille", "•", "+", "x", "*", "o")  # told apart without colour
-MAX_PLOTS = 4  # texts plotted, one above the other
-UNIT = "bits per byte, lower is better"
+PLOT_ROWS = 8  # per text plotted: a title, the box, the ticks (as the CLI draws it)
+SECTIONS = ("eval-hint", "eval-scores", "eval-sweep-points", "eval-sweep-report", "eval-soup-steps")
 
 
 class EvalView(Vertical):
@@ -35,19 +42,19 @@ class EvalView(Vertical):
     PALETTE_GROUP = "Evaluate"
     DEFAULT_CSS = """
     EvalView { height: 1fr; }
-    EvalView #eval-toolbar { height: auto; padding: 0 1; background: $boost; }
-    EvalView .eval-form { height: auto; padding: 0 1; }
+    EvalView .eval-line { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    EvalView #eval-toolbar { background: $boost; }
+    EvalView .eval-form { height: 1; padding: 0 1; }
     EvalView .eval-form Label { padding: 0 1 0 0; }
     EvalView #eval-texts { width: 1fr; }
-    EvalView #eval-target { width: 1fr; height: 1; }
-    EvalView #eval-values { width: 20; }
-    EvalView .eval-form Button { min-width: 10; height: 1; border: none; margin-left: 1; }
-    EvalView #eval-status { height: auto; padding: 0 1; }
-    EvalView #eval-body { height: 1fr; }
-    EvalView #eval-results { width: 1fr; padding: 0 1; }
-    EvalView #eval-results.-beside { max-width: 70%; }
-    EvalView #eval-plot { width: 1fr; display: none; border-left: vkey $primary 50%; }
-    EvalView #eval-plot.-shown { display: block; }
+    EvalView #eval-target { width: 1fr; height: 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    EvalView #eval-values { width: 18; }
+    EvalView .eval-form Button { min-width: 9; height: 1; border: none; margin-left: 1; }
+    EvalView #eval-results { height: 1fr; padding: 0 1; scrollbar-size-vertical: 1; }
+    EvalView #eval-results > Static { height: auto; margin-bottom: 1; }
+    EvalView #eval-results > .-empty { display: none; }
+    EvalView #eval-results > #eval-sweep-points { margin-bottom: 0; }
+    EvalView #eval-plot { height: 8; max-width: 110; margin-bottom: 1; }
     """
     BINDINGS = [
         Binding("s", "run('score')", "score the plan", tooltip="score the plan, its base and inputs", id="eval.score"),
@@ -80,7 +87,7 @@ class EvalView(Vertical):
         self._texts_set = False
 
     def compose(self) -> ComposeResult:
-        yield Static("No analysis yet.", id="eval-toolbar")
+        yield Static("No analysis yet.", id="eval-toolbar", classes="eval-line")
         with Horizontal(classes="eval-form"):
             yield Label("texts")
             yield AppInput("", id="eval-texts", compact=True, placeholder="held-out text files, space-separated")
@@ -91,11 +98,12 @@ class EvalView(Vertical):
             yield Static("", id="eval-target")
             yield Label("values")
             yield AppInput("", id="eval-values", compact=True, placeholder="start:stop:step or a,b,c")
-        yield Static("", id="eval-status")
-        with Horizontal(id="eval-body"):
-            with VerticalScroll(id="eval-results"):
-                yield Static("", id="eval-tables")
-            yield PlotextPlot(id="eval-plot")
+        yield Static("", id="eval-status", classes="eval-line")
+        with VerticalScroll(id="eval-results"):
+            for wid in SECTIONS:
+                yield Static("", id=wid, classes="-empty")
+                if wid == "eval-sweep-points":
+                    yield PlotextPlot(id="eval-plot")
 
     # -- what the app hands down ----------------------------------------------------------------
     @property
@@ -137,7 +145,7 @@ class EvalView(Vertical):
         t.append(st.method, "bold cyan")
         t.append(" · " + (" + ".join(short_names([st.models[i] for i in st.chosen()], 14)) or "nothing"), "bold")
         t.append("  │  ", "dim")
-        t.append("bits/byte, lower is better · plans merged in memory", "dim")
+        t.append("merged in memory · bits per byte, lower is better", "dim")
         self.query_one("#eval-toolbar", Static).update(t)
 
     def started(self, job) -> None:
@@ -165,11 +173,17 @@ class EvalView(Vertical):
         self.query_one("#eval-status", Static).update(text)
 
     # -- drawing ----------------------------------------------------------------------------------
+    def on_resize(self, _) -> None:
+        self._draw()  # the tables pick their width
+
     def _draw(self) -> None:
         session = self.session
         if session is None or session.report is None:
             return
-        parts, sweep = [], None
+        results = self.query_one("#eval-results")
+        width = results.content_region.width or None
+        shown: dict[str, list] = {wid: [] for wid in SECTIONS}
+        sweep = None
         plan_key = session.eval_key("score")  # the plan's YAML: built once, not once per kind
         keys = {"score": plan_key, "sweep": plan_key, "soup": session.eval_key("soup")}
         for kind in KINDS:
@@ -183,53 +197,52 @@ class EvalView(Vertical):
                 if entry is None:
                     continue
                 job, result, seconds = entry.job, entry.result, entry.seconds
-            parts.append(_heading(kind, job, stale, seconds, running))
+            head = _heading(kind, job, stale, seconds, running)
             if kind == "score":
-                parts.append(score_table(result, job.base))
-            elif kind == "sweep":
-                parts.append(sweep_table(result, job.now))
-                sweep = (job, result, stale)
+                shown["eval-scores"] = [head, scores_table(result.scored, job.base, width)]
+                shown["eval-scores"] += [Text(""), pairs_section(result.pairs, width)]
+                continue
+            final = result if isinstance(result, SearchResult) else None
+            search = final.search if final else result
+            if kind == "sweep":
+                shown["eval-sweep-points"] = [head, sweep_table(search, job.now)]
+                sweep = (search, stale)
+                report = "eval-sweep-report"
             else:
-                parts.extend(soup_lines(result))
-            parts.append(Text(""))
-        if not parts:
-            parts = [
+                shown["eval-soup-steps"] = [
+                    head,
+                    soup_steps(search if isinstance(search, list) else search.steps, width),
+                ]
+                report = "eval-soup-steps"
+            if final is not None:
+                shown[report] += [*([Text("")] if kind == "soup" else []), outcome_section(final, width)]
+            elif running:
+                shown[report] += [Text("then the report split…", style="dim italic")]
+        if not any(shown.values()):
+            shown["eval-hint"] = [
                 Text(
                     "Nothing scored for this plan yet: s scores it, w sweeps the plan editor's cell over the values, "
                     "g runs a greedy soup of the open models.",
                     style="dim",
                 )
             ]
-        self.query_one("#eval-tables", Static).update(Group(*parts))
+        for wid, parts in shown.items():
+            static = self.query_one(f"#{wid}", Static)
+            static.set_class(not parts, "-empty")
+            static.update(Group(*parts) if parts else "")
         self._plot(sweep)
-        # beside a plot, the tables take what they need and the plot the rest
-        need = max(Measurement.get(self.app.console, self.app.console.options, p).maximum for p in parts) + 3
-        results = self.query_one("#eval-results")
-        results.set_class(sweep is not None, "-beside")
-        results.styles.width = need if sweep else "1fr"
 
     def _plot(self, sweep) -> None:
-        """One small plot per text (each on its own scale: texts differ by more than a sweep moves
-        them), the best point of each marked ✱ as in the table."""
+        """The sweep's plot under its table, drawn as the CLI draws it: one small plot per text, each
+        at least PLOT_ROWS rows high (the column scrolls, so small terminals keep them readable)."""
         plot = self.query_one("#eval-plot", PlotextPlot)
-        plot.set_class(sweep is not None, "-shown")
+        plot.display = sweep is not None
         if sweep is None:
             return
-        job, result, stale = sweep
-        plt = plot.plt
-        plt.clear_figure()
-        texts = result.texts[:MAX_PLOTS]
-        plt.subplots(len(texts), 1)
-        for k, name in enumerate(texts):
-            sub = plt.subplot(k + 1, 1)
-            i = result.best(name)
-            best = result.values[i]
-            sub.plot(result.values, [row[name].value for row in result.scores], marker=MARKERS[k % len(MARKERS)])
-            sub.scatter([best], [result.scores[i][name].value], marker="✱", color="red")
-            sub.xticks(result.values, [f"{v:g}" for v in result.values])
-            sub.title(f"{name}: best {result.param} = {best:g}" + ("  (stale)" if stale else ""))
-            if k == len(texts) - 1:
-                sub.xlabel(f"{result.param} · bits per byte")
+        result, stale = sweep
+        plot.styles.height = PLOT_ROWS * len(result.texts[:MAX_TEXTS])
+        plot.plt.clear_figure()
+        draw_sweep(plot.plt, result, stale)
         plot.refresh()
 
     # -- actions and events -----------------------------------------------------------------------
@@ -267,76 +280,3 @@ def _heading(kind: str, job, stale: bool, seconds: float | None, running: bool) 
     if job.note:
         t.append(f"\n{job.note}", "dim")
     return t
-
-
-def _mean(row) -> float:
-    return sum(s.value for s in row.values()) / len(row)
-
-
-def _best(values: list[float], higher: bool) -> float:
-    return max(values) if higher else min(values)
-
-
-def score_table(rows, base: str | None = None) -> Table:
-    """Models × texts with the mean; the best of each column in bold."""
-    texts = list(next(iter(rows.values())))
-    higher = next(iter(next(iter(rows.values())).values())).higher_is_better
-    refs = [r for r in rows if r != PLAN_ROW]
-    shown = display_names(refs)
-    t = Table(box=None, header_style="bold", padding=(0, 1), caption=UNIT, caption_justify="left")
-    t.add_column("model", no_wrap=True)
-    for name in [*texts, "mean"]:
-        t.add_column(name, justify="right")
-    cols = {n: [row[n].value for row in rows.values()] for n in texts}
-    cols["mean"] = [_mean(row) for row in rows.values()]
-    best = {n: _best(v, higher) for n, v in cols.items()}
-    for i, ref in enumerate(rows):
-        label = "plan (merged)" if ref == PLAN_ROW else shown[ref]
-        if ref == base and label != "base":
-            label += " (base)"
-        cells = [Text(f"{cols[n][i]:.4f}", style="bold" if cols[n][i] == best[n] else "") for n in cols]
-        t.add_row(Text(label, style="bold cyan" if ref == PLAN_ROW else ""), *cells)
-    return t
-
-
-def sweep_table(result, now: float | None) -> Table:
-    """Value × texts with the mean; ✱ and bold mark the best of each column, ◂ the plan's value."""
-    multi = len(result.texts) > 1
-    t = Table(box=None, header_style="bold", padding=(0, 1))
-    t.add_column(result.param, justify="right", no_wrap=True)
-    for name in [*result.texts, *(["mean"] if multi else [])]:
-        t.add_column(name, justify="right")
-    best = {n: result.best(n) for n in result.texts}
-    best_mean = result.best()
-    for i, (v, row) in enumerate(zip(result.values, result.scores)):
-        cells = [_marked(row[n].value, best[n] == i) for n in result.texts]
-        if multi:
-            cells.append(_marked(_mean(row), best_mean == i))
-        mark = " ◂" if now is not None and abs(v - now) < 1e-9 else "  "
-        t.add_row(Text(f"{v:g}{mark}", style="bold" if best_mean == i else ""), *cells)
-    return t
-
-
-def _marked(value: float, best: bool) -> Text:
-    return Text(f"{value:.4f} ✱" if best else f"{value:.4f}  ", style="bold" if best else "")
-
-
-def soup_lines(result) -> list[Text]:
-    """One line per step (start / added / rejected: the model alone, the soup with it; mean bits per
-    byte), then the outcome against the best single model."""
-    steps = result if isinstance(result, list) else result.steps
-    names = dict(zip([s.model for s in steps], short_names([s.model for s in steps], 14)))
-    styles = {"start": "bold", "added": "green", "rejected": "yellow"}
-    lines = []
-    for s in steps:
-        t = Text(f"{s.action:>8} ", style=styles[s.action])
-        t.append(f"{names[s.model]:<14} alone {_mean(s.own):.4f}")
-        if s.action != "start":
-            t.append(f"  soup of {len(s.kept) + (s.action == 'rejected')}: {_mean(s.soup):.4f}")
-        lines.append(t)
-    if not isinstance(result, list):
-        single = min(_mean(s.own) for s in steps)
-        soup = _mean(result.score)
-        verdict = "better than" if soup < single else ("as good as" if soup == single else "worse than")
-        lines.append(Text(f"soup of {len(result.kept)}: {soup:.4f}, {verdict} the best single model ({single:.4f})"))
-    return lines
