@@ -24,6 +24,8 @@ COMMANDS = {
     "soup": "mergescope.tui.commands.soup",
     "sweep": "mergescope.tui.commands.sweep",
     "tune": "mergescope.tui.commands.tune",
+    "fit": "mergescope.tui.commands.fit",
+    "sensitivity": "mergescope.tui.commands.sensitivity",
     "extract-lora": "mergescope.tui.commands.extract_lora",
 }
 

@@ -65,6 +65,59 @@ class FitResult:
         }
 
 
+def prepare(plan, *, granularity: str, ranges: Mapping | None = None, device: str = "cpu", seed=None, progress=None):
+    """(the table's space at the granularity, the plan's LinearForm): what a Problem is made of."""
+    from mergescope.merge.linear_form import LinearForm
+    from mergescope.search.tune_space import build_space, plan_layout
+
+    if granularity not in GRANULARITIES:
+        raise InputError(f"--granularity {granularity}: use one of {', '.join(GRANULARITIES)}")
+    if plan.models is None or plan.modules is not None:
+        raise InputError(f"{plan.where}slices: fit learns the table of a `models:` plan; write the plan with models:")
+    names, n_layers = plan_layout(plan)
+    space = build_space(
+        plan, params=["weight"], band_mode=GRANULARITIES[granularity], ranges=ranges, names=names, num_layers=n_layers
+    )
+    return space, LinearForm.from_plan(plan, device=device, seed=seed, progress=progress)
+
+
+def memory_needed(plan, tokens: int | None = None) -> tuple[int, int]:
+    """(bytes the weights take: the base and each model's task vector in float32, bytes of one batch's
+    activations): stated before a fit or a sensitivity starts."""
+    from mergescope.merge.linear_form import estimate_bytes
+    from mergescope.score.loss import BACKWARD_TOKENS
+
+    cks = plan.open_checkpoints()
+    try:
+        donor = cks.get(plan.config_donor()) or next(iter(cks.values()))
+        cfg = dict(donor.config or {})
+    finally:
+        from mergescope.merge.plan import close_all
+
+        close_all(cks)
+    width = max(int(cfg.get("hidden_size") or 0), int(cfg.get("intermediate_size") or 0))
+    layers = int(cfg.get("num_hidden_layers") or 1)
+    # per token and layer, the backward keeps about a dozen activations of the widest width
+    acts = (tokens or BACKWARD_TOKENS) * layers * 12 * width * 4
+    return estimate_bytes(plan), acts
+
+
+def available_bytes(device: str) -> int | None:
+    """Free memory where the fit runs (None: unknown)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info()[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 class Problem:
     """A plan, its table's cells as the fitted values, and the texts: the differentiable objective."""
 

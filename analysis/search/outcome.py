@@ -84,6 +84,18 @@ def outcome(
 ) -> Outcome:
     """Score every candidate (label -> Plan, or a model path) with `scorer` (the report split) and compare
     `chosen` with `reference`. The same plan under two labels is scored once."""
+    return outcomes(candidates, chosen, [reference], scorer, objective, split)[0]
+
+
+def outcomes(
+    candidates: Mapping[str, object],
+    chosen: str,
+    references: list[str],
+    scorer: Scorer,
+    objective: Objective,
+    split: str,
+) -> list[Outcome]:
+    """`chosen` against each reference, every candidate scored once."""
     rows: dict[str, Row] = {}
     seen: dict[str, Row] = {}
     for label, cand in candidates.items():
@@ -91,11 +103,14 @@ def outcome(
         if key not in seen:
             seen[key] = score_plan(cand, scorer, label=label) if hasattr(cand, "to_yaml") else scorer.model(cand)
         rows[label] = seen[key]
-    out = Outcome(split, chosen, reference, rows, objective)
-    if rows[chosen] is rows[reference]:
-        out.verdict = "same candidate"
-        return out
-    hib = bool(next(iter(rows[chosen].values())).higher_is_better)
-    out.diff = reduced_diff(rows[chosen], rows[reference], objective.reducer(rows[chosen]))
-    out.verdict = verdict(out.diff, hib)
+    out = []
+    for reference in references:
+        o = Outcome(split, chosen, reference, rows, objective)
+        if rows[chosen] is rows[reference]:
+            o.verdict = "same candidate"
+        else:
+            hib = bool(next(iter(rows[chosen].values())).higher_is_better)
+            o.diff = reduced_diff(rows[chosen], rows[reference], objective.reducer(rows[chosen]))
+            o.verdict = verdict(o.diff, hib)
+        out.append(o)
     return out
