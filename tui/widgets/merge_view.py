@@ -21,6 +21,7 @@ class MergeView(Vertical, can_focus=False):
     DEFAULT_CSS = """
     MergeView { height: 1fr; padding: 0 1; }
     MergeView #merge-form { height: auto; }
+    MergeView .merge-row { height: 1; }
     MergeView #merge-form Label { padding: 0 1 0 0; }
     MergeView #merge-output { width: 1fr; }
     MergeView #merge-seed { width: 10; }
@@ -35,15 +36,17 @@ class MergeView(Vertical, can_focus=False):
     ]
 
     def compose(self) -> ComposeResult:
-        with Horizontal(id="merge-form"):
-            yield Label("output dir")
-            yield PathInput(
-                "", id="merge-output", dirs_only=True, compact=True, placeholder="where the merged model goes"
-            )
-            yield Label(" seed")
-            yield AppInput("", id="merge-seed", compact=True, placeholder="none", type="integer")
-            yield Checkbox("replace existing", False, id="merge-force")
-            yield Button("Merge (Enter)", variant="primary", id="merge-go")
+        with Vertical(id="merge-form"):  # the path gets a row of its own: readable at 80 columns
+            with Horizontal(classes="merge-row"):
+                yield Label("output dir")
+                yield PathInput(
+                    "", id="merge-output", dirs_only=True, compact=True, placeholder="where the merged model goes"
+                )
+            with Horizontal(classes="merge-row"):
+                yield Label("seed      ")
+                yield AppInput("", id="merge-seed", compact=True, placeholder="none", type="integer")
+                yield Checkbox("replace existing", False, id="merge-force")
+                yield Button("Merge (Enter)", variant="primary", id="merge-go")
         yield Static(
             Text("Enter in the output field merges; Esc cancels a running merge (no partial output).", style="dim"),
             id="merge-status",

@@ -49,11 +49,20 @@ class PlanEditor(Vertical):
     PlanEditor #plan-whatif-col, PlanEditor #plan-measured-col { border-left: vkey $primary 50%; }
     PlanEditor #whatif-detail { height: auto; max-height: 4; padding: 0 1; background: $boost; }
     PlanEditor.-narrow #plan-measured-col { display: none; }
+    PlanEditor.-narrow.-measured #plan-measured-col { display: block; }
+    PlanEditor.-narrow.-measured #plan-whatif-col { display: none; }
     """
     BINDINGS = [
         Binding("plus,equals_sign", "step(1)", "+ step", tooltip="increase the selected ratio", id="plan.inc"),
         Binding("minus,underscore", "step(-1)", "- step", tooltip="decrease the selected ratio", id="plan.dec"),
         Binding("enter", "edit_value", "type a value", id="plan.edit"),
+        Binding(
+            "f",
+            "fill_model",
+            "one value everywhere",
+            tooltip="set the selected model's value in every cell of this table",
+            id="plan.fill",
+        ),
         Binding("m", "next_model(1)", "next model", id="plan.next_model"),
         Binding("M", "next_model(-1)", "previous model", show=False, id="plan.prev_model"),
         Binding("i", "toggle_include", "in/out of plan", tooltip="include / leave out the model", id="plan.include"),
@@ -127,7 +136,18 @@ class PlanEditor(Vertical):
         yield Static("", id="whatif-detail")
 
     def on_resize(self, event) -> None:
-        self.set_class(event.size.width < 110, "-narrow")
+        narrow = event.size.width < 110
+        if narrow != self.has_class("-narrow"):
+            self.set_class(narrow, "-narrow")
+            if self.state is not None:
+                self.refresh_table()
+                self._toolbar()
+                self._draw_whatif()
+
+    @property
+    def narrow(self) -> bool:
+        """Below 110 columns the prediction and its measured counterpart share one panel (w alternates)."""
+        return self.has_class("-narrow")
 
     # -- showing --------------------------------------------------------------------------------
     def show(self, report, state: PlanState) -> None:
@@ -157,29 +177,32 @@ class PlanEditor(Vertical):
 
     def show_problem(self, problem: str | None) -> None:
         """Why the plan cannot be predicted or merged as it stands (None clears it)."""
-        self.query_one("#plan-error", Static).update(Text(f"✖ {problem}") if problem else "")
+        error = self.query_one("#plan-error", Static)
+        error.update(Text(f"✖ {problem}") if problem else "")
+        error.display = bool(problem)  # no blank line while there is nothing to say
 
     def _toolbar(self) -> None:
         st = self.state
         short = short_names(st.models, 14)
+        sep = " │ " if self.narrow else "  │  "
         t = Text()
         t.append(st.method, "bold cyan")
-        t.append("  │  editing ", "dim")
+        t.append(sep + ("" if self.narrow else "editing "), "dim")
         t.append(self.param, "bold")
         t.append(" of ")
         t.append(short[self.model], "bold")
-        t.append(" (m)  ")
+        t.append(" (m) ")
         if st.included[self.model]:
-            t.append("✔ in plan", "green")
+            t.append("✔ in" if self.narrow else " ✔ in plan", "green")
         else:
-            t.append("✖ left out", "red")
-        t.append(" (i)  │  ", "dim")
-        t.append(f"bands: {band_name(st.band_mode)} (b)")
+            t.append("✖ out" if self.narrow else " ✖ left out", "red")
+        t.append(" (i)" + sep, "dim")
+        t.append(f"{band_name(st.band_mode)} (b)" if self.narrow else f"bands: {band_name(st.band_mode)} (b)")
         chosen = [short[i] for i in st.chosen()]
-        t.append("  │  merging ", "dim")
+        t.append(sep + ("" if self.narrow else "merging "), "dim")
         t.append(" + ".join(chosen) or "nothing", "bold")
         if st.tokenizer_source or (self.report is not None and self.report.structure.get("vocab_diff")):
-            t.append("  │  ", "dim")
+            t.append(sep, "dim")
             t.append(f"vocab: {st.tokenizer_source or 'donor'} (k)", "bold" if st.tokenizer_source else "yellow")
         if st.custom is not None:
             t.append("\n")
@@ -187,6 +210,9 @@ class PlanEditor(Vertical):
                 "loaded plan is hand-written (filters/slices): kept verbatim and read-only here; R resets to a table",
                 "yellow",
             )
+        elif st.note:
+            t.append("\n")
+            t.append(st.note, "dim italic")
         self.query_one("#plan-toolbar", Static).update(t)
 
     async def _build_form(self) -> None:
@@ -228,6 +254,8 @@ class PlanEditor(Vertical):
 
     def refresh_table(self) -> None:
         grid = table_grid(self.state, self.param, self.model)
+        if self.narrow:
+            grid.note = ""  # the parameter's help is in the prompt (Enter, f); the rows are needed for the map
         self.query_one("#ratio-table", Heatmap).set_grid(grid)
         self.query_one("#ratio-legend", Legend).show(grid, compact=True)
         self.query_one("#ratio-title", Static).update(Text(f"plan: {grid.title}", style="bold"))
@@ -243,8 +271,15 @@ class PlanEditor(Vertical):
         metric = next(m for m in WHATIF_METRICS if m.id == self.whatif_id)
         short = short_names(self.report.models, 14)
         who = f" · {short[self.model]}" if metric.per_model else ""
+        chosen = self.state.chosen() if self.state else []
+        exact = self.whatif is not None and self.whatif.conflict_report is not None
         grid = whatif_grid(
-            self.data, self.preds, metric, self.model, title=f"predicted: {metric.short or metric.label}{who}"
+            self.data,
+            self.preds,
+            metric,
+            self.model,
+            title=f"predicted: {metric.short or metric.label}{who}",
+            measured_models=len(chosen) if exact else self.report.n,
         )
         if metric.id == "conflict":
             first = next((p for row in self.preds for p in row if p is not None), None)
@@ -256,12 +291,16 @@ class PlanEditor(Vertical):
         hm = self.query_one("#whatif-map", Heatmap)
         hm.set_grid(grid)
         self.query_one("#whatif-legend", Legend).show(grid, compact=True)
-        self.query_one("#whatif-title", Static).update(Text(grid.title, style="bold"))
+        self.query_one("#whatif-title", Static).update(
+            Text.assemble((grid.title, "bold"), ("  (w)" if self.narrow else "", "dim"))
+        )
         mgrid = measured_grid(self.data, metric, self.model, self.state.chosen() if self.state else [])
         mm = self.query_one("#measured-map", Heatmap)
         mm.set_grid(mgrid)
         self.query_one("#measured-legend", Legend).show(mgrid, compact=True)
-        self.query_one("#measured-title", Static).update(Text(mgrid.title, style="bold"))
+        self.query_one("#measured-title", Static).update(
+            Text.assemble((mgrid.title, "bold"), ("  (w)" if self.narrow else "", "dim"))
+        )
         self._detail(*hm.cursor)
 
     def _detail(self, r: int, c: int) -> None:
@@ -372,8 +411,43 @@ class PlanEditor(Vertical):
             )
         )
 
+    def action_fill_model(self) -> None:
+        """One value of the edited parameter for the selected model in every cell of its table."""
+        if not self._editable():
+            return
+        param, model = self.param, self.model
+        row, col = self._cell()
+        cur = self.state.cell_value(param, row, col, model) if self.state.keys_of(row, col) else None
+        spec = self.state.spec.param(param)
+        name = short_names(self.state.models, 20)[model]
+
+        def done(value):
+            if value is None:
+                return
+            from mergescope.io.errors import InputError
+
+            try:
+                self.state.set_everywhere(param, model, value)
+            except InputError as exc:
+                self.show_problem(str(exc))
+                return
+            self.changed()
+
+        self.post_message(
+            self.ValueWanted(
+                f"{param} of {name} in every cell",
+                None if cur is None or math.isnan(cur) else cur,
+                spec.min if spec else None,
+                spec.max if spec else None,
+                spec.help if spec else "",
+                done,
+            )
+        )
+
     def changed(self) -> None:
         """After an edit: redraw the table and say so (the app asks for a new prediction)."""
+        if self.state is not None:
+            self.state.note = ""
         self.refresh_table()
         self._toolbar()
         self.show_problem(None)
@@ -429,10 +503,16 @@ class PlanEditor(Vertical):
 
     def set_method(self, method: str) -> None:
         self.state.choose_method(method)
+        self.state.note = ""
         self.refresh_all()
         self.post_message(self.Changed())
 
     def action_next_whatif(self) -> None:
+        """The next prediction; in a narrow terminal each prediction is followed by its measured counterpart."""
+        if self.narrow and not self.has_class("-measured"):
+            self.add_class("-measured")
+            return
+        self.remove_class("-measured")
         ids = [m.id for m in WHATIF_METRICS]
         self.whatif_id = ids[(ids.index(self.whatif_id) + 1) % len(ids)]
         self._draw_whatif()
