@@ -100,7 +100,7 @@ class MergeView(Vertical, can_focus=False):
             if card.startswith("---"):  # YAML front matter: metadata for the Hub, not for reading
                 end = card.find("\n---", 3)
                 card = card[end + 4 :] if end > 0 else card
-            lines = card.strip().splitlines()
+            lines = _without_section(card.strip().splitlines(), "## Configuration")
             snippet = "\n".join(lines[:CARD_LINES]) + ("\n\n…" if len(lines) > CARD_LINES else "")
             parts.append(Markdown(snippet))
         from rich.console import Group
@@ -114,3 +114,12 @@ class MergeView(Vertical, can_focus=False):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()
         self.app.action_run_merge()
+
+
+def _without_section(lines: list[str], heading: str) -> list[str]:
+    """The card without one section: its plan is the left pane already, and would push the rest out of view."""
+    if heading not in lines:
+        return lines
+    start = lines.index(heading)
+    end = next((k for k in range(start + 1, len(lines)) if lines[k].startswith("## ")), len(lines))
+    return lines[:start] + lines[end:]
