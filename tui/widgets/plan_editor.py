@@ -8,27 +8,25 @@ app answers with `show_whatif` (a prediction from the Report's numbers; nothing 
 
 from __future__ import annotations
 
-import math
-
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Checkbox, Input, Label, Select, Static
+from textual.widgets import Static
 
 from mergescope.merge.plan.ratio_table import BAND_MODES
 from mergescope.tui.format import short_names
-from mergescope.tui.state.evaluation import SweepTarget
 from mergescope.tui.state.heatdata import WHATIF_METRICS, HeatData, whatif_grid
 from mergescope.tui.state.plan_display import measured_grid, prediction_line, table_grid
 from mergescope.tui.state.plan_state import VOCAB_CHOICES, PlanState, band_name
 from mergescope.tui.widgets.heatmap import Heatmap
-from mergescope.tui.widgets.inputs import AppInput
 from mergescope.tui.widgets.legend import Legend
+from mergescope.tui.widgets.plan_cells import CellEdits
+from mergescope.tui.widgets.plan_form import PlanForm
 
 
-class PlanEditor(Vertical):
+class PlanEditor(CellEdits, PlanForm, Vertical):
     HELP_TITLE = "Plan editor"
     PALETTE_GROUP = "Plan"
     DEFAULT_CSS = """
@@ -113,7 +111,6 @@ class PlanEditor(Vertical):
         self.whatif_id = "retained"
         self.preds = None
         self.whatif = None
-        self._form_method = None
 
     # -- layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -215,43 +212,6 @@ class PlanEditor(Vertical):
             t.append(st.note, "dim italic")
         self.query_one("#plan-toolbar", Static).update(t)
 
-    async def _build_form(self) -> None:
-        st = self.state
-        if st is None:
-            return
-        key = (st.method, tuple(sorted(st.globals.items(), key=lambda kv: kv[0])), st.custom is None)
-        if key == self._form_method:
-            return
-        self._form_method = key
-        from mergescope.merge.methods import REGISTRY
-
-        form = self.query_one("#plan-form", Horizontal)
-        await form.remove_children()
-        widgets = [
-            Label("method", classes="method-label"),
-            Select([(m, m) for m in REGISTRY], value=st.method, allow_blank=False, compact=True, id="plan-method"),
-        ]
-        for spec in st.global_specs():
-            if spec.name == "int8_mask":
-                continue  # memory option, no numerical effect
-            value = st.global_value(spec.name)
-            if spec.kind == "bool":
-                widgets.append(
-                    Checkbox(_onoff(spec.name, bool(value)), bool(value), id=f"global-{spec.name}", tooltip=spec.help)
-                )
-            else:
-                widgets.append(Label(spec.name))
-                widgets.append(
-                    AppInput(
-                        "" if value is None else f"{value}",
-                        id=f"global-{spec.name}",
-                        compact=True,
-                        placeholder="required" if spec.required else "default",
-                        tooltip=spec.help,
-                    )
-                )
-        await form.mount_all(widgets)
-
     def refresh_table(self) -> None:
         grid = table_grid(self.state, self.param, self.model)
         if self.narrow:
@@ -338,112 +298,7 @@ class PlanEditor(Vertical):
             key = (None, row.group)
         return labels.index(key) if key in labels else None
 
-    # -- editing --------------------------------------------------------------------------------
-    def _cell(self):
-        hm = self.query_one("#ratio-table", Heatmap)
-        r, c = hm.cursor
-        rows = self.state.rows()
-        return rows[r], self.state.columns()[c]
-
-    def sweep_target(self) -> SweepTarget | None:
-        """The cell under the cursor, for the selected model and table: what the Evaluate tab sweeps."""
-        if self.state is None or self.param not in self.state.table_params():
-            return None
-        row, col = self._cell()
-        return SweepTarget(self.param, self.model, row, col)
-
-    def _editable(self) -> bool:
-        if self.state is None or self.report is None:
-            return False
-        if self.state.custom is not None:
-            self.notify(
-                "this loaded plan is hand-written (filters/slices) and kept verbatim; press R to replace it "
-                "with an editable per-group table",
-                severity="warning",
-            )
-            return False
-        if not self.state.table_params():
-            self.notify(f"{self.state.method} has no per-model numeric parameter to tabulate", severity="warning")
-            return False
-        return True
-
-    def action_step(self, direction: int) -> None:
-        if not self._editable():
-            return
-        row, col = self._cell()
-        if not self.state.keys_of(row, col):
-            self.notify("no tensors here: move to a column with a value", severity="warning")
-            return
-        self.state.step(self.param, row, col, self.model, direction)
-        self.changed()
-
-    def action_edit_value(self) -> None:
-        if not self._editable():
-            return
-        row, col = self._cell()
-        if not self.state.keys_of(row, col):
-            return
-        spec = self.state.spec.param(self.param)
-        cur = self.state.cell_value(self.param, row, col, self.model)
-        model = short_names(self.state.models, 20)[self.model]
-        where = row.label if col == "all" else f"{row.label} · {col}"
-
-        def done(value):
-            if value is None:
-                return
-            from mergescope.io.errors import InputError
-
-            try:
-                self.state.set_value(self.param, row, col, self.model, value)
-            except InputError as exc:
-                self.show_problem(str(exc))
-                return
-            self.changed()
-
-        self.post_message(
-            self.ValueWanted(
-                f"{self.param} of {model} at {where}",
-                None if cur is None or math.isnan(cur) else cur,
-                spec.min if spec else None,
-                spec.max if spec else None,
-                spec.help if spec else "",
-                done,
-            )
-        )
-
-    def action_fill_model(self) -> None:
-        """One value of the edited parameter for the selected model in every cell of its table."""
-        if not self._editable():
-            return
-        param, model = self.param, self.model
-        row, col = self._cell()
-        cur = self.state.cell_value(param, row, col, model) if self.state.keys_of(row, col) else None
-        spec = self.state.spec.param(param)
-        name = short_names(self.state.models, 20)[model]
-
-        def done(value):
-            if value is None:
-                return
-            from mergescope.io.errors import InputError
-
-            try:
-                self.state.set_everywhere(param, model, value)
-            except InputError as exc:
-                self.show_problem(str(exc))
-                return
-            self.changed()
-
-        self.post_message(
-            self.ValueWanted(
-                f"{param} of {name} in every cell",
-                None if cur is None or math.isnan(cur) else cur,
-                spec.min if spec else None,
-                spec.max if spec else None,
-                spec.help if spec else "",
-                done,
-            )
-        )
-
+    # -- editing (the cells: plan_cells.py) ---------------------------------------------------
     def changed(self) -> None:
         """After an edit: redraw the table and say so (the app asks for a new prediction)."""
         if self.state is not None:
@@ -523,59 +378,3 @@ class PlanEditor(Vertical):
     def action_reset_plan(self) -> None:
         if self.state is not None:
             self.post_message(self.ResetRequested())
-
-    # -- form events ----------------------------------------------------------------------------
-    def on_select_changed(self, event: Select.Changed) -> None:
-        event.stop()
-        if (
-            event.select.id == "plan-method"
-            and self.state is not None
-            and event.value != self.state.method
-            and event.value is not Select.NULL
-        ):
-            self.set_method(str(event.value))
-
-    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
-        event.stop()
-        if event.checkbox.id and event.checkbox.id.startswith("global-"):
-            event.checkbox.label = _onoff(event.checkbox.id[len("global-") :], event.value)
-        self._set_global(event.checkbox.id, event.value)
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
-        self._set_global(event.input.id, event.value)
-
-    def on_input_changed(self, event: Input.Changed) -> None:
-        event.stop()
-        self._set_global(event.input.id, event.value, quiet=True)
-
-    def _set_global(self, wid: str | None, value, quiet: bool = False) -> None:
-        if not wid or not wid.startswith("global-") or self.state is None:
-            return
-        from mergescope.io.errors import InputError
-
-        name = wid[len("global-") :]
-        if self.state.global_value(name) == value or f"{self.state.global_value(name)}" == f"{value}":
-            return
-        if self.state.custom is not None:
-            if not quiet:
-                self._editable()
-            return
-        try:
-            self.state.set_global(name, value)
-        except InputError as exc:
-            self.show_problem(str(exc))
-            return
-        self.show_problem(None)
-        self._form_method = (
-            self.state.method,
-            tuple(sorted(self.state.globals.items(), key=lambda kv: kv[0])),
-            self.state.custom is None,
-        )
-        self._toolbar()
-        self.post_message(self.Changed())
-
-
-def _onoff(name: str, value: bool) -> str:
-    """A checkbox label that says its state in words (the box itself differs only by colour)."""
-    return f"{name}: {'on' if value else 'off'}"
