@@ -116,3 +116,46 @@ def test_warnings_are_printed_and_recorded_in_the_card(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "warning drifted" in err and "overtrained" in err
     assert "drifted" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_an_analysis_of_more_models_judges_only_the_plans_inputs(tmp_path):
+    """The app analyses the whole set and merges a few: a model the plan leaves out (other_ft, another
+    base) must not refuse the merge, and pair findings are recomputed between the plan's models."""
+    from mergescope.merge.preflight import analysis_of_inputs
+    from mergescope.stats.readiness import analyze
+
+    names = ["code", "prose", "overtrained", "other_ft"]
+    report = analyze(str(FAM / "base"), [str(FAM / m) for m in names])
+    assert {f.code for f in report.findings} >= {"different-base", "magnitude-asymmetry"}
+
+    def checks(models):
+        plan = Plan.load(_plan(tmp_path, "task_arithmetic", models, base="base", params={"weight": 0.5}))
+        cks = plan.open_checkpoints()
+        return run_checks(plan, cks, list(plan.tensor_jobs(cks)), report)
+
+    pair = checks(["code", "prose"])
+    assert pair.source == "analysis" and not pair.errors
+    assert not any(f.code in ("different-base", "magnitude-asymmetry", "drifted") for f in pair.findings)
+    assert pair.analysis.models == [str(FAM / "code"), str(FAM / "prose")]
+    whole = report.whole()
+    sub = pair.analysis.whole()
+    assert sub.relative_norm(1) == pytest.approx(whole.relative_norm(1))
+    assert sub.sign_conflict_pair(0, 1) == pytest.approx(whole.sign_conflict_pair(0, 1))
+    # a model in the plan still speaks: overtrained drifted and dominates code
+    drift = checks(["code", "overtrained"])
+    assert {(f.model.rsplit("/", 1)[-1], f.code) for f in drift.warnings} == {
+        ("overtrained", "drifted"),
+        ("overtrained", "magnitude-asymmetry"),
+    }
+    assert [f.model.rsplit("/", 1)[-1] for f in checks(["prose", "other_ft"]).errors] == ["other_ft"]
+    # an analysis against another base is not evidence for this plan: the checks sample instead
+    other = Plan.load(_plan(tmp_path, "task_arithmetic", ["code", "prose"], base="overtrained", name="o.yml"))
+    assert analysis_of_inputs(other, report) is None
+    # merging with it writes only the plan's models into the card
+    run_merge(
+        _plan(tmp_path, "ties", ["code", "prose"], base="base", params={"density": 0.2}),
+        tmp_path / "out",
+        analysis=report,
+    )
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "other_ft" not in card and "`" + str(FAM / "prose") + "`" in card

@@ -11,12 +11,13 @@ import torch
 from safetensors.torch import save_file
 
 from mergescope.io.progress import Cancelled
+from mergescope.stats.findings import findings_for
 from mergescope.tui.app import MergeScopeApp
 from mergescope.tui.dialogs.error import ErrorDialog
 from mergescope.tui.dialogs.help import HelpScreen
 from mergescope.tui.dialogs.open import OpenDialog
 from mergescope.tui.messages import WhatIfReady
-from mergescope.tui.state.heatdata import METRICS
+from mergescope.tui.state.metrics import METRICS
 from mergescope.tui.widgets.heatmap import Heatmap
 from mergescope.tui.widgets.heatmap_view import HeatmapView
 from mergescope.tui.widgets.inputs import PathInput
@@ -280,14 +281,22 @@ async def test_heatmap_scrolls_with_the_cursor_on_many_layers():
         t0 = time.perf_counter()
         await pilot.press(*["down"] * 10, "pagedown", "pagedown", "pagedown")
         elapsed = time.perf_counter() - t0
-        assert hm.cursor == (10 + 3 * (hm.size.height - 2), 0)
+        seen = hm.scrollable_content_region.height  # the horizontal scrollbar covers the last line
+        assert seen == hm.size.height - 1
+        assert hm.cursor == (10 + 3 * (seen - 2), 0)
         assert hm.scroll_offset.y > 30
         assert elapsed < 20  # generous: the point is that it does not degrade with size
         await pilot.press("end", *["right"] * 9)
         await pilot.pause()
-        assert hm.cursor[1] == 9
+        assert hm.cursor == (125, 9)
         assert hm.scroll_offset.x > 0
         assert not any(r in hm._cache for r in range(90, 100))  # rows never in view were never rendered
+        # the cursor's row (the last) is drawn above the scrollbar, not behind it
+        lines = [hm.render_line(y).text for y in range(seen)]
+        assert lines[-1].startswith("L125") and hm.scroll_offset.y == hm.max_scroll_y
+        await pilot.press("up", "pageup", "pagedown", "down")
+        await pilot.pause()
+        assert hm.cursor[0] == 125 and hm.render_line(seen - 1).text.startswith("L125")
 
 
 async def test_help_screen_lists_bindings(family):
@@ -348,14 +357,14 @@ async def test_plan_edit_whatif_export_reload_merge(family, tmp_path):
         # + / - steps on L0 · attn of the first model
         await pilot.press("down", "right", "plus", "plus", "minus", "plus")  # row L0 (after embed), column attn
         await settle(app, pilot)
-        assert st.value_at("weight", 0, "attn", 0) == pytest.approx(1.1)
-        assert st.value_at("weight", 0, "mlp", 0) == pytest.approx(1.0)
+        assert st.value_at("weight", 0, "attn", 0) == pytest.approx(0.6)  # from the starting 0.5
+        assert st.value_at("weight", 0, "mlp", 0) == pytest.approx(0.5)
         # the what-if is the prediction for exactly this plan
         assert editor.preds is not None
         expected = from_plan(app.report, st.to_plan())
         r = [row[0] for row in editor.data.rows].index("L0")
         got = editor.preds[r][1]
-        assert got.coeff[0] == pytest.approx(1.1)
+        assert got.coeff[0] == pytest.approx(0.6)
         want = expected.cell(editor.data.sites("groups")[r][1])
         assert got.merged_norm == pytest.approx(want.merged_norm)
         # typed value, second model, leave the third out
@@ -363,10 +372,10 @@ async def test_plan_edit_whatif_export_reload_merge(family, tmp_path):
         await pilot.pause()
         assert isinstance(app.screen, ValuePrompt)
         inp = app.screen.query_one("#value-input")
-        inp.value = "0.5"
+        inp.value = "0.8"
         await pilot.press("enter")
         await settle(app, pilot)
-        assert st.value_at("weight", 0, "attn", 1) == pytest.approx(0.5)
+        assert st.value_at("weight", 0, "attn", 1) == pytest.approx(0.8)
         await pilot.press("m", "i")
         await settle(app, pilot)
         assert st.included == [True, True, False]
@@ -376,7 +385,7 @@ async def test_plan_edit_whatif_export_reload_merge(family, tmp_path):
         st = app.plan_state
         assert st.method == "ties"
         assert st.value_at("density", 1, "mlp", 0) == pytest.approx(app.report.density)
-        assert st.value_at("weight", 0, "attn", 0) == pytest.approx(1.1)  # weights survive the switch
+        assert st.value_at("weight", 0, "attn", 0) == pytest.approx(0.6)  # weights survive the switch
         # a global parameter, validated
         lam = editor.query_one("#global-lambda")
         lam.value = "abc"
@@ -631,14 +640,36 @@ async def test_spectral_heatmaps_with_the_spectral_pass(family):
         assert 0 < hm.value <= 1
 
 
-async def test_spectral_keys_without_the_pass_say_how_to_get_it(family):
+async def test_spectral_keys_without_the_pass_run_it_on_demand(family, monkeypatch):
+    """A spectral key with no spectral pass yet runs it in a worker with progress (the analysis comes
+    from the cache), then shows the metric, with its reading in the cell detail and the pass's findings."""
+    from mergescope.tui.widgets.progress import JobProgress
+
+    shown = []
+    real = JobProgress.update_progress
+    monkeypatch.setattr(JobProgress, "update_progress", lambda self, *a, **k: (shown.append(a[2]), real(self, *a, **k)))
     app = app_for(family)
     async with app.run_test(size=SIZE) as pilot:
         await ready(app, pilot)
         await pilot.press("h")
         await pilot.pause()
-        view = app.main.query_one(HeatmapView)
-        await pilot.press("exclamation_mark")
+        view, hm = app.main.query_one(HeatmapView), app.main.query_one(Heatmap)
+        assert app.report.spectral is None
+        await pilot.press("dollar_sign")
+        assert any("spectral pass" in str(n.message) for n in app._notifications)
+        await ready(app, pilot)
+        await pilot.pause(0.1)
+        assert app.report.spectral is not None and app.report.spectral.rank == 64
+        assert view.metric_id == "sar" and shown  # progress was reported
+        assert not app.main.query_one(JobProgress).has_class("-running")
+        await pilot.press("down", "right")  # L0, q_proj
+        await pilot.pause(0.1)
+        assert hm.value == pytest.approx(app.report.spectral.module_cell(0, "q_proj").sar(0))
+        detail = text_of(app.main.query_one("#heat-detail"))
+        assert "subspace alignment ratio" in detail and "good: high" in detail
+        codes = {f.code for f in app.report.findings}
+        assert codes == {f.code for f in findings_for(app.report)}  # the verdicts now hold the pass's findings
+        # a second spectral key shows its metric at once: the pass is not run again
+        await pilot.press("number_sign")
         await pilot.pause()
-        assert view.metric_id == "relative_norm"
-        assert any("--spectral" in str(n.message) for n in app._notifications)
+        assert view.metric_id == "sti" and not app.running_jobs()

@@ -42,6 +42,10 @@ async def test_a_merge_with_a_model_of_another_base_is_refused_in_a_dialog(tmp_p
     app = MergeScopeApp(str(fam / "base"), models, blink=False, remember_set=False, output_dir=str(tmp_path / "out"))
     async with app.run_test(size=SIZE) as pilot:
         await _settle(app, pilot)
+        assert app.plan_state.included == [True, False]  # the plan starts without it ...
+        await pilot.press("e", "m", "i")  # ... the user puts it in
+        await _settle(app, pilot)
+        assert app.plan_state.included == [True, True]
         await pilot.press("x")
         await pilot.press("ctrl+g")
         await app.workers.wait_for_complete()

@@ -94,7 +94,10 @@ def test_merge_tab(workdir, snap_compare):
         await pilot.press("x")
         await _settle(pilot)
 
-    assert snap_compare(app(sample_plan=SAMPLE), run_before=run_before, terminal_size=(120, 40))
+    # the default (./merged, absolute) holds the temporary directory's name: a fixed one here
+    assert snap_compare(
+        app(sample_plan=SAMPLE, output_dir="out/merged"), run_before=run_before, terminal_size=(120, 40)
+    )
 
 
 def test_open_dialog(workdir, snap_compare):
@@ -114,3 +117,73 @@ def test_help_screen(workdir, snap_compare):
         await pilot.pause()
 
     assert snap_compare(app(), run_before=run_before, terminal_size=(100, 40))
+
+
+# ---- 80×24 (and the colour scales, the starting plan) ------------------------------------------------
+def test_verdicts_80x24(workdir, snap_compare):
+    """Two-line headers; the reasons wrap between codes, never inside one."""
+    assert snap_compare(app(), run_before=_settle, terminal_size=(80, 24))
+
+
+def test_heatmap_pair_sign_conflict_centred_on_unrelated(workdir, snap_compare):
+    """A fixed scale centred on the 50 % unrelated deltas give: below it blue (✔ the good end), above red."""
+
+    async def run_before(pilot):
+        await _settle(pilot)
+        await pilot.press("h", "8", "down", "right")
+        await pilot.pause()
+
+    assert snap_compare(app(), run_before=run_before, terminal_size=(120, 40))
+
+
+def test_heatmap_100x24_last_row_above_the_scrollbar(workdir, snap_compare):
+    async def run_before(pilot):
+        await _settle(pilot)
+        await pilot.press("h", "end", *["right"] * 9)
+        await pilot.pause()
+
+    assert snap_compare(app(), run_before=run_before, terminal_size=(100, 24))
+
+
+def test_plan_editor_starting_plan(workdir, snap_compare):
+    """No sample: task arithmetic at 0.5 each, and the note saying where that comes from."""
+
+    async def run_before(pilot):
+        await _settle(pilot)
+        await pilot.press("e")
+        await _settle(pilot)
+
+    assert snap_compare(app(), run_before=run_before, terminal_size=(120, 40))
+
+
+def test_plan_editor_80x24_measured(workdir, snap_compare):
+    """At 80 columns w alternates between the prediction and its measured counterpart."""
+
+    async def run_before(pilot):
+        await _settle(pilot)
+        await pilot.press("e")
+        await _settle(pilot)
+        await pilot.press("w")
+        await _settle(pilot)
+
+    assert snap_compare(app(sample_plan=SAMPLE), run_before=run_before, terminal_size=(80, 24))
+
+
+def test_merge_tab_80x24(workdir, snap_compare):
+    """The output directory has a row of its own."""
+
+    async def run_before(pilot):
+        await _settle(pilot)
+        await pilot.press("x")
+        await _settle(pilot)
+
+    assert snap_compare(app(sample_plan=SAMPLE, output_dir="out/merged"), run_before=run_before, terminal_size=(80, 24))
+
+
+def test_help_screen_80x24(workdir, snap_compare):
+    async def run_before(pilot):
+        await _settle(pilot)
+        await pilot.press("e", "question_mark")
+        await pilot.pause()
+
+    assert snap_compare(app(), run_before=run_before, terminal_size=(80, 24))

@@ -8,10 +8,8 @@ threads, post messages (`messages.py`) and never touch widgets; failures reach o
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 from rich.text import Text
 from textual import work
@@ -23,23 +21,26 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from mergescope.io.progress import Cancelled
 from mergescope.stats.report import DEFAULT_DENSITY
 from mergescope.tui.actions.evaluate import EVAL_GROUP, EvalJobs
+from mergescope.tui.actions.merge import MergeJobs
 from mergescope.tui.actions.plan_files import PlanFiles
+from mergescope.tui.actions.remeasure import RemeasureJobs
+from mergescope.tui.actions.spectral import SPECTRAL_GROUP, SpectralJobs
 from mergescope.tui.actions.tune import TuneJobs
 from mergescope.tui.dialogs.error import ErrorDialog
 from mergescope.tui.dialogs.help import HelpScreen, palette_entries
 from mergescope.tui.dialogs.open import OpenDialog
 from mergescope.tui.dialogs.prompt import ValuePrompt
-from mergescope.tui.messages import AnalysisDone, MergeDone, Progress, WhatIfReady
+from mergescope.tui.messages import AnalysisDone, Progress, WhatIfReady
 from mergescope.tui.screens.main import MainScreen
 from mergescope.tui.state.recent import ModelSet, remember
-from mergescope.tui.state.session import RemeasureTarget, Session
+from mergescope.tui.state.session import Session
 from mergescope.tui.widgets.heatmap_view import HeatmapView
 from mergescope.tui.widgets.merge_view import MergeView
 from mergescope.tui.widgets.plan_editor import PlanEditor
 from mergescope.tui.widgets.progress import JobProgress
 from mergescope.tui.widgets.verdicts import VerdictsView
 
-JOB_GROUPS = ("analysis", "merge", "remeasure", EVAL_GROUP)
+JOB_GROUPS = ("analysis", "merge", "remeasure", SPECTRAL_GROUP, EVAL_GROUP)
 ACTIVE = (WorkerState.PENDING, WorkerState.RUNNING)
 WHATIF_DEBOUNCE_S = 0.08
 # Below this many bytes read by the analysis, the plan's own models are re-measured at its density
@@ -47,7 +48,7 @@ WHATIF_DEBOUNCE_S = 0.08
 AUTO_REMEASURE_BYTES = 1 << 30
 
 
-class MergeScopeApp(PlanFiles, TuneJobs, EvalJobs, App):
+class MergeScopeApp(PlanFiles, MergeJobs, RemeasureJobs, SpectralJobs, TuneJobs, EvalJobs, App):
     TITLE = "mergescope"
     CSS_PATH = "app.tcss"
     PALETTE_GROUP = ""
@@ -90,7 +91,6 @@ class MergeScopeApp(PlanFiles, TuneJobs, EvalJobs, App):
         self.last_merge = None
         self._whatif_gen = 0
         self._whatif_timer = None
-        self._remeasure_key: RemeasureTarget | None = None
         self.timings: dict[str, float] = {"start": time.perf_counter()}
         self._fixed_title = title
         if title:
@@ -150,10 +150,6 @@ class MergeScopeApp(PlanFiles, TuneJobs, EvalJobs, App):
     def run_analysis(self, base: str, models: list[str], density: float) -> None:
         self._analyse(base, models, density, "main")
 
-    @work(thread=True, exclusive=True, group="remeasure", exit_on_error=False, name="remeasure")
-    def run_remeasure(self, base: str, models: list[str], density: float) -> None:
-        self._analyse(base, models, density, "whatif")
-
     def _analyse(self, base: str, models: list[str], density: float, purpose: str) -> None:
         from mergescope.stats.readiness import analyze
 
@@ -191,10 +187,7 @@ class MergeScopeApp(PlanFiles, TuneJobs, EvalJobs, App):
         if not self._has_main():
             return
         if message.purpose != "main":
-            self.session.remeasured = message.report
-            if not self.session.small():
-                self.notify(f"re-measured at density {message.report.density}: the what-if shows it")
-            self.request_whatif()
+            self.remeasure_done(message.report)
             return
         problem = self.session.analysed(message.report)
         self.timings["report"] = time.perf_counter()
@@ -256,14 +249,6 @@ class MergeScopeApp(PlanFiles, TuneJobs, EvalJobs, App):
         if target is not None and not (target == self._remeasure_key and self._remeasuring()):
             self._start_remeasure(target)
 
-    def _remeasuring(self) -> bool:
-        return any(w.group == "remeasure" and w.state in ACTIVE for w in self.workers)
-
-    def _start_remeasure(self, target: RemeasureTarget) -> None:
-        self._remeasure_key = target
-        self.main.query_one(JobProgress).start(f"measure d={target.density:g}")
-        self.run_remeasure(self.report.base, target.models, target.density)
-
     @work(
         thread=True, exclusive=True, group="whatif", exit_on_error=False, name="whatif", description="what-if"
     )  # a description: else Textual repr()s the Report (seconds on big models)
@@ -282,97 +267,6 @@ class MergeScopeApp(PlanFiles, TuneJobs, EvalJobs, App):
             return
         if message.generation == self._whatif_gen:
             self.main.query_one(PlanEditor).show_whatif(message.preds, message.whatif)
-
-    def on_plan_editor_remeasure_requested(self, _: PlanEditor.RemeasureRequested) -> None:
-        """Analyse the plan's models alone, at the plan's density: the what-if's trimmed sign conflict
-        is then measured for exactly this merge (cached like any analysis)."""
-        if self.report is None or self.plan_state is None:
-            return
-        try:
-            self.session.current_plan()
-            target = self.session.remeasure_target()
-        except Exception as exc:  # noqa: BLE001 - shown to the user
-            self.show_error(exc, what="re-measure")
-            return
-        if not target.uniform:
-            d = target.density
-            self.notify(f"the plan has no single density; measuring at the analysis density {d}", severity="warning")
-        if len(target.models) < 2:
-            self.notify("sign conflict needs at least two models in the plan", severity="warning")
-            return
-        if target.measured_by(self.report):
-            self.session.remeasured = None
-            self.notify(f"the analysis already measured these models at density {target.density}")
-            self.request_whatif()
-            return
-        self._start_remeasure(target)
-
-    # -- merge --------------------------------------------------------------------------------------
-    def action_run_merge(self) -> None:
-        from mergescope.io.errors import InputError
-
-        if self.running_jobs():
-            self.notify("a job is running: wait for it or press Esc to cancel it", severity="warning")
-            return
-        view = self.main.query_one(MergeView)
-        try:
-            plan = self.session.current_plan()
-            out = view.output
-            if not out:
-                raise InputError("choose an output directory first")
-            seed = view.seed
-            _check_merge_output(plan, os.path.expanduser(out), view.force)
-        except ValueError as exc:
-            self.show_error(InputError(f"seed: {exc}"), what="merge")
-            return
-        except InputError as exc:
-            self.show_error(exc, what="merge")
-            return
-        self.main.action_tab("merge")
-        view.status(Text(f"merging into {out}…  Esc cancels (no partial output)", style="bold"))
-        self.main.query_one(JobProgress).start("merge")
-        self.merge_worker(plan, os.path.expanduser(out), seed, view.force, self.report)
-
-    @work(thread=True, exclusive=True, group="merge", exit_on_error=False, name="merge", description="merge")
-    def merge_worker(self, plan, output_dir: str, seed: int | None, force: bool, report=None) -> None:
-        from mergescope.merge.run import run_merge
-
-        worker = get_current_worker()
-        t0 = time.perf_counter()
-
-        def progress(done: int, total: int, label: str) -> None:
-            self.post_message(Progress("merge", done, total, label, time.perf_counter() - t0))
-
-        try:
-            result = run_merge(
-                plan,
-                output_dir,
-                device=self.device,
-                seed=seed,
-                force=force,
-                progress=progress,
-                should_stop=lambda: worker.is_cancelled,
-                analysis=report,
-            )
-        except Cancelled:
-            return
-        if not worker.is_cancelled:
-            self.post_message(MergeDone(result, output_dir, plan))
-
-    def on_merge_done(self, message: MergeDone) -> None:
-        if not self._has_main():
-            return
-        self.last_merge = message.result
-        card = None
-        readme = Path(message.result.output_dir) / "README.md"
-        try:
-            card = readme.read_text()
-        except OSError:
-            pass
-        view = self.main.query_one(MergeView)
-        view.show_result(message.result, card)
-        view.status(Text(f"✔ done: {message.result.output_dir}", style="green"))
-        self.notify(f"merged into {message.result.output_dir}")
 
     # -- jobs -------------------------------------------------------------------------------
     def running_jobs(self) -> list[Worker]:
@@ -441,12 +335,3 @@ class MergeScopeApp(PlanFiles, TuneJobs, EvalJobs, App):
             await node.run_action(binding.action)
 
         return run
-
-
-def _check_merge_output(plan, out: str, force: bool) -> None:
-    """The merge's io.guard check (as `mergescope merge` and run_merge make it), before the worker starts."""
-    from mergescope.io.guard import Write, check_io
-    from mergescope.merge.run import plan_reads
-
-    plan.validate(check_paths=True)
-    check_io(plan_reads(plan), [Write(out, "", folder=True)], force=force)

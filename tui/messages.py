@@ -10,7 +10,7 @@ from textual.message import Message
 
 
 class Progress(Message):
-    """Progress of a long job (`kind` is "analysis" or "merge")."""
+    """Progress of a long job (`kind`: "analysis", "spectral" or "merge")."""
 
     def __init__(self, kind: str, done: int, total: int, label: str, elapsed: float) -> None:
         super().__init__()
@@ -31,6 +31,15 @@ class AnalysisDone(Message):
         self.base = base
         self.models = models
         self.purpose = purpose  # "main": the report the views show; "whatif": re-measured at the plan's density
+
+
+class SpectralDone(Message):
+    """The spectral pass of the open set (`report` holds it and its findings), run for `metric_id`."""
+
+    def __init__(self, report, metric_id: str) -> None:
+        super().__init__()
+        self.report = report
+        self.metric_id = metric_id
 
 
 class MergeDone(Message):

@@ -41,6 +41,7 @@ class Checks:
     source: str = "sampled"  # or "analysis"
     seconds: float = 0.0
     matrices: dict[str, int] = field(default_factory=dict)  # model -> matrices sampled
+    analysis: object = None  # the analysis of exactly the plan's inputs, when one was given (a Report)
 
     @property
     def errors(self) -> list[Finding]:
@@ -56,8 +57,10 @@ def flag_for(f: Finding) -> str:
 
 
 def run_checks(plan, cks: dict, jobs, report=None) -> Checks:
-    """Findings on the plan's inputs: the cached analysis' when given, else sampled ones. Only models
-    that some output tensor combines are compared (a passthrough stack of slices mixes nothing)."""
+    """Findings on the plan's inputs: the analysis' when one is given that measured them against the
+    plan's base (restricted to them: a model the plan leaves out does not speak for this merge), else
+    sampled ones. Only models that some output tensor combines are sampled (a passthrough stack of
+    slices mixes nothing)."""
     t0 = time.perf_counter()
     out = _checks(plan, cks, jobs, report)
     out.findings += _unlisted_modules(plan, cks)
@@ -84,9 +87,30 @@ def _unlisted_modules(plan, cks) -> list[Finding]:
     ]
 
 
+def analysis_of_inputs(plan, report):
+    """`report` restricted to the plan's input models, with the findings recomputed for them alone (the
+    base's own findings stay); None when it did not measure every input against the plan's base."""
+    from mergescope.merge.whatif import is_base, plan_models_to_report
+    from mergescope.stats.findings import findings_for
+
+    if report is None or not plan.base_model or not is_base(plan, report)(plan.base_model):
+        return None
+    index = plan_models_to_report(plan, report)
+    inputs = plan.input_models()
+    if not inputs or any(r not in index for r in inputs):
+        return None
+    chosen = list(dict.fromkeys(index[r] for r in inputs))
+    if chosen == list(range(report.n)):
+        return report
+    sub = report.only(chosen)
+    sub.findings = findings_for(sub)
+    return sub
+
+
 def _checks(plan, cks: dict, jobs, report) -> Checks:
-    if report is not None:
-        return Checks(list(report.findings), "analysis")
+    own = analysis_of_inputs(plan, report)
+    if own is not None:
+        return Checks(list(own.findings), "analysis", analysis=own)
     combined = {x.model for j in jobs if len(j.all_inputs) > 1 for x in j.all_inputs}
     refs = [r for r in plan.referenced_models() if r in combined]
     out = Checks()

@@ -76,8 +76,9 @@ def run_merge(
     when `should_stop()` turns true, MergeError when a method fails. In every failure case (and on
     KeyboardInterrupt) no output and no temporary directory is left behind.
 
-    `analysis`: the merge-readiness Report of these inputs (TUI/CLI pass it when they have one): its
-    findings and model summary go into the model card.
+    `analysis`: a merge-readiness Report that measured these inputs against the plan's base (TUI/CLI
+    pass it when they have one; models it holds beyond the plan's are left out): the pre-merge checks
+    use its findings, and they and its model summary go into the model card.
 
     `threads`: worker threads for methods with a streaming CPU kernel (default: the CPU count, at
     most 4; `MERGESCOPE_THREADS` overrides); other methods run one tensor at a time with torch's own
@@ -120,7 +121,7 @@ def run_merge(
                 n_tensors=n,
                 total_bytes=writer.total_bytes,
                 description=method.description,
-                analysis=analysis,
+                analysis=run.checks.analysis,
                 notes=notes,
                 seed=seed,
             )

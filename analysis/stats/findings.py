@@ -278,7 +278,7 @@ def metric_findings(report) -> list[Finding]:
                     "warning",
                     "magnitude-asymmetry",
                     report.models[hi],
-                    f"its task vector is {ratio:.1f}x the norm of {report.models[lo]}'s: with equal weights it will "
+                    f"its task vector is {ratio:.1f}x the norm of {_name(report, lo)}'s: with equal weights it will "
                     f"dominate the merge; scale weights by about 1/{ratio:.1f} or use normalize/TIES",
                 )
             )
@@ -293,7 +293,7 @@ def metric_findings(report) -> list[Finding]:
                             "warning",
                             "high-sign-conflict",
                             report.models[a],
-                            f"with {report.models[b]}: {sc:.1%} of shared coordinates have opposite signs "
+                            f"with {_name(report, b)}: {sc:.1%} of shared coordinates have opposite signs "
                             f"(independent deltas give 50%), task-vector cosine {cs:.3f}; worst cells: {worst}. "
                             "Use TIES (sign election) or lower one model's weight there",
                         )
@@ -311,11 +311,18 @@ def metric_findings(report) -> list[Finding]:
                     "info",
                     "high-sign-conflict",
                     None,
-                    f"{len(cells)} cells keep > {CELL_TRIMMED_CONFLICT_NOTE:.0%} sign conflict after a TIES trim at "
+                    f"{len(cells)} {'cell keeps' if len(cells) == 1 else 'cells keep'} > "
+                    f"{CELL_TRIMMED_CONFLICT_NOTE:.0%} sign conflict after a TIES trim at "
                     f"density {report.density}: {desc}",
                 )
             )
     return out
+
+
+def _name(report, i: int) -> str:
+    """Model i as a message names it: its directory's name, or the path as given where two share a name."""
+    names = [Path(str(m).rstrip("/")).name or str(m) for m in report.models]
+    return names[i] if names.count(names[i]) == 1 else report.models[i]
 
 
 def _cell_name(layer, group) -> str:

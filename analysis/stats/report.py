@@ -181,6 +181,30 @@ class Report(SiteSet):
             seen.setdefault(s.module, (order.get(s.group, 9), idx))
         return sorted(seen, key=lambda m: seen[m])
 
+    def only(self, indices: list[int]) -> Report:
+        """The report of just these models (in this order), without findings (recompute them with
+        `findings.findings_for`). Per-model and per-pair sums are sliced; the sign conflicts over all
+        models (`multi_*`) and the spectral pass mix every model, so the subset has none."""
+        idx = np.asarray(indices, dtype=np.int64)
+        sites = []
+        for s in self.sites:
+            t = SiteStats(s.layer, s.group, s.module, len(idx), tensors=list(s.tensors), numel=s.numel)
+            t.base_sq = s.base_sq
+            for k in _PER_MODEL:
+                setattr(t, k, getattr(s, k)[idx].copy())
+            for k in _PER_PAIR:
+                setattr(t, k, getattr(s, k)[np.ix_(idx, idx)].copy())
+            sites.append(t)
+        return Report(
+            self.base,
+            [self.models[i] for i in indices],
+            self.density,
+            sites,
+            structure=self.structure,
+            elapsed_s=self.elapsed_s,
+            bytes_read=self.bytes_read,
+        )
+
     # -- JSON (the contract in the README, section JSON) -------------------------------------------------------------------
     def to_json(self) -> dict:
         whole = self.whole()

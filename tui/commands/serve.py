@@ -35,8 +35,19 @@ def run(args) -> int:
         raise InputError(
             "serving to a browser needs textual-serve: pip install 'mergescope[serve]' (or: pip install textual-serve)"
         ) from None
-    server = Server(
-        command_line(args.args), host=args.host, port=args.port, title="mergescope", public_url=args.public_url
-    )
-    server.serve()
+    import tempfile
+    from pathlib import Path
+
+    from mergescope.tui.serve_page import write_templates
+
+    with tempfile.TemporaryDirectory(prefix="mergescope-serve-") as tmp:
+        server = Server(
+            command_line(args.args),
+            host=args.host,
+            port=args.port,
+            title="mergescope",
+            public_url=args.public_url,
+            templates_path=write_templates(Path(tmp)),  # its page, focused on load: keys work without a click
+        )
+        server.serve()
     return 0

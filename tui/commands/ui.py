@@ -27,8 +27,8 @@ def add_arguments(p) -> None:
         const=64,
         default=None,
         metavar="K",
-        help="also run the spectral pass (top-K SVD of every attention/MLP task vector, K = 64 by default) "
-        "for the heatmap's spectral metrics (keys ! @ # $)",
+        help="run the spectral pass (top-K SVD of every attention/MLP task vector, K = 64 by default) with the "
+        "analysis; without it the heatmap's spectral keys (! @ # $) run it when first pressed",
     )
     p.add_argument(
         "--eval-text", nargs="+", default=[], metavar="FILE", help="held-out text files for the Evaluate tab"

@@ -9,11 +9,12 @@ mode; switching metric or model only re-evaluates cheap ratios.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mergescope.io.naming import GROUPS
 from mergescope.stats.report import Aggregate
+from mergescope.tui.state.metrics import Metric
+from mergescope.tui.state.scales import DATA, Scale, conflict_scale
 
 ALL = "all"
 COLUMN_MODES = ("modules", "groups")
@@ -43,167 +44,6 @@ def ordered_modules(modules: list[str]) -> list[str]:
     return known + [m for m in modules if m not in ROLE_ORDER]
 
 
-@dataclass(frozen=True)
-class Metric:
-    id: str
-    key: str  # the key that selects it
-    label: str
-    subject: str  # "model" | "pair" | "all"
-    fn: Callable  # (agg, i, j) -> float
-    pct: bool = False
-    diverging: bool = False  # centred on 0 (cosines)
-    help: str = ""
-    short: str = ""  # for narrow titles
-    spectral: bool = False  # read from the report's spectral pass (`analyze --spectral`), on its aggregates
-
-    @property
-    def title(self) -> str:
-        return self.short or self.label
-
-
-METRICS: tuple[Metric, ...] = (
-    Metric(
-        "norm",
-        "1",
-        "task-vector norm ‖τ‖",
-        "model",
-        lambda a, i, j: a.norm(i),
-        help="sqrt(Σ‖τᵢ‖²) over the cell's tensors",
-        short="‖τ‖",
-    ),
-    Metric(
-        "relative_norm",
-        "2",
-        "relative norm ‖τ‖/‖θ₀‖",
-        "model",
-        lambda a, i, j: a.relative_norm(i),
-        help="how far the fine-tune moved, relative to the base weights",
-        short="rel. norm",
-    ),
-    Metric(
-        "sign_conflict",
-        "3",
-        "sign conflict (all models)",
-        "all",
-        lambda a, i, j: a.sign_conflict,
-        pct=True,
-        help="coordinates where ≥2 task vectors are non-zero and disagree in sign; ~50% = independent",
-        short="sign conflict",
-    ),
-    Metric(
-        "trimmed_sign_conflict",
-        "4",
-        "trimmed sign conflict (TIES trim)",
-        "all",
-        lambda a, i, j: a.trimmed_sign_conflict,
-        pct=True,
-        help="sign conflict after keeping each τᵢ's top-density magnitudes (at the analysis density)",
-        short="trimmed conflict",
-    ),
-    Metric(
-        "magnitude_asymmetry",
-        "5",
-        "magnitude asymmetry max/min ‖τ‖",
-        "all",
-        lambda a, i, j: a.magnitude_asymmetry,
-        help="1 = equal norms; large = one model dominates an equal-weight merge",
-        short="asymmetry",
-    ),
-    Metric(
-        "cosine",
-        "6",
-        "pairwise cosine cos(τᵢ, τⱼ)",
-        "pair",
-        lambda a, i, j: a.cosine(i, j),
-        diverging=True,
-        help="alignment of two task vectors: > 0 reinforce, < 0 cancel, ≈ 0 independent",
-        short="cosine",
-    ),
-    Metric(
-        "topk_energy",
-        "7",
-        "top-20% energy",
-        "model",
-        lambda a, i, j: a.topk_energy(i),
-        pct=True,
-        help="share of ‖τᵢ‖² in its top 20% magnitudes: high = sparse, trims well",
-        short="top-20% energy",
-    ),
-    Metric(
-        "sign_conflict_pair",
-        "8",
-        "pairwise sign conflict",
-        "pair",
-        lambda a, i, j: a.sign_conflict_pair(i, j),
-        pct=True,
-        help="among coordinates where both τᵢ and τⱼ are non-zero, the share with opposite signs",
-        short="sign conflict",
-    ),
-    Metric(
-        "magnitude_ratio",
-        "9",
-        "magnitude ratio ‖τᵢ‖/‖τⱼ‖",
-        "pair",
-        lambda a, i, j: a.magnitude_ratio(i, j),
-        help="how much larger one task vector is than the other in this cell",
-        short="norm ratio",
-    ),
-    Metric(
-        "cosine_to_base",
-        "0",
-        "cosine to base cos(θᵢ, θ₀)",
-        "model",
-        lambda a, i, j: a.cosine_to_base(i),
-        help="1 = unchanged; fine-tunes of this base stay close to 1",
-        short="cos to base",
-    ),
-    # the spectral pass (opt-in): keys shift+1..4
-    Metric(
-        "spectral_energy",
-        "exclamation_mark",
-        "spectral energy (top-K share of ‖τᵢ‖²)",
-        "model",
-        lambda a, i, j: a.spectral_energy(i),
-        pct=True,
-        help="Σ_{j≤K} σⱼ² / ‖τᵢ‖²: high = the fine-tune's change is low-rank",
-        short="spectral energy",
-        spectral=True,
-    ),
-    Metric(
-        "subspace_overlap",
-        "at",
-        "subspace overlap of τᵢ, τⱼ",
-        "pair",
-        lambda a, i, j: a.subspace_overlap(i, j),
-        help="(‖UᵢᵀUⱼ‖² + ‖VᵢᵀVⱼ‖²)/2K: 0 = orthogonal singular subspaces, 1 = the same",
-        short="overlap",
-        spectral=True,
-    ),
-    Metric(
-        "sti",
-        "number_sign",
-        "task singular interference (STI)",
-        "all",
-        lambda a, i, j: a.sti,
-        help="‖(ÛᵀÛ−I) Σ̂ (V̂ᵀV̂−I)‖₁ / ‖Σ̂‖₁ over the models' top-K triplets: 0 = no interference",
-        short="STI",
-        spectral=True,
-    ),
-    Metric(
-        "sar",
-        "dollar_sign",
-        "subspace alignment ratio (SAR)",
-        "model",
-        lambda a, i, j: a.sar(i),
-        pct=True,
-        help="‖Pτᵢ‖/‖τᵢ‖, P on the merged task vector's top singular vectors (95 % of its energy)",
-        short="SAR",
-        spectral=True,
-    ),
-)
-METRIC_BY_ID = {m.id: m for m in METRICS}
-
-
 @dataclass
 class Grid:
     """Numbers for one heatmap view: values[r][c] is a float, inf, or None (no tensors there)."""
@@ -213,7 +53,7 @@ class Grid:
     col_labels: list[str]
     values: list[list[float | None]]
     pct: bool = False
-    diverging: bool = False
+    scale: Scale = DATA  # where the colours' ends sit (scales.py)
     note: str = ""
     meta: dict = field(default_factory=dict)
     texts: dict = field(default_factory=dict)  # (r, c) -> text shown instead of the number
@@ -222,10 +62,8 @@ class Grid:
         return [v for row in self.values for v in row if v is not None and math.isfinite(v)]
 
     def bounds(self) -> tuple[float, float]:
-        vals = self.finite()
-        if not vals:
-            return (0.0, 0.0)
-        return (min(vals), max(vals))
+        """The colour scale's ends for these values."""
+        return self.scale.ends(self.finite())
 
 
 class HeatData:
@@ -315,7 +153,7 @@ class HeatData:
             col_labels=cols,
             values=values,
             pct=metric.pct,
-            diverging=metric.diverging,
+            scale=metric.scale_for(self.report, i, j),
         )
 
 
@@ -338,6 +176,7 @@ class WhatIfMetric:
     measured: str  # the measured metric shown beside it
     help: str
     short: str = ""
+    scale: Scale = DATA  # the conflict's is centred on what unrelated deltas give (`whatif_grid`)
 
 
 WHATIF_METRICS: tuple[WhatIfMetric, ...] = (
@@ -349,6 +188,7 @@ WHATIF_METRICS: tuple[WhatIfMetric, ...] = (
         "sign_conflict",
         "1 = the weighted task vectors add up; lower = they cancel each other here",
         "retained mass",
+        Scale(0.0, 1.0, good="high", low_word="cancel", high_word="add up"),
     ),
     WhatIfMetric(
         "merged_relative_norm",
@@ -358,6 +198,7 @@ WHATIF_METRICS: tuple[WhatIfMetric, ...] = (
         "relative_norm",
         "how far the merge moves from the base, relative to the base weights",
         "merged ‖Δ‖/‖θ₀‖",
+        Scale(lo=0.0, low_word="the base", high_word="moved far"),
     ),
     WhatIfMetric(
         "share",
@@ -367,6 +208,7 @@ WHATIF_METRICS: tuple[WhatIfMetric, ...] = (
         "magnitude_asymmetry",
         "‖cᵢτᵢ‖ / Σⱼ‖cⱼτⱼ‖: who dominates this cell",
         "share",
+        Scale(0.0, 1.0, low_word="none", high_word="all of it"),
     ),
     WhatIfMetric(
         "coeff",
@@ -399,7 +241,11 @@ def whatif_predictions(data: HeatData, whatif) -> list[list]:
     return out
 
 
-def whatif_grid(data: HeatData, preds: list[list], metric: WhatIfMetric, model: int, title: str = "") -> Grid:
+def whatif_grid(
+    data: HeatData, preds: list[list], metric: WhatIfMetric, model: int, title: str = "", measured_models: int = 2
+) -> Grid:
+    """`measured_models`: how many models the conflict was measured over (its scale's reference)."""
+
     def value(p):
         if p is None:
             return None
@@ -414,10 +260,23 @@ def whatif_grid(data: HeatData, preds: list[list], metric: WhatIfMetric, model: 
         return p.conflict
 
     values = [[value(p) for p in row] for row in preds]
+    scale = metric.scale
+    if metric.id == "conflict":
+        scale = _conflict_left_scale(preds, measured_models)
     return Grid(
         title=title or metric.label,
         row_labels=[r[0] for r in data.rows],
         col_labels=data.columns("groups"),
         values=values,
         pct=metric.pct,
+        scale=scale,
     )
+
+
+def _conflict_left_scale(preds, n: int) -> Scale:
+    """Centred on what n unrelated deltas give (trimmed alike when the method trims)."""
+    p = next((p for row in preds for p in row if p is not None), None)
+    if p is not None and p.conflict_trimmed:
+        d = p.measured_density
+        return conflict_scale([d] * max(2, n), f"unrelated deltas trimmed to d={d:g}")
+    return conflict_scale([1.0] * max(2, n))

@@ -11,7 +11,8 @@ import math
 from rich.text import Text
 
 from mergescope.tui.format import compact, short_names
-from mergescope.tui.state.heatdata import METRIC_BY_ID, Grid, HeatData, WhatIfMetric
+from mergescope.tui.state.heatdata import Grid, HeatData, WhatIfMetric
+from mergescope.tui.state.metrics import METRIC_BY_ID
 from mergescope.tui.state.plan_state import PlanState
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergescope.tui.state.evaluation import EvalStore
-from mergescope.tui.state.plan_state import PlanState, state_for_report
+from mergescope.tui.state.plan_state import PlanState, starting_state, state_for_report
 from mergescope.tui.state.recent import ModelSet
 
 SAME = 1e-9  # two densities closer than this are the same measurement
@@ -66,10 +66,11 @@ class Session:
                 state = self.state_from_file(path)
             except InputError as exc:
                 problem = exc
-        if state is None:
+        if state is None and self.sample_plan:
             state = state_for_report(report, "task_arithmetic")
-            if self.sample_plan:
-                self._apply_sample(state)
+            self._apply_sample(state)
+        elif state is None:
+            state = starting_state(report)
         self.plan_state = state
         return problem
 
@@ -84,6 +85,8 @@ class Session:
                 table = state.table(param)
                 for key in table:
                     table[key] = [float(value)] * len(report.models)
+        merged = " + ".join(n for n in sample.get("models", []) if n in names)
+        state.note = f"starting plan: the demo's sample, {state.method} of {merged or 'no model'}"
 
     def state_from_file(self, path: str) -> PlanState:
         """The editor state for a plan file (InputError / OSError when it cannot be read or used)."""
@@ -132,14 +135,11 @@ class Session:
 
     # -- where things go --------------------------------------------------------------------
     def default_output(self) -> str:
-        """The merge's output directory: beside the base when that is writable, else here."""
+        """The merge's output directory: `merged` in the working directory (never beside the inputs,
+        which may be a read-only cache or someone else's models), as the CLI writes where it is run."""
         if self.output_dir:
             return self.output_dir
-        root = Path(self.report.base).expanduser()
-        parent = root.parent if root.parent != root else Path.cwd()
-        if not os.access(parent, os.W_OK):
-            parent = Path.cwd()
-        return str(parent / "merged")
+        return str(Path.cwd() / "merged")
 
     def export_default(self) -> str:
         st = self.plan_state

@@ -37,6 +37,8 @@ def cell_renderable(report, row_label: str, col: str, agg, metric=None, value=No
             "∞" if value is not None and value == float("inf") else ("-" if value is None else f"{value:.5g}")
         )  # 5 digits: stable across CPUs (summation order)
         parts.append(Text.assemble((metric.label, "cyan"), " = ", (exact, "bold")))
+        if metric.reading:
+            parts.append(Text(metric.reading, style="italic"))
     models = Table(box=None, header_style="bold", padding=(0, 1, 0, 0), expand=False)
     models.add_column("model", no_wrap=True, overflow="ellipsis", max_width=9)
     for col_name, w in (("‖τ‖", 5), ("rel", 5), ("top", 4), ("cos θ₀", 6)):

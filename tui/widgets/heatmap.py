@@ -24,6 +24,7 @@ from textual.strip import Strip
 
 from mergescope.tui.format import compact
 from mergescope.tui.state.heatdata import Grid
+from mergescope.tui.state.scales import Scale
 
 # viridis, 8 steps: readable as blue → green → yellow in 256 and 16 colours too
 SEQUENTIAL = ("#440154", "#46327e", "#365c8d", "#277f8e", "#1fa187", "#4ac16d", "#a0da39", "#fde725")
@@ -63,20 +64,12 @@ def palette(diverging: bool) -> tuple[str, ...]:
     return DIVERGING if diverging else SEQUENTIAL
 
 
-def level(v: float | None, lo: float, hi: float, diverging: bool) -> int | None:
-    """Index into the palette, or None for 'no value'."""
+def level(v: float | None, lo: float, hi: float, scale: Scale) -> int | None:
+    """Index into the scale's palette (low value → low index, whichever end is good), or None for 'no value'."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return None
-    pal = palette(diverging)
-    n = len(pal)
-    if math.isinf(v):
-        return n - 1 if v > 0 else 0
-    if diverging:
-        m = max(abs(lo), abs(hi)) or 1.0
-        t = (v + m) / (2 * m)
-    else:
-        t = (v - lo) / (hi - lo) if hi > lo else 0.5
-    return max(0, min(n - 1, int(t * n)))
+    n = len(palette(scale.diverging))
+    return max(0, min(n - 1, int(scale.position(v, lo, hi) * n)))
 
 
 def glyph(idx: int, n: int) -> str:
@@ -102,9 +95,12 @@ def low_colour(app) -> bool:
         return False
 
 
-def cell_styles(diverging: bool, low: bool = False) -> list[tuple[Style, Style]]:
-    """(glyph style, number style) per palette level."""
-    out = []
+def cell_styles(diverging: bool, low: bool = False, flipped: bool = False) -> list[tuple[Style, Style]]:
+    """(glyph style, number style) per palette level; `flipped`: a diverging palette whose good end
+    (blue) is the low one (sign conflicts)."""
+    out = cell_styles(diverging, low) if flipped else []
+    if flipped:
+        return out[::-1]
     if low:
         names = LOW_DIVERGING if diverging else LOW_SEQUENTIAL
         n = len(names)
@@ -120,6 +116,8 @@ def cell_styles(diverging: bool, low: bool = False) -> list[tuple[Style, Style]]
 
 class Heatmap(ScrollView, can_focus=True):
     """Heatmap of a `Grid`; arrow keys move a cell cursor (posts `CursorMoved`)."""
+
+    HELP_TITLE = "Moving in a map (heatmap, plan table, what-if)"
 
     DEFAULT_CSS = """
     Heatmap { height: 1fr; width: 1fr; scrollbar-size: 1 1; }
@@ -175,7 +173,7 @@ class Heatmap(ScrollView, can_focus=True):
         self._cache.clear()
         self._header = None
         self._lo, self._hi = g.bounds()
-        self._styles = cell_styles(g.diverging, self._low())
+        self._styles = cell_styles(g.scale.diverging, self._low(), g.scale.flipped)
         self._label_w = max([len(s) for s in g.row_labels] + [4]) + 1
         self.virtual_size = Size(self._label_w + CELL_W * len(g.col_labels), len(g.row_labels) + 1)
 
@@ -210,15 +208,20 @@ class Heatmap(ScrollView, can_focus=True):
         self._scroll_to_cursor()
         self.refresh()
 
+    def _visible(self) -> Size:
+        """The part of the widget not covered by its scrollbars (a row under the horizontal one is hidden)."""
+        return self.scrollable_content_region.size
+
     def _scroll_to_cursor(self) -> None:
         r, c = self.cursor
-        body_h = max(1, self.size.height - 1)
+        seen = self._visible()
+        body_h = max(1, seen.height - 1)
         y = self.scroll_offset.y
         if r < y:
             y = r
         elif r >= y + body_h:
             y = r - body_h + 1
-        body_w = max(CELL_W, self.size.width - self._label_w)
+        body_w = max(CELL_W, seen.width - self._label_w)
         x = self.scroll_offset.x
         cx = c * CELL_W
         if cx < x:
@@ -240,7 +243,7 @@ class Heatmap(ScrollView, can_focus=True):
 
     def action_page(self, direction: int) -> None:
         r, c = self.cursor
-        self.move_to(r + direction * max(1, self.size.height - 2), c)
+        self.move_to(r + direction * max(1, self._visible().height - 2), c)
 
     def action_jump(self, row: int) -> None:
         r, c = self.cursor
@@ -262,7 +265,7 @@ class Heatmap(ScrollView, can_focus=True):
     # -- rendering --------------------------------------------------------------------------
     def _cell_segments(self, v: float | None, is_cursor: bool, text: str | None = None) -> list[Segment]:
         txt = text if text is not None else compact(v, pct=self.grid.pct)
-        idx = level(v, self._lo, self._hi, self.grid.diverging)
+        idx = level(v, self._lo, self._hi, self.grid.scale)
         if idx is None:
             st = Style(dim=True, reverse=is_cursor, bold=is_cursor)
             return [Segment(" " + txt.rjust(CELL_W - 2) + " ", st)]

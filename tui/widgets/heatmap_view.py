@@ -6,12 +6,14 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Static
 
 from mergescope.tui.format import short_names
 from mergescope.tui.keylabels import key_label
-from mergescope.tui.state.heatdata import COLUMN_MODES, METRICS, HeatData, Metric, pairs
+from mergescope.tui.state.heatdata import COLUMN_MODES, HeatData, pairs
+from mergescope.tui.state.metrics import METRICS, Metric
 from mergescope.tui.widgets.cell_detail import CellDetail, cell_renderable
 from mergescope.tui.widgets.heatmap import Heatmap
 from mergescope.tui.widgets.legend import Legend
@@ -44,6 +46,13 @@ class HeatmapView(Vertical):
         Binding("N", "next_metric(-1)", "previous metric", show=False, id="heatmap.prev_metric"),
     ]
 
+    class SpectralWanted(Message):
+        """A spectral metric was asked for before the spectral pass ran: the app runs it, then `spectral_ready`."""
+
+        def __init__(self, metric_id: str) -> None:
+            super().__init__()
+            self.metric_id = metric_id
+
     metric_id: reactive[str] = reactive("relative_norm", init=False)
     mode: reactive[str] = reactive("modules", init=False)
     model: reactive[int] = reactive(0, init=False)
@@ -64,7 +73,15 @@ class HeatmapView(Vertical):
             yield CellDetail(id="heat-detail")
 
     def on_resize(self, event) -> None:
-        self.set_class(event.size.width < 100, "-narrow")
+        narrow = event.size.width < 100
+        if narrow != self.has_class("-narrow"):
+            self.set_class(narrow, "-narrow")
+            self.redraw()
+
+    @property
+    def narrow(self) -> bool:
+        """Below 100 columns: the detail goes under the map, the toolbar and the legend take one line each."""
+        return self.has_class("-narrow")
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -112,25 +129,21 @@ class HeatmapView(Vertical):
             grid.note = "no tensors the base and every model share: see the verdicts"
         hm = self.query_one(Heatmap)
         hm.set_grid(grid, keep_cursor=keep_cursor)
-        self.query_one(Legend).show(grid)
+        self.query_one(Legend).show(grid, compact=self.narrow)
         self._toolbar()
 
     def _toolbar(self) -> None:
         m = self.metric
+        sep = " │ " if self.narrow else "  │  "
         t = Text()
         t.append(f"[{key_label(m.key)}] ", "bold cyan")
-        t.append(m.label, "bold")
-        t.append("  │  ", "dim")
+        t.append(m.title if self.narrow else m.label, "bold")
+        t.append(sep, "dim")
         t.append(self.subject_label())
-        t.append("  │  ", "dim")
-        t.append(f"columns: {self.mode} (c)")
-        t.append("  │  ", "dim")
-        t.append(
-            "1-9,0 metric"
-            + ("  !@#$ spectral" if self.report is not None and self.report.spectral else "")
-            + "  ?: keys",
-            "dim",
-        )
+        t.append(sep, "dim")
+        t.append(f"{self.mode} (c)" if self.narrow else f"columns: {self.mode} (c)")
+        t.append(sep, "dim")
+        t.append("? keys" if self.narrow else "1-9,0 !@#$ metric  ? keys", "dim")
         self.query_one("#heat-toolbar", Static).update(t)
 
     def watch_metric_id(self) -> None:
@@ -148,17 +161,23 @@ class HeatmapView(Vertical):
     # -- actions ----------------------------------------------------------------------------
     def action_metric(self, metric_id: str) -> None:
         metric = next(m for m in METRICS if m.id == metric_id)
-        if metric.spectral and self.report is not None and self.report.spectral is None:
-            self.notify(
-                f"{metric.label}: open the models with the spectral pass (`mergescope ui --spectral ...`, "
-                "or `mergescope analyze --spectral` first)",
-                severity="warning",
-            )
-            return
         if self.report is not None and self.report.n < 2 and metric.subject != "model":
             self.notify(f"{metric.label} needs at least two fine-tunes", severity="warning")
             return
+        if metric.spectral and self.report is not None and self.report.spectral is None:
+            self.post_message(self.SpectralWanted(metric_id))  # computed on demand, then shown
+            return
         self.metric_id = metric_id
+
+    def spectral_ready(self, metric_id: str) -> None:
+        """The report now holds the spectral pass: show the metric that was asked for."""
+        if self.report is None:
+            return
+        self.data = HeatData(self.report)
+        if self.metric_id == metric_id:
+            self.redraw()
+        else:
+            self.metric_id = metric_id
 
     def action_next_metric(self, step: int) -> None:
         has_spectral = self.report is not None and self.report.spectral is not None

@@ -21,6 +21,7 @@ class MergeView(Vertical, can_focus=False):
     DEFAULT_CSS = """
     MergeView { height: 1fr; padding: 0 1; }
     MergeView #merge-form { height: auto; }
+    MergeView .merge-row { height: 1; }
     MergeView #merge-form Label { padding: 0 1 0 0; }
     MergeView #merge-output { width: 1fr; }
     MergeView #merge-seed { width: 10; }
@@ -35,15 +36,17 @@ class MergeView(Vertical, can_focus=False):
     ]
 
     def compose(self) -> ComposeResult:
-        with Horizontal(id="merge-form"):
-            yield Label("output dir")
-            yield PathInput(
-                "", id="merge-output", dirs_only=True, compact=True, placeholder="where the merged model goes"
-            )
-            yield Label(" seed")
-            yield AppInput("", id="merge-seed", compact=True, placeholder="none", type="integer")
-            yield Checkbox("replace existing", False, id="merge-force")
-            yield Button("Merge (Enter)", variant="primary", id="merge-go")
+        with Vertical(id="merge-form"):  # the path gets a row of its own: readable at 80 columns
+            with Horizontal(classes="merge-row"):
+                yield Label("output dir")
+                yield PathInput(
+                    "", id="merge-output", dirs_only=True, compact=True, placeholder="where the merged model goes"
+                )
+            with Horizontal(classes="merge-row"):
+                yield Label("seed      ")
+                yield AppInput("", id="merge-seed", compact=True, placeholder="none", type="integer")
+                yield Checkbox("replace existing", False, id="merge-force")
+                yield Button("Merge (Enter)", variant="primary", id="merge-go")
         yield Static(
             Text("Enter in the output field merges; Esc cancels a running merge (no partial output).", style="dim"),
             id="merge-status",
@@ -97,7 +100,7 @@ class MergeView(Vertical, can_focus=False):
             if card.startswith("---"):  # YAML front matter: metadata for the Hub, not for reading
                 end = card.find("\n---", 3)
                 card = card[end + 4 :] if end > 0 else card
-            lines = card.strip().splitlines()
+            lines = _without_section(card.strip().splitlines(), "## Configuration")
             snippet = "\n".join(lines[:CARD_LINES]) + ("\n\n…" if len(lines) > CARD_LINES else "")
             parts.append(Markdown(snippet))
         from rich.console import Group
@@ -111,3 +114,12 @@ class MergeView(Vertical, can_focus=False):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()
         self.app.action_run_merge()
+
+
+def _without_section(lines: list[str], heading: str) -> list[str]:
+    """The card without one section: its plan is the left pane already, and would push the rest out of view."""
+    if heading not in lines:
+        return lines
+    start = lines.index(heading)
+    end = next((k for k in range(start + 1, len(lines)) if lines[k].startswith("## ")), len(lines))
+    return lines[:start] + lines[end:]

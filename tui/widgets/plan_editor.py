@@ -8,27 +8,25 @@ app answers with `show_whatif` (a prediction from the Report's numbers; nothing 
 
 from __future__ import annotations
 
-import math
-
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Checkbox, Input, Label, Select, Static
+from textual.widgets import Static
 
 from mergescope.merge.plan.ratio_table import BAND_MODES
 from mergescope.tui.format import short_names
-from mergescope.tui.state.evaluation import SweepTarget
 from mergescope.tui.state.heatdata import WHATIF_METRICS, HeatData, whatif_grid
 from mergescope.tui.state.plan_display import measured_grid, prediction_line, table_grid
 from mergescope.tui.state.plan_state import VOCAB_CHOICES, PlanState, band_name
 from mergescope.tui.widgets.heatmap import Heatmap
-from mergescope.tui.widgets.inputs import AppInput
 from mergescope.tui.widgets.legend import Legend
+from mergescope.tui.widgets.plan_cells import CellEdits
+from mergescope.tui.widgets.plan_form import PlanForm
 
 
-class PlanEditor(Vertical):
+class PlanEditor(CellEdits, PlanForm, Vertical):
     HELP_TITLE = "Plan editor"
     PALETTE_GROUP = "Plan"
     DEFAULT_CSS = """
@@ -49,11 +47,20 @@ class PlanEditor(Vertical):
     PlanEditor #plan-whatif-col, PlanEditor #plan-measured-col { border-left: vkey $primary 50%; }
     PlanEditor #whatif-detail { height: auto; max-height: 4; padding: 0 1; background: $boost; }
     PlanEditor.-narrow #plan-measured-col { display: none; }
+    PlanEditor.-narrow.-measured #plan-measured-col { display: block; }
+    PlanEditor.-narrow.-measured #plan-whatif-col { display: none; }
     """
     BINDINGS = [
         Binding("plus,equals_sign", "step(1)", "+ step", tooltip="increase the selected ratio", id="plan.inc"),
         Binding("minus,underscore", "step(-1)", "- step", tooltip="decrease the selected ratio", id="plan.dec"),
         Binding("enter", "edit_value", "type a value", id="plan.edit"),
+        Binding(
+            "f",
+            "fill_model",
+            "one value everywhere",
+            tooltip="set the selected model's value in every cell of this table",
+            id="plan.fill",
+        ),
         Binding("m", "next_model(1)", "next model", id="plan.next_model"),
         Binding("M", "next_model(-1)", "previous model", show=False, id="plan.prev_model"),
         Binding("i", "toggle_include", "in/out of plan", tooltip="include / leave out the model", id="plan.include"),
@@ -104,7 +111,6 @@ class PlanEditor(Vertical):
         self.whatif_id = "retained"
         self.preds = None
         self.whatif = None
-        self._form_method = None
 
     # -- layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -127,7 +133,18 @@ class PlanEditor(Vertical):
         yield Static("", id="whatif-detail")
 
     def on_resize(self, event) -> None:
-        self.set_class(event.size.width < 110, "-narrow")
+        narrow = event.size.width < 110
+        if narrow != self.has_class("-narrow"):
+            self.set_class(narrow, "-narrow")
+            if self.state is not None:
+                self.refresh_table()
+                self._toolbar()
+                self._draw_whatif()
+
+    @property
+    def narrow(self) -> bool:
+        """Below 110 columns the prediction and its measured counterpart share one panel (w alternates)."""
+        return self.has_class("-narrow")
 
     # -- showing --------------------------------------------------------------------------------
     def show(self, report, state: PlanState) -> None:
@@ -157,29 +174,32 @@ class PlanEditor(Vertical):
 
     def show_problem(self, problem: str | None) -> None:
         """Why the plan cannot be predicted or merged as it stands (None clears it)."""
-        self.query_one("#plan-error", Static).update(Text(f"✖ {problem}") if problem else "")
+        error = self.query_one("#plan-error", Static)
+        error.update(Text(f"✖ {problem}") if problem else "")
+        error.display = bool(problem)  # no blank line while there is nothing to say
 
     def _toolbar(self) -> None:
         st = self.state
         short = short_names(st.models, 14)
+        sep = " │ " if self.narrow else "  │  "
         t = Text()
         t.append(st.method, "bold cyan")
-        t.append("  │  editing ", "dim")
+        t.append(sep + ("" if self.narrow else "editing "), "dim")
         t.append(self.param, "bold")
         t.append(" of ")
         t.append(short[self.model], "bold")
-        t.append(" (m)  ")
+        t.append(" (m) ")
         if st.included[self.model]:
-            t.append("✔ in plan", "green")
+            t.append("✔ in" if self.narrow else " ✔ in plan", "green")
         else:
-            t.append("✖ left out", "red")
-        t.append(" (i)  │  ", "dim")
-        t.append(f"bands: {band_name(st.band_mode)} (b)")
+            t.append("✖ out" if self.narrow else " ✖ left out", "red")
+        t.append(" (i)" + sep, "dim")
+        t.append(f"{band_name(st.band_mode)} (b)" if self.narrow else f"bands: {band_name(st.band_mode)} (b)")
         chosen = [short[i] for i in st.chosen()]
-        t.append("  │  merging ", "dim")
+        t.append(sep + ("" if self.narrow else "merging "), "dim")
         t.append(" + ".join(chosen) or "nothing", "bold")
         if st.tokenizer_source or (self.report is not None and self.report.structure.get("vocab_diff")):
-            t.append("  │  ", "dim")
+            t.append(sep, "dim")
             t.append(f"vocab: {st.tokenizer_source or 'donor'} (k)", "bold" if st.tokenizer_source else "yellow")
         if st.custom is not None:
             t.append("\n")
@@ -187,47 +207,15 @@ class PlanEditor(Vertical):
                 "loaded plan is hand-written (filters/slices): kept verbatim and read-only here; R resets to a table",
                 "yellow",
             )
+        elif st.note:
+            t.append("\n")
+            t.append(st.note, "dim italic")
         self.query_one("#plan-toolbar", Static).update(t)
-
-    async def _build_form(self) -> None:
-        st = self.state
-        if st is None:
-            return
-        key = (st.method, tuple(sorted(st.globals.items(), key=lambda kv: kv[0])), st.custom is None)
-        if key == self._form_method:
-            return
-        self._form_method = key
-        from mergescope.merge.methods import REGISTRY
-
-        form = self.query_one("#plan-form", Horizontal)
-        await form.remove_children()
-        widgets = [
-            Label("method", classes="method-label"),
-            Select([(m, m) for m in REGISTRY], value=st.method, allow_blank=False, compact=True, id="plan-method"),
-        ]
-        for spec in st.global_specs():
-            if spec.name == "int8_mask":
-                continue  # memory option, no numerical effect
-            value = st.global_value(spec.name)
-            if spec.kind == "bool":
-                widgets.append(
-                    Checkbox(_onoff(spec.name, bool(value)), bool(value), id=f"global-{spec.name}", tooltip=spec.help)
-                )
-            else:
-                widgets.append(Label(spec.name))
-                widgets.append(
-                    AppInput(
-                        "" if value is None else f"{value}",
-                        id=f"global-{spec.name}",
-                        compact=True,
-                        placeholder="required" if spec.required else "default",
-                        tooltip=spec.help,
-                    )
-                )
-        await form.mount_all(widgets)
 
     def refresh_table(self) -> None:
         grid = table_grid(self.state, self.param, self.model)
+        if self.narrow:
+            grid.note = ""  # the parameter's help is in the prompt (Enter, f); the rows are needed for the map
         self.query_one("#ratio-table", Heatmap).set_grid(grid)
         self.query_one("#ratio-legend", Legend).show(grid, compact=True)
         self.query_one("#ratio-title", Static).update(Text(f"plan: {grid.title}", style="bold"))
@@ -243,8 +231,15 @@ class PlanEditor(Vertical):
         metric = next(m for m in WHATIF_METRICS if m.id == self.whatif_id)
         short = short_names(self.report.models, 14)
         who = f" · {short[self.model]}" if metric.per_model else ""
+        chosen = self.state.chosen() if self.state else []
+        exact = self.whatif is not None and self.whatif.conflict_report is not None
         grid = whatif_grid(
-            self.data, self.preds, metric, self.model, title=f"predicted: {metric.short or metric.label}{who}"
+            self.data,
+            self.preds,
+            metric,
+            self.model,
+            title=f"predicted: {metric.short or metric.label}{who}",
+            measured_models=len(chosen) if exact else self.report.n,
         )
         if metric.id == "conflict":
             first = next((p for row in self.preds for p in row if p is not None), None)
@@ -256,12 +251,16 @@ class PlanEditor(Vertical):
         hm = self.query_one("#whatif-map", Heatmap)
         hm.set_grid(grid)
         self.query_one("#whatif-legend", Legend).show(grid, compact=True)
-        self.query_one("#whatif-title", Static).update(Text(grid.title, style="bold"))
+        self.query_one("#whatif-title", Static).update(
+            Text.assemble((grid.title, "bold"), ("  (w)" if self.narrow else "", "dim"))
+        )
         mgrid = measured_grid(self.data, metric, self.model, self.state.chosen() if self.state else [])
         mm = self.query_one("#measured-map", Heatmap)
         mm.set_grid(mgrid)
         self.query_one("#measured-legend", Legend).show(mgrid, compact=True)
-        self.query_one("#measured-title", Static).update(Text(mgrid.title, style="bold"))
+        self.query_one("#measured-title", Static).update(
+            Text.assemble((mgrid.title, "bold"), ("  (w)" if self.narrow else "", "dim"))
+        )
         self._detail(*hm.cursor)
 
     def _detail(self, r: int, c: int) -> None:
@@ -299,81 +298,11 @@ class PlanEditor(Vertical):
             key = (None, row.group)
         return labels.index(key) if key in labels else None
 
-    # -- editing --------------------------------------------------------------------------------
-    def _cell(self):
-        hm = self.query_one("#ratio-table", Heatmap)
-        r, c = hm.cursor
-        rows = self.state.rows()
-        return rows[r], self.state.columns()[c]
-
-    def sweep_target(self) -> SweepTarget | None:
-        """The cell under the cursor, for the selected model and table: what the Evaluate tab sweeps."""
-        if self.state is None or self.param not in self.state.table_params():
-            return None
-        row, col = self._cell()
-        return SweepTarget(self.param, self.model, row, col)
-
-    def _editable(self) -> bool:
-        if self.state is None or self.report is None:
-            return False
-        if self.state.custom is not None:
-            self.notify(
-                "this loaded plan is hand-written (filters/slices) and kept verbatim; press R to replace it "
-                "with an editable per-group table",
-                severity="warning",
-            )
-            return False
-        if not self.state.table_params():
-            self.notify(f"{self.state.method} has no per-model numeric parameter to tabulate", severity="warning")
-            return False
-        return True
-
-    def action_step(self, direction: int) -> None:
-        if not self._editable():
-            return
-        row, col = self._cell()
-        if not self.state.keys_of(row, col):
-            self.notify("no tensors here: move to a column with a value", severity="warning")
-            return
-        self.state.step(self.param, row, col, self.model, direction)
-        self.changed()
-
-    def action_edit_value(self) -> None:
-        if not self._editable():
-            return
-        row, col = self._cell()
-        if not self.state.keys_of(row, col):
-            return
-        spec = self.state.spec.param(self.param)
-        cur = self.state.cell_value(self.param, row, col, self.model)
-        model = short_names(self.state.models, 20)[self.model]
-        where = row.label if col == "all" else f"{row.label} · {col}"
-
-        def done(value):
-            if value is None:
-                return
-            from mergescope.io.errors import InputError
-
-            try:
-                self.state.set_value(self.param, row, col, self.model, value)
-            except InputError as exc:
-                self.show_problem(str(exc))
-                return
-            self.changed()
-
-        self.post_message(
-            self.ValueWanted(
-                f"{self.param} of {model} at {where}",
-                None if cur is None or math.isnan(cur) else cur,
-                spec.min if spec else None,
-                spec.max if spec else None,
-                spec.help if spec else "",
-                done,
-            )
-        )
-
+    # -- editing (the cells: plan_cells.py) ---------------------------------------------------
     def changed(self) -> None:
         """After an edit: redraw the table and say so (the app asks for a new prediction)."""
+        if self.state is not None:
+            self.state.note = ""
         self.refresh_table()
         self._toolbar()
         self.show_problem(None)
@@ -429,10 +358,16 @@ class PlanEditor(Vertical):
 
     def set_method(self, method: str) -> None:
         self.state.choose_method(method)
+        self.state.note = ""
         self.refresh_all()
         self.post_message(self.Changed())
 
     def action_next_whatif(self) -> None:
+        """The next prediction; in a narrow terminal each prediction is followed by its measured counterpart."""
+        if self.narrow and not self.has_class("-measured"):
+            self.add_class("-measured")
+            return
+        self.remove_class("-measured")
         ids = [m.id for m in WHATIF_METRICS]
         self.whatif_id = ids[(ids.index(self.whatif_id) + 1) % len(ids)]
         self._draw_whatif()
@@ -443,59 +378,3 @@ class PlanEditor(Vertical):
     def action_reset_plan(self) -> None:
         if self.state is not None:
             self.post_message(self.ResetRequested())
-
-    # -- form events ----------------------------------------------------------------------------
-    def on_select_changed(self, event: Select.Changed) -> None:
-        event.stop()
-        if (
-            event.select.id == "plan-method"
-            and self.state is not None
-            and event.value != self.state.method
-            and event.value is not Select.NULL
-        ):
-            self.set_method(str(event.value))
-
-    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
-        event.stop()
-        if event.checkbox.id and event.checkbox.id.startswith("global-"):
-            event.checkbox.label = _onoff(event.checkbox.id[len("global-") :], event.value)
-        self._set_global(event.checkbox.id, event.value)
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
-        self._set_global(event.input.id, event.value)
-
-    def on_input_changed(self, event: Input.Changed) -> None:
-        event.stop()
-        self._set_global(event.input.id, event.value, quiet=True)
-
-    def _set_global(self, wid: str | None, value, quiet: bool = False) -> None:
-        if not wid or not wid.startswith("global-") or self.state is None:
-            return
-        from mergescope.io.errors import InputError
-
-        name = wid[len("global-") :]
-        if self.state.global_value(name) == value or f"{self.state.global_value(name)}" == f"{value}":
-            return
-        if self.state.custom is not None:
-            if not quiet:
-                self._editable()
-            return
-        try:
-            self.state.set_global(name, value)
-        except InputError as exc:
-            self.show_problem(str(exc))
-            return
-        self.show_problem(None)
-        self._form_method = (
-            self.state.method,
-            tuple(sorted(self.state.globals.items(), key=lambda kv: kv[0])),
-            self.state.custom is None,
-        )
-        self._toolbar()
-        self.post_message(self.Changed())
-
-
-def _onoff(name: str, value: bool) -> str:
-    """A checkbox label that says its state in words (the box itself differs only by colour)."""
-    return f"{name}: {'on' if value else 'off'}"

@@ -55,14 +55,20 @@ def model_status(report, name: str) -> tuple[str, str, str]:
 def summary_renderable(report) -> Table:
     whole = report.whole()
     table = Table(
-        title="Merge readiness", title_justify="left", title_style="bold", box=None, header_style="bold", padding=(0, 1)
+        title="Merge readiness",
+        title_justify="left",
+        title_style="bold",
+        box=None,
+        header_style="bold",
+        padding=(0, 1, 0, 0),
     )
-    table.add_column("model", no_wrap=True)
+    # narrow enough for 80 columns: two-line headers, reasons wrapped between codes (never inside one)
+    table.add_column("model", no_wrap=True, overflow="ellipsis", max_width=24)
     table.add_column("verdict", no_wrap=True)
-    table.add_column("rel. norm", justify="right")
-    table.add_column("cos to base", justify="right")
-    table.add_column("top-20% energy", justify="right")
-    table.add_column("why", overflow="fold")
+    table.add_column("rel.\nnorm", justify="right", no_wrap=True)
+    table.add_column("cos to\nbase", justify="right", no_wrap=True)
+    table.add_column("top-20%\nenergy", justify="right", no_wrap=True)
+    table.add_column("why", min_width=max([len(f.code) for f in report.findings] + [3]))
     shown = display_names([report.base, *report.models])
     for i, m in enumerate(report.models):
         g, word, style = model_status(report, m)
