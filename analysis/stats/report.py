@@ -27,7 +27,10 @@ TOPK_FRACTION = 0.2
 DEFAULT_DENSITY = 0.2  # the TIES trim density the analysis measures at unless told otherwise
 SEVERITIES = ("error", "warning", "info")
 # The projection matrices: where independent inits are uncorrelated, so where a different base shows.
+# A model's relative norm and cosine to base, wherever one number per model is shown (the verdicts, the
+# summary tables, the model card), are taken over these (`Report.weights()`).
 WEIGHT_GROUPS = PROJECTION_GROUPS
+MATRICES = "attention + MLP matrices"
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,12 @@ class Report:
         if not sites:
             sites = [s for s in self.sites if s.group != "norm"] or self.sites
         return Aggregate(sites, self.n)
+
+    def weights_scope(self) -> str:
+        """What `weights()` covers, in words, for every place that shows its numbers."""
+        if any(s.group in WEIGHT_GROUPS for s in self.sites):
+            return MATRICES
+        return "tensors (norms left out)" if any(s.group != "norm" for s in self.sites) else "tensors"
 
     def layers(self) -> list[int]:
         return sorted({s.layer for s in self.sites if s.layer is not None})

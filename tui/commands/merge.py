@@ -101,7 +101,21 @@ def run(args) -> int:
             err.print(f"[yellow]{f.severity}[/yellow] {f.code} {f.model or ''}: {f.message}", highlight=False)
     if args.eval_text or args.eval_cmd:
         _score_after(args, plan, res, out)
+    if not args.quiet:
+        out.print(next_step(args, plan, res.output_dir), highlight=False, soft_wrap=True)
     return 0
+
+
+def next_step(args, plan, output_dir) -> str:
+    """The command to run next: score the merge beside its inputs, or (scored already) see where it lost."""
+    import shlex
+
+    inputs = [r for r in plan.input_models() if plan.ref_paths(r)[1] is None] or plan.input_models()
+    if args.eval_text and not args.eval_cmd:
+        cmd = ["mergescope", "compare", str(output_dir), "--against", *inputs, "--text", *args.eval_text]
+        return f"next: {shlex.join(cmd)}   (the passages where the merge lost against its inputs)"
+    cmd = ["mergescope", "eval", str(output_dir), *inputs, "--text", "HELDOUT.txt"]
+    return f"next: {shlex.join(cmd)}   (score it beside its inputs on held-out text of each task)"
 
 
 def _score_after(args, plan, res, out) -> None:
