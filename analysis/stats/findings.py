@@ -53,6 +53,7 @@ def collect_meta(ck) -> dict:
             embed_rows[info.name] = info.shape[0]
     return {
         "path": str(ck.path),
+        "label": ck.label,  # a Hugging Face repo id when given as one (its path is a cache snapshot)
         "tokenizer": ck.tokenizer_fingerprint(),
         "declared_base": ck.declared_base,
         "name_or_path": ck.name_or_path,
@@ -79,6 +80,7 @@ def same_model_name(declared: str, base_meta: dict) -> bool:
         return True
     candidates = {
         tail(base_meta.get("path")),
+        tail(base_meta.get("label")),
         tail(base_meta.get("name_or_path")),
         tail(base_meta.get("declared_base")),
     }

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mergescope.stats.report import DEFAULT_DENSITY
 from mergescope.stats.spectral import DEFAULT_RANK
+from mergescope.tui.commands.models import fetch_models
 from mergescope.tui.format import SEV_GLYPH, SEV_STYLE, summary_note  # shared with the Textual app
 from mergescope.tui.format import display_names as _display_names
 from mergescope.tui.format import fmt as _fmt
@@ -18,8 +19,17 @@ from mergescope.tui.format import short_names as _short_names
 
 
 def add_arguments(p) -> None:
-    p.add_argument("base", metavar="BASE", help="base checkpoint: HF directory, .safetensors file")
-    p.add_argument("models", metavar="MODEL", nargs="+", help="fine-tuned checkpoints or PEFT LoRA adapter directories")
+    p.add_argument(
+        "base",
+        metavar="BASE",
+        help="base checkpoint: HF directory, .safetensors file, or Hugging Face repo id[@revision]",
+    )
+    p.add_argument(
+        "models",
+        metavar="MODEL",
+        nargs="+",
+        help="fine-tuned checkpoints or PEFT LoRA adapters: directories, files or Hugging Face repo ids[@revision]",
+    )
     p.add_argument(
         "--json",
         metavar="FILE",
@@ -62,6 +72,7 @@ def run(args) -> int:
         from mergescope.io.errors import InputError
 
         raise InputError(f"--rank {args.rank}: only used by --spectral; add --spectral or drop --rank")
+    fetch_models([args.base, *args.models], base=args.base)
     report = _analyze_with_progress(analyze, args, err)
     if args.json:
         path = Path(args.json)

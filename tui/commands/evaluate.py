@@ -1,13 +1,15 @@
 """Score models on held-out text: bits per byte (lower is better) with 95 % intervals, or a user
 command's number.
 
-Each MODEL is a checkpoint directory or file, `BASE+ADAPTER`, or a LoRA adapter with a local base.
+Each MODEL is a checkpoint directory or file, a Hugging Face repo id[@revision], `BASE+ADAPTER`, or a
+LoRA adapter whose base is local or in the Hugging Face cache.
 Intervals come from a seeded bootstrap over the text's passages (blank-line paragraphs, or the lines
 of a .jsonl file); `--json` writes them and, per passage, the bits and bytes they come from.
 """
 
 from __future__ import annotations
 
+from mergescope.tui.commands.models import fetch_models
 from mergescope.tui.commands.scoring import (
     add_scoring_arguments,
     print_scores,
@@ -29,6 +31,7 @@ def run(args) -> int:
     from mergescope.tui.commands.progress_bar import cli_progress
 
     scorer = scorer_from_args(args)
+    fetch_models(list(args.models))
     con = Console()
     with cli_progress("score", unit="tokens" if not args.eval_cmd else "runs") as progress:
         scorer.progress = progress

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from mergescope.tui.commands.models import fetch_plan_models
 from mergescope.tui.commands.scoring import add_scoring_arguments
 
 
@@ -61,6 +62,7 @@ def run(args) -> int:
     out = Console()
     shard_size = parse_size(args.shard_size)
     plan = Plan.load(args.config)
+    fetch_plan_models(plan)
     plan.validate(check_paths=True)
     from mergescope.stats.readiness import analysis_for_plan
 
@@ -110,7 +112,10 @@ def next_step(args, plan, output_dir) -> str:
     """The command to run next: score the merge beside its inputs, or (scored already) see where it lost."""
     import shlex
 
-    inputs = [r for r in plan.input_models() if plan.ref_paths(r)[1] is None] or plan.input_models()
+    from mergescope.merge.plan.refs import on_disk
+
+    refs = [r for r in plan.input_models() if plan.ref_paths(r)[1] is None] or plan.input_models()
+    inputs = [str(on_disk(plan, r) or r) for r in refs]  # paths as the shell sees them; repo ids as given
     if args.eval_text and not args.eval_cmd:
         cmd = ["mergescope", "compare", str(output_dir), "--against", *inputs, "--text", *args.eval_text]
         return f"next: {shlex.join(cmd)}   (the passages where the merge lost against its inputs)"

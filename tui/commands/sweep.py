@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mergescope.tui.commands.models import fetch_plan_models
 from mergescope.tui.commands.scoring import (
     add_scoring_arguments,
     add_split_arguments,
@@ -46,6 +47,7 @@ def run(args) -> int:
 
     con = Console()
     plan = Plan.load(args.plan)
+    fetch_plan_models(plan)
     plan.validate(check_paths=True)
     values = parse_values(args.values)
     objective = Objective.parse(args.objective)

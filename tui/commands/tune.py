@@ -103,6 +103,9 @@ def run(args) -> int:
     groups = parse_list(args.groups, "--groups") if args.groups is not None else None
     ranges = parse_ranges(args.range)
     plan = Plan.load(args.plan)
+    from mergescope.tui.commands.models import fetch_plan_models
+
+    fetch_plan_models(plan)
     plan.validate(check_paths=True)
     args.seed = seed
     scorer = scorer_from_args(args, "eval_text")
