@@ -58,6 +58,9 @@ def test_app_and_cli_name_helpers_keep_prefix_sharing_models_apart():
     for width in (10, 11, 14, 16, 20, 40):
         assert len(set(short_names(refs, width))) == 2
     assert set(display_names(["/m/base", *refs]).values()) == {"base", *(Path(r).name for r in refs)}
+    from mergescope.tui.state.recent import ModelSet
+
+    assert ModelSet("/a/x/base", ["/a/x/code", "/b/y/code"]).describe() == "base + x/code, y/code"
 
 
 @pytest.fixture(scope="module")
