@@ -36,21 +36,43 @@ def test_wheel_holds_only_mergescope_with_its_data(wheel):
         "mergescope/demo/family/base/model.safetensors",
         "mergescope/demo/family/code/tokenizer.json",
         "mergescope/demo/heldout/prose.txt",
-        "mergescope/kernels/tvstats.c",
+        "mergescope/stats/kernels/tvstats.c",
         "mergescope/tui/app.tcss",
     ):
         assert data in names, data
 
 
+def _outer_site_packages() -> list[str]:
+    """The site-packages of the Python running the tests (a virtualenv's own when it is one), and its
+    user site when enabled: where the wheel's dependencies are installed."""
+    import site
+
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return [d for d in dict.fromkeys(dirs) if os.path.isdir(d)]
+
+
 @pytest.mark.slow
 def test_wheel_installed_in_a_fresh_venv_runs_the_demo_from_root(wheel, tmp_path):
-    """A new virtualenv (sharing only the site's third-party packages: no network at test time) gets the
-    wheel; from `/`, nothing of the checkout is importable, and the headless demo runs."""
+    """A new virtualenv gets the wheel; the dependencies come from the test run's own environment (no
+    network at test time) through a `.pth` file, which adds those folders after the venv's own
+    site-packages without running their `.pth` files, so the checkout's editable install stays out.
+    From `/`, nothing of the checkout is importable, and the headless demo runs."""
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
-    pip = [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", str(wheel)]
+    pip = [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)]
     subprocess.run(pip, check=True, capture_output=True, timeout=300)
+    inner_site = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    # after the install, so that pip never sees the outer environment's packages as its own
+    Path(inner_site, "outer-env.pth").write_text("\n".join(_outer_site_packages()) + "\n")
     env = {**os.environ, "MERGESCOPE_CACHE_DIR": str(tmp_path / "cache"), "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("PYTHONPATH", None)
     where = subprocess.run(

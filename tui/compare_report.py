@@ -7,18 +7,19 @@ from __future__ import annotations
 import io
 from importlib import resources
 
-INSTALL = "pip install -e '.[report]'"
-
 
 def _need(module: str):
     import importlib
 
     from mergescope.io.errors import InputError
+    from mergescope.io.extras import install_hint
 
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise InputError(f"--report needs {module.split('.')[0]}, which is not installed: {INSTALL}") from None
+        raise InputError(
+            f"--report needs {module.split('.')[0]}, which is not installed: {install_hint('report')}"
+        ) from None
 
 
 def _template(name: str):

@@ -7,7 +7,8 @@ or a glyph, so nothing is told by colour alone.
 from __future__ import annotations
 
 import math
-from pathlib import Path
+
+from mergescope.io.labels import short_labels
 
 SEV_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 SEV_GLYPH = {"error": "✖", "warning": "▲", "info": "●"}
@@ -63,26 +64,19 @@ def heat(x: float | None, lo: float, hi: float) -> str:
     return "green"
 
 
+def summary_note(report, whole_columns: str = "‖τ‖, top-20% energy") -> str:
+    """What the per-model summary's columns cover: rel. norm and cos to base are the verdicts' numbers."""
+    return f"rel. norm, cos to base: over the {report.weights_scope()}, as the verdicts judge; {whole_columns}: all tensors"
+
+
 def short_names(models: list[str], width: int = 12) -> list[str]:
-    """Last path component of each model, or #i when those collide; at most `width` characters."""
-    names = [Path(m.rstrip("/")).name or m for m in models]
-    if len(set(names)) < len(names):
-        names = [f"#{i}" for i in range(len(models))]
-    return [n[:width] for n in names]
+    """The shortest names that tell the models apart (trailing path components), at most `width`
+    characters, never two alike (`mergescope.io.labels`)."""
+    return short_labels(models, width)
 
 
 def display_names(paths: list[str]) -> dict[str, str]:
-    """Paths shown without the directory they all share: '/x/family/code' -> 'code' when the base and
-    every model live in /x/family. Labels that are not paths come back unchanged."""
-    import os
-
-    parts = [Path(p.rstrip("/")) for p in paths]
-    try:
-        common = Path(os.path.commonpath([str(p.parent) for p in parts])) if len(parts) > 1 else parts[0].parent
-    except ValueError:  # mixed absolute/relative
-        return {p: p for p in paths}
-    out = {}
-    for p, pp in zip(paths, parts):
-        rel = os.path.relpath(pp, common) if str(common) not in ("", ".") else str(pp)
-        out[p] = rel if len(rel) < len(p) else p
-    return out
+    """Paths shown by the fewest trailing components that tell them apart: '/x/family/code' -> 'code'
+    (or 'family/code' when another path also ends in 'code'). Labels that are not paths come back
+    unchanged."""
+    return dict(zip(paths, short_labels(paths)))

@@ -225,6 +225,12 @@ def model_reads(ref: str | os.PathLike, flag: str = "") -> list[Read]:
     """The reads of one model argument: the checkpoint (a folder, a file with the metadata files beside
     it), or both halves of `BASE+ADAPTER`."""
     p = Path(os.path.expanduser(os.fspath(ref)))
+    if not p.exists():
+        from mergescope.io import hub_ref
+
+        if hub_ref.parse(ref) is not None:  # a repo id: its cached snapshot, once fetched, is what is read
+            local = hub_ref.local_dir(ref)
+            return [Read(local, flag)] if local is not None else []
     if not p.exists() and "+" in str(ref):
         a, b = str(ref).rsplit("+", 1)
         if Path(a).expanduser().exists() and Path(b).expanduser().exists():

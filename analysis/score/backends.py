@@ -61,7 +61,9 @@ def _transformers(model: Model, device: str):
     try:
         from transformers import AutoConfig, AutoModelForCausalLM
     except ImportError:
-        raise Unsupported("the transformers backend needs transformers: pip install 'mergescope[eval]'") from None
+        from mergescope.io.extras import install_hint
+
+        raise Unsupported(f"the transformers backend needs transformers: {install_hint('eval')}") from None
     try:
         if model.path is not None and (model.path / "config.json").is_file():
             hf = AutoModelForCausalLM.from_pretrained(str(model.path), dtype=torch.float32)

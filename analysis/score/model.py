@@ -31,6 +31,7 @@ class Model:
 
 def open_model(ref: str | os.PathLike, label: str | None = None) -> Model:
     """A checkpoint path, `BASE+ADAPTER`, or a LoRA adapter whose base_model_name_or_path is local."""
+    from mergescope.io import hub_ref
     from mergescope.io.checkpoint import LoraCheckpoint, open_checkpoint
 
     ref = str(ref)
@@ -41,10 +42,11 @@ def open_model(ref: str | os.PathLike, label: str | None = None) -> Model:
     ck = open_checkpoint(ref, label)
     if isinstance(ck, LoraCheckpoint):
         base_path = base_path or ck.declared_base
-        if not base_path or not Path(base_path).expanduser().exists():
+        if not base_path or not (Path(base_path).expanduser().exists() or hub_ref.local_dir(base_path)):
             ck.close()
             raise InputError(
-                f"{ref}: is a LoRA adapter and its base {base_path!r} is not a local path; score it as BASE+{ref}"
+                f"{ref}: is a LoRA adapter and its base {base_path!r} is neither a local path nor in the Hugging "
+                f"Face cache; score it as BASE+{ref}"
             )
         ck = ck.with_base(open_checkpoint(base_path))
     elif base_path is not None:

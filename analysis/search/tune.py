@@ -19,13 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mergescope.io.errors import InputError
+from mergescope.io.extras import install_hint
 from mergescope.io.progress import Cancelled, Progress, ShouldStop
 from mergescope.score.candidate import MEAN, Objective, score_plan
 from mergescope.search.tune_space import Space
 
 PRUNE_FRACTION = 0.25  # the slice of every text a trial is first scored on
 PRUNE_MIN_BYTES = 1024
-INSTALL_HINT = "pip install 'mergescope[tune]'"
 
 
 def require_optuna():
@@ -33,7 +33,7 @@ def require_optuna():
     try:
         import optuna
     except ImportError:
-        raise InputError(f"tune needs optuna, which is not installed: {INSTALL_HINT}") from None
+        raise InputError(f"tune needs optuna, which is not installed: {install_hint('tune')}") from None
     return optuna
 
 

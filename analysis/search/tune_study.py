@@ -19,8 +19,9 @@ import warnings
 from pathlib import Path
 
 from mergescope.io.errors import InputError
+from mergescope.io.extras import install_hint
 from mergescope.score.candidate import Objective
-from mergescope.search.tune import INSTALL_HINT, require_optuna
+from mergescope.search.tune import require_optuna
 from mergescope.search.tune_space import Space
 
 SEARCH_ATTR = "mergescope_search"  # the study's user attribute holding what it searches
@@ -80,7 +81,7 @@ def open_storage(url: str):
                 return optuna.storages.RDBStorage(with_driver(url), engine_kwargs=kwargs, **beat)
         except ImportError as exc:  # optuna wraps the driver's own ImportError
             missing = getattr(exc, "name", None) or getattr(exc.__cause__ or exc.__context__, "name", None)
-            fix = INSTALL_HINT if url.startswith("postgres") else "install it, or use sqlite or postgresql"
+            fix = install_hint("tune") if url.startswith("postgres") else "install it, or use sqlite or postgresql"
             raise InputError(
                 f"--storage {shown}: the database driver{f' ({missing})' if missing else ''} is not installed: {fix}"
             ) from None
@@ -138,7 +139,7 @@ def make_sampler(kind: str, seed: int | None, start: dict | None = None):
         try:
             import cmaes  # noqa: F401  (optuna's CmaEsSampler needs it)
         except ImportError:
-            raise InputError(f"--sampler cmaes: needs the cmaes package: {INSTALL_HINT}") from None
+            raise InputError(f"--sampler cmaes: needs the cmaes package: {install_hint('tune')}") from None
         return optuna.samplers.CmaEsSampler(x0=start, seed=seed, warn_independent_sampling=False)
     raise InputError(f"--sampler {kind}: unknown; use one of {', '.join(SAMPLERS)}")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from mergescope.io.labels import short_labels
 from mergescope.stats.report import SEVERITIES, Finding
 
 # ---- thresholds ---------------------------------------------------------------------------------
@@ -52,6 +53,7 @@ def collect_meta(ck) -> dict:
             embed_rows[info.name] = info.shape[0]
     return {
         "path": str(ck.path),
+        "label": ck.label,  # a Hugging Face repo id when given as one (its path is a cache snapshot)
         "tokenizer": ck.tokenizer_fingerprint(),
         "declared_base": _text(ck.declared_base),
         "name_or_path": _text(ck.name_or_path),
@@ -84,6 +86,7 @@ def same_model_name(declared: str, base_meta: dict) -> bool:
         return True
     candidates = {
         tail(base_meta.get("path")),
+        tail(base_meta.get("label")),
         tail(base_meta.get("name_or_path")),
         tail(base_meta.get("declared_base")),
     }
@@ -237,6 +240,8 @@ def metric_findings(report) -> list[Finding]:
     weights = report.weights()
     n = report.n
     nonfinite_models = {f.model for f in structural_findings(report) if f.code == "non-finite"}
+    shown = dict(zip(report.models, short_labels([report.base, *report.models])[1:]))
+    scope = report.weights_scope()
     flagged_base = set()
     for i, m in enumerate(report.models):
         if m in nonfinite_models:
@@ -250,9 +255,9 @@ def metric_findings(report) -> list[Finding]:
                     "error",
                     "different-base",
                     m,
-                    f"its weight matrices have cosine {cos:.3f} with the base's (relative norm {rel:.2f}; "
-                    f"whole model {whole.cosine_to_base(i):.3f}); fine-tunes of a base stay near 1, models "
-                    f"trained from another base near 0. Merging it will produce garbage — find its real base",
+                    f"cosine to base {cos:.4f} (relative norm {rel:.3f}) over its {scope}; fine-tunes "
+                    f"of a base stay near 1, models trained from another base near 0 (over all tensors, norms "
+                    f"included: {whole.cosine_to_base(i):.4f}). Merging it will produce garbage — find its real base",
                 )
             )
         elif rel > DRIFT_RELATIVE_NORM or cos < DRIFT_COSINE:
@@ -261,9 +266,9 @@ def metric_findings(report) -> list[Finding]:
                     "warning",
                     "drifted",
                     m,
-                    f"moved far from the base: weight relative norm {rel:.3f}, weight cosine to base {cos:.3f} "
-                    f"(merge-friendly fine-tunes stay below {DRIFT_RELATIVE_NORM:.2f} / above {DRIFT_COSINE:.2f}); "
-                    "expect the merge to degrade — lower its weight or use TIES/DARE to trim it",
+                    f"moved far from the base: relative norm {rel:.3f}, cosine to base {cos:.4f} over its "
+                    f"{scope} (merge-friendly fine-tunes stay below {DRIFT_RELATIVE_NORM:.2f} / above "
+                    f"{DRIFT_COSINE:.2f}); expect the merge to degrade — lower its weight or use TIES/DARE to trim it",
                 )
             )
     live = [i for i in range(n) if i not in flagged_base and report.models[i] not in nonfinite_models]
@@ -278,7 +283,7 @@ def metric_findings(report) -> list[Finding]:
                     "warning",
                     "magnitude-asymmetry",
                     report.models[hi],
-                    f"its task vector is {ratio:.1f}x the norm of {_name(report, lo)}'s: with equal weights it will "
+                    f"its task vector is {ratio:.1f}x the norm of {shown[report.models[lo]]}'s: with equal weights it will "
                     f"dominate the merge; scale weights by about 1/{ratio:.1f} or use normalize/TIES",
                 )
             )
@@ -293,7 +298,7 @@ def metric_findings(report) -> list[Finding]:
                             "warning",
                             "high-sign-conflict",
                             report.models[a],
-                            f"with {_name(report, b)}: {sc:.1%} of shared coordinates have opposite signs "
+                            f"with {shown[report.models[b]]}: {sc:.1%} of shared coordinates have opposite signs "
                             f"(independent deltas give 50%), task-vector cosine {cs:.3f}; worst cells: {worst}. "
                             "Use TIES (sign election) or lower one model's weight there",
                         )
@@ -317,12 +322,6 @@ def metric_findings(report) -> list[Finding]:
                 )
             )
     return out
-
-
-def _name(report, i: int) -> str:
-    """Model i as a message names it: its directory's name, or the path as given where two share a name."""
-    names = [Path(str(m).rstrip("/")).name or str(m) for m in report.models]
-    return names[i] if names.count(names[i]) == 1 else report.models[i]
 
 
 def _cell_name(layer, group) -> str:

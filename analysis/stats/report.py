@@ -26,7 +26,10 @@ from mergescope.stats.spectral import SpectralResult
 DEFAULT_DENSITY = 0.2  # the TIES trim density the analysis measures at unless told otherwise
 SEVERITIES = ("error", "warning", "info")
 # The projection matrices: where independent inits are uncorrelated, so where a different base shows.
+# A model's relative norm and cosine to base, wherever one number per model is shown (the verdicts, the
+# summary tables, the model card), are taken over these (`Report.weights()`).
 WEIGHT_GROUPS = PROJECTION_GROUPS
+MATRICES = "attention + MLP matrices"
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,12 @@ class Report(SiteSet):
             sites = [s for s in self.sites if s.group != "norm"] or self.sites
         return Aggregate(sites, self.n)
 
+    def weights_scope(self) -> str:
+        """What `weights()` covers, in words, for every place that shows its numbers."""
+        if any(s.group in WEIGHT_GROUPS for s in self.sites):
+            return MATRICES
+        return "tensors (norms left out)" if any(s.group != "norm" for s in self.sites) else "tensors"
+
     def modules(self) -> list[str]:
         """Module roles in a stable, readable order (attention, MLP, norms, then the rest)."""
         order = {g: i for i, g in enumerate(GROUPS)}
@@ -190,9 +199,9 @@ class Report(SiteSet):
         for s in self.sites:
             t = SiteStats(s.layer, s.group, s.module, len(idx), tensors=list(s.tensors), numel=s.numel)
             t.base_sq = s.base_sq
-            for k in _PER_MODEL:
+            for k in SiteStats.PER_MODEL:
                 setattr(t, k, getattr(s, k)[idx].copy())
-            for k in _PER_PAIR:
+            for k in SiteStats.PER_PAIR:
                 setattr(t, k, getattr(s, k)[np.ix_(idx, idx)].copy())
             sites.append(t)
         return Report(

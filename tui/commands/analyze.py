@@ -8,15 +8,26 @@ from __future__ import annotations
 from mergescope.stats.report import DEFAULT_DENSITY
 from mergescope.stats.spectral import DEFAULT_RANK
 from mergescope.tui.commands import outputs
-from mergescope.tui.format import SEV_GLYPH, SEV_STYLE  # shared with the Textual app
+from mergescope.tui.commands.models import fetch_models
+from mergescope.tui.format import SEV_GLYPH, SEV_STYLE, summary_note  # shared with the Textual app
+from mergescope.tui.format import display_names as _display_names
 from mergescope.tui.format import fmt as _fmt
 from mergescope.tui.format import heat as _heat
 from mergescope.tui.format import short_names as _short_names
 
 
 def add_arguments(p) -> None:
-    p.add_argument("base", metavar="BASE", help="base checkpoint: HF directory, .safetensors file")
-    p.add_argument("models", metavar="MODEL", nargs="+", help="fine-tuned checkpoints or PEFT LoRA adapter directories")
+    p.add_argument(
+        "base",
+        metavar="BASE",
+        help="base checkpoint: HF directory, .safetensors file, or Hugging Face repo id[@revision]",
+    )
+    p.add_argument(
+        "models",
+        metavar="MODEL",
+        nargs="+",
+        help="fine-tuned checkpoints or PEFT LoRA adapters: directories, files or Hugging Face repo ids[@revision]",
+    )
     p.add_argument(
         "--json",
         metavar="FILE",
@@ -62,10 +73,13 @@ def run(args) -> int:
         from mergescope.io.errors import InputError
 
         raise InputError(f"--rank {args.rank}: only used by --spectral; add --spectral or drop --rank")
+    fetch_models([args.base, *args.models], base=args.base)
     report = _analyze_with_progress(analyze, args, err)
     if args.json:
         outputs.write_json(args.json, "--json", report.to_json(), indent=1, allow_nan=False)
     print_report(report, out, quiet=args.quiet)
+    if not args.quiet:
+        out.print(next_step(report, args.base, args.models), highlight=False, soft_wrap=True)
     if args.fail_on:
         limit = SEVERITIES.index(args.fail_on)
         if any(SEVERITIES.index(f.severity) <= limit for f in report.findings):
@@ -88,15 +102,33 @@ def _analyze_with_progress(analyze, args, err):
         )
 
 
+def next_step(report, base: str, models: list[str]) -> str:
+    """The command to run next: the explorer on the models fit to merge (those with an error left out)."""
+    import shlex
+
+    errors = [f for f in report.findings if f.severity == "error"]
+    if any(f.model is None or f.model == report.base for f in errors):
+        return "next: fix the base (see the error above), then analyze again"
+    bad = {f.model: f.code for f in errors}
+    keep = [m for m in models if m not in bad]
+    if not keep:
+        return "next: every model has an error above; fix those (or pick fine-tunes of this base), then analyze again"
+    cmd = shlex.join(["mergescope", "ui", base, *keep])
+    shown = _display_names([base, *models])
+    left = f"; left out: {', '.join(f'{shown[m]} ({bad[m]})' for m in models if m in bad)}" if bad else ""
+    return f"next: {cmd}   (plan the merge in the explorer and write it{left})"
+
+
 def print_report(report, console, quiet: bool = False) -> None:
     from rich.table import Table
     from rich.text import Text
 
     src = " (cached)" if report.structure.get("from_cache") else f" in {report.elapsed_s:.1f}s"
     console.print(Text.assemble(("mergescope analyze", "bold"), f": base {report.base}, {report.n} model(s){src}"))
+    shown = _display_names([report.base, *report.models])
     if report.findings:
         for f in report.findings:
-            who = f" {f.model}" if f.model else ""
+            who = f" {shown.get(f.model, f.model)}" if f.model else ""
             console.print(
                 Text.assemble(
                     (f"{SEV_GLYPH[f.severity]} {f.severity:<7}", SEV_STYLE[f.severity]),
@@ -109,15 +141,23 @@ def print_report(report, console, quiet: bool = False) -> None:
         console.print(Text("✔ no findings: these models look merge-ready", style="green"))
     if quiet or not report.sites:
         return
-    whole = report.whole()
-    summary = Table(title="models", title_justify="left", box=None, header_style="bold")
+    whole, weights = report.whole(), report.weights()
+    summary = Table(
+        title="models",
+        title_justify="left",
+        box=None,
+        header_style="bold",
+        caption=summary_note(report),
+        caption_justify="left",
+        caption_style="dim",
+    )
     for col in ("model", "rel. norm", "cos to base", "‖τ‖", "top-20% energy"):
         summary.add_column(col, justify="left" if col == "model" else "right")
     for i, m in enumerate(report.models):
         summary.add_row(
-            m,
-            _fmt(whole.relative_norm(i)),
-            f"{whole.cosine_to_base(i):.4f}",
+            shown[m],
+            _fmt(weights.relative_norm(i)),
+            f"{weights.cosine_to_base(i):.4f}",
             _fmt(whole.norm(i)),
             _fmt(whole.topk_energy(i), pct=True),
         )
@@ -176,8 +216,9 @@ def print_spectral(report, console) -> None:
     summary = Table(box=None, header_style="bold")
     for col in ("model", f"energy@{k}", "SAR"):
         summary.add_column(col, justify="left" if col == "model" else "right")
+    shown = _display_names([report.base, *report.models])
     for i, m in enumerate(report.models):
-        summary.add_row(m, _fmt(whole.spectral_energy(i), pct=True), _fmt(whole.sar(i)))
+        summary.add_row(shown[m], _fmt(whole.spectral_energy(i), pct=True), _fmt(whole.sar(i)))
     console.print(summary)
     short = _short_names(report.models)
     if report.n >= 2:

@@ -35,7 +35,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--headless",
         action="store_true",
-        help="no UI: analyse, merge two domain fine-tunes, and print held-out perplexity per domain",
+        help="no UI: analyse the family, merge two domain fine-tunes, score them and their inputs on held-out "
+        "text per domain (bits per byte, lower is better), then a greedy soup and a weight sweep",
     )
     p.add_argument("--output", metavar="DIR", help="with --headless: keep the merged models in DIR")
 

@@ -1,7 +1,8 @@
 """Score models on held-out text: bits per byte (lower is better) with 95 % intervals, or a user
 command's number.
 
-Each MODEL is a checkpoint directory or file, `BASE+ADAPTER`, or a LoRA adapter with a local base.
+Each MODEL is a checkpoint directory or file, a Hugging Face repo id[@revision], `BASE+ADAPTER`, or a
+LoRA adapter whose base is local or in the Hugging Face cache.
 Intervals come from a seeded bootstrap over the text's passages (blank-line paragraphs, or the lines
 of a .jsonl file); `--json` writes them and, per passage, the bits and bytes they come from.
 """
@@ -9,6 +10,7 @@ of a .jsonl file); `--json` writes them and, per passage, the bits and bytes the
 from __future__ import annotations
 
 from mergescope.tui.commands import outputs
+from mergescope.tui.commands.models import fetch_models
 from mergescope.tui.commands.scoring import (
     add_scoring_arguments,
     check_numbers,
@@ -36,6 +38,7 @@ def run(args) -> int:
     reads = [*outputs.models(args.models), *outputs.texts(args)]
     check_io(reads, outputs.file_out(args.json, "--json"), force=args.force)
     scorer = scorer_from_args(args)
+    fetch_models(list(args.models))
     con = Console()
     with cli_progress("score", unit="tokens" if not args.eval_cmd else "runs") as progress:
         scorer.progress = progress

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from mergescope.tui.commands.models import fetch_plan_models
 from mergescope.tui.commands.scoring import add_scoring_arguments
 
 
@@ -67,6 +68,7 @@ def run(args) -> int:
     out = Console()
     shard_size = parse_size(args.shard_size)
     plan = Plan.load(args.config)
+    fetch_plan_models(plan)
     plan.validate(check_paths=True)
     reads = [*plan_reads(plan), *outputs.texts(args, "eval_text")]
     check_io(reads, [Write(args.output, "", folder=True)], force=args.force)
@@ -110,7 +112,24 @@ def run(args) -> int:
             err.print(f"[yellow]{f.severity}[/yellow] {f.code} {f.model or ''}: {f.message}", highlight=False)
     if scorer is not None:
         _score_after(args, plan, res, out, scorer)
+    if not args.quiet:
+        out.print(next_step(args, plan, res.output_dir), highlight=False, soft_wrap=True)
     return 0
+
+
+def next_step(args, plan, output_dir) -> str:
+    """The command to run next: score the merge beside its inputs, or (scored already) see where it lost."""
+    import shlex
+
+    from mergescope.merge.plan.refs import on_disk
+
+    refs = [r for r in plan.input_models() if plan.ref_paths(r)[1] is None] or plan.input_models()
+    inputs = [str(on_disk(plan, r) or r) for r in refs]  # paths as the shell sees them; repo ids as given
+    if args.eval_text and not args.eval_cmd:
+        cmd = ["mergescope", "compare", str(output_dir), "--against", *inputs, "--text", *args.eval_text]
+        return f"next: {shlex.join(cmd)}   (the passages where the merge lost against its inputs)"
+    cmd = ["mergescope", "eval", str(output_dir), *inputs, "--text", "HELDOUT.txt"]
+    return f"next: {shlex.join(cmd)}   (score it beside its inputs on held-out text of each task)"
 
 
 def _score_after(args, plan, res, out, scorer) -> None:

@@ -4,7 +4,7 @@
     mergescope serve -- demo               # the demo
     mergescope serve --port 8080 -- ui BASE MODEL ...
 
-Needs the `serve` extra: pip install 'mergescope[serve]' (textual-serve).
+Needs the `serve` extra (textual-serve): from the clone, pip install -e '.[serve]'.
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ def run(args) -> int:
     try:
         from textual_serve.server import Server
     except ImportError:
+        from mergescope.io.extras import install_hint
+
         raise InputError(
-            "serving to a browser needs textual-serve: pip install 'mergescope[serve]' (or: pip install textual-serve)"
+            f"serving to a browser needs textual-serve, which is not installed: {install_hint('serve')}"
         ) from None
     import tempfile
     from pathlib import Path

@@ -5,6 +5,7 @@ get worse) or uniform (the plain average). Candidates are merged and scored in m
 from __future__ import annotations
 
 from mergescope.tui.commands import outputs
+from mergescope.tui.commands.models import fetch_models
 from mergescope.tui.commands.scoring import (
     add_scoring_arguments,
     add_split_arguments,
@@ -71,6 +72,7 @@ def run(args) -> int:
     if needs_text and not (args.eval_text or args.eval_cmd):
         raise InputError("--eval-text: a greedy soup chooses by held-out scores; give text files (or --uniform)")
     scorer = scorer_from_args(args, "eval_text") if (args.eval_text or args.eval_cmd) else None
+    fetch_models(models, base=models[0])
     _check_ingredients(models, con)
     dtypes = {"dtype": args.dtype, "out_dtype": args.out_dtype}
     names = dict(zip(models, short_names(models, 40)))

@@ -5,6 +5,7 @@ a table (value × text, best per text marked), a plot in the terminal, and the b
 from __future__ import annotations
 
 from mergescope.tui.commands import outputs
+from mergescope.tui.commands.models import fetch_plan_models
 from mergescope.tui.commands.scoring import (
     add_scoring_arguments,
     add_split_arguments,
@@ -48,6 +49,7 @@ def run(args) -> int:
 
     con = Console()
     plan = Plan.load(args.plan)
+    fetch_plan_models(plan)
     plan.validate(check_paths=True)
     writes = outputs.file_out(args.json, "--json") + outputs.file_out(args.write_best, "--write-best", plan=True)
     reads = [*plan_reads(plan), *outputs.texts(args, "eval_text"), *outputs.texts(args, "report_text")]

@@ -107,6 +107,9 @@ def run(args) -> int:
     groups = parse_list(args.groups, "--groups") if args.groups is not None else None
     ranges = parse_ranges(args.range)
     plan = Plan.load(args.plan)
+    from mergescope.tui.commands.models import fetch_plan_models
+
+    fetch_plan_models(plan)
     plan.validate(check_paths=True)
     out = Path(args.output) if args.output else Path(args.plan).with_name(Path(args.plan).stem + ".best.yml")
     url = storage_url(args.storage, args.plan)

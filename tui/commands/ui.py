@@ -42,6 +42,14 @@ def run(args) -> int:
         raise InputError("give at least one fine-tuned MODEL after the BASE (or no paths for the open dialog)")
     if not 0.0 <= args.density <= 1.0:
         raise InputError(f"--density {args.density}: must be between 0 and 1")
+    from mergescope.tui.commands.models import fetch_models, fetch_plan_models
+
+    if args.base:
+        fetch_models([args.base, *args.models], base=args.base)
+    if args.plan:
+        from mergescope.merge.plan import Plan
+
+        fetch_plan_models(Plan.load(args.plan))
     from mergescope.tui.app import MergeScopeApp
 
     app = MergeScopeApp(

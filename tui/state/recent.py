@@ -32,8 +32,10 @@ class ModelSet:
     extra: dict = field(default_factory=dict)
 
     def describe(self) -> str:
-        names = ", ".join(Path(m.rstrip("/")).name or m for m in self.models)
-        return f"{Path(self.base.rstrip('/')).name or self.base} + {names}"
+        from mergescope.io.labels import short_labels
+
+        base, *models = short_labels([self.base, *self.models])
+        return f"{base} + {', '.join(models)}"
 
     def where(self) -> str:
         """The base's directory, to tell apart sets with the same names."""

@@ -9,7 +9,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from mergescope.stats.report import SEVERITIES
-from mergescope.tui.format import OK_GLYPH, SEV_GLYPH, SEV_STYLE, display_names, fmt
+from mergescope.tui.format import OK_GLYPH, SEV_GLYPH, SEV_STYLE, display_names, fmt, summary_note
 
 
 def findings_renderable(report) -> Group:
@@ -53,7 +53,7 @@ def model_status(report, name: str) -> tuple[str, str, str]:
 
 
 def summary_renderable(report) -> Table:
-    whole = report.whole()
+    whole, weights = report.whole(), report.weights()
     table = Table(
         title="Merge readiness",
         title_justify="left",
@@ -61,6 +61,9 @@ def summary_renderable(report) -> Table:
         box=None,
         header_style="bold",
         padding=(0, 1, 0, 0),
+        caption=summary_note(report, "top-20% energy"),
+        caption_justify="left",
+        caption_style="dim",
     )
     # narrow enough for 80 columns: two-line headers, reasons wrapped between codes (never inside one)
     table.add_column("model", no_wrap=True, overflow="ellipsis", max_width=24)
@@ -76,8 +79,8 @@ def summary_renderable(report) -> Table:
         table.add_row(
             shown[m],
             Text(f"{g} {word}", style=style),
-            fmt(whole.relative_norm(i)),
-            f"{whole.cosine_to_base(i):.4f}",
+            fmt(weights.relative_norm(i)),
+            f"{weights.cosine_to_base(i):.4f}",
             fmt(whole.topk_energy(i), pct=True),
             ", ".join(codes) or "-",
         )

@@ -1,10 +1,12 @@
-"""Open a path as a checkpoint: a HF directory (single/sharded safetensors, .bin), a file, or an adapter."""
+"""Open a path as a checkpoint: a HF directory (single/sharded safetensors, .bin), a file, or an adapter;
+a Hugging Face repo id opens its snapshot in the local cache."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from mergescope.io import hub_ref
 from mergescope.io.checkpoint.formats import SafetensorsFile, TorchBinFile
 from mergescope.io.checkpoint.lora import LoraCheckpoint
 from mergescope.io.checkpoint.model import Checkpoint, CheckpointError, read_json
@@ -99,6 +101,13 @@ def open_checkpoint(path: str | os.PathLike, label: str | None = None) -> Checkp
     p = Path(path).expanduser()
     label = label if label is not None else str(path)
     if not p.exists():
+        p = hub_ref.local_dir(path) or p  # a Hugging Face repo id, from the local cache
+    if not p.exists():
+        if hub_ref.parse(path) is not None:
+            raise CheckpointError(
+                f"{path}: no such file or directory, and no complete download of that Hugging Face repo in the "
+                f"cache; the mergescope commands download it when online (from Python: mergescope.io.hub.fetch)"
+            )
         raise CheckpointError(f"{path}: no such file or directory; check the path")
     try:
         return _open(p, path, label)

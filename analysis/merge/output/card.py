@@ -153,14 +153,14 @@ def _analysis_section(report) -> list[str]:
     out = [
         f"Analysed by mergescope (trim density {report.density}); base `{report.base}`.",
         "",
-        "| model | relative norm | cosine to base | weight cosine to base |",
+        "| model | relative norm | cosine to base | relative norm, all tensors |",
         "|---|---:|---:|---:|",
     ]
     for i, m in enumerate(report.models):
         out.append(
-            f"| `{m}` | {whole.relative_norm(i):.4f} | {whole.cosine_to_base(i):.5f} | {weights.cosine_to_base(i):.4f} |"
+            f"| `{m}` | {weights.relative_norm(i):.3f} | {weights.cosine_to_base(i):.4f} | {whole.relative_norm(i):.3f} |"
         )
-    out.append("")
+    out += ["", f"Relative norm and cosine to base over the {report.weights_scope()}, as the findings judge.", ""]
     if report.findings:
         out += [
             f"- **{f.severity}** `{f.code}`" + (f" ({f.model})" if f.model else "") + f": {f.message}"

@@ -1,29 +1,36 @@
 """Model references: where a plan's model strings point on disk, and opening them (headers only).
 
 A reference is a path as written in the plan: relative to the working directory (like mergekit),
-else to the plan file's directory; `BASE+ADAPTER` is mergekit's LoRA syntax. Every error names the
+else to the plan file's directory, else a Hugging Face repo id (`org/name@revision`, from the local
+cache; `fetch_models` downloads the missing ones); `BASE+ADAPTER` is mergekit's LoRA syntax. Every error names the
 key path of the reference, so the user sees which line of the plan to fix.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mergescope.io import hub_ref
 from mergescope.io.checkpoint.model import read_json
 from mergescope.io.errors import InputError
 
 
 def model_path(plan, ref: str) -> Path:
     """Local path of a model reference: as given (relative to the working directory, like mergekit),
-    else relative to the plan file's directory."""
+    else relative to the plan file's directory, else a Hugging Face repo id's snapshot in the cache."""
+    return on_disk(plan, ref) or hub_ref.local_dir(ref) or Path(ref).expanduser()
+
+
+def on_disk(plan, ref: str) -> Path | None:
+    """The reference's files as a path: as given, else relative to the plan file's directory; None when
+    neither exists."""
     p = Path(ref).expanduser()
-    if p.exists() or p.is_absolute() or not plan.source:
+    if p.exists():
         return p
-    alt = Path(plan.source).parent / ref
-    return alt if alt.exists() else p
+    alt = Path(plan.source).parent / ref if plan.source and not p.is_absolute() else p
+    return alt if alt.exists() else None
 
 
 def ref_paths(plan, ref: str) -> tuple[Path, Path | None]:
@@ -86,12 +93,29 @@ def check_paths(plan) -> None:
         p, adapter = ref_paths(plan, ref)
         if not p.exists():
             hint = ""
-            if re.fullmatch(r"[\w.-]+/[\w.-]+", ref) and not ref.startswith("."):
-                hint = " (Hugging Face hub ids are not downloaded: fetch it with `huggingface-cli download` and use the local directory)"
+            if hub_ref.parse(ref) is not None:
+                hint = ", nor a complete download of that Hugging Face repo in the cache (the mergescope commands download it when online)"
             tried = (
                 f" (also tried {Path(plan.source).parent / ref})" if plan.source and not Path(ref).is_absolute() else ""
             )
             plan.fail(key_of(plan, ref), f"{ref}: no such file or directory{tried}{hint}; fix the path")
+
+
+def fetch_models(plan, say=print) -> None:
+    """Download the plan's Hugging Face repo ids that are not in the cache, after checking their headers
+    against the base's (`mergescope.io.hub.fetch`); local references are left as they are."""
+    from mergescope.io import hub
+
+    base = plan.base_model or next(iter(plan.input_models()), None)
+    try:
+        hub.fetch(path_refs(plan), base=base, say=say, local=lambda ref: on_disk(plan, ref))
+    except InputError as exc:
+        raise InputError(f"{plan.where}{key_of(plan, _culprit(plan, str(exc)))}: {exc}") from None
+
+
+def _culprit(plan, message: str) -> str:
+    """The reference an error message starts with (for its key path)."""
+    return next((r for r in path_refs(plan) if message.startswith(r)), "model")
 
 
 def open_ref(plan, ref: str, path: Path | None = None):
