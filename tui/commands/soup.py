@@ -114,7 +114,7 @@ def run(args) -> int:
             out = outcome(cands, chosen, reference, rep, objective, split)
         print_outcome(con, out)
     if args.plan_out:
-        Path(args.plan_out).write_text(result.plan.to_yaml())
+        result.plan.dump(Path(args.plan_out))
         con.print(f"plan written to {args.plan_out}")
     if args.output:
         from mergescope.merge.run import run_merge

@@ -75,7 +75,7 @@ def run(args) -> int:
     if args.json:
         write_json(args.json, {**result.to_dict(), "report": out.to_dict()})
     if args.write_best:
-        Path(args.write_best).write_text(best.to_yaml())
+        best.dump(Path(args.write_best))
         con.print(f"best plan ({chosen}, chosen on the selection split) written to {args.write_best}", highlight=False)
     return 0
 

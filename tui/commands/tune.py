@@ -176,7 +176,7 @@ def run(args) -> int:
             report = outcome({chosen: best_plan, reference: plan}, chosen, reference, rep, objective, split)
         print_outcome(con, report)
         try:
-            out.write_text(best_yaml(result, space, objective, report))
+            out.write_text(best_yaml(result, space, objective, report, at=out))
         except OSError as exc:
             raise InputError(f"-o {out}: cannot write ({exc.strerror}); pick a writable path") from None
         if report.verdict == "better":
