@@ -57,6 +57,20 @@ def test_experts_are_modules_and_the_router_a_group():
         assert (s.layer, s.group, s.module) == want, name
 
 
+def test_fused_tensors_of_another_orientation_are_split_per_expert_only():
+    from mergescope.io.checkpoint.experts import expert_slots
+
+    pre = "model.layers.0.feed_forward.experts."
+    slots = expert_slots({pre + "gate_up_proj": (2, 16, 48), pre + "down_proj": (2, 24, 16)}, "llama4")
+    assert {n: (s.expert, s.rows, s.shape) for n, s in slots.items()} == {
+        pre + "0.gate_up_proj": (0, None, (16, 48)),
+        pre + "1.gate_up_proj": (1, None, (16, 48)),
+        pre + "0.down_proj": (0, None, (24, 16)),
+        pre + "1.down_proj": (1, None, (24, 16)),
+    }
+    assert slots[pre + "1.down_proj"].offset((2, 24, 16)) == 24 * 16
+
+
 def test_a_fused_checkpoint_reads_as_the_per_expert_one(family):
     arch, by = family
     per, fused = open_checkpoint(by["per_expert"][0]), open_checkpoint(by["fused"][0])
@@ -87,6 +101,11 @@ def test_both_layouts_analyse_to_the_same_sites(family, tmp_path):
     assert per.module_cell(0, "expert2.up_proj").sign_conflict_pair(0, 1) > 0.3
     assert per.module_cell(0, "expert1.up_proj").sign_conflict_pair(0, 1) == 0
     assert per.cell(1, "router").norm(1) > 0 and per.cell(1, "router").norm(0) == 0
+    from mergescope.tui.state.heatdata import HeatData
+
+    heat = HeatData(fused)  # the heatmap: a column per expert projection, the router a group column
+    assert [c for c in heat.columns("modules") if c.startswith("expert")] == experts
+    assert heat.columns("groups") == ["all", "attn", "mlp", "router", "norm"]
 
 
 @pytest.mark.parametrize(

@@ -121,6 +121,19 @@ def test_a_best_plan_written_into_another_folder_merges_from_there(project, tmp_
     assert set(load_state("merged")) == set(load_state(project / "ckpt" / "base"))
 
 
+def test_a_tuned_plan_written_into_another_folder_merges_from_there(project, tmp_path, monkeypatch):
+    pytest.importorskip("optuna")
+    plan = _ta_plan(project)
+    best = tmp_path / "results" / "best.yml"
+    best.parent.mkdir()
+    args = ["tune", str(plan), "--eval-text", "text.txt", "--trials", "1", "--bands", "1", "--no-plot", "-o", str(best)]
+    assert main(args) == 0
+    assert best.read_text().startswith("# mergescope tune:")
+    assert Plan.load(best).base_model == str(project / "ckpt" / "base")
+    _elsewhere(tmp_path, monkeypatch)
+    assert main(["merge", str(best), "merged", "-q"]) == 0
+
+
 def test_a_plan_written_beside_its_models_names_them_relative_to_itself(project, tmp_path, monkeypatch):
     plan = Plan.load(_ta_plan(project))
     plan.dump(project / "kept.yml")  # proj/ holds ckpt/: relative to the plan file

@@ -70,11 +70,13 @@ def expert_slots(shapes: dict[str, tuple[int, ...]], model_type: str | None) -> 
         m = _FUSED_RE.match(name)
         if m is None or len(shape) != 3:
             continue
-        pre, cont, proj = m["pre"], m["cont"], m["proj"]
-        partner = shapes.get(f"{pre}{cont}.experts.down_proj{m['suf'] or ''}")
-        standard = proj == "down_proj" or (
-            partner is not None and len(partner) == 3 and shape[1] == 2 * partner[2] and shape[2] == partner[1]
-        )
+        pre, cont, proj, suf = m["pre"], m["cont"], m["proj"], m["suf"] or ""
+        gu, dn = (shapes.get(f"{pre}{cont}.experts.{p}{suf}") for p in ("gate_up_proj", "down_proj"))
+        # transformers' orientation: gate_up [E, 2·I, H], down [E, H, I] (a lone gate_up is not split in halves)
+        if gu is None or dn is None or len(gu) != 3 or len(dn) != 3:
+            standard = proj == "down_proj"
+        else:
+            standard = gu[1] == 2 * dn[2] and gu[2] == dn[1]
         if standard and cont_new is not None:
             renamed.add(f"{pre}{cont}.")
         base = f"{pre}{cont_new or cont}.experts."

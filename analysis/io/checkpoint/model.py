@@ -128,8 +128,9 @@ class Checkpoint:
         if not slots:
             return {}
         by_stored: dict[str, list[str]] = {}
+        stored = {s.stored for s in slots.values()}
         for name, slot in slots.items():
-            if name in self._infos and name not in {s.stored for s in slots.values()}:
+            if name in self._infos and name not in stored:
                 raise CheckpointError(
                     f"{self.path}: holds {name!r} both per expert and in the fused tensor {slot.stored!r}; "
                     "keep one layout"
@@ -180,9 +181,10 @@ class Checkpoint:
     def release(self, name: str) -> None:
         """Done with this tensor for now: let its memory-mapped pages go (see SafetensorsFile)."""
         slot = self._slots.get(name)
-        if slot is not None:
+        if slot is not None and slot.expert is not None:
             self.release_range(name, 0, self._infos[name].numel)
             return
+        name = slot.stored if slot is not None else name
         idx = self._where.get(name)
         if idx is not None:
             self._files[idx].release(name)
