@@ -86,7 +86,7 @@ def test_a_fused_checkpoint_reads_as_the_per_expert_one(family):
     assert slot.expert == 3 and slot.stored in stored
 
 
-def test_both_layouts_analyse_to_the_same_sites(family, tmp_path):
+def test_both_layouts_analyse_to_the_same_sites(family):
     _, by = family
     reports = {lay: analyze(str(by[lay][0]), [str(p) for p in by[lay][1:]], use_cache=False) for lay in LAYOUTS}
     per, fused = reports["per_expert"], reports["fused"]
