@@ -1,7 +1,9 @@
 """Analysis results cached on disk, keyed by file identity, so re-opening unchanged models is instant.
 
-The key covers every weight and metadata file's resolved path, size and mtime (nanoseconds), the
-options that change the numbers, and the tool version; any change re-runs the analysis.
+The key covers every weight and metadata file's resolved path, inode, size and mtime (nanoseconds), the
+options that change the numbers, and the tool version; any change re-runs the analysis. It does not
+cover how the models were named: the same files typed as a relative path, an absolute one or through a
+symlink share one entry, and the caller shows a hit under the labels it has now.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from mergescope._version import __version__
 from mergescope.io.checkpoint.files import METADATA_FILES
 
-CACHE_FORMAT = 4  # entries are {key, format, data}; 4: vision tower and projector are groups
+CACHE_FORMAT = 5  # entries are {key, format, data}; 5: experts are modules of their own, the router a group
 
 
 def user_cache_root() -> Path:
@@ -39,7 +41,7 @@ def _file_ids(ck) -> list:
     ids = []
     for f in files:
         st = Path(f).stat()
-        ids.append([str(Path(f).resolve()), st.st_size, st.st_mtime_ns])
+        ids.append([str(Path(f).resolve()), st.st_ino, st.st_size, st.st_mtime_ns])
     return ids
 
 
@@ -47,7 +49,6 @@ def cache_key(base, models, **options) -> str:
     ident = {
         "format": CACHE_FORMAT,
         "version": __version__,
-        "labels": [base.label] + [m.label for m in models],
         "files": [_file_ids(base)] + [_file_ids(m) for m in models],
         "options": options,
     }

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from mergescope.io.model_parts import matched
 
-GROUPS = ("embed", "attn", "mlp", "norm", "head", "vision", "projector", "other")
+GROUPS = ("embed", "attn", "mlp", "router", "norm", "head", "vision", "projector", "other")
 BLOCK_GROUPS = ("attn", "mlp", "norm")  # the groups inside a block (a ratio table's columns)
 NON_BLOCK_GROUPS = ("embed", "norm", "head", "other")  # a ratio table's rows outside the blocks (norm: the final one)
 PROJECTION_GROUPS = ("attn", "mlp")  # a block's projection matrices
@@ -93,7 +93,13 @@ _MLP_ROLES = {
     "fc_out": "down_proj",
     "gate_up_proj": "gate_up_proj",
     "gate": "router",
+    "router": "router",
 }
+# Mixture-of-experts blocks: each expert's projections are modules of their own (`expert3.gate_proj`),
+# a shared expert's too (`shared_expert.up_proj`); the router that picks the experts is its own group.
+_EXPERT_LISTS = {"experts"}
+_SHARED_EXPERTS = {"shared_expert", "shared_experts"}
+_ROUTER_ROLES = {"gate": "router", "router": "router", "shared_expert_gate": "shared_expert_gate"}
 # Per-block norms, by the component that names them.
 _NORM_ROLES = {
     "input_layernorm": "input_layernorm",
@@ -198,6 +204,9 @@ def _block_site(layer: int, rest: list[str]) -> Site:
             if lowered[:i] and lowered[0] == "layer" and len(lowered) > 1:  # T5 layer.K.layer_norm
                 return Site(layer, "norm", {"0": "input_layernorm"}.get(lowered[1], "post_attention_layernorm"))
             return Site(layer, "norm", rest[i])
+    moe = _moe_site(layer, lowered, rest)
+    if moe is not None:
+        return moe
     # BERT/ViT block layout: intermediate.dense / output.dense
     if lowered[:2] == ["intermediate", "dense"] or lowered[:2] == ["intermediate", "dense_act"]:
         return Site(layer, "mlp", "up_proj")
@@ -225,6 +234,23 @@ def _block_site(layer: int, rest: list[str]) -> Site:
     if last in _ATTN_ROLES and last not in ("dense", "o", "wo", "c_proj"):
         return Site(layer, "attn", _ATTN_ROLES[last])
     return Site(layer, "other", rest[-1] if rest else "block")
+
+
+def _moe_site(layer: int, lowered: list[str], rest: list[str]) -> Site | None:
+    """An expert's projection (`experts.3.w1` -> expert3.gate_proj), a shared expert's, or the router
+    (`mlp.gate`, `block_sparse_moe.gate`, `shared_expert_gate`); None for anything else."""
+    for i, comp in enumerate(lowered):
+        if comp in _EXPERT_LISTS and i + 1 < len(lowered) and lowered[i + 1].isdigit():
+            return Site(layer, "mlp", f"expert{int(lowered[i + 1])}.{_mlp_role(lowered[i + 2 :], rest[-1])}")
+        if comp in _SHARED_EXPERTS:
+            return Site(layer, "mlp", f"shared_expert.{_mlp_role(lowered[i + 1 :], rest[-1])}")
+        if comp in _MLP_CONTAINERS and i + 1 < len(lowered) and lowered[i + 1] in _ROUTER_ROLES:
+            return Site(layer, "router", _ROUTER_ROLES[lowered[i + 1]])
+    return None
+
+
+def _mlp_role(tail: list[str], fallback: str) -> str:
+    return next((_MLP_ROLES[t] for t in reversed(tail) if t in _MLP_ROLES), tail[-1] if tail else fallback)
 
 
 def _global_site(parts: list[str]) -> Site:

@@ -19,6 +19,8 @@ Rules (README, "LoRA extraction"):
   the same kept energy as a full SVD to ~1e-7, about 3x faster; "svd" is torch.linalg.svd
   (full_matrices=False); "lowrank" is torch.svd_lowrank (q = 2R, 8 power iterations): much faster
   but it keeps a few % less energy when the spectrum is flat (noise-like task vectors).
+- `base_model_name_or_path` names the base so it resolves from any folder: `base_id` when given (a hub
+  id), the hub id when BASE is a snapshot in the Hugging Face cache, else BASE's absolute path.
 Streams one tensor at a time (memory: one float32 Δ plus its Gram matrix); the adapter is written into
 a temporary sibling directory renamed into place at the end, as a merge is.
 """
@@ -198,6 +200,7 @@ def extract_lora(
     device: str = "cpu",
     solver: str = "eigh",
     progress: Progress | None = None,
+    base_id: str | None = None,
 ) -> ExtractResult:
     """Write a PEFT LoRA adapter for MODEL − BASE into output_dir (atomically); see the module docstring."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
@@ -228,7 +231,7 @@ def extract_lora(
                 f"{model_path}: no selected matrix differs from the base {base_path}; there is nothing to extract"
             )
         result = ExtractResult(
-            out, str(base_path), str(model_path), rank, sv_threshold, solver, dev, matrices, full, lost, unchanged,
+            out, base_reference(base_path, base_id), str(model_path), rank, sv_threshold, solver, dev, matrices, full, lost, unchanged,
             0, 0.0,
         )  # fmt: skip
         result.adapter_bytes = _finish_safetensors(tmp, entries, data)
@@ -243,6 +246,17 @@ def extract_lora(
         base.close()
         model.close()
     return result
+
+
+def base_reference(base_path: str | os.PathLike, base_id: str | None = None) -> str:
+    """What the adapter names as its base, resolvable from any folder: `base_id`, else the hub id of a
+    Hugging Face cache snapshot (…/models--ORG--NAME/snapshots/REV), else the absolute path."""
+    if base_id:
+        return base_id
+    p = Path(os.path.abspath(Path(base_path).expanduser()))
+    if p.parent.name == "snapshots" and p.parent.parent.name.startswith("models--"):
+        return p.parent.parent.name[len("models--") :].replace("--", "/")
+    return str(p)
 
 
 def _extract(base, model, plan, tmp: Path, rank, sv_threshold, dev, solver, progress):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mergescope.io.device import resolve_device
 from mergescope.io.errors import InputError
@@ -55,13 +55,22 @@ class MergeRun:
     workers: int
     checks: object = None  # preflight.Checks
     allow_non_finite: bool = False
+    outputs: list = field(default_factory=list)  # what is written, in order: jobs, and experts.Fused
+    _fused: dict = field(default_factory=dict)  # job index -> (experts.Fused, Slot)
+
+    def __post_init__(self):
+        from mergescope.merge.experts import fused_outputs
+
+        self.outputs, self._fused = fused_outputs(self.jobs, self.cks)
 
     @property
     def total_bytes(self) -> int:
         return sum(j.nbytes for j in self.jobs)
 
     def tensors(self, should_stop: ShouldStop | None = None) -> Iterator[tuple[object, object]]:
-        """(job, merged tensor in the job's output dtype, on CPU), in job order."""
+        """(output, merged tensor in its output dtype, on CPU), in `outputs` order: an output is a job,
+        or an experts.Fused (name, out_dtype, shape, nbytes) stacking per-expert jobs back together."""
+        from mergescope.merge.experts import restack
 
         def compute_job(job):
             try:
@@ -73,7 +82,7 @@ class MergeRun:
                 for x in job.all_inputs:  # drop the inputs' mapped pages (they stay in the page cache)
                     self.cks[x.model].release(x.name)
 
-        yield from _ordered_results(self.jobs, compute_job, self.workers, should_stop)
+        yield from restack(_ordered_results(self.jobs, compute_job, self.workers, should_stop), self._fused)
 
 
 @contextmanager

@@ -101,9 +101,9 @@ def run_merge(
         cks, jobs, method = run.cks, run.jobs, run.method
         notes = "\n\n".join(x for x in (_checks_section(run.checks), notes) if x) or None
         tok_dir = _tokenizer_dir(plan, cks)
-        n = len(jobs)
+        n = len(run.outputs)
         with ModelWriter(out, force=force, shard_size=shard_size) as writer:
-            writer.plan([(j.name, j.out_dtype, j.shape) for j in jobs])
+            writer.plan([(o.name, o.out_dtype, o.shape) for o in run.outputs])
             out_dtypes = _drain(run, writer.add, progress, should_stop)
             if progress:
                 progress(run.total_bytes, run.total_bytes, f"{n}/{n} writing metadata")
@@ -146,20 +146,20 @@ def run_merge(
 
 
 def _drain(run: MergeRun, add, progress, should_stop) -> list[str]:
-    """Hand every merged tensor to `add(name, tensor)`, in job order; the distinct output dtypes."""
-    n, total, done = len(run.jobs), run.total_bytes, 0
+    """Hand every merged tensor to `add(name, tensor)`, in output order; the distinct output dtypes."""
+    n, total, done = len(run.outputs), run.total_bytes, 0
     if progress:
         progress(0, total, f"0/{n} tensors")
     out_dtypes: list[str] = []
-    for i, (job, result) in enumerate(run.tensors(should_stop)):
+    for i, (output, result) in enumerate(run.tensors(should_stop)):
         name = str(result.dtype).replace("torch.", "")
         if name not in out_dtypes:
             out_dtypes.append(name)
-        add(job.name, result)
+        add(output.name, result)
         del result
-        done += job.nbytes
+        done += output.nbytes
         if progress:
-            progress(done, total, f"{i + 1}/{n} {job.name}")
+            progress(done, total, f"{i + 1}/{n} {output.name}")
     if should_stop is not None and should_stop():
         raise Cancelled("merge cancelled; no output was written")
     return out_dtypes

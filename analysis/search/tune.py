@@ -173,9 +173,12 @@ def tune(
     return TuneResult(study.study_name, metric, scorer.higher_is_better, n_trials, records(study), ran[0], stopped)
 
 
-def best_yaml(result: TuneResult, space: Space, objective: Objective | None = None, report=None) -> str:
+def best_yaml(
+    result: TuneResult, space: Space, objective: Objective | None = None, report=None, at: str | None = None
+) -> str:
     """The best trial's plan as YAML, the search's scores in a comment on top (the selection split's, and
-    the report split's verdict when `report`, an outcome.Outcome, is given)."""
+    the report split's verdict when `report`, an outcome.Outcome, is given); `at`: the file it is
+    written to (model references resolve from there: Plan.to_yaml)."""
     best = result.best
     if best is None:
         raise InputError("no trial has finished yet: nothing to write; run more trials")
@@ -188,4 +191,4 @@ def best_yaml(result: TuneResult, space: Space, objective: Objective | None = No
     )
     if report is not None:
         head += f"# {report.split}: {report.summary()}\n"
-    return head + space.plan_for(best.params).to_yaml()
+    return head + space.plan_for(best.params).to_yaml(at=at)

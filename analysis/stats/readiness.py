@@ -45,6 +45,8 @@ def analyze(
     base, models = open_models(base_path, model_paths, labels)
     key = cache.cache_key(base, models, density=density) if use_cache else None
     report = _from_cache(key) if key else None
+    if report is not None:
+        report = _relabeled(report, [base, *models])
     if report is None:
         if cache_only:
             return None
@@ -113,6 +115,23 @@ def _from_cache(key: str) -> Report | None:
     except (KeyError, TypeError, ValueError, IndexError, AttributeError):
         return None
     report.structure["from_cache"] = True
+    return report
+
+
+def _relabeled(report: Report, cks) -> Report:
+    """A cached report under the labels its inputs have now (the cache is keyed by the files, so the
+    same models named by other paths hit it): the labels, the per-model facts filed under them, the
+    metadata read again (it holds the paths) and the findings judged again (they name the models)."""
+    old, new = [report.base, *report.models], [ck.label for ck in cks]
+    if old == new:
+        return report
+    rename = dict(zip(old, new))
+    report.base, report.models = new[0], new[1:]
+    for k, v in list(report.structure.items()):
+        if isinstance(v, dict) and any(x in rename for x in v):
+            report.structure[k] = {rename.get(x, x): y for x, y in v.items()}
+    report.structure["meta"] = {ck.label: collect_meta(ck) for ck in cks}
+    report.findings = findings_for(report)
     return report
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from mergescope.io.naming import site_of
 from mergescope.io.progress import Cancelled, Progress, ShouldStop
 from mergescope.stats.report import DEFAULT_DENSITY, Report, SiteStats
-from mergescope.stats.sites import TOPK_FRACTION, layer_sort_key
+from mergescope.stats.sites import TOPK_FRACTION, site_sort_key
 
 # Elements per chunk in the per-tensor passes of the pairwise fallback: small enough that the
 # several passes over one chunk run from cache, large enough to amortise the per-op overhead.
@@ -202,7 +202,7 @@ def analyze_checkpoints(
         base=base.label,
         models=[m.label for m in models],
         density=density,
-        sites=sorted(sites.values(), key=lambda s: (layer_sort_key(s.layer, s.group), s.module)),
+        sites=sorted(sites.values(), key=site_sort_key),
         structure=structure,
     )
     report.elapsed_s = time.perf_counter() - t0

@@ -8,6 +8,7 @@ metrics (`Aggregation` subclass over the summed total); the groupings (`SiteSet`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -24,6 +25,21 @@ def layer_sort_key(layer: int | None, group: str) -> tuple:
     if layer is None:
         return (0 if group == "embed" else 2, GROUPS.index(group) if group in GROUPS else 9, -1)
     return (1, layer, GROUPS.index(group) if group in GROUPS else 9)
+
+
+_EXPERT_MODULE = re.compile(r"^expert(\d+)\.(.+)$")
+_EXPERT_ROLES = ("gate_proj", "up_proj", "gate_up_proj", "down_proj")
+
+
+def site_sort_key(site) -> tuple:
+    """Sites in reading order: by layer and group, then module; experts by number, each expert's
+    projections as its MLP applies them (gate, up, down)."""
+    m = _EXPERT_MODULE.match(site.module)
+    if m is None:
+        return (layer_sort_key(site.layer, site.group), 0, 0, 0, site.module)
+    role = m.group(2)
+    rank = _EXPERT_ROLES.index(role) if role in _EXPERT_ROLES else len(_EXPERT_ROLES)
+    return (layer_sort_key(site.layer, site.group), 1, int(m.group(1)), rank, role)
 
 
 def div(a: float, b: float) -> float:

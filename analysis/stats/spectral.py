@@ -43,7 +43,7 @@ import numpy as np
 from mergescope.io.errors import InputError
 from mergescope.io.naming import PROJECTION_GROUPS, site_of
 from mergescope.io.progress import Cancelled, Progress, ShouldStop
-from mergescope.stats.sites import Aggregation, SiteSet, Sums, div, layer_sort_key
+from mergescope.stats.sites import Aggregation, SiteSet, Sums, div, site_sort_key
 
 DEFAULT_RANK = 64
 OVERSAMPLE = 32
@@ -393,7 +393,7 @@ def analyze_spectral(
     return SpectralResult(
         models=[m.label for m in models],
         rank=rank,
-        sites=sorted(sites.values(), key=lambda s: (layer_sort_key(s.layer, s.group), s.module)),
+        sites=sorted(sites.values(), key=site_sort_key),
         oversample=oversample,
         power_iters=niter,
         weights=weights_label if weights is not None else None,

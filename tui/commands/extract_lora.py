@@ -7,6 +7,8 @@ error or Ctrl-C nothing is left behind. Exit 0 on success, 2 on bad input (one l
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mergescope.tui.commands import outputs
 
 
@@ -35,6 +37,13 @@ def add_arguments(p) -> None:
         "--lora-only",
         action="store_true",
         help="write LoRA pairs only: changed norms/biases are reported as lost instead of saved whole",
+    )
+    p.add_argument(
+        "--base-id",
+        default=None,
+        metavar="HUB_ID",
+        help="the base's hub id, written as the adapter's base (default: BASE's absolute path, or its hub id "
+        "when BASE is in the Hugging Face cache)",
     )
     p.add_argument("--solver", default="eigh", choices=("eigh", "svd", "lowrank"), help="SVD routine (default eigh)")
     p.add_argument(
@@ -76,6 +85,7 @@ def run(args) -> int:
             device=args.device,
             solver=args.solver,
             progress=progress,
+            base_id=args.base_id,
         )
     table = Table(*GROUP_HEADER, title="task-vector energy kept", title_justify="left")
     for col in table.columns[1:]:
@@ -90,6 +100,8 @@ def run(args) -> int:
         f"{res.seconds:.1f}s on {res.device}",
         highlight=False,
     )
+    how = "an absolute path: it resolves from any folder" if Path(res.base).is_absolute() else "a hub id"
+    out.print(f"adapter base (base_model_name_or_path): {res.base} ({how})", highlight=False)
     out.print(table)
     if res.lost:
         first = res.lost[0]

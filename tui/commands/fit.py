@@ -91,7 +91,7 @@ def run(args) -> int:
         con.print(f"[{style}]{r.summary()}[/{style}]", highlight=False)
     print_table(con, result, space)
     head = "".join(f"# {line}\n" for line in _header(args, result, reports))
-    outputs.write_plan(out, "-o", head + fitted.to_yaml(), "fit")
+    outputs.write_plan(out, "-o", head + fitted.to_yaml(at=out), "fit")
     con.print(f"fitted plan written to {out}", highlight=False)
     if args.json:
         write_json(args.json, {**result.to_dict(), "report": [r.to_dict() for r in reports], "plan": str(out)})

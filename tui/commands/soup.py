@@ -4,6 +4,8 @@ get worse) or uniform (the plain average). Candidates are merged and scored in m
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mergescope.tui.commands import outputs
 from mergescope.tui.commands.models import fetch_models
 from mergescope.tui.commands.scoring import (
@@ -126,7 +128,10 @@ def run(args) -> int:
         print_outcome(con, out)
     if args.plan_out:
         outputs.write_plan(
-            args.plan_out, "--plan-out", result.plan.to_yaml(), f"{result.kind} soup of {len(result.kept)}"
+            args.plan_out,
+            "--plan-out",
+            result.plan.to_yaml(at=Path(args.plan_out)),
+            f"{result.kind} soup of {len(result.kept)}",
         )
         con.print(f"plan written to {args.plan_out}")
     if args.output:

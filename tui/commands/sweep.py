@@ -4,6 +4,8 @@ a table (value × text, best per text marked), a plot in the terminal, and the b
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mergescope.tui.commands import outputs
 from mergescope.tui.commands.models import fetch_plan_models
 from mergescope.tui.commands.scoring import (
@@ -84,7 +86,11 @@ def run(args) -> int:
     if args.write_best:
         what = f"sweep: {chosen}, the best of {len(result.values)} values on the selection split; {out.summary()}"
         kept = outputs.write_plan(
-            args.write_best, "--write-best", best.to_yaml(), what, same_file(args.write_best, args.plan)
+            args.write_best,
+            "--write-best",
+            best.to_yaml(at=Path(args.write_best)),
+            what,
+            same_file(args.write_best, args.plan),
         )
         con.print(
             f"best plan ({chosen}, chosen on the selection split) written to {args.write_best}"

@@ -188,7 +188,7 @@ def run(args) -> int:
             report = outcome({chosen: best_plan, reference: plan}, chosen, reference, rep, objective, split)
         print_outcome(con, report)
         kept = outputs.write_plan(
-            out, "-o", best_yaml(result, space, objective, report), "tune", same_file(out, args.plan)
+            out, "-o", best_yaml(result, space, objective, report, at=out), "tune", same_file(out, args.plan)
         )
         if kept:
             con.print(f"the plan it replaces is kept as {kept}", highlight=False)

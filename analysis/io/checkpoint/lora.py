@@ -129,6 +129,9 @@ class AdaptedCheckpoint(Checkpoint):
         self.base.release(name)
         self.lora.release(name)
 
+    def slot(self, name: str):
+        return self.base.slot(name)
+
     def get(self, name: str):
         if name in self.lora.pairs:
             return self.base.get(name).float() + self.lora.get(name)

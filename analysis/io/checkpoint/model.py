@@ -109,6 +109,7 @@ class Checkpoint:
     """A model's tensors (by name) plus the metadata needed to judge merge-readiness."""
 
     is_delta = False  # True for LoRA adapters opened on their own (tensors are deltas)
+    _slots: dict = {}  # per-expert name -> experts.Slot, where fused expert tensors are split
 
     def __init__(self, path: Path, label: str, files: list, weight_map: dict[str, int], root: Path | None):
         self.path = path
@@ -121,6 +122,34 @@ class Checkpoint:
         for name, idx in weight_map.items():
             entry = files[idx].entries[name]
             self._infos[name] = TensorInfo(name, entry[1], entry[0])
+        self._slots = self._split_experts()
+
+    def _split_experts(self) -> dict:
+        """Fused expert tensors read as per-expert ones (experts.py): {per-expert name: Slot}."""
+        from mergescope.io.checkpoint.experts import expert_slots
+
+        slots = expert_slots({n: i.shape for n, i in self._infos.items()}, self.config.get("model_type"))
+        if not slots:
+            return {}
+        by_stored: dict[str, list[str]] = {}
+        stored = {s.stored for s in slots.values()}
+        for name, slot in slots.items():
+            if name in self._infos and name not in stored:
+                raise CheckpointError(
+                    f"{self.path}: holds {name!r} both per expert and in the fused tensor {slot.stored!r}; "
+                    "keep one layout"
+                )
+            by_stored.setdefault(slot.stored, []).append(name)
+        infos: dict[str, TensorInfo] = {}
+        for name, info in self._infos.items():
+            for v in by_stored.get(name, [name]):
+                infos[v] = TensorInfo(v, slots[v].shape, info.dtype_name) if v in slots else info
+        self._infos = infos
+        return slots
+
+    def slot(self, name: str):
+        """Where a per-expert tensor read from a fused one lies in it (experts.Slot), or None."""
+        return self._slots.get(name)
 
     # -- tensors ---------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -140,7 +169,10 @@ class Checkpoint:
 
     def get(self, name: str):
         """The stored tensor (stored dtype, CPU, memory-mapped where possible)."""
+        slot = self._slots.get(name)
         try:
+            if slot is not None:
+                return slot.view(self._files[self._where[slot.stored]].get(slot.stored))
             return self._files[self._where[name]].get(name)
         except KeyError:
             raise KeyError(f"{self.label}: no tensor named {name!r}") from None
@@ -152,6 +184,11 @@ class Checkpoint:
 
     def release(self, name: str) -> None:
         """Done with this tensor for now: let its memory-mapped pages go (see SafetensorsFile)."""
+        slot = self._slots.get(name)
+        if slot is not None and slot.expert is not None:
+            self.release_range(name, 0, self._infos[name].numel)
+            return
+        name = slot.stored if slot is not None else name
         idx = self._where.get(name)
         if idx is not None:
             self._files[idx].release(name)
@@ -159,6 +196,10 @@ class Checkpoint:
     def release_range(self, name: str, start: int, stop: int) -> None:
         """`release` for elements [start, stop) of the flattened tensor; a no-op where the tensor is
         not a plain memory-mapped one (.bin files, LoRA views)."""
+        slot = self._slots.get(name)
+        if slot is not None:
+            off = slot.offset(self._files[self._where[slot.stored]].entries[slot.stored][1])
+            name, start, stop = slot.stored, start + off, stop + off
         idx = (getattr(self, "_where", None) or {}).get(name)
         if idx is not None and hasattr(self._files[idx], "release_range"):
             self._files[idx].release_range(name, start, stop)

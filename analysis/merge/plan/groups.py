@@ -17,7 +17,7 @@ model, in this order (first match wins):
     norm (None)    model.norm. / ln_f. / final_layernorm / final_layer_norm / norm_f scalar
     norm (bands)   layernorm / _norm / ln_                                          per-layer gradient
     attn (bands)   self_attn / attn / attention                                     per-layer gradient
-    mlp (bands)    mlp / feed_forward                                               per-layer gradient
+    mlp (bands)    mlp / feed_forward / block_sparse_moe (experts and router)       per-layer gradient
     other          catch-all `- value:`                                             scalar
 
 Non-block tensors get mergekit's t = 0, so they are always written as scalars; block groups are
@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mergescope.io.errors import InputError
-from mergescope.io.naming import BLOCK_GROUPS, NON_BLOCK_GROUPS, PART_GROUPS, site_of
+from mergescope.io.naming import BLOCK_GROUPS, NON_BLOCK_GROUPS, PART_GROUPS, Site, site_of
 from mergescope.merge.plan.resolve import layer_split
 from mergescope.merge.plan.schema import ModelEntry, Plan
 from mergescope.merge.plan.settings import gradient_position, interpolate, is_catch_all, matching_filter
@@ -46,7 +46,7 @@ GROUP_FILTERS: tuple[tuple[str, bool, tuple[str, ...]], ...] = (
     ("norm", False, ("model.norm.", "ln_f.", "final_layernorm", "final_layer_norm", "norm_f")),
     ("norm", True, ("layernorm", "_norm", "ln_")),
     ("attn", True, ("self_attn", "attn", "attention")),
-    ("mlp", True, ("mlp", "feed_forward")),
+    ("mlp", True, ("mlp", "feed_forward", "block_sparse_moe")),
 )
 LLAMA_FILTERS = {
     ("projector", False): ("multi_modal_projector",),
@@ -80,8 +80,10 @@ def _slot_of_filter(flt) -> tuple | None:
 
 
 def _slot_of(name: str) -> tuple:
-    """The slot a tensor belongs to."""
+    """The slot a tensor belongs to (a block's router: its MLP's, which its filters name)."""
     s = site_of(name)
+    if s.group == "router":
+        s = Site(s.layer, "mlp", s.module)
     banded = layer_split(name) is not None
     if s.group in PART_GROUPS:
         return (s.group, False)

@@ -20,7 +20,7 @@ from mergescope.io.bounded import MAX_PLAN_BYTES, YamlTooBig, load_yaml, read_li
 from mergescope.io.dtypes import PLAN_DTYPES, plan_dtype
 from mergescope.io.errors import InputError
 from mergescope.merge.methods.base import BaseUse
-from mergescope.merge.plan import checks, jobs, modules, refs, resolve
+from mergescope.merge.plan import checks, jobs, modules, refs, relocate, resolve
 from mergescope.merge.plan.parse import (  # noqa: F401  (re-exported)
     MODEL_KEYS,
     MODULE_KEYS,
@@ -149,9 +149,12 @@ class Plan:
             d["chat_template"] = self.chat_template
         return d
 
-    def to_yaml(self) -> str:
+    def to_yaml(self, at: str | os.PathLike | None = None) -> str:
+        """The plan as YAML; `at`: the file it is written to, whose model references are rewritten to
+        resolve from there (relocate.py: relative to its folder when under it, else absolute)."""
+        d = self.to_dict() if at is None else relocate.portable_dict(self, at)
         text = yaml.dump(
-            self.to_dict(), Dumper=_FlowDumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=120
+            d, Dumper=_FlowDumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=120
         )
         note = self.extension_note()
         return f"# {note}\n{text}" if note else text
@@ -169,7 +172,8 @@ class Plan:
         )
 
     def dump(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+        """Write the plan file at `path`, its model references resolving from there."""
+        Path(path).write_text(self.to_yaml(at=path), encoding="utf-8")
 
     def with_inputs(self, *, models=None, slices=None, modules=None) -> Plan:
         """This plan's method, base, parameters and output settings over other inputs (the objects are
