@@ -11,6 +11,7 @@ from __future__ import annotations
 from mergescope.tui.commands.scoring import (
     add_scoring_arguments,
     print_scores,
+    print_windows,
     scorer_from_args,
     scores_json,
     write_json,
@@ -34,6 +35,7 @@ def run(args) -> int:
         scorer.progress = progress
         table = scorer.models(list(args.models))
     print_scores(con, table)
+    print_windows(con, table, bool(args.context))
     if args.json:
         write_json(args.json, scores_json(table, scorer.text_paths, units=True))
     return 0

@@ -130,6 +130,24 @@ def print_scores(con, table: dict, title: str | None = None, mark: dict | None =
     con.print(t)
 
 
+def print_windows(con, table: dict, given: bool = False) -> None:
+    """The windows each model was scored in (one line per model), saying what chose their length: the
+    model's context, --context (`given`), or the memory budget."""
+    from mergescope.tui.format import short_names
+
+    for row, name in zip(table.values(), short_names(list(table), 40)):
+        used = sorted({(s.window, s.stride, s.context) for s in row.values() if s.window is not None})
+        for window, stride, context in used:
+            why = "the model's context"
+            if given and context and window < context:
+                why = f"--context; the model's context is {context}"
+            elif context and window < context:
+                why = (
+                    f"the model's context is {context}; longer windows would not fit the activation budget (--context)"
+                )
+            con.print(f"[dim]{name}: windows of {window} tokens every {stride} ({why})[/dim]", highlight=False)
+
+
 def print_outcome(con, out, names: dict | None = None) -> None:
     """A search's report-split table and its verdict."""
     names = names or {}
