@@ -10,8 +10,11 @@ from pathlib import Path
 from mergescope.tui.format import short_names
 
 
-def add_scoring_arguments(p, text_flag: str = "--text", required: bool = True, device: bool = True) -> None:
-    """The scoring options shared by eval, soup, sweep and tune (and merge --eval-text, which has --device)."""
+def add_scoring_arguments(
+    p, text_flag: str = "--text", required: bool = True, device: bool = True, tasks: bool = False
+) -> None:
+    """The scoring options shared by eval, soup, sweep and tune (and merge --eval-text, which has --device);
+    `tasks` adds --task and its options (lm-evaluation-harness)."""
     p.add_argument(text_flag, nargs="+", metavar="FILE", required=required, help="held-out text files (UTF-8)")
     p.add_argument("--max-bytes", type=int, metavar="N", help="score only the first N bytes of each text")
     if device:
@@ -32,6 +35,16 @@ def add_scoring_arguments(p, text_flag: str = "--text", required: bool = True, d
     )
     p.add_argument("--higher-is-better", action="store_true", help="with --eval-cmd: the score is an accuracy")
     p.add_argument("--eval-timeout", type=float, metavar="S", help="with --eval-cmd: seconds per run")
+    if tasks:
+        p.add_argument(
+            "--task",
+            nargs="+",
+            metavar="NAME|TASK.yaml",
+            help="score with lm-evaluation-harness tasks instead of text (the lm-eval extra), e.g. hellaswag",
+        )
+        p.add_argument("--task-metric", metavar="NAME", help="with --task: the metric (default: each task's first)")
+        p.add_argument("--num-fewshot", type=int, metavar="N", help="with --task: examples in the prompt")
+        p.add_argument("--task-limit", type=int, metavar="N", help="with --task: at most N samples per task")
 
 
 def add_split_arguments(p) -> None:
@@ -53,9 +66,17 @@ def scorer_from_args(args, text_attr: str = "text", progress=None):
 
     flag = f"--{text_attr.replace('_', '-')}"
     paths = getattr(args, text_attr) or []
+    task_specs = getattr(args, "task", None)
+    if task_specs and (paths or args.eval_cmd):
+        raise InputError(f"--task: scores tasks, not {flag if paths else '--eval-cmd'}; give one way of scoring")
     texts = read_texts(paths, args.max_bytes, what=flag) if paths else {}
-    if not texts and not args.eval_cmd:
-        raise InputError(f"{flag}: give at least one held-out text file (or --eval-cmd)")
+    if not texts and not args.eval_cmd and not task_specs:
+        raise InputError(f"{flag}: give at least one held-out text file (or --eval-cmd, or --task)")
+    tasks = None
+    if task_specs:
+        from mergescope.score.tasks import load_tasks
+
+        tasks = load_tasks(task_specs, args.task_metric, args.num_fewshot, args.task_limit)
     return Scorer(
         texts,
         dict(zip(texts, [Path(p) for p in paths])),
@@ -64,10 +85,11 @@ def scorer_from_args(args, text_attr: str = "text", progress=None):
         context=args.context,
         stride=args.stride,
         command=args.eval_cmd,
-        higher_is_better=args.higher_is_better,
+        higher_is_better=tasks.higher_is_better if tasks else args.higher_is_better,
         timeout=args.eval_timeout,
         seed=getattr(args, "seed", None),
         progress=progress,
+        tasks=tasks,
     )
 
 
