@@ -147,8 +147,11 @@ def test_cli_eval_compare_and_sweep_score_tasks(toy_task, tmp_path, capsys):
     assert "higher is better" in text and "toy (acc, 24 samples)" in text
     score = json.loads(out.read_text())["scores"][0]
     assert score["text"] == "toy" and score["stderr"] > 0 and len(score["interval95"]) == 2
-    assert main(["compare", str(fam / "prose"), "--against", str(fam / "code"), "--task", str(toy_task)]) == 0
+    report = tmp_path / "r.md"
+    args = ["compare", str(fam / "prose"), "--against", str(fam / "code"), "--task", str(toy_task)]
+    assert main([*args, "--report", str(report)]) == 0
     assert "model − parent, score" in capsys.readouterr().out
+    assert "on toy: score, higher is better" in report.read_text()
     plan = tmp_path / "p.yml"
     plan.write_text(
         f"merge_method: linear\nmodels:\n  - model: {fam / 'prose'}\n    parameters: {{weight: 0.5}}\n"

@@ -339,6 +339,8 @@ def task_scores(
     out: dict[str, dict[str, Score]] = {}
     for i, src in enumerate(models):
         m = src if isinstance(src, Model) else open_model(src)
+        if progress is not None:
+            progress(i * per_model, len(models) * per_model, m.label)
         try:
             with _quiet() as said:
                 lm = _lm(m, device, should_stop)
