@@ -152,7 +152,7 @@ def load_tasks(
         for spec in specs:
             try:
                 got = manager.load([str(Path(spec).resolve()) if spec in files else spec])["tasks"]
-            except (KeyError, ValueError, FileNotFoundError, OSError, TypeError) as exc:
+            except Exception as exc:  # the harness's and datasets' own errors, of any kind
                 if spec not in files and isinstance(exc, KeyError):
                     raise InputError(
                         f"--task {spec}: not a task lm-evaluation-harness knows (`lm-eval ls tasks` lists them) "
