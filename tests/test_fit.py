@@ -26,7 +26,13 @@ TEXTS = {d: Text((heldout_dir() / f"{d}.txt").read_bytes()[:3000]) for d in ("co
 def _plan(method="task_arithmetic", weight=0.5, **extra):
     models = [{"model": str(FAM / m), "parameters": {"weight": weight, **extra}} for m in ("code", "prose")]
     return Plan.from_dict(
-        {"merge_method": method, "base_model": str(FAM / "base"), "models": models, "dtype": "float32", "out_dtype": "float32"}
+        {
+            "merge_method": method,
+            "base_model": str(FAM / "base"),
+            "models": models,
+            "dtype": "float32",
+            "out_dtype": "float32",
+        }
     )
 
 
@@ -35,7 +41,9 @@ def _problem(plan, granularity="band", texts=TEXTS):
     return Problem(plan, space, form, texts, granularity=granularity)
 
 
-@pytest.mark.parametrize("method, extra", [("task_arithmetic", {}), ("ties", {"density": 0.5}), ("dare_ties", {"density": 0.6})])
+@pytest.mark.parametrize(
+    "method, extra", [("task_arithmetic", {}), ("ties", {"density": 0.5}), ("dare_ties", {"density": 0.6})]
+)
 def test_parts_at_the_plans_weights_are_the_merge(method, extra):
     plan = _plan(method, 0.7, **extra)
     form = LinearForm.from_plan(plan, seed=7)
@@ -111,7 +119,9 @@ def test_unsupported_methods_and_layouts_are_refused():
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "mergescope.tui.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "mergescope.tui.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd
+    )
 
 
 def test_fit_and_sensitivity_from_the_command_line(tmp_path):
@@ -121,7 +131,19 @@ def test_fit_and_sensitivity_from_the_command_line(tmp_path):
     for d, data in TEXTS.items():
         (tmp_path / f"{d}.txt").write_bytes(bytes(data))
         texts.append(tmp_path / f"{d}.txt")
-    r = _cli("fit", plan_path, "--eval-text", *texts, "--granularity", "group", "--steps", "3", "--json", "fit.json", cwd=tmp_path)
+    r = _cli(
+        "fit",
+        plan_path,
+        "--eval-text",
+        *texts,
+        "--granularity",
+        "group",
+        "--steps",
+        "3",
+        "--json",
+        "fit.json",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "holds" in r.stdout and "report (last 25% of each text, not used to fit)" in r.stdout
     assert "the plan as given" in r.stdout and "best global weight" in r.stdout

@@ -239,13 +239,14 @@ def test_eval_command_table_json_and_errors(tmp_path, bytes_llama, capsys):
 
 def test_blocked_loss_equals_the_loss_of_whole_logits(monkeypatch):
     import mergescope.score.llama as llama
+    import mergescope.score.windows as windows_mod
     from mergescope.demo import family_dir
 
     m = open_model(family_dir() / "prose")
     shape = llama.LlamaShape.from_config(m.config)
     x = torch.tensor([list(TEXT[:90]), list(TEXT[90:180])])
     whole = nll_from_logits(lambda ids: llama.forward(m.tensors, shape, ids))(x)
-    monkeypatch.setattr(llama, "LOSS_BLOCK", 256 * 7)  # 7 rows per block: many blocks, a ragged last one
+    monkeypatch.setattr(windows_mod, "LOSS_BLOCK", 256 * 7)  # 7 rows per block: many blocks, a ragged last one
     blocked = llama.forward(m.tensors, shape, x[:, :-1], targets=x[:, 1:])
     m.close()
     torch.testing.assert_close(blocked, whole, rtol=1e-6, atol=1e-6)

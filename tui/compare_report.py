@@ -67,6 +67,7 @@ def _context(table: dict, pairs: list, models, parents, top: int) -> dict:
         "pairs": out,
         "threshold": f"{pairs[0].threshold:g}" if pairs else "",
         "metric": "bits per byte" if some.is_bits else "score",
+        "direction": "higher is better" if some.higher_is_better else "lower is better",
         "version": __version__,
     }
 

@@ -7,11 +7,15 @@ intervals). `command_scores` runs `--eval-cmd`, whose last line of output is the
 
 Backends: `builtin`, the pure-torch Llama-family forward in llama.py (weights cast one at a time from the
 memory-mapped files, so memory stays near the stored model); `transformers` (the `eval` extra) for every
-other causal LM.
+other causal LM (transformers_backend.py). Both take the loss from the final hidden states a block of
+logits at a time and, unless `context` says otherwise, windows whose activations fit a fixed budget
+(windows.window_budget), so memory is the weights plus a fixed amount whatever the text or vocabulary.
+Whether a backend can run a model is decided from its config before any text is tokenised.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,13 +28,19 @@ from mergescope.score.model import Model, open_model
 from mergescope.score.result import Score, bits_per_byte
 from mergescope.score.texts import unit_index
 from mergescope.score.tokens import tokenizer_for
-from mergescope.score.windows import ACTIVATIONS, BATCH_TOKENS, nll_from_logits, token_nll
+from mergescope.score.transformers_backend import check_available
+from mergescope.score.transformers_backend import prepare as prepare_transformers
+from mergescope.score.windows import Prepared, token_nll, window_budget
 
 BACKENDS = ("auto", "builtin", "transformers")
 
 
-def _builtin(model: Model, device: str):
-    """(nll_fn, context length, tokens per batch) of the built-in forward, or Unsupported with the reason."""
+def _check_builtin(model: Model) -> None:
+    check_tensors(model.tensors, LlamaShape.from_config(model.config))
+
+
+def _builtin(model: Model, device: str) -> Prepared:
+    """The built-in forward, or Unsupported with the reason."""
     import torch
 
     shape = LlamaShape.from_config(model.config)
@@ -42,62 +52,43 @@ def _builtin(model: Model, device: str):
     def nll(x):
         return forward(tensors, shape, x[:, :-1], device=torch.device(device), targets=x[:, 1:])
 
-    inter = int(model.config.get("intermediate_size") or 4 * shape.hidden_size)
-    return nll, shape.max_positions, _batch_tokens(max(inter, shape.hidden_size))
-
-
-def _batch_tokens(width: int) -> int:
-    """Tokens per forward batch so that a few [tokens, width] float32 activations fit ACTIVATIONS."""
-    return max(1, min(BATCH_TOKENS, ACTIVATIONS // (4 * 3 * width)))
+    window, batch = window_budget(model.config, shape.max_positions)
+    return Prepared(nll, shape.max_positions, window, batch, True)
 
 
 def _names(tensors) -> list[str]:
     return tensors.names() if hasattr(tensors, "names") else list(tensors)
 
 
-def _transformers(model: Model, device: str):
-    import torch
-
-    try:
-        from transformers import AutoConfig, AutoModelForCausalLM
-    except ImportError:
-        from mergescope.io.extras import install_hint
-
-        raise Unsupported(f"the transformers backend needs transformers: {install_hint('eval')}") from None
-    try:
-        if model.path is not None and (model.path / "config.json").is_file():
-            hf = AutoModelForCausalLM.from_pretrained(str(model.path), dtype=torch.float32)
-        else:
-            cfg = AutoConfig.for_model(**model.config)
-            with torch.device("meta"):
-                hf = AutoModelForCausalLM.from_config(cfg)
-            state = {k: model.tensors[k].to(torch.float32) for k in _names(model.tensors)}
-            hf.load_state_dict(state, strict=False, assign=True)
-            hf.tie_weights()
-    except (OSError, ValueError, KeyError) as exc:
-        raise Unsupported(f"transformers cannot load it ({str(exc).splitlines()[0][:160]})") from None
-    hf = hf.to(device).eval()
-    ctx = getattr(hf.config, "max_position_embeddings", None) or getattr(hf.config, "n_positions", None) or 2048
-
-    def logits(ids):
-        return hf(input_ids=ids.to(device)).logits
-
-    width = max(int(getattr(hf.config, "intermediate_size", 0) or 0), int(getattr(hf.config, "vocab_size", 0) or 0))
-    return nll_from_logits(logits), int(ctx), _batch_tokens(width or 4096)
+_MAKERS = (("builtin", _check_builtin, _builtin), ("transformers", check_available, prepare_transformers))
 
 
-def prepare(model: Model, backend: str, device: str):
-    """(backend name, nll_fn, context length, tokens per batch) for `model`; InputError saying why none
-    runs it."""
+def check(model: Model, backend: str) -> None:
+    """InputError unless some backend allowed by `backend` could run `model`, decided from its config and
+    tensor names before anything is loaded or tokenised."""
     if backend not in BACKENDS:
         raise InputError(f"--backend {backend}: unknown; use one of {', '.join(BACKENDS)}")
     reasons = []
-    for name, make in (("builtin", _builtin), ("transformers", _transformers)):
+    for name, can, _ in _MAKERS:
         if backend not in ("auto", name):
             continue
         try:
-            fn, ctx, batch = make(model, device)
-            return name, fn, ctx, batch
+            can(model)
+            return
+        except Unsupported as exc:
+            reasons.append(f"{name}: {exc}")
+    raise InputError(f"{model.label}: no scoring backend runs this model ({'; '.join(reasons)}); try --eval-cmd")
+
+
+def prepare(model: Model, backend: str, device: str) -> tuple[str, Prepared]:
+    """(backend name, what it scores with) for `model`; InputError saying why none runs it."""
+    check(model, backend)
+    reasons = []
+    for name, _, make in _MAKERS:
+        if backend not in ("auto", name):
+            continue
+        try:
+            return name, make(model, device)
         except Unsupported as exc:
             reasons.append(f"{name}: {exc}")
     raise InputError(f"{model.label}: no scoring backend runs this model ({'; '.join(reasons)}); try --eval-cmd")
@@ -118,8 +109,11 @@ def score_models(
     from mergescope.io.device import resolve_device
 
     device = resolve_device(device)
-    opened = [m if isinstance(m, Model) else open_model(m) for m in models]
+    opened = []
     try:
+        for m in models:
+            opened.append(m if isinstance(m, Model) else open_model(m))
+            check(opened[-1], backend)
         encoded = {}
         for m in opened:
             tok = tokenizer_for(m.tokenizer_dir, m.config, m.label)
@@ -128,8 +122,8 @@ def score_models(
         done = [0]
         out: dict[str, dict[str, Score]] = {}
         for m in opened:
-            name, fn, model_ctx, batch = prepare(m, backend, device)
-            ctx = min(context, model_ctx) if context else model_ctx
+            _, run = prepare(m, backend, device)
+            ctx = min(context, run.context) if context else run.window
             tok, encs = encoded[m.label]
             row = {}
             for t, enc in encs.items():
@@ -141,12 +135,14 @@ def score_models(
                     if progress is not None:
                         progress(done[0], total, label)
 
-                nats = token_nll(fn, enc.ids, ctx, stride or ctx, should_stop, tick, batch)
-                row[t] = bits_per_byte(nats, enc, tok.has_tokens, unit_index(texts[t])[0])
+                nats = token_nll(run.nll, enc.ids, ctx, stride or ctx, should_stop, tick, run.batch_tokens)
+                score = bits_per_byte(nats, enc, tok.has_tokens, unit_index(texts[t])[0])
+                used = min(stride or ctx, ctx - 1) if len(enc.ids) > ctx else ctx
+                row[t] = dataclasses.replace(score, window=ctx, stride=used, context=run.context)
             out[m.label] = row
         return out
     finally:
-        for m, src in zip(opened, models):
+        for m, src in zip(opened, models[: len(opened)]):
             if not isinstance(src, Model):
                 m.close()
 

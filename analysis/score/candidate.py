@@ -1,8 +1,9 @@
 """The candidate pipeline every search and every evaluation uses: what is scored, how, and the one
 reduction of a row of scores ({text: Score}) to a number.
 
-- `Scorer`: the texts and the way of scoring (a backend, or a user command), applied to models or plans;
-  `split()` gives the selection and report scorers of a search.
+- `Scorer`: what is scored and how: texts with a backend, a user command, or lm-evaluation-harness
+  tasks (tasks.py), applied to models or plans; `split()` gives the selection and report scorers of a
+  search (texts cut, or each task's samples split).
 - `score_plan`: merge a plan in memory (nothing written) and score the result, with a hook after a
   first slice of the texts so that a search can stop a hopeless candidate early.
 - `Objective`: mean, worst text, or a weighted mean over named texts (a negative weight asks for that
@@ -20,12 +21,16 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mergescope.io.errors import InputError
 from mergescope.io.progress import Progress, ShouldStop
 from mergescope.score.model import Model
 from mergescope.score.result import Score
 from mergescope.score.texts import REPORT_FRACTION, part, split_texts, utf8_cut
+
+if TYPE_CHECKING:
+    from mergescope.score.tasks import Tasks
 
 Row = Mapping[str, Score]
 
@@ -120,7 +125,8 @@ MEAN = Objective()
 # ---------------------------------------------------------------------------------------------- scorer
 @dataclass
 class Scorer:
-    """One way of scoring, applied to models or plans: the texts plus the backend or command."""
+    """One way of scoring, applied to models or plans: the texts plus the backend or command, or
+    lm-evaluation-harness tasks (`tasks`, from tasks.load_tasks)."""
 
     texts: Mapping[str, bytes]
     text_paths: Mapping[str, Path] = field(default_factory=dict)
@@ -134,10 +140,17 @@ class Scorer:
     seed: int | None = None
     progress: Progress | None = None
     should_stop: ShouldStop | None = None
+    tasks: Tasks | None = None
 
     def models(self, models: Sequence[Model | str]) -> dict[str, dict[str, Score]]:
         from mergescope.score.backends import command_scores, score_models
 
+        if self.tasks is not None:
+            from mergescope.score.tasks import task_scores
+
+            return task_scores(
+                models, self.tasks, device=self.device, progress=self.progress, should_stop=self.should_stop
+            )
         if self.command:
             return command_scores(
                 models,
@@ -166,7 +179,10 @@ class Scorer:
 
     @property
     def text_names(self) -> list[str]:
-        """The names of the scores a candidate gets: the texts, or `score` for a command without {text}."""
+        """The names of the scores a candidate gets: the texts, the tasks, or `score` for a command without
+        {text}."""
+        if self.tasks is not None:
+            return self.tasks.names
         if self.command and "{text}" not in self.command:
             return ["score"]
         return list(self.texts or self.text_paths)
@@ -178,16 +194,24 @@ class Scorer:
 
     def split(self, report: Mapping[str, bytes] | None = None, fraction: float = REPORT_FRACTION):
         """(selection, report) scorers: every text cut (its last `fraction` reports), or the texts whole
-        for selection and `report` for reporting. A command that reads no text scores one thing for
-        both (report.shared is then True: the reported numbers were also used to choose)."""
+        for selection and `report` for reporting; tasks: a fixed `fraction` of each task's samples
+        reports. A command that reads no text scores one thing for both."""
+        if self.tasks is not None:
+            if report:
+                raise InputError("--report-text: with --task the report split is a share of each task's samples")
+            sel, rep = self.tasks.split(fraction)
+            return dataclasses.replace(self, tasks=sel), dataclasses.replace(self, tasks=rep)
         if self.command and "{text}" not in self.command:
             return self, self
         sel, rep = split_texts(self.texts, report, fraction)
         return self.with_texts(sel), self.with_texts(rep)
 
     def first_slice(self, fraction: float, min_bytes: int) -> Scorer | None:
-        """The scorer on the first `fraction` of every text, or None where that saves nothing (commands,
-        short texts)."""
+        """The scorer on the first `fraction` of every text (of every task's samples), or None where that
+        saves nothing (commands, short texts)."""
+        if self.tasks is not None:
+            first = self.tasks.first(fraction)
+            return dataclasses.replace(self, tasks=first) if first is not None else None
         if self.command or not self.texts:
             return None
         texts = {t: part(d, 0, utf8_cut(d, max(min_bytes, int(len(d) * fraction)))) for t, d in self.texts.items()}

@@ -122,11 +122,11 @@ def _snippet(text: bytes, a: int, b: int, n: int = SNIPPET) -> str:
 
 
 def compare_pair(
-    text_name: str, text: bytes, model: str, parent: str, a: Score, b: Score, threshold: float = THRESHOLD
+    text_name: str, text: bytes | None, model: str, parent: str, a: Score, b: Score, threshold: float = THRESHOLD
 ) -> Pair:
     diff = paired(a, b)
     pair = Pair(text_name, model, parent, a, b, diff, verdict(diff, a.higher_is_better), threshold=threshold)
-    if a.unit_num and a.unit_starts == b.unit_starts:
+    if text is not None and a.unit_num and a.unit_starts == b.unit_starts:
         pa, pb = passage_scores(text, a), passage_scores(text, b)
         for k, ((s, e, bits_a, by_a), (_, _, bits_b, by_b)) in enumerate(zip(pa, pb)):
             if by_a > 0 and by_b > 0:
@@ -141,7 +141,8 @@ def compare(
     parents: Sequence[str],
     threshold: float = THRESHOLD,
 ) -> list[Pair]:
-    """Every (text, model, parent) pair; `scores` is {label: {text: Score}} holding models and parents."""
+    """Every (text, model, parent) pair; `scores` is {label: {text: Score}} holding models and parents; a
+    text given as None (a task) has no passages."""
     return [
         compare_pair(t, texts[t], m, p, scores[m][t], scores[p][t], threshold)
         for t in texts

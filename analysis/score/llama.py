@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from mergescope.score.windows import head_nll
+
 if TYPE_CHECKING:
     import torch
 
@@ -126,15 +128,12 @@ class _Weights:
         return self(name) if name in self.tensors else None
 
 
-LOSS_BLOCK = 1 << 25  # logits elements computed at once when scoring (128 MB in float32)
-
-
 def forward(
     tensors: Mapping, shape: LlamaShape, ids: torch.Tensor, *, dtype=None, device=None, targets=None
 ) -> torch.Tensor:
     """Logits [B, T, vocab] (float32) for token ids [B, T]; with `targets` [B, T], the negative
-    log-likelihood of each target instead ([B, T], float32), computed LOSS_BLOCK logits at a time so
-    scoring never holds a batch's whole logits. `tensors`: name -> tensor (a Checkpoint, a dict of
+    log-likelihood of each target instead ([B, T], float32), computed a block of logits at a time
+    (windows.head_nll) so scoring never holds a batch's whole logits. `tensors`: name -> tensor (a Checkpoint, a dict of
     merged tensors, a module's parameters); each weight is cast to `dtype` (float32) when used."""
     import torch
     import torch.nn.functional as F
@@ -178,13 +177,7 @@ def forward(
     head = w("lm_head.weight" if "lm_head.weight" in tensors else "model.embed_tokens.weight")
     if targets is None:
         return F.linear(x, head).float()
-    flat, tgt = x.reshape(-1, x.shape[-1]), targets.reshape(-1).to(device)
-    rows = max(1, LOSS_BLOCK // head.shape[0])
-    out = torch.empty(flat.shape[0], dtype=torch.float32, device=device)
-    for r in range(0, flat.shape[0], rows):
-        logits = F.linear(flat[r : r + rows], head).float()
-        out[r : r + rows] = F.cross_entropy(logits, tgt[r : r + rows], reduction="none")
-    return out.view(targets.shape)
+    return head_nll(x, targets, lambda rows: F.linear(rows, head).float(), head.shape[0])
 
 
 def check_tensors(tensors, shape: LlamaShape) -> None:

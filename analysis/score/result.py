@@ -25,7 +25,10 @@ class Score:
     unit_num: tuple[float, ...] = ()  # per unit: bits of the tokens ending in it (or correct answers)
     unit_den: tuple[float, ...] = ()  # per unit: the bytes those tokens cover (or questions)
     unit_starts: tuple[int, ...] = ()  # where each unit starts in the text, in bytes
-    stderr: float | None = None  # the scorer's own standard error (tasks), when there are no units
+    stderr: float | None = None  # the scorer's own standard error (tasks)
+    window: int | None = None  # tokens per window the text was scored in
+    stride: int | None = None  # tokens between window starts
+    context: int | None = None  # the model's context length (the window may be shorter: a memory budget)
 
     @property
     def is_bits(self) -> bool:
@@ -48,6 +51,8 @@ class Score:
         )
         if self.stderr is not None:
             out["stderr"] = self.stderr
+        if self.window is not None:
+            out.update(window=self.window, stride=self.stride, context=self.context)
         if iv is not None:
             out["interval95"] = [iv.lo, iv.hi]
         if units and self.unit_num:

@@ -5,15 +5,36 @@ most context − 1, so every token after the first is predicted); each token is 
 window that holds it with the most left context (the strided-perplexity recipe). The first token has no
 context and is not scored (a BOS the tokenizer prepends is; it covers no bytes). All windows of a text
 have one length, so they run in fixed batches and results are deterministic.
+
+Memory: a window's activations grow with its length (per token: the MLP and attention rows; per pair of
+tokens: the attention mask transformers builds, or every head's scores with eager attention), so the
+default window is the model's context or the longest one whose activations fit `ACTIVATIONS`, whichever
+is shorter (`window_budget`), and the loss is computed from the final hidden states `LOSS_BLOCK` logits at
+a time (`head_nll`), never from a window's whole [tokens, vocab] logits.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from mergescope.io.errors import InputError
 from mergescope.io.progress import Cancelled
 
 BATCH_TOKENS = 16384  # tokens per forward batch (windows x context), fewer for wide models
-ACTIVATIONS = 1 << 27  # float32 activations a batch may hold at its widest (the MLP): 512 MB
+ACTIVATIONS = 1 << 29  # bytes of activations a batch of windows may hold (512 MB)
+LOSS_BLOCK = 1 << 25  # logits computed at once when scoring (128 MB in float32)
+
+
+@dataclass
+class Prepared:
+    """What a backend scores a model with."""
+
+    nll: Callable  # nll_fn for token_nll
+    context: int  # the model's context length
+    window: int  # the default window: the context, or the longest whose activations fit ACTIVATIONS
+    batch_tokens: int
+    blocked: bool  # the loss comes from the hidden states a block of logits at a time (head_nll)
 
 
 def nll_from_logits(logits_fn):
@@ -27,6 +48,50 @@ def nll_from_logits(logits_fn):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt, reduction="none").view(x.shape[0], -1)
 
     return nll
+
+
+def _dims(config: Mapping) -> tuple[int, int, int, int, int]:
+    """(hidden, intermediate, heads, kv heads, head dim) from a config (or its text_config)."""
+    c = config.get("text_config") or config
+    hidden = int(c.get("hidden_size") or c.get("n_embd") or c.get("d_model") or 1024)
+    inter = int(c.get("intermediate_size") or c.get("n_inner") or c.get("ffn_dim") or 4 * hidden)
+    heads = int(c.get("num_attention_heads") or c.get("n_head") or 1)
+    kv = int(c.get("num_key_value_heads") or heads)
+    return hidden, inter, heads, kv, int(c.get("head_dim") or hidden // heads)
+
+
+def window_budget(config: Mapping, context: int, eager: bool = False) -> tuple[int, int]:
+    """(default window, tokens per batch): the longest window up to `context` whose activations fit
+    ACTIVATIONS, and as many such windows per batch as fit it together (at most BATCH_TOKENS tokens).
+    Per token: a few float32 rows of the MLP, the attention projections and the residual stream; per
+    pair of tokens: 8 bytes for the masks transformers builds (sliding windows, padding), plus every
+    head's scores and their softmax with eager attention."""
+    import math
+
+    hidden, inter, heads, kv, hd = _dims(config)
+    per_token = 4 * (3 * inter + 8 * hidden + 2 * (heads + 2 * kv) * hd)
+    per_pair = 8 + (8 * heads + 4 if eager else 0)
+    longest = int((-per_token + math.sqrt(per_token**2 + 4 * per_pair * ACTIVATIONS)) / (2 * per_pair))
+    if longest >= 128:
+        longest -= longest % 64
+    window = max(2, min(int(context), longest))
+    fit = ACTIVATIONS // (per_token * window + per_pair * window * window)
+    return window, max(window, min(BATCH_TOKENS, int(fit) * window))
+
+
+def head_nll(hidden, targets, project, vocab: int):
+    """The loss of each target ([B, T], float32) from final hidden states [B, T, H]: `project(rows)` gives
+    the float32 logits [rows, vocab] of a block of rows, LOSS_BLOCK logits at a time, so a window's whole
+    logits never exist."""
+    import torch
+    import torch.nn.functional as F
+
+    flat, tgt = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1).to(hidden.device)
+    rows = max(1, LOSS_BLOCK // max(1, int(vocab)))
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=hidden.device)
+    for r in range(0, flat.shape[0], rows):
+        out[r : r + rows] = F.cross_entropy(project(flat[r : r + rows]), tgt[r : r + rows], reduction="none")
+    return out.view(targets.shape)
 
 
 def windows(n: int, context: int, stride: int) -> list[tuple[int, int]]:

@@ -19,6 +19,8 @@ def split_label(scorer: Scorer, report_given: bool, fraction: float) -> str:
     """How the report split was made, as every table says it."""
     if scorer.command and "{text}" not in scorer.command:
         return "selection (the command reads no text: the same numbers chose)"
+    if scorer.tasks is not None:
+        return f"report ({fraction:.0%} of each task's samples, not used to choose)"
     if report_given:
         return "report (--report-text)"
     return f"report (last {fraction:.0%} of each text, not used to choose)"

@@ -169,7 +169,7 @@ def tune(
         except (Cancelled, KeyboardInterrupt):
             stopped = True
         stopped = stopped or (stop() and count() < n_trials)
-    metric = "score" if scorer.command else "bits per byte"
+    metric = "score" if scorer.command or scorer.tasks is not None else "bits per byte"
     return TuneResult(study.study_name, metric, scorer.higher_is_better, n_trials, records(study), ran[0], stopped)
 
 

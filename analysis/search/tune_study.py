@@ -108,6 +108,7 @@ def _unreachable(exc: BaseException) -> bool:
 def search_of(space: Space, objective: Objective, scorer) -> dict:
     """What the study searches: the space, the objective, and what scores a trial (texts by content)."""
     texts = {t: hashlib.sha256(d).hexdigest()[:16] for t, d in (scorer.texts or {}).items()}
+    tasks = {"tasks": scorer.tasks.describe()} if getattr(scorer, "tasks", None) is not None else {}
     return json.loads(
         json.dumps(
             {
@@ -118,6 +119,7 @@ def search_of(space: Space, objective: Objective, scorer) -> dict:
                 "command": scorer.command,
                 "context": scorer.context,
                 "stride": scorer.stride,
+                **tasks,
             }
         )
     )

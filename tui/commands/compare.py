@@ -14,7 +14,7 @@ from mergescope.tui.commands.scoring import add_scoring_arguments, print_scores,
 def add_arguments(p) -> None:
     p.add_argument("models", metavar="MODEL", nargs="+", help="the merged models (or any models) to examine")
     p.add_argument("--against", nargs="+", required=True, metavar="PARENT", help="what to compare them with")
-    add_scoring_arguments(p, required=True)
+    add_scoring_arguments(p, required=False, tasks=True)
     p.add_argument(
         "--threshold",
         type=float,
@@ -51,14 +51,14 @@ def run(args) -> int:
     scorer = scorer_from_args(args)
     refs = list(dict.fromkeys([*args.models, *args.against]))
     con = Console()
-    with cli_progress("score", unit="tokens") as progress:
+    with cli_progress("score", unit="samples" if scorer.tasks is not None else "tokens") as progress:
         scorer.progress = progress
         table = scorer.models(refs)
     names = dict(zip(refs, short_names(refs, 30)))
     table = {names[k]: v for k, v in table.items()}
     models = [names[m] for m in dict.fromkeys(args.models)]
     parents = [names[p] for p in dict.fromkeys(args.against)]
-    pairs = compare(scorer.texts, table, models, parents, args.threshold)
+    pairs = compare(scorer.texts or dict.fromkeys(scorer.text_names), table, models, parents, args.threshold)
     print_scores(con, table)
     print_pairs(con, pairs, args.top)
     if args.json:
@@ -78,7 +78,8 @@ def run(args) -> int:
 def print_pairs(con, pairs, top: int) -> None:
     from rich.table import Table
 
-    t = Table(header_style="bold", title="model − parent, bits per byte (paired 95 % interval)")
+    what = "bits per byte" if pairs and pairs[0].model_score.is_bits else "score"
+    t = Table(header_style="bold", title=f"model − parent, {what} (paired 95 % interval)")
     for c in ("text", "model", "parent", "difference", "verdict", "regressed passages"):
         t.add_column(c, justify="right" if c in ("difference", "regressed passages") else "left")
     style = {"better": "green", "worse": "red"}

@@ -15,6 +15,7 @@ from mergescope.tui.commands.scoring import (
     add_scoring_arguments,
     check_numbers,
     print_scores,
+    print_windows,
     scorer_from_args,
     scores_json,
     write_json,
@@ -23,7 +24,7 @@ from mergescope.tui.commands.scoring import (
 
 def add_arguments(p) -> None:
     p.add_argument("models", metavar="MODEL", nargs="+", help="checkpoints to score")
-    add_scoring_arguments(p, required=False)
+    add_scoring_arguments(p, required=False, tasks=True)
     p.add_argument("--json", metavar="FILE", help="write the scores, their intervals and per-passage numbers as JSON")
     outputs.add_force(p, "an existing --json FILE")
 
@@ -40,10 +41,14 @@ def run(args) -> int:
     scorer = scorer_from_args(args)
     fetch_models(list(args.models))
     con = Console()
-    with cli_progress("score", unit="tokens" if not args.eval_cmd else "runs") as progress:
+    unit = "runs" if args.eval_cmd else "samples" if scorer.tasks is not None else "tokens"
+    with cli_progress("score", unit=unit) as progress:
         scorer.progress = progress
         table = scorer.models(list(args.models))
     print_scores(con, table)
+    print_windows(con, table, bool(args.context))
+    if scorer.tasks is not None:
+        con.print(f"[dim]{scorer.tasks.summary()}[/dim]", highlight=False)
     if args.json:
         write_json(args.json, scores_json(table, scorer.text_paths, units=True))
     return 0

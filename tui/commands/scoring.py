@@ -9,8 +9,11 @@ from pathlib import Path
 from mergescope.tui.format import short_names
 
 
-def add_scoring_arguments(p, text_flag: str = "--text", required: bool = True, device: bool = True) -> None:
-    """The scoring options shared by eval, soup, sweep and tune (and merge --eval-text, which has --device)."""
+def add_scoring_arguments(
+    p, text_flag: str = "--text", required: bool = True, device: bool = True, tasks: bool = False
+) -> None:
+    """The scoring options shared by eval, soup, sweep and tune (and merge --eval-text, which has --device);
+    `tasks` adds --task and its options (lm-evaluation-harness)."""
     p.add_argument(text_flag, nargs="+", metavar="FILE", required=required, help="held-out text files (UTF-8)")
     p.add_argument("--max-bytes", type=int, metavar="N", help="score only the first N bytes of each text")
     if device:
@@ -38,6 +41,16 @@ def add_scoring_arguments(p, text_flag: str = "--text", required: bool = True, d
         metavar="S",
         help="with --eval-cmd: seconds per run; then the command and every process it started are killed",
     )
+    if tasks:
+        p.add_argument(
+            "--task",
+            nargs="+",
+            metavar="NAME|TASK.yaml",
+            help="score with lm-evaluation-harness tasks instead of text (the lm-eval extra), e.g. hellaswag",
+        )
+        p.add_argument("--task-metric", metavar="NAME", help="with --task: the metric (default: each task's first)")
+        p.add_argument("--num-fewshot", type=int, metavar="N", help="with --task: examples in the prompt")
+        p.add_argument("--task-limit", type=int, metavar="N", help="with --task: at most N samples per task")
 
 
 def add_split_arguments(p) -> None:
@@ -60,13 +73,21 @@ def scorer_from_args(args, text_attr: str = "text", progress=None):
     flag = f"--{text_attr.replace('_', '-')}"
     check_numbers(args)
     paths = getattr(args, text_attr) or []
+    task_specs = getattr(args, "task", None)
+    if task_specs and (paths or args.eval_cmd):
+        raise InputError(f"--task: scores tasks, not {flag if paths else '--eval-cmd'}; give one way of scoring")
     texts = read_texts(paths, args.max_bytes, what=flag) if paths else {}
-    if not texts and not args.eval_cmd:
-        raise InputError(f"{flag}: give at least one held-out text file (or --eval-cmd)")
+    if not texts and not args.eval_cmd and not task_specs:
+        raise InputError(f"{flag}: give at least one held-out text file (or --eval-cmd, or --task)")
     if args.eval_cmd:
         from mergescope.score.command import check_command
 
         check_command(args.eval_cmd, bool(texts))
+    tasks = None
+    if task_specs:
+        from mergescope.score.tasks import load_tasks
+
+        tasks = load_tasks(task_specs, args.task_metric, args.num_fewshot, args.task_limit)
     return Scorer(
         texts,
         dict(zip(texts, [Path(p) for p in paths])),
@@ -75,10 +96,11 @@ def scorer_from_args(args, text_attr: str = "text", progress=None):
         context=args.context,
         stride=args.stride,
         command=args.eval_cmd,
-        higher_is_better=args.higher_is_better,
+        higher_is_better=tasks.higher_is_better if tasks else args.higher_is_better,
         timeout=args.eval_timeout,
         seed=getattr(args, "seed", None),
         progress=progress,
+        tasks=tasks,
     )
 
 
@@ -153,6 +175,24 @@ def print_scores(con, table: dict, title: str | None = None, mark: dict | None =
             cells.append(iv.pm() if iv is not None else f"{objective.value(row):.4f}")
         t.add_row(name + (f" [dim]{mark[label]}[/dim]" if mark and label in mark else ""), *cells)
     con.print(t)
+
+
+def print_windows(con, table: dict, given: bool = False) -> None:
+    """The windows each model was scored in (one line per model), saying what chose their length: the
+    model's context, --context (`given`), or the memory budget."""
+    from mergescope.tui.format import short_names
+
+    for row, name in zip(table.values(), short_names(list(table), 40)):
+        used = sorted({(s.window, s.stride, s.context) for s in row.values() if s.window is not None})
+        for window, stride, context in used:
+            why = "the model's context"
+            if given and context and window < context:
+                why = f"--context; the model's context is {context}"
+            elif context and window < context:
+                why = (
+                    f"the model's context is {context}; longer windows would not fit the activation budget (--context)"
+                )
+            con.print(f"[dim]{name}: windows of {window} tokens every {stride} ({why})[/dim]", highlight=False)
 
 
 def print_outcome(con, out, names: dict | None = None) -> None:

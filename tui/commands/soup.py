@@ -25,7 +25,7 @@ def add_arguments(p) -> None:
     how = p.add_mutually_exclusive_group()
     how.add_argument("--greedy", action="store_true", help="greedy soup (the default)")
     how.add_argument("--uniform", action="store_true", help="the plain weight average of all models (no text needed)")
-    add_scoring_arguments(p, text_flag="--eval-text", required=False)
+    add_scoring_arguments(p, text_flag="--eval-text", required=False, tasks=True)
     add_split_arguments(p)
     p.add_argument(
         "--min-gain",
@@ -71,9 +71,9 @@ def run(args) -> int:
     con = Console()
     objective = Objective.parse(args.objective)
     needs_text = not args.uniform
-    if needs_text and not (args.eval_text or args.eval_cmd):
+    if needs_text and not (args.eval_text or args.eval_cmd or args.task):
         raise InputError("--eval-text: a greedy soup chooses by held-out scores; give text files (or --uniform)")
-    scorer = scorer_from_args(args, "eval_text") if (args.eval_text or args.eval_cmd) else None
+    scorer = scorer_from_args(args, "eval_text") if (args.eval_text or args.eval_cmd or args.task) else None
     fetch_models(models, base=models[0])
     _check_ingredients(models, con)
     dtypes = {"dtype": args.dtype, "out_dtype": args.out_dtype}
@@ -153,7 +153,7 @@ def run(args) -> int:
 
 
 def _fmt(value: float, scorer) -> str:
-    unit = "" if scorer.command else " bits/byte"
+    unit = "" if scorer.command or scorer.tasks is not None else " bits/byte"
     return f"{abs(value):.4f}{unit}"
 
 

@@ -25,7 +25,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--values", required=True, metavar="SPEC", help="start:stop:step (e.g. 0.2:1.0:0.1) or a list (0.2,0.5,1)"
     )
-    add_scoring_arguments(p, text_flag="--eval-text", required=False)
+    add_scoring_arguments(p, text_flag="--eval-text", required=False, tasks=True)
     add_split_arguments(p)
     p.add_argument("--objective", default="mean", metavar="SPEC", help="mean (default), max or weights:TEXT=W,...")
     p.add_argument("--seed", type=int, help="seed for randomised methods (dare, della)")

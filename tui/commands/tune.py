@@ -23,7 +23,7 @@ from mergescope.tui.commands.scoring import (
 
 def add_arguments(p) -> None:
     p.add_argument("plan", metavar="PLAN.yml", help="the plan to tune: method, base, models, other parameters")
-    add_scoring_arguments(p, text_flag="--eval-text", required=False)
+    add_scoring_arguments(p, text_flag="--eval-text", required=False, tasks=True)
     add_split_arguments(p)
     p.add_argument(
         "--objective",
