@@ -74,6 +74,14 @@ def prepare(plan, *, granularity: str, ranges: Mapping | None = None, device: st
         raise InputError(f"--granularity {granularity}: use one of {', '.join(GRANULARITIES)}")
     if plan.models is None or plan.modules is not None:
         raise InputError(f"{plan.where}slices: fit learns the table of a `models:` plan; write the plan with models:")
+    method = plan.method()
+    if method.parts is None:
+        from mergescope.merge.linear_form import SUPPORTED
+
+        raise InputError(
+            f"merge_method {method.name}: fit and sensitivity differentiate {', '.join(SUPPORTED)}; for "
+            f"{method.name}, search the table with `mergescope tune` instead"
+        )
     names, n_layers = plan_layout(plan)
     space = build_space(
         plan, params=["weight"], band_mode=GRANULARITIES[granularity], ranges=ranges, names=names, num_layers=n_layers
