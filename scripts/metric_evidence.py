@@ -13,7 +13,7 @@ set (does the plan it predicts to interfere less score better?).
     python3 scripts/metric_evidence.py [--json out.json] [--rank 64] [--methods ta0.5,ta1,ties,tsv,iso_c,iso_cts]
     python3 scripts/metric_evidence.py --family second --dir DIR     # DIR: train_demo_family.py --family second --out DIR
 
-Takes a few minutes on 2 CPU cores (the second family about three times longer). Deterministic (fixed
+Takes about 3 minutes on 2 CPU cores (the second family about 25). Deterministic (fixed
 seeds; the demo family ships with the package, the second is trained by scripts/train_demo_family.py).
 """
 
@@ -115,11 +115,12 @@ def spectral_metrics(spectral, n: int) -> dict[str, float]:
 
 
 def predictions(report, plan) -> dict[str, float]:
-    """The what-if's whole-model predictions for `plan` over `report` (no tensor read)."""
+    """The what-if's whole-model predictions for `plan` over `report` (no tensor read), to 6 digits: plans
+    the what-if cannot tell apart (equal weights: the same retained mass) tie instead of ranking by rounding."""
     from mergescope.merge.whatif import from_plan
 
     cell = from_plan(report, plan).cell(report.sites)
-    return {k: float(getattr(cell, k)) for k in PREDICTIONS}
+    return {k: float(f"{float(getattr(cell, k)):.6g}") for k in PREDICTIONS}
 
 
 def family_paths(family: str, root: str | None) -> tuple[Path, Path]:
@@ -165,7 +166,7 @@ def correlations(rows: list[dict], field: str, methods) -> dict[str, dict[str, f
         for r in rows:
             by_set.setdefault(tuple(r["members"]), []).append(r)
         within = [spearman([r[field][name] for r in g], [r["gap"] for r in g]) for g in by_set.values()]
-        within = [x for x in within if not math.isnan(x)]
+        within = [x for x in within if not math.isnan(x)]  # nan: the number is the same for every method
         table[name]["within_set"] = sum(within) / len(within) if within else float("nan")
     return table
 

@@ -1,11 +1,13 @@
 """Merge-readiness verdicts: what was seen, with numbers, and what to do.
 
 Structural checks read only metadata (names, shapes, dtypes, config, tokenizer, model card);
-metric checks read a `Report`. Both run from a cached report too, because the metadata they need is
-recorded in `report.structure["meta"]` at analysis time.
+metric checks read a `Report`. Both run from a cached report too (and are re-run on it, so a cached
+analysis is judged by the current rules), because the metadata they need is recorded in
+`report.structure["meta"]` at analysis time. The base findings (a sibling base, one model, a zero task
+vector) live in findings_base, the spectral ones in findings_spectral.
 
-Thresholds are calibrated on the trained demo family (analysis/demo/family, recipe in
-scripts/train_demo_family.py); the evidence is quoted beside each rule.
+Thresholds are calibrated on trained families (the demo's, analysis/demo/family, and a second one; recipes
+in scripts/train_demo_family.py); the evidence is quoted beside each rule.
 """
 
 from __future__ import annotations
