@@ -307,8 +307,7 @@ def metric_findings(report) -> list[Finding]:
                     "high-sign-conflict",
                     None,
                     f"{len(cells)} cells keep > {CELL_TRIMMED_CONFLICT_NOTE:.0%} sign conflict after a TIES trim at "
-                    f"density {report.density}: {desc} (more than independent deltas would; this level is chance, "
-                    "not calibrated on merge outcomes — compare the cells rather than read it as a verdict)",
+                    f"density {report.density}: {desc} (50 % is chance level, not calibrated on merge outcomes)",
                 )
             )
     return out
