@@ -89,7 +89,10 @@ def declared_note(report, idx) -> tuple[str, bool]:
     names = ", ".join(repr(n) for n in sorted(set(other.values())))
     one_other = len(set(other.values())) == 1 and len(other) == len(idx)
     if one_other:
-        return f"All their model cards/configs name base {names}, not {base_name!r}: the first reading.", True
+        return (
+            f"All their model cards/configs name base {names}, not {base_name!r}, which supports the first reading.",
+            True,
+        )
     return f"The model cards/configs of {', '.join(sorted(other))} name base {names}, not {base_name!r}.", False
 
 
