@@ -1,15 +1,20 @@
-"""Which interference metrics predict a merge's outcome? Evidence on the demo family.
+"""Which interference metrics, and which what-if predictions, track a merge's outcome? Evidence on a trained family.
 
-Every pair and triple of the demo fine-tunes is merged (in memory) with several methods, each merge is
+Every pair and triple of a family's fine-tunes is merged (in memory) with several methods, each merge is
 scored on the held-out texts in bits per byte, and its outcome is the *gap to its specialists*: the
 mean over its members of (merged bpb − the member's own bpb) on the member's own text (lower is better,
 0 = the merge is as good as every specialist on its task). Every metric the analysis reports, element-wise
 and spectral, for the whole model (attention + MLP matrices) and per group, is measured on the same
-member sets, and its Spearman rank correlation with the gap is printed per method and pooled.
+member sets, and its Spearman rank correlation with the gap is printed per method and pooled. The
+what-if's predictions for each plan (mergescope.merge.whatif: retained mass, merged relative norm, the
+interference it reports) are correlated with the gap the same way, and across the methods of one member
+set (does the plan it predicts to interfere less score better?).
 
     python3 scripts/metric_evidence.py [--json out.json] [--rank 64] [--methods ta0.5,ta1,ties,tsv,iso_c,iso_cts]
+    python3 scripts/metric_evidence.py --family second --dir DIR     # DIR: train_demo_family.py --family second --out DIR
 
-Takes a few minutes on 2 CPU cores. Deterministic (fixed seeds; the demo family ships with the package).
+Takes about 3 minutes on 2 CPU cores (the second family about 25). Deterministic (fixed
+seeds; the demo family ships with the package, the second is trained by scripts/train_demo_family.py).
 """
 
 from __future__ import annotations
@@ -22,7 +27,13 @@ import sys
 import time
 from pathlib import Path
 
-FINETUNES = {"code": "code", "code_b": "code", "dialog": "dialog", "prose": "prose"}  # model -> its own text
+# family -> {model: its own held-out text}; one seed-only soup ingredient per family (code_b, pkg_b)
+FAMILIES = {
+    "demo": {"code": "code", "code_b": "code", "dialog": "dialog", "prose": "prose"},
+    "second": {"pkg": "pkg", "pkg_b": "pkg", "docs": "docs", "logs": "logs"},
+}
+# The what-if's predictions over the whole model (mergescope.merge.whatif.CellPrediction)
+PREDICTIONS = ("retained", "merged_relative_norm", "conflict")
 METHODS = {
     "ta0.5": ("task_arithmetic", {"weight": 0.5}, {}),
     "ta1": ("task_arithmetic", {"weight": 1.0}, {}),
@@ -103,47 +114,101 @@ def spectral_metrics(spectral, n: int) -> dict[str, float]:
     return out
 
 
+def predictions(report, plan) -> dict[str, float]:
+    """The what-if's whole-model predictions for `plan` over `report` (no tensor read), to 6 digits: plans
+    the what-if cannot tell apart (equal weights: the same retained mass) tie instead of ranking by rounding."""
+    from mergescope.merge.whatif import from_plan
+
+    cell = from_plan(report, plan).cell(report.sites)
+    return {k: float(f"{float(getattr(cell, k)):.6g}") for k in PREDICTIONS}
+
+
+def family_paths(family: str, root: str | None) -> tuple[Path, Path]:
+    """(family dir, held-out dir): the shipped demo's, or DIR/family and DIR/heldout as the trainer writes them."""
+    if root is None:
+        if family != "demo":
+            raise SystemExit(f"--family {family} needs --dir (where train_demo_family.py --family {family} wrote it)")
+        from mergescope.demo import family_dir, heldout_dir
+
+        return family_dir(), heldout_dir()
+    fam, held = Path(root) / "family", Path(root) / "heldout"
+    missing = [str(fam / m) for m in ["base", *FAMILIES[family]] if not (fam / m).is_dir()]
+    if missing or not held.is_dir():
+        raise SystemExit(f"--dir {root}: missing {', '.join(missing) or held}; train it first")
+    return fam, held
+
+
+def plan_for(fam: Path, members, method: str, per_model: dict, top: dict):
+    from mergescope.merge.plan import Plan
+
+    return Plan.from_dict(
+        {
+            "merge_method": method,
+            "base_model": str(fam / "base"),
+            "models": [{"model": str(fam / m), **({"parameters": per_model} if per_model else {})} for m in members],
+            **({"parameters": top} if top else {}),
+            "dtype": "float32",
+        }
+    )
+
+
+def correlations(rows: list[dict], field: str, methods) -> dict[str, dict[str, float]]:
+    """Spearman rho of every number in rows[*][field] with the gap: per method, pooled, and (predictions)
+    within each member set across methods, averaged."""
+    names = sorted({k for r in rows for k in r[field]})
+    table = {}
+    for name in names:
+        table[name] = {}
+        for key in [*methods, "pooled"]:
+            sel = [r for r in rows if key == "pooled" or r["method"] == key]
+            table[name][key] = spearman([r[field][name] for r in sel], [r["gap"] for r in sel])
+        by_set: dict[tuple, list] = {}
+        for r in rows:
+            by_set.setdefault(tuple(r["members"]), []).append(r)
+        within = [spearman([r[field][name] for r in g], [r["gap"] for r in g]) for g in by_set.values()]
+        within = [x for x in within if not math.isnan(x)]  # nan: the number is the same for every method
+        table[name]["within_set"] = sum(within) / len(within) if within else float("nan")
+    return table
+
+
+def print_table(title: str, table: dict, cols) -> None:
+    print(f"\n{title}")
+    print("".ljust(34) + "".join(c.rjust(11) for c in cols))
+    for name, row in table.items():
+        print(name.ljust(34) + "".join(f"{row[c]:11.2f}" for c in cols))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", help="write every merge's scores, metrics and the correlations here")
+    ap.add_argument("--json", help="write every merge's scores, metrics, predictions and the correlations here")
     ap.add_argument("--rank", type=int, default=64, help="K of the spectral metrics (when available)")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--family", choices=sorted(FAMILIES), default="demo")
+    ap.add_argument("--dir", help="the family's root (family/ and heldout/ inside); the demo's by default")
     a = ap.parse_args(argv)
-    from mergescope.demo import family_dir, heldout_dir
     from mergescope.merge.methods import REGISTRY
-    from mergescope.merge.plan import Plan
     from mergescope.score.candidate import Scorer
     from mergescope.score.texts import load_texts
     from mergescope.stats.readiness import analyze
 
-    fam, texts = family_dir(), load_texts(heldout_dir())
-    scorer = Scorer(texts, seed=0)
-    names = list(FINETUNES)
+    finetunes = FAMILIES[a.family]
+    fam, held = family_paths(a.family, a.dir)
+    scorer = Scorer(load_texts(held), seed=0)
+    names = list(finetunes)
     methods = {k: METHODS[k] for k in a.methods.split(",") if METHODS[k][0] in REGISTRY}
     skipped = [k for k in a.methods.split(",") if k not in methods]
     t0 = time.time()
     own = {m: scorer.model(str(fam / m)) for m in names}
-    specialist = {m: own[m][FINETUNES[m]].value for m in names}
+    specialist = {m: own[m][finetunes[m]].value for m in names}
     sets = [c for r in (2, 3) for c in itertools.combinations(names, r)]
     rows = []
-    spectral_kw = {"spectral": a.rank}
     for members in sets:
-        report = analyze(str(fam / "base"), [str(fam / m) for m in members], **spectral_kw)
+        report = analyze(str(fam / "base"), [str(fam / m) for m in members], spectral=a.rank)
         metrics = metrics_for(report, len(members))
         for key, (method, per_model, top) in methods.items():
-            plan = Plan.from_dict(
-                {
-                    "merge_method": method,
-                    "base_model": str(fam / "base"),
-                    "models": [
-                        {"model": str(fam / m), **({"parameters": per_model} if per_model else {})} for m in members
-                    ],
-                    **({"parameters": top} if top else {}),
-                    "dtype": "float32",
-                }
-            )
+            plan = plan_for(fam, members, method, per_model, top)
             scores = scorer.plan(plan, label=f"{key}:{'+'.join(members)}")
-            gap = sum(scores[FINETUNES[m]].value - specialist[m] for m in members) / len(members)
+            gap = sum(scores[finetunes[m]].value - specialist[m] for m in members) / len(members)
             rows.append(
                 {
                     "members": list(members),
@@ -151,25 +216,24 @@ def main(argv=None) -> int:
                     "gap": gap,
                     "scores": {t: s.value for t, s in scores.items()},
                     "metrics": metrics,
+                    "predicted": predictions(report, plan),
                 }
             )
             print(f"{key:8s} {'+'.join(members):24s} gap {gap:+.4f} bpb", file=sys.stderr)
-    names_m = sorted({k for r in rows for k in r["metrics"]})
-    table = {}
-    for metric in names_m:
-        table[metric] = {}
-        for key in [*methods, "pooled"]:
-            sel = [r for r in rows if key == "pooled" or r["method"] == key]
-            xs = [r["metrics"][metric] for r in sel]
-            ys = [r["gap"] for r in sel]
-            table[metric][key] = spearman(xs, ys)
+    table = correlations(rows, "metrics", methods)
+    pred = correlations(rows, "predicted", methods)
     cols = [*methods, "pooled"]
-    print(
-        f"\nSpearman rho of each metric with the gap to the specialists ({len(sets)} member sets, {time.time() - t0:.0f} s)"
+    print_table(
+        f"Spearman rho of each metric with the gap to the specialists ({a.family} family, {len(sets)} member sets, "
+        f"{time.time() - t0:.0f} s)",
+        table,
+        cols,
     )
-    print("metric".ljust(34) + "".join(c.rjust(9) for c in cols))
-    for metric in names_m:
-        print(metric.ljust(34) + "".join(f"{table[metric][c]:9.2f}" for c in cols))
+    print_table(
+        "Spearman rho of the what-if's predictions with the gap (within_set: across the methods of one member set)",
+        pred,
+        [*cols, "within_set"],
+    )
     best = {k: min(r["gap"] for r in rows if r["method"] == k) for k in methods}
     mean = {k: sum(r["gap"] for r in rows if r["method"] == k) / len(sets) for k in methods}
     print("\nmethod    mean gap   best gap  (bits per byte; lower is better)")
@@ -178,7 +242,8 @@ def main(argv=None) -> int:
     if skipped:
         print(f"(not registered, skipped: {', '.join(skipped)})")
     if a.json:
-        Path(a.json).write_text(json.dumps({"rows": rows, "spearman": table, "mean_gap": mean}, indent=1))
+        out = {"family": a.family, "rows": rows, "spearman": table, "predictions": pred, "mean_gap": mean}
+        Path(a.json).write_text(json.dumps(out, indent=1))
     return 0
 
 

@@ -243,3 +243,23 @@ def test_a_model_outside_the_merged_subspace_gets_a_finding(tmp_path):
     assert sar.sar(1) < SAR_NOTE <= sar.sar(0)
     (f,) = [f for f in rep.findings if f.code == "low-subspace-alignment"]
     assert f.model == rep.models[1] and "SAR" in f.message
+
+
+def test_a_capped_sar_gives_no_alignment_verdict():
+    """On the demo fine-tunes at K = 8, 95 % of the summed task vector needs more than 8 directions in every
+    matrix: the SAR measures the cap, so no model is called misaligned; at K = 64 nothing is capped and the
+    calibrated rule speaks."""
+    from mergescope.demo import family_dir
+    from mergescope.stats.readiness import analyze
+
+    fam = family_dir()
+    models = [str(fam / m) for m in ("code", "prose", "dialog")]
+    capped = analyze(str(fam / "base"), models, spectral=8)
+    assert capped.spectral.whole().sar_capped == 1.0
+    found = {f.code: f for f in capped.findings}
+    assert "low-subspace-alignment" not in found
+    assert found["sar-capped"].severity == "info" and "K = 8" in found["sar-capped"].message
+    full = analyze(str(fam / "base"), models, spectral=64)
+    assert full.spectral.whole().sar_capped == 0.0
+    codes = [f.code for f in full.findings]
+    assert "sar-capped" not in codes and codes.count("low-subspace-alignment") == 3

@@ -21,7 +21,7 @@ from tinylm import (
     tokenizer_json,
 )
 
-from mergescope.demo import DEMO_MODELS, SOUP_MODELS
+from mergescope.demo import DEMO_MODELS, SIBLING_BASE, SIBLING_MODELS, SOUP_MODELS
 from mergescope.io.checkpoint import open_checkpoint
 from mergescope.score.backends import score_models
 from mergescope.score.model import Model
@@ -29,7 +29,21 @@ from mergescope.score.texts import load_texts
 
 DEMO = Path(__file__).resolve().parents[1] / "analysis" / "demo"
 FAMILY = DEMO / "family"
-MEMBERS = ["base", "code", "prose", "dialog", "overtrained", "other_base", "other_ft", "code_b", "code_c"]
+MEMBERS = [
+    "base",
+    "code",
+    "prose",
+    "dialog",
+    "overtrained",
+    "other_base",
+    "other_ft",
+    "code_b",
+    "code_c",
+    "sibling_base",
+    "sib_code",
+    "sib_prose",
+    "sib_dialog",
+]
 PARENT = {
     "code": "base",
     "prose": "base",
@@ -38,6 +52,10 @@ PARENT = {
     "other_ft": "other_base",
     "code_b": "base",
     "code_c": "base",
+    "sibling_base": "base",
+    "sib_code": "sibling_base",
+    "sib_prose": "sibling_base",
+    "sib_dialog": "sibling_base",
 }
 DOMAINS = ["code", "prose", "dialog"]
 
@@ -103,7 +121,7 @@ def test_family_files_and_config():
         assert ck.config["_name_or_path"] == f"mergescope-demo/{m}"
         ck.close()
         total += sum(p.stat().st_size for p in d.iterdir())
-    assert total <= 5_000_000
+    assert total <= 6_500_000
     held = load_texts(DEMO / "heldout")
     assert sorted(held) == sorted(DOMAINS)
     assert all(8_000 <= len(t) <= 40_000 for t in held.values())
@@ -169,6 +187,17 @@ def test_soup_ingredients_are_finetunes_of_base_that_beat_it_on_code(heldout):
         assert v < 1.02 * min(single.values()), f"{m}: {v:.4f} is far from the best ingredient"
     # The point of the ingredients: their uniform soup is at least as good as the best of them.
     assert res["soup"]["code"].value <= min(single.values()), (res["soup"]["code"].value, single)
+
+
+def test_sibling_base_is_a_small_offset_of_base():
+    assert set(SIBLING_MODELS) <= set(MEMBERS) and not set(SIBLING_MODELS) & set(DEMO_MODELS)
+    cks = [open_checkpoint(FAMILY / m) for m in ("base", SIBLING_BASE)]
+    base, sib = ({n: ck.get(n).float() for n in ck.names()} for ck in cks)
+    for ck in cks:
+        ck.close()
+    diff = sum(float(((sib[n] - base[n]) ** 2).sum()) for n in base)
+    rel = (diff / sum(float((v**2).sum()) for v in base.values())) ** 0.5
+    assert 0.02 < rel < 0.08, f"sibling_base differs from base by {rel:.3f} of its norm: not a sibling"
 
 
 def test_save_model_round_trip(tmp_path, models):

@@ -115,6 +115,7 @@ def _from_cache(key: str) -> Report | None:
     except (KeyError, TypeError, ValueError, IndexError, AttributeError):
         return None
     report.structure["from_cache"] = True
+    report.findings = findings_for(report)  # the rules of this version, not those the entry was judged by
     return report
 
 
