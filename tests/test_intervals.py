@@ -60,13 +60,14 @@ def test_one_model_under_two_names_never_differs(scored):
     assert false == 0
 
 
-def test_false_difference_rate_is_nominal_when_two_models_are_equally_good():
+@pytest.mark.parametrize("n", [20, 60])
+def test_false_difference_rate_is_nominal_when_two_models_are_equally_good(n):
     """Two models whose per-unit losses come from one distribution (no real difference): the paired 95 %
-    interval excludes 0 in about 5 % of texts, not far more (overconfident) nor near 0 % (useless)."""
+    interval excludes 0 in about 5 % of texts, not far more (overconfident) nor near 0 % (useless), also
+    with the few passages of a report split."""
     rng = np.random.default_rng(1)
     false, trials = 0, 400
     for t in range(trials):
-        n = 60
         den = rng.integers(80, 400, n).astype(float)
         shared = rng.gamma(4.0, 0.5, n)  # how hard each passage is, for both models
         num_a = (shared + rng.normal(0, 0.3, n)).clip(0.05) * den
@@ -76,7 +77,7 @@ def test_false_difference_rate_is_nominal_when_two_models_are_equally_good():
         b = Score(num_b.sum() / den.sum(), False, 1.0, n, int(den.sum()), None, tuple(num_b), tuple(den), starts)
         false += paired(a, b, seed=t, n_boot=1000).excludes_zero
     rate = false / trials
-    assert 0.015 <= rate <= 0.09, rate
+    assert 0.02 <= rate <= 0.075, rate
 
 
 def test_a_real_difference_is_found_and_named(scored):

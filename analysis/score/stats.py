@@ -1,8 +1,10 @@
 """Uncertainty of scores: bootstrap intervals over a text's units, paired when two models read one text.
 
 A score's value is a ratio of sums over the text's units (bits over bytes). Its interval resamples the
-units with replacement (`N_BOOT` times, seeded: the same inputs give the same interval) and takes the
-percentiles. Two models scored on the same text are compared unit by unit with the same resamples (a
+units with replacement (`N_BOOT` times, seeded: the same inputs give the same interval) for the standard
+error, and spans ± t(n − 1) standard errors (scaled by √(n/(n−1)) for the resampling's bias): with the
+few passages of a report split, percentile intervals come out too narrow (in simulation, 8.5 % false
+differences at 20 passages and 5.1 % at 60; this way 5.9 % and 5.3 %; tests/test_intervals.py). Two models scored on the same text are compared unit by unit with the same resamples (a
 paired bootstrap): what is shared — which passages are hard — cancels, so a real difference shows long
 before the two separate intervals stop overlapping. Several texts are resampled independently and
 reduced by the objective in each resample. A difference whose interval contains 0 is within noise.
@@ -78,12 +80,34 @@ def _resampleable(s: Score) -> bool:
     return len(s.unit_num) >= 2 and sum(1 for d in s.unit_den if d > 0) >= 2
 
 
-def _pct(values, value: float, level: float) -> Interval:
+def _t(level: float, df: int) -> float:
+    """Student's t quantile (Hill's expansion of the normal one: within 1 % from 3 degrees of freedom,
+    1e-3 from 10)."""
+    z = _z(level)
+    if df <= 0:
+        return math.inf
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+    )
+
+
+def _pct(values, value: float, level: float, n: int) -> Interval:
+    """value ± t(n − 1) · the resamples' standard deviation · √(n / (n − 1))."""
     import numpy as np
 
     v = values[np.isfinite(values)]
-    lo, hi = np.percentile(v, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    return Interval(value, float(lo), float(hi))
+    if n < 2 or len(v) < 2:
+        return Interval(value, value, value)
+    h = _t(level, n - 1) * float(np.std(v, ddof=1)) * math.sqrt(n / (n - 1))
+    return Interval(value, value - h, value + h)
+
+
+def _n(scores) -> int:
+    """Units behind an interval: the fewest of any text's (the conservative degrees of freedom)."""
+    return min(sum(1 for d in s.unit_den if d > 0) for s in scores)
 
 
 def interval(score: Score, level: float = LEVEL, n_boot: int = N_BOOT, seed: int = SEED) -> Interval | None:
@@ -92,7 +116,7 @@ def interval(score: Score, level: float = LEVEL, n_boot: int = N_BOOT, seed: int
 
     if _resampleable(score):
         vals, _ = _boot({"t": score}, np.random.default_rng(seed), n_boot)
-        return _pct(vals["t"], score.value, level)
+        return _pct(vals["t"], score.value, level, _n([score]))
     if score.stderr is not None:
         h = _z(level) * score.stderr
         return Interval(score.value, score.value - h, score.value + h)
@@ -113,7 +137,7 @@ def reduced(
     value = float(reduce({t: s.value for t, s in row.items()}))
     if row and all(_resampleable(s) for s in row.values()):
         vals, _ = _boot(row, np.random.default_rng(seed), n_boot)
-        return _pct(np.asarray(reduce(vals), dtype=np.float64), value, level)
+        return _pct(np.asarray(reduce(vals), dtype=np.float64), value, level, _n(row.values()))
     if row and all(s.stderr is not None for s in row.values()):
         return _linear_stderr(row, None, reduce, value, level)
     return None
@@ -137,7 +161,8 @@ def reduced_diff(
     value = float(reduce({t: a[t].value for t in texts})) - float(reduce({t: b[t].value for t in texts}))
     if all(_resampleable(a[t]) and a[t].unit_starts == b[t].unit_starts for t in texts):
         va, vb = _boot(a, np.random.default_rng(seed), n_boot, b)
-        return _pct(np.asarray(reduce(va), dtype=np.float64) - np.asarray(reduce(vb), dtype=np.float64), value, level)
+        diffs = np.asarray(reduce(va), dtype=np.float64) - np.asarray(reduce(vb), dtype=np.float64)
+        return _pct(diffs, value, level, _n(a.values()))
     if all(a[t].stderr is not None and b[t].stderr is not None for t in texts):
         return _linear_stderr(a, b, reduce, value, level)
     return None

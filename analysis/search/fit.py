@@ -141,7 +141,10 @@ class Problem:
             raise InputError(f"fit and sensitivity run the built-in Llama-family forward: {exc}") from None
         self.plan, self.space, self.form, self.device = plan, space, form, device
         tok = tokenizer_for(form.tokenizer_dir, form.config, plan.config_donor() or "the plan's base")
-        self.windows = {t: text_windows(t, d, tok, self.shape.max_positions) for t, d in texts.items()}
+        from mergescope.score.windows import window_budget
+
+        window, _ = window_budget(form.config, self.shape.max_positions)  # the scorer's default window
+        self.windows = {t: text_windows(t, d, tok, window) for t, d in texts.items()}
         dims = [d for d in space.dims if d.param == "weight"]
         self.tied = granularity == "model"
         if self.tied:

@@ -1,6 +1,6 @@
 """Measure the explorer's responsiveness on a real model set (headless, Textual's pilot).
 
-    python -m bench_tui BASE MODEL [MODEL ...] [--size 120x40] [--presses 100]
+    python3 tests/benchmarks/bench_tui.py BASE MODEL [MODEL ...] [--size 120x40] [--presses 100]
 
 Reports: time from app start to the first painted report (warm cache: run it twice), the heatmap's
 key-to-frame time per cursor move (the full compositor pass, without terminal I/O) and the cost of

@@ -124,7 +124,7 @@ def soup_and_sweep(con) -> tuple[object, object]:
             {chosen: with_value(plan, param, v), "weight 0.7": plan}, chosen, "weight 0.7", rep, MEAN, split
         )
     print_sweep(con, result)
-    con.print(text_figure(lambda plt: draw_sweep(plt, result), min(con.width, 90), 16), highlight=False, markup=False)
+    con.print(text_figure(lambda plt: draw_sweep(plt, result), min(con.width, 90), 24), highlight=False, markup=False)
     print_outcome(con, sweep_out)
     result.outcome = sweep_out
     return soup, result

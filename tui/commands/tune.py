@@ -9,6 +9,7 @@ one --storage postgresql://... URL share it.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from mergescope.tui.commands import outputs
@@ -157,7 +158,7 @@ def run(args) -> int:
         elif rec.state == "pruned":
             con.print(f"  trial {rec.number}: pruned (first quarter {rec.first_slice:.4f})", highlight=False)
 
-    with cli_progress("tune", unit="trials") as progress:
+    with cli_progress("tune", unit="trials") as progress, _first_ctrl_c_stops() as stop:
         result = tune(
             space,
             sel,
@@ -167,6 +168,7 @@ def run(args) -> int:
             prune=not args.no_prune,
             progress=progress,
             log=show,
+            should_stop=stop.is_set,
         )
     print_trials(con, result, space)
     if not args.no_plot and result.ranked():
@@ -208,6 +210,30 @@ def run(args) -> int:
         )
         return 130
     return 0
+
+
+@contextmanager
+def _first_ctrl_c_stops():
+    """Ctrl-C sets a flag the search polls (between trials and inside each merge and score), so the stop
+    is clean wherever it lands (a KeyboardInterrupt raised inside a garbage-collection callback is lost);
+    a second Ctrl-C interrupts at once."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main else None
+    try:
+        yield stop
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
 
 
 def print_trials(con, result, space, top: int = 8) -> None:
