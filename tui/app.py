@@ -178,7 +178,7 @@ class MergeScopeApp(PlanFiles, MergeJobs, RemeasureJobs, SpectralJobs, TuneJobs,
     def on_progress(self, message: Progress) -> None:
         try:
             self.main.query_one(JobProgress).update_progress(
-                message.done, message.total, message.label, message.elapsed
+                message.done, message.total, message.label, message.elapsed, rate=message.rate
             )
         except LookupError:
             pass

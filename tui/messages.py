@@ -10,15 +10,17 @@ from textual.message import Message
 
 
 class Progress(Message):
-    """Progress of a long job (`kind`: "analysis", "spectral" or "merge")."""
+    """Progress of a long job (`kind`: "analysis", "spectral", "merge", "evaluate", ...); `rate`: whether a
+    rate per second means something (bytes, tokens), or the count is of phases."""
 
-    def __init__(self, kind: str, done: int, total: int, label: str, elapsed: float) -> None:
+    def __init__(self, kind: str, done: float, total: int, label: str, elapsed: float, rate: bool = True) -> None:
         super().__init__()
         self.kind = kind
         self.done = done
         self.total = total
         self.label = label
         self.elapsed = elapsed
+        self.rate = rate
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, Progress) and message.kind == self.kind
@@ -58,17 +60,6 @@ class WhatIfReady(Message):
         self.preds = preds
         self.whatif = whatif
         self.generation = generation
-
-
-class EvalProgress(Message):
-    """Progress of an Evaluate job over its phases (merges and scores), not in bytes."""
-
-    def __init__(self, done: float, total: int, label: str, elapsed: float) -> None:
-        super().__init__()
-        self.done, self.total, self.label, self.elapsed = done, total, label, elapsed
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, EvalProgress)
 
 
 class EvalPartial(Message):

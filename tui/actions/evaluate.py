@@ -16,7 +16,7 @@ from textual import work
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from mergescope.io.progress import Cancelled
-from mergescope.tui.messages import EvalDone, EvalPartial, EvalProgress
+from mergescope.tui.messages import EvalDone, EvalPartial, Progress
 from mergescope.tui.state.evaluation import EvalEntry, make_job
 from mergescope.tui.widgets.eval_view import EvalView
 from mergescope.tui.widgets.progress import JobProgress
@@ -70,7 +70,7 @@ class EvalJobs:
         t0 = time.perf_counter()
 
         def post(done: float, total: int, label: str) -> None:
-            self.post_message(EvalProgress(done, total, label, time.perf_counter() - t0))
+            self.post_message(Progress("evaluate", done, total, label, time.perf_counter() - t0, rate=False))
 
         def partial(result) -> None:
             if not worker.is_cancelled:
@@ -82,11 +82,6 @@ class EvalJobs:
             return
         if not worker.is_cancelled:
             self.post_message(EvalDone(job, result, time.perf_counter() - t0))
-
-    def on_eval_progress(self, message: EvalProgress) -> None:
-        if self._has_main():
-            bar = self.main.query_one(JobProgress)
-            bar.update_progress(message.done, message.total, message.label, message.elapsed, rate=False)
 
     def on_eval_partial(self, message: EvalPartial) -> None:
         if self._has_main():
