@@ -322,20 +322,30 @@ def fit(
 
 
 def best_global(problem: Problem, objective: Objective, names, should_stop=None) -> tuple[float, float]:
-    """The one weight for every model and cell that scores best on the selection split (the fit's
-    texts and its held-out part), over the weight's range in steps of GLOBAL_STEP."""
+    """The one weight for every model and cell that scores best on the selection split (the fit's texts
+    and its held-out part): a grid over the weight's range in steps of 2 × GLOBAL_STEP, then the two
+    points beside the best (the objective of one weight is smooth and has one minimum in practice)."""
     import torch
 
     lo, hi = max(problem.low), min(problem.high)
-    grid = [round(lo + i * GLOBAL_STEP, 6) for i in range(int((hi - lo) / GLOBAL_STEP + 1e-9) + 1)]
     texts = sorted({n.split(":", 1)[1] for n in names})
-    best = (math.inf, grid[0])
-    for g in grid:
-        vals = problem.losses(torch.full((len(problem.names),), float(g)), names, should_stop)
-        per = {t: _whole(problem, vals, t) for t in texts}
-        loss = float(objective.reduce(per))
-        best = min(best, (loss, g))
-    return best[1], best[0]
+    seen: dict[float, float] = {}
+
+    def loss(g: float) -> float:
+        g = round(min(max(g, lo), hi), 6)
+        if g not in seen:
+            vals = problem.losses(torch.full((len(problem.names),), float(g)), names, should_stop)
+            seen[g] = float(objective.reduce({t: _whole(problem, vals, t) for t in texts}))
+        return seen[g]
+
+    step = 2 * GLOBAL_STEP
+    for i in range(int((hi - lo) / step + 1e-9) + 1):
+        loss(lo + i * step)
+    best = min(seen, key=seen.get)
+    loss(best - GLOBAL_STEP)
+    loss(best + GLOBAL_STEP)
+    best = min(seen, key=seen.get)
+    return best, seen[best]
 
 
 def _whole(problem: Problem, vals: Mapping[str, float], text: str) -> float:
