@@ -4,6 +4,7 @@
     python tests/benchmarks/bench.py --size 3b --repeat 1
     python tests/benchmarks/bench.py --tasks ties --no-analyze --no-compare
     git archive REV | tar -x -C /tmp/before && python tests/benchmarks/bench.py --baseline /tmp/before
+    python tests/benchmarks/bench.py --size 100m --baseline-python OLD_VENV/bin/python --eval   # an installed older version
 
 Every measured command runs in its own child process under `/usr/bin/time -v` (peak RSS = its
 "Maximum resident set size"), with a warm page cache (all input files are read once first), and the
@@ -110,10 +111,15 @@ def run(args) -> int:
     if args.threads:
         env["MERGESCOPE_THREADS"] = str(args.threads)
     ms = [sys.executable, "-m", "mergescope.tui.cli"]
+    base_ms = ms
     base_env = None
     if args.baseline:  # an older checkout of mergescope, run the same way (e.g. `git archive REV | tar -x -C DIR`)
         base_env = dict(env, PYTHONPATH=str(Path(args.baseline).resolve()))
         base_env.pop("MERGESCOPE_THREADS", None)
+    elif args.baseline_python:  # an older mergescope installed in another virtualenv
+        base_env = dict(env)
+        base_env.pop("MERGESCOPE_THREADS", None)
+        base_ms = [str(args.baseline_python), "-m", "mergescope.tui.cli"]
     mk_tasks = args.mergekit_tasks if args.mergekit_tasks is not None else args.tasks
 
     cases: list[tuple[str, str, list[str], Path | None, dict]] = []  # (task, tool, cmd, output dir, env)
@@ -124,7 +130,7 @@ def run(args) -> int:
                 (
                     "analyze",
                     "mergescope-before",
-                    [*ms, *an, "--json", str(work / "analyze-before.json")],
+                    [*base_ms, *an, "--json", str(work / "analyze-before.json")],
                     None,
                     base_env,
                 )
@@ -138,9 +144,20 @@ def run(args) -> int:
             cases.append((task, "mergekit", mergekit_cmd(cfg, out), out, env))
         if base_env is not None:
             out = work / f"out-{task}-baseline"
-            cases.append((task, "mergescope-before", [*ms, "merge", str(cfg), str(out), "--quiet"], out, base_env))
+            cases.append((task, "mergescope-before", [*base_ms, "merge", str(cfg), str(out), "--quiet"], out, base_env))
         out = work / f"out-{task}-mergescope"
         cases.append((task, "mergescope", [*ms, "merge", str(cfg), str(out), "--quiet"], out, env))
+
+    if args.eval:  # scoring the base on 16 kB of text (the demo's held-out code, byte-level tokens)
+        text = REPO / "analysis" / "demo" / "heldout" / "code.txt"
+        if not (paths[0] / "tokenizer.json").is_file():
+            shutil.copyfile(
+                REPO / "analysis" / "demo" / "family" / "base" / "tokenizer.json", paths[0] / "tokenizer.json"
+            )
+        ev = ["eval", str(paths[0]), "--text", str(text), "--max-bytes", "16000", "--context", "512"]
+        if base_env is not None:
+            cases.append(("eval", "mergescope-before", [*base_ms, *ev], None, base_env))
+        cases.append(("eval", "mergescope", [*ms, *ev], None, env))
 
     in_bytes = warm(paths)
     print(
@@ -274,6 +291,8 @@ def main(argv=None) -> int:
         help="run mergekit only for these tasks (default: all of --tasks)",
     )
     ap.add_argument("--baseline", type=Path, help="also time an older mergescope checkout in DIR (analysis and merges)")
+    ap.add_argument("--baseline-python", type=Path, help="also time the mergescope installed for this Python")
+    ap.add_argument("--eval", action="store_true", help="also time `mergescope eval` of the base on 16 kB of text")
     ap.add_argument("--no-analyze", action="store_true")
     ap.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--keep", action="store_true", help="keep the outputs")
