@@ -217,3 +217,27 @@ def test_demo_headless_output_replaces_only_earlier_demo_merges(tmp_path):
     (mine / "notes.txt").write_text("mine")
     print(refused(cli("demo", "--headless", "--output", tmp_path), "did not write it (it holds notes.txt)"))
     assert (mine / "notes.txt").read_text() == "mine" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_the_apps_export_never_writes_into_a_model_and_may_resave_its_own_plan(tmp_path):
+    from mergescope.demo import family_dir
+    from mergescope.merge.plan import Plan
+    from mergescope.tui.state.session import Session
+
+    fam = family_dir()
+    path = tmp_path / "plan.yml"
+    plan = Plan.from_dict(
+        {
+            "merge_method": "task_arithmetic",
+            "base_model": str(fam / "base"),
+            "models": [{"model": str(fam / "code"), "parameters": {"weight": 0.5}}],
+        }
+    )
+    path.write_text(plan.to_yaml(at=path))
+    session = Session.__new__(Session)
+    session.last_export, session.plan_state = None, None
+    assert session.export(Plan.load(path), str(path)) == path  # saving the plan it opened
+    before = sorted(p.name for p in (fam / "code").iterdir())
+    with pytest.raises(InputError, match="inside the input folder"):
+        session.export(Plan.load(path), str(fam / "code" / "plan.yml"))
+    assert sorted(p.name for p in (fam / "code").iterdir()) == before

@@ -146,14 +146,19 @@ class Session:
         return self.last_export or (st.source if st and st.source else str(Path.cwd() / "merge_plan.yaml"))
 
     def export(self, plan, path: str) -> Path:
-        """Write `plan` to `path` (a directory gets merge_plan.yaml); InputError when it cannot be written."""
+        """Write `plan` to `path` (a directory gets merge_plan.yaml); InputError when it cannot be written or
+        would land on or in one of the plan's models (io.guard; the path was chosen, so a file there is
+        replaced)."""
         from mergescope.io.errors import InputError
+        from mergescope.io.guard import Write, check_io
+        from mergescope.merge.run import plan_reads
 
         try:
             target = Path(os.path.expanduser(path))
             if target.is_dir():
                 target = target / "merge_plan.yaml"
             target.parent.mkdir(parents=True, exist_ok=True)
+            check_io(plan_reads(plan), [Write(target, "export", plan=True)], force=True)
             plan.dump(target)
         except OSError as exc:
             raise InputError(f"{path}: cannot write ({exc.strerror}); pick a writable path") from None
