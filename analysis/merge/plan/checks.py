@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from mergescope.merge.methods.base import BaseUse
 from mergescope.merge.plan import refs
 from mergescope.merge.plan.resolve import base_is_input, model_inputs, shared_settings, slice_base
+from mergescope.merge.plan.settings import check_setting_values, did_you_mean
 
 
 def check_inputs(plan, method) -> None:
@@ -97,3 +98,75 @@ def check_required(plan, method) -> None:
                     "parameters",
                     f"no `{spec.name}`; {method.name} needs it: add `{spec.name}: ...` to the top-level parameters",
                 )
+
+
+def param_sites(plan) -> Iterator[tuple[str, dict, str]]:
+    """(key path, params dict, scope) for every parameters block; scope is 'model' or 'shared'."""
+    kp = plan.key_prefix
+    if plan.parameters is not None and plan.module_name is None:
+        yield "parameters", plan.parameters, "shared"
+    if plan.module_parameters is not None:
+        yield f"{kp}parameters", plan.module_parameters, "shared"
+    for i, m in enumerate(plan.models or []):
+        if m.parameters is not None:
+            yield f"{kp}models[{i}].parameters", m.parameters, "model"
+    for i, s in enumerate(plan.slices or []):
+        if s.parameters is not None:
+            yield f"{kp}slices[{i}].parameters", s.parameters, "shared"
+        for j, src in enumerate(s.sources):
+            if src.parameters is not None:
+                yield f"{kp}slices[{i}].sources[{j}].parameters", src.parameters, "model"
+    for view in plan.module_views():
+        yield from param_sites(view)
+
+
+def check_parameters(plan, method) -> None:
+    """Every parameters block: known names (with a did-you-mean), scopes and values."""
+    names = [p.name for p in method.params]
+    known = known_parameters()
+    for path, params, scope in param_sites(plan):
+        for pname, setting in params.items():
+            spec = method.param(pname)
+            if spec is None and pname in known:
+                continue  # another method's parameter: ignored, as mergekit (see `unused_settings`)
+            if spec is None:
+                hint = did_you_mean(pname, names) or did_you_mean(pname, sorted(known))
+                plan.fail(
+                    f"{path}.{pname}",
+                    f"unknown parameter for {method.name}; {hint + ' ' if hint else ''}"
+                    f"{method.name} takes: {', '.join(names) or 'no parameters'}",
+                )
+            if scope == "model" and not spec.per_model:
+                continue  # mergekit ignores a global parameter in a model's parameters
+            check_setting_values(setting, spec, f"{path}.{pname}", plan.fail)
+
+
+def unused_settings(plan) -> list[tuple[str, str]]:
+    """(key path, why) of every key the plan sets that the merge does not use (mergekit ignores
+    them too): another method's parameters, a global parameter in a model's parameters, and keys
+    mergekit accepts but never reads. The pre-merge checks report them as warnings."""
+    method = plan.method()
+    names = ", ".join(p.name for p in method.params) or "no parameters"
+    out = list(plan.ignored)
+    for path, params, scope in param_sites(plan):
+        for pname in params:
+            spec = method.param(pname)
+            if spec is None:
+                out.append((f"{path}.{pname}", f"`{pname}` is ignored by {method.name} (it takes: {names})"))
+            elif scope == "model" and not spec.per_model:
+                out.append(
+                    (
+                        f"{path}.{pname}",
+                        f"`{pname}` is a global parameter of {method.name}, ignored in a model's parameters "
+                        "(as mergekit); move it to the top-level `parameters:`",
+                    )
+                )
+    return out
+
+
+def known_parameters() -> set[str]:
+    """Every parameter name some mergekit method takes (mergekit's vocabulary of parameters; the
+    extensions' own names stay errors elsewhere)."""
+    from mergescope.merge.methods import REGISTRY
+
+    return {p.name for m in REGISTRY.values() if not m.extension for p in m.params}

@@ -243,3 +243,31 @@ def parse(d: Any, source: str | None = None) -> dict:
         chat_template=template,
         ignored=ignored,
     )
+
+
+def inputs_dict(models, slices) -> dict:
+    """The `models:` or `slices:` part of a plan as its YAML writes it (the inverse of the parsing above)."""
+    d: dict[str, Any] = {}
+    if models is not None:
+        d["models"] = [with_params({"model": m.model}, m.parameters) for m in models]
+    if slices is not None:
+        d["slices"] = []
+        for s in slices:
+            srcs = [
+                with_params(
+                    {"model": src.model, "layer_range": [int(src.layer_range[0]), int(src.layer_range[1])]},
+                    src.parameters,
+                )
+                for src in s.sources
+            ]
+            entry = {"sources": srcs, **({"base_model": s.base_model} if s.base_model else {})}
+            if s.residual_weight is not None:
+                entry["residual_weight"] = s.residual_weight
+            d["slices"].append(with_params(entry, s.parameters))
+    return d
+
+
+def with_params(entry: dict, parameters: dict | None) -> dict:
+    if parameters is not None:
+        entry["parameters"] = copy.deepcopy(parameters)
+    return entry

@@ -31,10 +31,11 @@ from mergescope.merge.plan.parse import (  # noqa: F401  (re-exported)
     ModuleDef,
     OutputSlice,
     SliceSource,
+    inputs_dict,
     parse,
+    with_params,
 )
 from mergescope.merge.plan.settings import (
-    check_setting_values,
     did_you_mean,
     fmt_path,
     is_number,
@@ -132,10 +133,10 @@ class Plan:
         d: dict[str, Any] = {"merge_method": self.merge_method}
         if self.base_model is not None:
             d["base_model"] = self.base_model
-        d.update(_inputs_dict(self.models, self.slices))
+        d.update(inputs_dict(self.models, self.slices))
         if self.modules is not None:
             d["modules"] = {
-                name: _with_params(_inputs_dict(m.models, m.slices), m.parameters) for name, m in self.modules.items()
+                name: with_params(inputs_dict(m.models, m.slices), m.parameters) for name, m in self.modules.items()
             }
         if self.parameters is not None:
             d["parameters"] = copy.deepcopy(self.parameters)
@@ -263,48 +264,13 @@ class Plan:
         ones, key paths under `modules.NAME.`), in the order written; [] for other plans."""
         return modules.views(self)
 
-    def _param_sites(self) -> Iterator[tuple[str, dict, str]]:
-        """(key path, params dict, scope) for every parameters block; scope is 'model' or 'shared'."""
-        kp = self.key_prefix
-        if self.parameters is not None and self.module_name is None:
-            yield "parameters", self.parameters, "shared"
-        if self.module_parameters is not None:
-            yield f"{kp}parameters", self.module_parameters, "shared"
-        for i, m in enumerate(self.models or []):
-            if m.parameters is not None:
-                yield f"{kp}models[{i}].parameters", m.parameters, "model"
-        for i, s in enumerate(self.slices or []):
-            if s.parameters is not None:
-                yield f"{kp}slices[{i}].parameters", s.parameters, "shared"
-            for j, src in enumerate(s.sources):
-                if src.parameters is not None:
-                    yield f"{kp}slices[{i}].sources[{j}].parameters", src.parameters, "model"
-        for view in self.module_views():
-            yield from view._param_sites()
-
     def validate(self, open_models: bool = False, check_paths: bool = True) -> None:
         """Method-aware checks before any tensor is read: parameters (names, scopes, values), method
         name, model counts, base, required parameters, and (`check_paths`) that model paths exist.
         With `open_models`, also checkpoint headers, layer ranges, missing tensors, shapes and every
         tensor's parameters (reads headers only, never tensor data)."""
         method = self.method()
-        names = [p.name for p in method.params]
-        known = _known_parameters()
-        for path, params, scope in self._param_sites():
-            for pname, setting in params.items():
-                spec = method.param(pname)
-                if spec is None and pname in known:
-                    continue  # another method's parameter: ignored, as mergekit (see `unused_settings`)
-                if spec is None:
-                    hint = did_you_mean(pname, names) or did_you_mean(pname, sorted(known))
-                    self.fail(
-                        f"{path}.{pname}",
-                        f"unknown parameter for {method.name}; {hint + ' ' if hint else ''}"
-                        f"{method.name} takes: {', '.join(names) or 'no parameters'}",
-                    )
-                if scope == "model" and not spec.per_model:
-                    continue  # mergekit ignores a global parameter in a model's parameters
-                check_setting_values(setting, spec, f"{path}.{pname}", self.fail)
+        checks.check_parameters(self, method)
         for key in ("dtype", "out_dtype"):
             v = getattr(self, key)
             if v is not None and plan_dtype(v) is None:
@@ -332,26 +298,8 @@ class Plan:
                 refs.close_all(cks)
 
     def unused_settings(self) -> list[tuple[str, str]]:
-        """(key path, why) of every key the plan sets that the merge does not use (mergekit ignores
-        them too): another method's parameters, a global parameter in a model's parameters, and keys
-        mergekit accepts but never reads. The pre-merge checks report them as warnings."""
-        method = self.method()
-        names = ", ".join(p.name for p in method.params) or "no parameters"
-        out = list(self.ignored)
-        for path, params, scope in self._param_sites():
-            for pname in params:
-                spec = method.param(pname)
-                if spec is None:
-                    out.append((f"{path}.{pname}", f"`{pname}` is ignored by {method.name} (it takes: {names})"))
-                elif scope == "model" and not spec.per_model:
-                    out.append(
-                        (
-                            f"{path}.{pname}",
-                            f"`{pname}` is a global parameter of {method.name}, ignored in a model's parameters "
-                            "(as mergekit); move it to the top-level `parameters:`",
-                        )
-                    )
-        return out
+        """(key path, why) of every key the plan sets that the merge does not use (checks.py)."""
+        return checks.unused_settings(self)
 
     # ------------------------------------------------------------------ models on disk (refs)
     def model_path(self, ref: str) -> Path:
@@ -431,38 +379,3 @@ class Plan:
 
     def compute_dtype(self):
         return torch_dtype(self.dtype) if self.dtype else None
-
-
-def _known_parameters() -> set[str]:
-    """Every parameter name some mergekit method takes (mergekit's vocabulary of parameters; the
-    extensions' own names stay errors elsewhere)."""
-    from mergescope.merge.methods import REGISTRY
-
-    return {p.name for m in REGISTRY.values() if not m.extension for p in m.params}
-
-
-def _inputs_dict(models, slices) -> dict:
-    d: dict[str, Any] = {}
-    if models is not None:
-        d["models"] = [_with_params({"model": m.model}, m.parameters) for m in models]
-    if slices is not None:
-        d["slices"] = []
-        for s in slices:
-            srcs = [
-                _with_params(
-                    {"model": src.model, "layer_range": [int(src.layer_range[0]), int(src.layer_range[1])]},
-                    src.parameters,
-                )
-                for src in s.sources
-            ]
-            entry = {"sources": srcs, **({"base_model": s.base_model} if s.base_model else {})}
-            if s.residual_weight is not None:
-                entry["residual_weight"] = s.residual_weight
-            d["slices"].append(_with_params(entry, s.parameters))
-    return d
-
-
-def _with_params(entry: dict, parameters: dict | None) -> dict:
-    if parameters is not None:
-        entry["parameters"] = copy.deepcopy(parameters)
-    return entry
