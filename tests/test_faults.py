@@ -82,7 +82,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(fam, tmp_path, monkeypatch, 
     import mergescope.merge.output.shards as shards
 
     calls = {"n": 0}
-    real = shards._write_tensor
+    real = shards.write_tensor
 
     def write(fh, t):
         calls["n"] += 1
@@ -90,7 +90,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(fam, tmp_path, monkeypatch, 
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fh, t)
 
-    monkeypatch.setattr(shards, "_write_tensor", write)
+    monkeypatch.setattr(shards, "write_tensor", write)
     out = tmp_path / "out"
     assert main(["merge", str(_plan(root, base, fts)), str(out), "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

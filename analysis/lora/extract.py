@@ -43,13 +43,8 @@ from mergescope.io.guard import Write, check_io, model_reads
 from mergescope.io.naming import END_GROUPS, PROJECTION_GROUPS, site_of
 from mergescope.io.progress import Progress
 from mergescope.lora.report import ExtractResult, MatrixResult, TensorNote, adapter_card
-from mergescope.merge.output.shards import (
-    _safetensors_header,
-    _write_tensor,
-    commit_dir,
-    staging_dir,
-    write_text,
-)
+from mergescope.merge.output.atomic import commit_dir, staging_dir, write_text
+from mergescope.merge.output.shards import safetensors_header, write_tensor
 
 SOLVERS = ("eigh", "svd", "lowrank")
 RANK_TOL = 1e-6  # energy fraction slack of the --sv-threshold rule (float32 rounding)
@@ -273,7 +268,7 @@ def _extract(base, model, plan, tmp: Path, rank, sv_threshold, dev, solver, prog
 
         def put(name, t):
             t = t.detach().to("cpu").contiguous()
-            _write_tensor(fh, t)
+            write_tensor(fh, t)
             entries.append((name, (t.dtype, tuple(t.shape))))
 
         for module, roles in plan:
@@ -355,7 +350,7 @@ def _delta_energy(base, model, name: str, dev) -> float:
 # -- writing -------------------------------------------------------------------------------------------
 def _finish_safetensors(tmp: Path, entries, data: Path) -> int:
     """adapter_model.safetensors = header + the data streamed so far; returns the tensor bytes."""
-    raw, nbytes = _safetensors_header(entries)
+    raw, nbytes = safetensors_header(entries)
     path = tmp / "adapter_model.safetensors"
     with open(path, "wb") as fh, open(data, "rb") as src:
         fh.write(len(raw).to_bytes(8, "little"))

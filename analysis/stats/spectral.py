@@ -25,8 +25,7 @@ Choices, and why:
 - the diagonal blocks of ÛᵀÛ − I are 0 in exact arithmetic and set to 0, so rounding is not interference;
 - embeddings and LM head are left out: their rows are tokens, not a map's outputs; on 1B they cost 3 blocks.
 
-Sites keep additive sums (as report.SiteStats); any set of sites is a ratio of sums: energy and sar weigh
-matrices by ‖Δᵢ‖², overlap by ‖Δᵢ‖_F‖Δⱼ‖_F, sti by ‖Σ̂‖₁. UI-free; torch only inside the computing functions.
+Sites keep additive sums (sites.py); energy and sar weigh matrices by ‖Δᵢ‖², overlap by ‖Δᵢ‖_F‖Δⱼ‖_F, sti by ‖Σ̂‖₁.
 """
 
 from __future__ import annotations

@@ -25,8 +25,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +34,9 @@ from mergescope._version import __version__
 from mergescope.io.checkpoint.files import TOKENIZER_FILES
 from mergescope.io.dtypes import BY_NAME
 from mergescope.io.errors import InputError
-from mergescope.io.guard import Write, check_io, mark_folder, replaceable_folder
+from mergescope.io.guard import Write, check_io
 from mergescope.io.units import parse_size
+from mergescope.merge.output.atomic import commit_dir, staging_dir, write_text
 
 DEFAULT_SHARD_SIZE = 5 * 1000**3  # "5GB", as mergekit/transformers count it
 
@@ -73,7 +72,7 @@ def _entry(dtype):
     return d
 
 
-def _safetensors_header(items: Sequence[tuple[str, Any]]) -> tuple[bytes, int]:
+def safetensors_header(items: Sequence[tuple[str, Any]]) -> tuple[bytes, int]:
     """Header for tensors, or for (name, (dtype, shape)) entries of a planned layout."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -94,18 +93,18 @@ def _safetensors_header(items: Sequence[tuple[str, Any]]) -> tuple[bytes, int]:
 def write_safetensors(path: Path, items: Sequence[tuple[str, Any]]) -> int:
     """Write tensors (CPU, any layout) as one safetensors file; returns the data size in bytes."""
 
-    raw, total = _safetensors_header(items)
+    raw, total = safetensors_header(items)
     with open(path, "wb") as fh:
         fh.write(len(raw).to_bytes(8, "little"))
         fh.write(raw)
         for _, t in items:
-            _write_tensor(fh, t)
+            write_tensor(fh, t)
         fh.flush()
         os.fsync(fh.fileno())
     return total
 
 
-def _write_tensor(fh, t) -> None:
+def write_tensor(fh, t) -> None:
     """The tensor's raw bytes, from its own memory (a copy only when it is not contiguous)."""
     import torch
 
@@ -175,7 +174,7 @@ class ModelWriter:
     def _start_shard(self, i: int) -> None:
         self._close_shard()
         part = self._parts[i][0]
-        raw, _ = _safetensors_header([(n, (dt, sh)) for n, dt, sh in self._shard_entries[i]])
+        raw, _ = safetensors_header([(n, (dt, sh)) for n, dt, sh in self._shard_entries[i]])
         self._fh = open(part, "wb")
         self._wb_from = 0
         self._fh.write(len(raw).to_bytes(8, "little"))
@@ -244,7 +243,7 @@ class ModelWriter:
             raise ValueError(f"tensor {name}: got {tensor.dtype} {list(tensor.shape)}, planned {dt} {list(sh)}")
         if shard != self._open_shard:
             self._start_shard(shard)
-        _write_tensor(self._fh, tensor)
+        write_tensor(self._fh, tensor)
         self._writeback()
         self._names.add(name)
         self._next += 1
@@ -362,46 +361,3 @@ class ModelWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None or not self._closed:
             self.abort()
-
-
-def staging_dir(out: Path) -> Path:
-    """A fresh sibling directory of OUT to write into before `commit_dir` (same file system: a rename)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.absolute().parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700; the output should look like any directory
-    return tmp
-
-
-def commit_dir(tmp: Path, out: Path, force: bool, what: str = "merge") -> None:
-    """Mark the finished `tmp` as mergescope's (io.guard.MARKER) and move it into place as OUT: an
-    existing OUT is replaced only with `force`, only when mergescope wrote it, and only now; a failure
-    puts it back, so OUT is always the old or the new output, never a mix."""
-    old = None
-    mark_folder(tmp, what)
-    if out.exists():
-        replaceable_folder(out, force)  # again: it may have changed while we were writing
-        old = out.parent / f".{out.name}.old-{os.getpid()}-{int(time.time())}"
-        out.rename(old)
-    try:
-        tmp.rename(out)
-    except OSError as exc:
-        if old is not None:
-            old.rename(out)
-        if out.exists():  # another run finished into the same directory first
-            raise InputError(
-                f"{out}: another {what} wrote this output while this one ran; it was kept and this {what}'s "
-                f"output dropped — {what} into another directory"
-            ) from None
-        raise exc
-    except BaseException:
-        if old is not None:
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def write_text(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
