@@ -23,7 +23,7 @@ Choices, and why:
   independent sketches (a shared sketch would correlate the estimated subspaces of flat spectra);
 - triplets with σ ≤ 1e-5·σ₁ are numerically null and dropped (a rank-2 LoRA is compared on 2 directions);
 - the diagonal blocks of ÛᵀÛ − I are 0 in exact arithmetic and set to 0, so rounding is not interference;
-- embeddings and LM head are left out: their rows are tokens, not a map's outputs; on 1B they cost 3 blocks.
+- embeddings and LM head are left out: their rows are tokens, not a map's outputs.
 
 Sites keep additive sums (sites.py); energy and sar weigh matrices by ‖Δᵢ‖², overlap by ‖Δᵢ‖_F‖Δⱼ‖_F, sti by ‖Σ̂‖₁.
 """
@@ -55,7 +55,6 @@ FORMAT = 1  # in the cache key: bump when a definition or a solver default chang
 Weights = Callable[[str], "Sequence[float] | None"]  # tensor name -> per-model coefficients (None: all 1)
 
 
-# -- one matrix: factors and their terms -------------------------------------------------------
 def _orth(y):
     """An orthonormal basis of y's columns (to float32 rounding after a second call): y·V·Λ^-½ from the
     eigendecomposition of yᵀy. Tiny eigenvalues are clamped, never divided by."""
