@@ -5,8 +5,9 @@
     python scripts/screenshots.py --only evaluate help  # just these pictures
 
 Drives the real app headless (Textual's pilot) on real checkpoints: analyse, verdicts, heatmaps,
-plan editor with the what-if, a real merge into a temporary directory, help, and the Evaluate tab
-(the plan scored and one cell swept on the held-out texts, in memory). Paths are shown
+plan editor with the what-if, a real merge into a temporary directory, help, the Evaluate tab
+(the plan scored and one cell swept on the held-out texts, in memory), the sensitivity heatmap and
+the fit panel. Paths are shown
 relative to the family directory so the pictures stay readable. PNGs need `rsvg-convert`
 (Debian/Ubuntu: `apt-get install librsvg2-bin`); without it only the SVGs are written.
 """
@@ -219,6 +220,32 @@ async def shoot(
                 await pilot.press("e", "O")
                 await settle(app, pilot, 1.0)
                 save(app, "plan-tune")
+    # 7. per-layer ratios from gradients: the sensitivity heatmap of a three-model task arithmetic plan,
+    #    and the plan editor's fit panel at layer granularity (a short fit: 10 steps)
+    if want("sensitivity", "fit"):
+        from mergescope.demo import heldout_dir
+        from mergescope.merge.plan.ratio_table import BAND_MODES
+
+        texts = [os.path.relpath(p, family) for p in sorted(heldout_dir().glob("*.txt"))]
+        three = {"method": "task_arithmetic", "models": models[:3], "weight": 0.5}
+        app = MergeScopeApp(base, models, blink=False, remember_set=False, sample_plan=three, texts=texts)
+        app.fit_steps = 10
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            await pilot.press("h", "percent_sign")
+            await settle(app, pilot, 0.5)
+            await pilot.press("t", "down", "down", "right", "right")  # the second text; L1 · mlp
+            await settle(app, pilot)
+            app.clear_notifications()
+            await pilot.pause()
+            save(app, "sensitivity")
+            if want("fit"):
+                per_layer = (BAND_MODES.index(0) - BAND_MODES.index(app.plan_state.band_mode)) % len(BAND_MODES)
+                await pilot.press("e", *["b"] * per_layer, "F")
+                await settle(app, pilot, 0.5)
+                app.clear_notifications()
+                await pilot.pause()
+                save(app, "fit")
     return shots
 
 

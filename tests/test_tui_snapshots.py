@@ -187,3 +187,69 @@ def test_help_screen_80x24(workdir, snap_compare):
         await pilot.pause()
 
     assert snap_compare(app(), run_before=run_before, terminal_size=(80, 24))
+
+
+# ---- per-layer ratios from gradients: the sensitivity heatmap and the fit panel (the demo family) ------
+DEMO_MODELS = ["code", "prose", "dialog"]
+DEMO_SAMPLE = {"method": "task_arithmetic", "models": ["code", "prose"], "weight": 0.5}
+
+
+@pytest.fixture
+def demo_workdir(tmp_path, monkeypatch):
+    """The demo's checkpoints under short relative names, two 2 KB held-out texts, a warm analysis cache,
+    and a fixed amount of free memory (the panels state it)."""
+    import mergescope.search.fit as fit
+    from mergescope.demo import family_dir, heldout_dir
+
+    for name in ["base", *DEMO_MODELS]:
+        (tmp_path / name).symlink_to(family_dir() / name, target_is_directory=True)
+    for d in ("code", "prose"):
+        (tmp_path / f"{d}.txt").write_bytes((heldout_dir() / f"{d}.txt").read_bytes()[:2000])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fit, "available_bytes", lambda device: 16 << 30)
+    analyze("base", DEMO_MODELS)
+    return tmp_path
+
+
+def demo_app(steps: int = 3) -> MergeScopeApp:
+    a = MergeScopeApp(
+        "base", DEMO_MODELS, blink=False, remember_set=False, sample_plan=DEMO_SAMPLE, texts=["code.txt", "prose.txt"]
+    )
+    a.fit_steps = steps
+    return a
+
+
+async def _sensitivity(pilot) -> None:
+    await _settle(pilot)
+    await pilot.press("h", "percent_sign")
+    await _settle(pilot)
+    await pilot.press("t", "down", "down", "right")  # prose; L1 · attn
+    await pilot.pause(0.2)
+    pilot.app.clear_notifications()
+    await pilot.pause()
+
+
+async def _fit(pilot) -> None:
+    await _settle(pilot)
+    await pilot.press("e", "F")
+    await _settle(pilot)
+    pilot.app.clear_notifications()
+    await pilot.pause()
+
+
+def test_sensitivity_heatmap(demo_workdir, snap_compare):
+    """Blue where more of code's weight lowers prose's bits per byte, red where it raises them."""
+    assert snap_compare(demo_app(), run_before=_sensitivity, terminal_size=(120, 40))
+
+
+def test_sensitivity_heatmap_80x24(demo_workdir, snap_compare):
+    assert snap_compare(demo_app(), run_before=_sensitivity, terminal_size=(80, 24))
+
+
+def test_fit_panel(demo_workdir, snap_compare):
+    """Memory stated, the loss per step on the fitted and held-out parts, the best table and each text's change."""
+    assert snap_compare(demo_app(), run_before=_fit, terminal_size=(120, 40))
+
+
+def test_fit_panel_80x24(demo_workdir, snap_compare):
+    assert snap_compare(demo_app(), run_before=_fit, terminal_size=(80, 24))

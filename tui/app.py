@@ -21,9 +21,11 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from mergescope.io.progress import Cancelled
 from mergescope.stats.report import DEFAULT_DENSITY
 from mergescope.tui.actions.evaluate import EVAL_GROUP, EvalJobs
+from mergescope.tui.actions.fit import FitJobs
 from mergescope.tui.actions.merge import MergeJobs
 from mergescope.tui.actions.plan_files import PlanFiles
 from mergescope.tui.actions.remeasure import RemeasureJobs
+from mergescope.tui.actions.sensitivity import SENSITIVITY_GROUP, SensitivityJobs
 from mergescope.tui.actions.spectral import SPECTRAL_GROUP, SpectralJobs
 from mergescope.tui.actions.tune import TuneJobs
 from mergescope.tui.dialogs.error import ErrorDialog
@@ -40,7 +42,7 @@ from mergescope.tui.widgets.plan_editor import PlanEditor
 from mergescope.tui.widgets.progress import JobProgress
 from mergescope.tui.widgets.verdicts import VerdictsView
 
-JOB_GROUPS = ("analysis", "merge", "remeasure", SPECTRAL_GROUP, EVAL_GROUP)
+JOB_GROUPS = ("analysis", "merge", "remeasure", SPECTRAL_GROUP, EVAL_GROUP, SENSITIVITY_GROUP)
 ACTIVE = (WorkerState.PENDING, WorkerState.RUNNING)
 WHATIF_DEBOUNCE_S = 0.08
 # Below this many bytes read by the analysis, the plan's own models are re-measured at its density
@@ -48,7 +50,10 @@ WHATIF_DEBOUNCE_S = 0.08
 AUTO_REMEASURE_BYTES = 1 << 30
 
 
-class MergeScopeApp(PlanFiles, MergeJobs, RemeasureJobs, SpectralJobs, TuneJobs, EvalJobs, App):
+# EvalJobs before SensitivityJobs: a score is kept before the plan editor reads it as the measured change
+class MergeScopeApp(
+    PlanFiles, MergeJobs, RemeasureJobs, SpectralJobs, TuneJobs, EvalJobs, SensitivityJobs, FitJobs, App
+):
     TITLE = "mergescope"
     CSS_PATH = "app.tcss"
     PALETTE_GROUP = ""
@@ -240,6 +245,7 @@ class MergeScopeApp(PlanFiles, MergeJobs, RemeasureJobs, SpectralJobs, TuneJobs,
             return
         plan, yaml_text, problem = self.session.plan_or_problem()
         self.main.query_one(MergeView).show_plan(yaml_text, problem)
+        self.refresh_sensitivity(yaml_text)
         if problem:
             self.editor.show_problem(problem)
             return

@@ -30,6 +30,7 @@ NICE = {
     "exclamation_mark": "!",
     "at": "@",
     "dollar_sign": "$",
+    "percent_sign": "%",
 }
 
 

@@ -74,3 +74,11 @@ class EvalDone(Message):
     def __init__(self, job, result, seconds: float) -> None:
         super().__init__()
         self.job, self.result, self.seconds = job, result, seconds
+
+
+class SensitivityDone(Message):
+    """A sensitivity pass of the plan being edited (`smap`: state/sensitivity_map.py), for `report`'s set."""
+
+    def __init__(self, smap, report) -> None:
+        super().__init__()
+        self.smap, self.report = smap, report

@@ -47,6 +47,7 @@ class Session:
         self.report = None
         self.plan_state: PlanState | None = None
         self.remeasured = None  # a report re-measured for the plan
+        self.sensitivity = None  # the last sensitivity pass of the plan (state/sensitivity_map.py)
         self.last_export: str | None = None
         self.texts = list(texts)  # held-out text files the Evaluate tab scores on
         self.evals = EvalStore()
@@ -57,7 +58,7 @@ class Session:
         Returns why the plan file could not be used (the default table is used instead)."""
         from mergescope.io.errors import InputError
 
-        self.report, self.remeasured = report, None
+        self.report, self.remeasured, self.sensitivity = report, None, None
         self.evals.forget_latest()
         state, problem = None, None
         path = self.model_set.plan if self.model_set else None

@@ -14,11 +14,13 @@ from mergescope.tui.format import short_names
 from mergescope.tui.keylabels import key_label
 from mergescope.tui.state.heatdata import COLUMN_MODES, HeatData, pairs
 from mergescope.tui.state.metrics import METRICS, Metric
+from mergescope.tui.state.sensitivity_map import SENSITIVITY, sensitivity_grid, text_order
 from mergescope.tui.widgets.cell_detail import CellDetail, cell_renderable
 from mergescope.tui.widgets.heatmap import Heatmap
 from mergescope.tui.widgets.legend import Legend
 
 METRIC_KEYS = Binding.Group("Heatmap metric")
+ALL_METRICS = (*METRICS, SENSITIVITY)  # the last is computed from texts and the plan, not from the report
 
 
 class HeatmapView(Vertical):
@@ -35,12 +37,16 @@ class HeatmapView(Vertical):
     """
     BINDINGS = [
         Binding(m.key, f"metric('{m.id}')", m.label, show=False, group=METRIC_KEYS, id=f"heatmap.metric.{m.id}")
-        for m in METRICS
+        for m in ALL_METRICS
     ] + [
         Binding("m", "next_model(1)", "next model", id="heatmap.next_model"),
         Binding("M", "next_model(-1)", "previous model", show=False, id="heatmap.prev_model"),
         Binding("p", "next_pair(1)", "next pair", id="heatmap.next_pair"),
         Binding("P", "next_pair(-1)", "previous pair", show=False, id="heatmap.prev_pair"),
+        Binding(
+            "t", "next_text(1)", "next text", tooltip="the sensitivity's next text", show=False, id="heatmap.next_text"
+        ),
+        Binding("T", "next_text(-1)", "previous text", show=False, id="heatmap.prev_text"),
         Binding("c", "toggle_columns", "modules/groups", tooltip="toggle module/group columns", id="heatmap.columns"),
         Binding("n", "next_metric(1)", "next metric", show=False, id="heatmap.next_metric"),
         Binding("N", "next_metric(-1)", "previous metric", show=False, id="heatmap.prev_metric"),
@@ -53,6 +59,10 @@ class HeatmapView(Vertical):
             super().__init__()
             self.metric_id = metric_id
 
+    class SensitivityWanted(Message):
+        """The sensitivity was asked for and there is none for the plan as it is: the app computes it,
+        then `sensitivity_ready`."""
+
     metric_id: reactive[str] = reactive("relative_norm", init=False)
     mode: reactive[str] = reactive("modules", init=False)
     model: reactive[int] = reactive(0, init=False)
@@ -63,6 +73,9 @@ class HeatmapView(Vertical):
         self.report = None
         self.data: HeatData | None = None
         self._detail_timer = None
+        self.sensitivity = None  # state/sensitivity_map.SensitivityMap
+        self.sensitivity_note = ""  # why it is not the current plan's ("": it is)
+        self.text: str | None = None  # the sensitivity's text
 
     def compose(self) -> ComposeResult:
         yield Static("", id="heat-toolbar")
@@ -86,11 +99,14 @@ class HeatmapView(Vertical):
     # -- state ------------------------------------------------------------------------------
     @property
     def metric(self) -> Metric:
-        return next(m for m in METRICS if m.id == self.metric_id)
+        return next(m for m in ALL_METRICS if m.id == self.metric_id)
 
     def show(self, report) -> None:
         self.report = report
         self.data = HeatData(report)
+        self.sensitivity, self.sensitivity_note, self.text = None, "", None
+        if self.metric is SENSITIVITY:
+            self.metric_id = "relative_norm"
         self.model = min(self.model, max(0, report.n - 1))
         self.pair = 0
         if (report.n < 2 and self.metric.subject != "model") or (self.metric.spectral and report.spectral is None):
@@ -110,6 +126,8 @@ class HeatmapView(Vertical):
             return ""
         short = short_names(self.report.models, 16)
         subj = self.metric.subject
+        if self.metric is SENSITIVITY:
+            return f"model {short[self.model]} (m) · text {self.text} (t)"
         if subj == "model":
             return f"model {short[self.model]} (m)"
         if subj == "pair":
@@ -122,7 +140,10 @@ class HeatmapView(Vertical):
             return
         i, j = self.subject()
         metric = self.metric
-        grid = self.data.grid(metric, self.mode, i, j, title=f"{metric.label} — {self.subject_label()}")
+        if metric is SENSITIVITY:
+            grid = self._sensitivity_grid()
+        else:
+            grid = self.data.grid(metric, self.mode, i, j, title=f"{metric.label} — {self.subject_label()}")
         if metric.id == "trimmed_sign_conflict":
             grid.note = f"measured at density {self.report.density}"
         if not grid.row_labels:
@@ -137,13 +158,14 @@ class HeatmapView(Vertical):
         sep = " │ " if self.narrow else "  │  "
         t = Text()
         t.append(f"[{key_label(m.key)}] ", "bold cyan")
-        t.append(m.title if self.narrow else m.label, "bold")
+        t.append(m.title if self.narrow or m is SENSITIVITY else m.label, "bold")
         t.append(sep, "dim")
         t.append(self.subject_label())
         t.append(sep, "dim")
-        t.append(f"{self.mode} (c)" if self.narrow else f"columns: {self.mode} (c)")
+        mode = "groups" if m is SENSITIVITY else self.mode
+        t.append(f"{mode} (c)" if self.narrow else f"columns: {mode} (c)")
         t.append(sep, "dim")
-        t.append("? keys" if self.narrow else "1-9,0 !@#$ metric  ? keys", "dim")
+        t.append("? keys" if self.narrow else "1-9,0 !@#$% metric  ? keys", "dim")
         self.query_one("#heat-toolbar", Static).update(t)
 
     def watch_metric_id(self) -> None:
@@ -160,7 +182,13 @@ class HeatmapView(Vertical):
 
     # -- actions ----------------------------------------------------------------------------
     def action_metric(self, metric_id: str) -> None:
-        metric = next(m for m in METRICS if m.id == metric_id)
+        metric = next(m for m in ALL_METRICS if m.id == metric_id)
+        if metric is SENSITIVITY:
+            if self.sensitivity is None or self.sensitivity_note:
+                self.post_message(self.SensitivityWanted())  # computed on demand, then shown
+            if self.sensitivity is not None:
+                self.metric_id = metric_id
+            return
         if self.report is not None and self.report.n < 2 and metric.subject != "model":
             self.notify(f"{metric.label} needs at least two fine-tunes", severity="warning")
             return
@@ -179,9 +207,54 @@ class HeatmapView(Vertical):
         else:
             self.metric_id = metric_id
 
+    # -- the sensitivity (computed by the app on demand) ---------------------------------------
+    def _sensitivity_grid(self):
+        smap = self.sensitivity
+        if self.text not in smap.text_choices():
+            self.text = smap.text_choices()[0]
+        grid = sensitivity_grid(
+            self.data, smap, self.model, self.text, title=f"{SENSITIVITY.label} — {self.subject_label()}"
+        )
+        if self.sensitivity_note:
+            grid.note = f"{self.sensitivity_note}; {grid.note}" if grid.note else self.sensitivity_note
+        return grid
+
+    def sensitivity_ready(self, smap) -> None:
+        """A new sensitivity pass: show it (at its first text, or the one shown before)."""
+        self.sensitivity, self.sensitivity_note = smap, ""
+        if self.text not in smap.text_choices():
+            self.text = smap.text_choices()[0]
+        if self.metric_id == SENSITIVITY.id:
+            self.redraw()
+        else:
+            self.metric_id = SENSITIVITY.id
+
+    def set_sensitivity(self, smap, note: str) -> None:
+        """What the app knows now: the pass it holds and why it is not the current plan's ("": it is)."""
+        if smap is self.sensitivity and note == self.sensitivity_note:
+            return
+        self.sensitivity, self.sensitivity_note = smap, note
+        if self.metric is SENSITIVITY:
+            if smap is None:
+                self.metric_id = "relative_norm"
+            else:
+                self.redraw()
+
+    def action_next_text(self, step: int) -> None:
+        if self.sensitivity is None:
+            self.notify("no sensitivity yet: % computes it for the plan and the held-out texts", severity="warning")
+            return
+        self.text = text_order(self.sensitivity, self.text, step)
+        if self.metric is SENSITIVITY:
+            self.redraw()
+        else:
+            self.metric_id = SENSITIVITY.id
+
     def action_next_metric(self, step: int) -> None:
         has_spectral = self.report is not None and self.report.spectral is not None
         ids = [m.id for m in METRICS if has_spectral or not m.spectral or m.id == self.metric_id]
+        if self.sensitivity is not None:
+            ids.append(SENSITIVITY.id)
         self.action_metric(ids[(ids.index(self.metric_id) + step) % len(ids)])
 
     def action_next_model(self, step: int) -> None:
@@ -219,6 +292,13 @@ class HeatmapView(Vertical):
         grid = hm.grid
         if not grid.row_labels:
             self.query_one(CellDetail).show(cell_renderable(self.report, "", "", None))
+            return
+        if self.metric is SENSITIVITY:
+            from mergescope.tui.widgets.sensitivity_detail import sensitivity_detail
+
+            col = grid.col_labels[col_i]
+            args = (self.report.models, self.data.rows[row], col, self.model, self.text, self.sensitivity_note)
+            self.query_one(CellDetail).show(sensitivity_detail(self.sensitivity, *args))
             return
         agg = self.data.aggregate(self.mode, row, col_i)
         label = grid.row_labels[row]

@@ -46,6 +46,7 @@ class PlanEditor(CellEdits, PlanForm, Vertical):
     PlanEditor .plan-col .col-title { height: 1; padding: 0 1; text-style: bold; }
     PlanEditor #plan-whatif-col, PlanEditor #plan-measured-col { border-left: vkey $primary 50%; }
     PlanEditor #whatif-detail { height: auto; max-height: 4; padding: 0 1; background: $boost; }
+    PlanEditor #plan-predicted { height: auto; max-height: 3; padding: 0 1; background: $boost; display: none; }
     PlanEditor.-narrow #plan-measured-col { display: none; }
     PlanEditor.-narrow.-measured #plan-measured-col { display: block; }
     PlanEditor.-narrow.-measured #plan-whatif-col { display: none; }
@@ -83,6 +84,9 @@ class PlanEditor(CellEdits, PlanForm, Vertical):
         Binding("s", "app.export_plan", "export YAML", id="plan.export"),
         Binding("l", "app.load_plan", "load plan", id="plan.load"),
         Binding("O", "app.tune_table", "tune this table", tooltip="tune this table with Optuna", id="plan.tune"),
+        Binding(
+            "F", "app.fit_table", "fit this table", tooltip="fit the weight table by gradient descent", id="plan.fit"
+        ),
     ]
 
     class Changed(Message):
@@ -131,6 +135,7 @@ class PlanEditor(CellEdits, PlanForm, Vertical):
                 yield Heatmap(id="measured-map")
                 yield Legend(id="measured-legend")
         yield Static("", id="whatif-detail")
+        yield Static("", id="plan-predicted")
 
     def on_resize(self, event) -> None:
         narrow = event.size.width < 110
@@ -219,6 +224,12 @@ class PlanEditor(CellEdits, PlanForm, Vertical):
         self.query_one("#ratio-table", Heatmap).set_grid(grid)
         self.query_one("#ratio-legend", Legend).show(grid, compact=True)
         self.query_one("#ratio-title", Static).update(Text(f"plan: {grid.title}", style="bold"))
+
+    def show_prediction(self, text: Text) -> None:
+        """The sensitivity's predicted change per text for the table as it is, beside the measured one."""
+        line = self.query_one("#plan-predicted", Static)
+        line.update(text)
+        line.display = bool(text.plain)
 
     # -- what-if ----------------------------------------------------------------------------------
     def show_whatif(self, preds, whatif) -> None:
