@@ -90,8 +90,9 @@ def prepare(plan, *, granularity: str, ranges: Mapping | None = None, device: st
 
 
 def memory_needed(plan, tokens: int | None = None) -> tuple[int, int]:
-    """(bytes the weights take: the base and each model's task vector in float32, bytes of one batch's
-    activations): stated before a fit or a sensitivity starts."""
+    """(bytes the weights take: the base and each model's task vector in float32, bytes of a step's work:
+    one batch's activations and the merged model with its gradient): stated before a fit starts, on the
+    safe side."""
     from mergescope.merge.linear_form import estimate_bytes
     from mergescope.score.loss import BACKWARD_TOKENS
 
@@ -107,7 +108,9 @@ def memory_needed(plan, tokens: int | None = None) -> tuple[int, int]:
     layers = int(cfg.get("num_hidden_layers") or 1)
     # per token and layer, the backward keeps about a dozen activations of the widest width
     acts = (tokens or BACKWARD_TOKENS) * layers * 12 * width * 4
-    return estimate_bytes(plan), acts
+    weights = estimate_bytes(plan)
+    merged = 3 * weights // (len(plan.models or []) + 1)  # the merged model, its detached copy, its gradient
+    return weights, acts + merged
 
 
 def available_bytes(device: str) -> int | None:

@@ -66,7 +66,7 @@ def start(args, con, writes: list, report: bool):
     free = available_bytes(device)
     con.print(
         f"holds {fmt_bytes(weights)} of weights (the base and each model's task vector, float32) and about "
-        f"{fmt_bytes(acts)} of activations per batch on {device}"
+        f"{fmt_bytes(acts)} for a step (one batch's activations, the merged model and its gradient) on {device}"
         + (f"; {fmt_bytes(free)} available" if free is not None else ""),
         highlight=False,
     )

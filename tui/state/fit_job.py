@@ -32,7 +32,7 @@ def memory_note(plan, device: str) -> str:
     n = len(plan.input_models())
     note = (
         f"holds {fmt_bytes(weights)} of weights (the base and {n} task vector{'s' if n != 1 else ''}, float32) "
-        f"and about {fmt_bytes(acts)} of activations per batch on {device}"
+        f"and about {fmt_bytes(acts)} for a step (activations, the merged model and its gradient) on {device}"
     )
     if free is not None and weights + acts > free:
         raise InputError(
