@@ -222,7 +222,9 @@ async def test_fit_panel_states_memory_steps_and_enter_loads_the_fitted_table(he
     async with app.run_test(size=SIZE) as pilot:
         panel = await open_fit(app, pilot)
         memory = plain(panel.query_one("#fit-memory").content)
-        assert "holds" in memory and "of weights" in memory and "for a step (activations" in memory and "on cpu" in memory
+        assert (
+            "holds" in memory and "of weights" in memory and "for a step (activations" in memory and "on cpu" in memory
+        )
         assert panel.job.band_mode == app.plan_state.band_mode and panel.job.param == "weight"
         await settle(app, pilot)
         assert not panel.running and panel.result is not None and not panel.result.stopped
