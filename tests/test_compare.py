@@ -111,3 +111,19 @@ class _Page(HTMLParser):
         for k, v in attrs:
             if k in ("src", "href") and v and ("://" in v or v.startswith("//")):
                 self.remote.append(v)
+
+
+def test_reports_never_replace_inputs_or_files_mergescope_did_not_write(merged):
+    out, ta, paths = merged
+    args = ["compare", ta, "--against", FAM / "code", "--text", paths["code"]]
+    before = paths["code"].read_bytes()
+    r = _cli(*args, "--report", paths["code"].with_suffix(".md"), "--json", paths["code"], "--force")
+    assert r.returncode == 2 and "would overwrite" in r.stderr and paths["code"].read_bytes() == before
+    notes = out / "notes.md"
+    notes.write_text("my notes\n")
+    r = _cli(*args, "--report", notes)
+    assert r.returncode == 2 and "mergescope did not write it" in r.stderr and notes.read_text() == "my notes\n"
+    mine = out / "mine.html"
+    assert _cli(*args, "--report", mine).returncode == 0
+    assert mine.read_text().startswith("<!DOCTYPE html>\n<!-- mergescope")
+    assert _cli(*args, "--report", mine).returncode == 0  # its own report is replaced without --force

@@ -28,7 +28,7 @@ from mergescope.io.errors import InputError
 MARKER = ".mergescope-output"  # in every folder mergescope writes: `--force` may replace such a folder
 JSON_STAMP = "mergescope"  # first key of every JSON file mergescope writes (the version that wrote it)
 YAML_STAMP = "# mergescope"  # first line of every plan file the commands write
-_STAMPED = re.compile(rb'\A(?:# mergescope|\{\s*"mergescope"\s*:)')
+_STAMPED = re.compile(rb'\A(?:# mergescope|\{\s*"mergescope"\s*:|(?:<!DOCTYPE html>\s*)?<!-- mergescope)')
 
 
 @dataclass(frozen=True)
@@ -265,6 +265,15 @@ def stamp_json(obj: dict, **dumps) -> str:
 def stamp_yaml(text: str, what: str) -> str:
     """A plan's YAML under a first comment line `# mergescope WHAT` (the stamp for plan files)."""
     return f"{YAML_STAMP} {what}\n{text}"
+
+
+def stamp_markup(text: str) -> str:
+    """An HTML or Markdown report under a first comment `<!-- mergescope VERSION -->` (after the doctype)."""
+    mark = f"<!-- mergescope {__version__} -->\n"
+    if text.startswith("<!DOCTYPE html>"):
+        head, _, rest = text.partition("\n")
+        return f"{head}\n{mark}{rest}"
+    return mark + text
 
 
 def write_file(path: str | os.PathLike, text: str, *, backup: bool = False) -> Path | None:

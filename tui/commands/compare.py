@@ -8,6 +8,7 @@ more than --threshold. --report writes it as one self-contained HTML page (.html
 
 from __future__ import annotations
 
+from mergescope.tui.commands import outputs
 from mergescope.tui.commands.scoring import add_scoring_arguments, print_scores, scorer_from_args, write_json
 
 
@@ -25,6 +26,7 @@ def add_arguments(p) -> None:
     p.add_argument("--top", type=int, default=5, metavar="N", help="passages listed per pair, each way (default 5)")
     p.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
     p.add_argument("--report", metavar="FILE", help="write the report: FILE.html (self-contained) or FILE.md")
+    outputs.add_force(p, "an existing --json or --report file")
 
 
 def run(args) -> int:
@@ -48,8 +50,12 @@ def run(args) -> int:
         kind = {".html": "html", ".htm": "html", ".md": "md"}.get(Path(args.report).suffix.lower())
         if kind is None:
             raise InputError(f"--report {args.report}: name a .html or a .md file")
-    scorer = scorer_from_args(args)
+    from mergescope.io.guard import check_io
+
     refs = list(dict.fromkeys([*args.models, *args.against]))
+    writes = outputs.file_out(args.json, "--json") + outputs.file_out(args.report, "--report")
+    check_io([*outputs.models(refs), *outputs.texts(args)], writes, force=args.force)
+    scorer = scorer_from_args(args)
     con = Console()
     with cli_progress("score", unit="samples" if scorer.tasks is not None else "tokens") as progress:
         scorer.progress = progress
@@ -66,11 +72,7 @@ def run(args) -> int:
     if kind:
         from mergescope.tui.compare_report import render
 
-        text = render(kind, table, pairs, models, parents, args.top)
-        try:
-            Path(args.report).write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"--report {args.report}: cannot write ({exc.strerror}); pick a writable path") from None
+        outputs.write_markup(args.report, "--report", render(kind, table, pairs, models, parents, args.top))
         con.print(f"report written to {args.report}", highlight=False)
     return 0
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from mergescope.io.errors import InputError
-from mergescope.io.guard import Read, Write, model_reads, shown, stamp_json, stamp_yaml, write_file
+from mergescope.io.guard import Read, Write, model_reads, shown, stamp_json, stamp_markup, stamp_yaml, write_file
 
 
 def add_force(p, what: str) -> None:
@@ -33,6 +33,11 @@ def file_out(path, flag: str, plan: bool = False) -> list[Write]:
 
 def write_json(path: str | os.PathLike, flag: str, obj: dict, **dumps) -> None:
     _write(path, flag, stamp_json(obj, **dumps) + "\n")
+
+
+def write_markup(path: str | os.PathLike, flag: str, text: str) -> None:
+    """An HTML or Markdown report, stamped."""
+    _write(path, flag, stamp_markup(text))
 
 
 def write_plan(path: str | os.PathLike, flag: str, yaml_text: str, what: str, backup: bool = False):
